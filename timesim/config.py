@@ -1,0 +1,384 @@
+"""Hardware config: versioned YAML -> frozen dataclasses (DESIGN §5).
+
+Every hwconfig is read as an overlay on the bundled ``time-default.yaml``: a key it omits keeps the
+default chip's value, so the defaults (and the sources they cite) live in one file. Quantities are
+written with units (``pulse_latency: 50 ns``) or with a unit-suffixed key (``pulse_latency_ns: 50``);
+inside the code they are SI floats in attributes named with their SI unit (``pulse_latency_s``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import ConfigError
+from .units import KINDS, SUFFIXES, parse_quantity, split_suffix
+
+CONFIG_VERSION = 1
+SELECTIONS = ("dense", "topk", "sgs-row", "sgs-element", "sgs")
+WEAR_LEVELING = ("none", "ars")
+
+
+def _f(kind: str, check: str = "", choices: tuple = (), doc: str = "") -> Any:
+    return field(metadata={"kind": kind, "check": check, "choices": choices, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Clock:
+    frequency_hz: float = _f("frequency", "pos", doc="chip clock; cycles = seconds x frequency")
+
+
+@dataclass(frozen=True)
+class Xbar:
+    rows: int = _f("int", "pos", doc="wordlines per crossbar (row block height)")
+    cols: int = _f("int", "pos", doc="bitlines per crossbar (column tile width)")
+    cell_bits: int = _f("int", "pos", doc="bits stored per cell")
+    weight_bits: int = _f("int", "pos", doc="bits per weight, sliced across cells")
+    cells_per_weight: int = _f("int", "pos", doc="1: offset column, 2: differential pair")
+    r_on_ohm: float = _f("resistance", "pos", doc="low-resistance state")
+    r_off_ohm: float = _f("resistance", "pos", doc="high-resistance state")
+    read_voltage_v: float = _f("voltage", "pos", doc="read voltage")
+    read_latency_s: float = _f("time", "pos", doc="one array read (MVM) pulse")
+    read_energy_j: float = _f("energy", "nonneg", doc="energy of one cell read")
+
+
+@dataclass(frozen=True)
+class Dac:
+    bits: int = _f("int", "pos", doc="input bits converted per slice (1 = bit-serial)")
+    input_bits: int = _f("int", "pos", doc="activation/error precision fed to the crossbar")
+    latency_s: float = _f("time", "nonneg", doc="one conversion")
+    energy_j: float = _f("energy", "nonneg", doc="one conversion")
+
+
+@dataclass(frozen=True)
+class Adc:
+    bits: int = _f("int", "pos", doc="resolution")
+    cols_per_adc: int = _f("int", "pos", doc="columns multiplexed onto one ADC")
+    latency_s: float = _f("time", "nonneg", doc="one conversion")
+    energy_j: float = _f("energy", "nonneg", doc="one conversion")
+
+
+@dataclass(frozen=True)
+class Ce:
+    compare_latency_s: float = _f("time", "nonneg", doc="one comparator-tree stage")
+    compare_energy_j: float = _f("energy", "nonneg", doc="one magnitude comparison")
+    tree_width: int = _f("int", "pos", doc="leaves of the comparator tree (values per step)")
+    topk_units: int = _f("int", "pos", doc="parallel top-k units for conventional GS")
+    counter_energy_j: float = _f("energy", "nonneg", doc="one row write-counter update")
+
+
+@dataclass(frozen=True)
+class Write:
+    drivers_per_xbar: int = _f("int", "pos", doc="cells programmed in parallel per crossbar")
+    pulse_latency_s: float = _f("time", "pos", doc="one programming pulse")
+    voltage_v: float = _f("voltage", "pos", doc="programming voltage")
+    pulse_energy_j: float = _f("energy", "nonneg", doc="one programming pulse on one cell")
+    phases: int = _f("int", "pos", doc="programming phases per row write (SET, RESET)")
+    verify_reads: int = _f("int", "nonneg", doc="read-verify steps after each write")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    read_energy_j: float = _f("energy", "nonneg", doc="one byte read")
+    write_energy_j: float = _f("energy", "nonneg", doc="one byte written")
+    latency_s: float = _f("time", "nonneg", doc="one access")
+    accumulator_bits: int = _f("int", "pos", doc="bits per residual-accumulator entry")
+
+
+@dataclass(frozen=True)
+class Endurance:
+    cycles: float = _f("float", "pos", doc="mean writes a cell survives")
+    sigma: float = _f("float", "nonneg", doc="lognormal sigma of ln(endurance); 0 = fixed")
+    seed: int = _f("int", "nonneg", doc="seed of the per-cell endurance draw")
+
+
+@dataclass(frozen=True)
+class Controller:
+    selection: str = _f("str", choices=SELECTIONS, doc="update policy (DESIGN §2)")
+    rct: int = _f("int", "pos", doc="row count threshold of the hybrid sgs policy")
+    topk_density: float = _f("float", "unit", doc="fraction of entries topk writes")
+    wear_leveling: str = _f("str", choices=WEAR_LEVELING, doc="wear levelling")
+    interval: int = _f("int", "pos", doc="ARS interval SI in iterations")
+    rows: int = _f("int", "pos", doc="ARS rows R swapped per row block (R/2 pairs)")
+
+
+SECTIONS: dict[str, type] = {
+    "clock": Clock, "xbar": Xbar, "dac": Dac, "adc": Adc, "ce": Ce, "write": Write,
+    "buffer": Buffer, "endurance": Endurance, "controller": Controller,
+}
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """A chip: one frozen dataclass per YAML section, quantities in SI units."""
+
+    version: int
+    name: str
+    clock: Clock
+    xbar: Xbar
+    dac: Dac
+    adc: Adc
+    ce: Ce
+    write: Write
+    buffer: Buffer
+    endurance: Endurance
+    controller: Controller
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config in canonical keys; loading it back gives the same chip."""
+        out: dict[str, Any] = {"version": self.version, "name": self.name}
+        for sec in SECTIONS:
+            out[sec] = dataclasses.asdict(getattr(self, sec))
+        return out
+
+    def replace(self, **sections: dict[str, Any]) -> "HwConfig":
+        """A copy with some canonical fields changed, e.g. ``replace(controller={"rows": 8})``."""
+        raw = self.to_dict()
+        for sec, values in sections.items():
+            raw[sec].update(values)
+        return _build(raw, self.source)
+
+
+def _fields(sec: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(SECTIONS[sec])}
+
+
+def _resolve_key(sec: str, key: str, value: Any, where: str) -> tuple[str, Any]:
+    """Map one YAML key/value of a section to (canonical attribute, checked SI value)."""
+    fields = _fields(sec)
+    path = f"{where}: {sec}.{key}"
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: {sec}: keys must be strings, got {key!r}")
+    base, suffix = split_suffix(key)
+    target = None
+    if suffix is not None:
+        kind, factor = SUFFIXES[suffix]
+        for name, f in fields.items():
+            if f.metadata["kind"] == kind and split_suffix(name)[0] == base:
+                target = f
+        if target is None:
+            raise ConfigError(f"{path}: unknown key; {_known(sec)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number in {suffix}, got {value!r}")
+        si = float(value) * factor
+    else:
+        if key in fields and fields[key].metadata["kind"] not in KINDS:
+            target = fields[key]
+        else:
+            for name, f in fields.items():
+                if f.metadata["kind"] in KINDS and split_suffix(name)[0] == key:
+                    target = f
+            if target is None:
+                raise ConfigError(f"{path}: unknown key; {_known(sec)}")
+            kind = target.metadata["kind"]
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: give a unit, e.g. {key}: '{_eg(kind)}', "
+                                  f"or use the key {key}_{_eg(kind).split()[1].lower()}")
+            try:
+                si = parse_quantity(value, kind)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+    if target.metadata["kind"] in KINDS:
+        _check_number(si, target, path)
+        return target.name, si
+    return target.name, _check_plain(value, target, path)
+
+
+def _eg(kind: str) -> str:
+    return {"time": "50 ns", "energy": "8 pJ", "power": "1 mW", "frequency": "1 GHz",
+            "resistance": "100 kohm", "voltage": "4 V"}[kind]
+
+
+def _known(sec: str) -> str:
+    names = []
+    for name, f in _fields(sec).items():
+        names.append(split_suffix(name)[0] if f.metadata["kind"] in KINDS else name)
+    return "expected one of: " + ", ".join(names)
+
+
+def _check_number(x: float, f: dataclasses.Field, path: str) -> None:
+    check = f.metadata["check"]
+    if not math.isfinite(x):
+        raise ConfigError(f"{path}: must be finite, got {x!r}")
+    if check == "pos" and not x > 0:
+        raise ConfigError(f"{path}: must be positive, got {x!r}")
+    if check == "nonneg" and not x >= 0:
+        raise ConfigError(f"{path}: must be zero or positive, got {x!r}")
+    if check == "unit" and not 0 < x <= 1:
+        raise ConfigError(f"{path}: must be in (0, 1], got {x!r}")
+
+
+def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
+    kind = f.metadata["kind"]
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: must be an integer, got {value!r}")
+        if abs(value) > 2**62:
+            raise ConfigError(f"{path}: too large, got {value!r}")
+        _check_number(value, f, path)
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: must be a number, got {value!r}")
+        _check_number(float(value), f, path)
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str) or value not in f.metadata["choices"]:
+            raise ConfigError(f"{path}: must be one of {'|'.join(f.metadata['choices'])}, "
+                              f"got {value!r}")
+        return value
+    raise AssertionError(kind)
+
+
+def _normalize(raw: Any, where: str) -> dict[str, Any]:
+    """Check a parsed YAML document and convert it to canonical keys and SI values."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a hwconfig must be a YAML mapping of sections, "
+                          f"got {type(raw).__name__}")
+    out: dict[str, Any] = {}
+    for sec, body in raw.items():
+        if sec == "version":
+            if isinstance(body, bool) or body != CONFIG_VERSION:
+                raise ConfigError(f"{where}: version: only version {CONFIG_VERSION} is known, "
+                                  f"got {body!r}")
+            out["version"] = CONFIG_VERSION
+        elif sec == "name":
+            if not isinstance(body, str):
+                raise ConfigError(f"{where}: name: must be a string, got {body!r}")
+            out["name"] = body
+        elif sec in SECTIONS:
+            if body is None:
+                continue
+            if not isinstance(body, dict):
+                raise ConfigError(f"{where}: {sec}: must be a mapping of keys, got {body!r}")
+            dest = out.setdefault(sec, {})
+            for key, value in body.items():
+                attr, si = _resolve_key(sec, key, value, where)
+                dest[attr] = si
+        else:
+            raise ConfigError(f"{where}: {sec!s}: unknown section; expected version, name, "
+                              + ", ".join(SECTIONS))
+    return out
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    where = f"--set {text}"
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{where}: expected section.key=value, e.g. controller.interval=512")
+    sec, name = parts
+    if sec not in SECTIONS:
+        raise ConfigError(f"{where}: {sec}: unknown section; expected one of "
+                          + ", ".join(SECTIONS))
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value.strip()
+    if parsed is None:
+        raise ConfigError(f"{where}: {key}: missing value")
+    return sec, name, parsed
+
+
+def _build(merged: dict[str, Any], source: str) -> HwConfig:
+    sections = {}
+    for sec, cls in SECTIONS.items():
+        body = merged.get(sec, {})
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in body]
+        if missing:
+            raise ConfigError(f"{source}: {sec}.{missing[0]}: missing")
+        sections[sec] = cls(**body)
+    hw = HwConfig(version=merged.get("version", CONFIG_VERSION),
+                  name=merged.get("name", Path(source).stem), source=source, **sections)
+    _cross_check(hw, source)
+    return hw
+
+
+def _cross_check(hw: HwConfig, where: str) -> None:
+    if hw.xbar.r_off_ohm <= hw.xbar.r_on_ohm:
+        raise ConfigError(f"{where}: xbar.r_off: must exceed xbar.r_on "
+                          f"({hw.xbar.r_off_ohm:g} <= {hw.xbar.r_on_ohm:g} ohm)")
+    if hw.dac.bits > hw.dac.input_bits:
+        raise ConfigError(f"{where}: dac.bits: must not exceed dac.input_bits "
+                          f"({hw.dac.bits} > {hw.dac.input_bits})")
+    if hw.adc.cols_per_adc > hw.xbar.cols:
+        raise ConfigError(f"{where}: adc.cols_per_adc: must not exceed xbar.cols "
+                          f"({hw.adc.cols_per_adc} > {hw.xbar.cols})")
+    if hw.xbar.rows > 1 << 20 or hw.xbar.cols > 1 << 20:
+        raise ConfigError(f"{where}: xbar: crossbars above 2^20 rows or columns are not supported")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such hwconfig file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read hwconfig: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+
+
+def bundled_hwconfig(name: str = "time-default") -> Path:
+    """Path of a hwconfig shipped with the package (``time-default``, ``tiny``, ...)."""
+    p = Path(str(resources.files("timesim") / "data" / "hwconfigs" / f"{name}.yaml"))
+    if not p.is_file():
+        raise ConfigError(f"{name}: no bundled hwconfig of that name")
+    return p
+
+
+def load_hwconfig(path: str | Path | None = None, overrides: Iterable[str] = ()) -> HwConfig:
+    """Load a chip: the bundled default when ``path`` is None, then ``section.key=value`` overrides."""
+    default_path = bundled_hwconfig()
+    merged = _normalize(_read_yaml(default_path), str(default_path))
+    source = str(default_path)
+    if path is not None:
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, expected a hwconfig YAML file")
+        raw = _read_yaml(path)
+        if isinstance(raw, dict) and "version" not in raw:
+            raise ConfigError(f"{path}: version: missing; add 'version: {CONFIG_VERSION}'")
+        user = _normalize(raw, str(path))
+        source = str(path)
+        _overlay(merged, user)
+        merged["name"] = user.get("name", path.stem)
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    for text in overrides:
+        sec, key, value = _parse_override(text)
+        attr, si = _resolve_key(sec, key, value, f"--set {text}")
+        merged[sec][attr] = si
+    return _build(merged, source)
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> None:
+    for sec, body in top.items():
+        if isinstance(body, dict):
+            base.setdefault(sec, {}).update(body)
+        else:
+            base[sec] = body
+
+
+def describe_keys() -> list[tuple[str, str, str, str]]:
+    """(dotted key as written in YAML, kind, constraint, doc) for every key, for docs and tests."""
+    rows = []
+    for sec in SECTIONS:
+        for name, f in _fields(sec).items():
+            kind = f.metadata["kind"]
+            key = split_suffix(name)[0] if kind in KINDS else name
+            constraint = f.metadata["check"] or "|".join(f.metadata["choices"])
+            rows.append((f"{sec}.{key}", kind, constraint, f.metadata["doc"]))
+    return rows

@@ -1,0 +1,17 @@
+"""One exception family; the CLI turns each into one line on stderr and exit code 2."""
+
+
+class TimesimError(Exception):
+    """Base of every error a user can cause with a bad file, key or argument."""
+
+
+class ConfigError(TimesimError):
+    """A hardware config or an override is malformed."""
+
+
+class TraceError(TimesimError):
+    """A trace (manifest, chunk, synthetic source) is malformed or incomplete."""
+
+
+class SimulationError(TimesimError):
+    """The simulation cannot proceed with the given inputs."""

@@ -1,0 +1,56 @@
+"""Half-precision inputs to float32 inside numba (numba has no float16/bfloat16 arrays).
+
+Both take the uint16 bit patterns and write float32 bit patterns into a uint32 view of the output.
+bfloat16 is the top half of a float32, so it is a 16-bit shift; float16 needs re-biasing the
+exponent and normalizing subnormals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _bf16_to_f32_bits(src, dst):
+    for i in range(src.shape[0]):
+        dst[i] = np.uint32(src[i]) << np.uint32(16)
+
+
+@njit(cache=True)
+def _f16_to_f32_bits(src, dst):
+    for i in range(src.shape[0]):
+        h = np.uint32(src[i])
+        sign = (h & np.uint32(0x8000)) << np.uint32(16)
+        exp = (h >> np.uint32(10)) & np.uint32(0x1F)
+        man = h & np.uint32(0x3FF)
+        if exp == 0x1F:                                   # Inf / NaN
+            bits = sign | np.uint32(0x7F800000) | (man << np.uint32(13))
+        elif exp != 0:                                    # normal: re-bias 15 -> 127
+            bits = sign | ((exp + np.uint32(112)) << np.uint32(23)) | (man << np.uint32(13))
+        elif man == 0:                                    # signed zero
+            bits = sign
+        else:                                             # subnormal: normalize
+            e = np.uint32(113)
+            while (man & np.uint32(0x400)) == 0:
+                man <<= np.uint32(1)
+                e -= np.uint32(1)
+            bits = sign | (e << np.uint32(23)) | ((man & np.uint32(0x3FF)) << np.uint32(13))
+        dst[i] = bits
+
+
+def to_float32(x: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """A float32 copy (or view for float32) of a chunk stored as ``dtype`` (DESIGN §6)."""
+    if dtype == "float32":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if out is None or out.shape != x.shape:
+        out = np.empty(x.shape, dtype=np.float32)
+    src = np.ascontiguousarray(x).reshape(-1).view(np.uint16)
+    dst = out.reshape(-1).view(np.uint32)
+    if dtype == "bfloat16":
+        _bf16_to_f32_bits(src, dst)
+    elif dtype == "float16":
+        _f16_to_f32_bits(src, dst)
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return out

@@ -1,0 +1,222 @@
+"""Update-policy kernels (DESIGN §2): local accumulation, selection, physical writes, ARS.
+
+All kernels of the policy path live in this one file, so numba's on-disk cache never pairs a
+kernel with a stale copy of a helper from another file.
+
+Magnitude trick: for finite float32 values, the int32 bit pattern with the sign bit cleared orders
+exactly like |x|, and an integer max vectorizes where a float max does not. A cleared pattern
+>= 0x7F800000 is Inf or NaN, so the same max also detects non-finite accumulators for free.
+Ties resolve to the lowest index because every scan is in index order with a strict ``>``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# stats[] slots, per layer
+POLICY_CELLS = 0      # cells written by the update policy (ARS rewrites excluded)
+SWAPS = 1             # ARS row swaps (pairs)
+ARS_CELLS = 2         # cells rewritten by ARS
+MAX_WRITES = 3        # running max of the physical write-count matrix
+ROW_WRITES = 4        # write operations (a row's cells written in one iteration count once)
+N_STATS = 5
+
+_ABS = np.int32(0x7FFFFFFF)
+_NONFINITE = np.int32(0x7F800000)
+
+
+@njit(cache=True)
+def _bump_row(writes, p, stats):
+    """One write on every cell of physical row p; keeps the running max."""
+    wrow = writes[p]
+    m = stats[MAX_WRITES]
+    for c in range(wrow.shape[0]):
+        wrow[c] += 1
+        m = max(m, wrow[c])
+    stats[MAX_WRITES] = m
+
+
+@njit(cache=True)
+def _ars(counters, l2p, p2l, writes, block_rows, half, stats):
+    """Aging-aware row swapping in every row block (DESIGN §2, paper Sec. 4.2).
+
+    hot = the h rows with the highest counters, cold = the h lowest among the rest (ties: lower
+    physical index first); hot[i] and cold[i] swap their logical rows if counter(hot) > counter(cold).
+    """
+    rows = counters.shape[0]
+    for start in range(0, rows, block_rows):
+        x = min(block_rows, rows - start)
+        h = min(half, x // 2)
+        if h == 0:
+            continue
+        # unique composite keys make the order deterministic under any sort
+        hot_key = np.empty(x, dtype=np.int64)
+        for i in range(x):
+            hot_key[i] = -counters[start + i] * x + i
+        hot = np.argsort(hot_key)[:h]
+        taken = np.zeros(x, dtype=np.bool_)
+        for i in range(h):
+            taken[hot[i]] = True
+        rest = np.empty(x - h, dtype=np.int64)
+        j = 0
+        for i in range(x):
+            if not taken[i]:
+                rest[j] = i
+                j += 1
+        cold_key = np.empty(x - h, dtype=np.int64)
+        for i in range(x - h):
+            cold_key[i] = counters[start + rest[i]] * x + rest[i]
+        cold_order = np.argsort(cold_key)[:h]
+        for i in range(h):
+            a = start + hot[i]
+            b = start + rest[cold_order[i]]
+            if counters[a] > counters[b]:
+                la = p2l[a]
+                lb = p2l[b]
+                p2l[a] = lb
+                p2l[b] = la
+                l2p[la] = b
+                l2p[lb] = a
+                _bump_row(writes, a, stats)
+                _bump_row(writes, b, stats)
+                counters[a] += 1
+                counters[b] += 1
+                stats[SWAPS] += 1
+                stats[ARS_CELLS] += 2 * writes.shape[1]
+
+
+@njit(cache=True)
+def _accumulate_rowmax(A, Ai, G, r):
+    """A[r] += G[r]; return max |A[r, :]| as a sign-cleared int32 bit pattern."""
+    Ar = A[r]
+    Gr = G[r]
+    for c in range(Ar.shape[0]):
+        Ar[c] += Gr[c]
+    Air = Ai[r]
+    m = np.int32(0)
+    for c in range(Air.shape[0]):
+        m = max(m, Air[c] & _ABS)
+    return m
+
+
+@njit(cache=True)
+def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
+                 interval, ars_on, selected):
+    """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1."""
+    rows, cols = A.shape
+    for i in range(chunk.shape[0]):
+        t = t0 + i
+        if ars_on and t >= 1 and t % interval == 0:
+            _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+        G = chunk[i]
+        best = np.int32(-1)
+        rbest = 0
+        for r in range(rows):
+            m = _accumulate_rowmax(A, Ai, G, r)
+            if m > best:
+                best = m
+                rbest = r
+        if best >= _NONFINITE:
+            return i
+        A[rbest, :] = 0.0
+        p = l2p[rbest]
+        _bump_row(writes, p, stats)
+        counters[p] += 1
+        stats[POLICY_CELLS] += cols
+        stats[ROW_WRITES] += 1
+        selected[i] = rbest
+    return -1
+
+
+@njit(cache=True)
+def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
+                     interval, ars_on, selected):
+    """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
+    rows, cols = A.shape
+    for i in range(chunk.shape[0]):
+        t = t0 + i
+        if ars_on and t >= 1 and t % interval == 0:
+            _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+        G = chunk[i]
+        best = np.int32(-1)
+        rbest = 0
+        for r in range(rows):
+            m = _accumulate_rowmax(A, Ai, G, r)
+            if m > best:
+                best = m
+                rbest = r
+        if best >= _NONFINITE:
+            return i
+        cbest = 0
+        Air = Ai[rbest]
+        for c in range(cols):
+            if (Air[c] & _ABS) == best:
+                cbest = c
+                break
+        A[rbest, cbest] = 0.0
+        p = l2p[rbest]
+        writes[p, cbest] += 1
+        stats[MAX_WRITES] = max(stats[MAX_WRITES], writes[p, cbest])
+        counters[p] += 1
+        stats[POLICY_CELLS] += 1
+        stats[ROW_WRITES] += 1
+        selected[i] = rbest * cols + cbest
+    return -1
+
+
+@njit(cache=True)
+def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
+              interval, ars_on, k, keys, selected):
+    """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
+
+    ``selected[i]`` gets the number of distinct rows written in iteration i.
+    """
+    rows, cols = A.shape
+    n = rows * cols
+    flat = A.reshape(n)
+    flat_i = Ai.reshape(n)
+    for i in range(chunk.shape[0]):
+        t = t0 + i
+        if ars_on and t >= 1 and t % interval == 0:
+            _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+        g = chunk[i].reshape(n)
+        for j in range(n):
+            flat[j] += g[j]
+        top = np.int32(0)
+        for j in range(n):
+            v = flat_i[j] & _ABS
+            keys[j] = v
+            top = max(top, v)
+        if top >= _NONFINITE:
+            return i
+        tau = np.partition(keys, n - k)[n - k]
+        need = k
+        for j in range(n):
+            if (flat_i[j] & _ABS) > tau:
+                need -= 1
+        touched = 0
+        last_row = -1
+        mx = stats[MAX_WRITES]
+        for j in range(n):
+            v = flat_i[j] & _ABS
+            take = v > tau
+            if not take and v == tau and need > 0:
+                take = True
+                need -= 1
+            if take:
+                r = j // cols
+                c = j - r * cols
+                p = l2p[r]
+                flat[j] = 0.0
+                writes[p, c] += 1
+                mx = max(mx, writes[p, c])
+                if r != last_row:
+                    counters[p] += 1
+                    touched += 1
+                    last_row = r
+        stats[MAX_WRITES] = mx
+        stats[POLICY_CELLS] += k
+        stats[ROW_WRITES] += touched
+        selected[i] = touched
+    return -1

@@ -1,0 +1,107 @@
+"""Per-layer controller state and the thin wrappers around the policy kernels (DESIGN §2)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import HwConfig
+from .errors import TraceError
+from .kernels import select as K
+from .trace.format import LayerInfo
+
+
+def effective_selection(selection: str, rows: int, rct: int) -> str:
+    """The hybrid ``sgs`` is element-wise below RCT rows and row-wise from RCT on."""
+    if selection == "sgs":
+        return "sgs-element" if rows < rct else "sgs-row"
+    return selection
+
+
+def topk_count(density: float, cells: int) -> int:
+    """k = max(1, round(density · n)), Python's round (half to even), at most n."""
+    return min(cells, max(1, round(density * cells)))
+
+
+class LayerPolicy:
+    """Residual accumulator, physical write counts, row counters and row map of one layer."""
+
+    def __init__(self, layer: LayerInfo, hw: HwConfig):
+        c = hw.controller
+        self.layer = layer
+        self.selection = effective_selection(c.selection, layer.rows, c.rct)
+        self.ars_on = c.wear_leveling == "ars"
+        self.interval = c.interval
+        self.half = c.rows // 2
+        self.block_rows = hw.xbar.rows
+        rows, cols = layer.rows, layer.cols
+        self.k = topk_count(c.topk_density, layer.cells) if self.selection == "topk" else 0
+        self.A = np.zeros((rows, cols), dtype=np.float32) if self.selection != "dense" else None
+        self.writes = np.zeros((rows, cols), dtype=np.int64)
+        self.counters = np.zeros(rows, dtype=np.int64)
+        self.l2p = np.arange(rows, dtype=np.int64)
+        self.p2l = np.arange(rows, dtype=np.int64)
+        self.stats = np.zeros(K.N_STATS, dtype=np.int64)
+        self.iterations = 0
+        self._dense_pending = 0
+        self._keys = np.empty(layer.cells, dtype=np.int32) if self.selection == "topk" else None
+        self.selected = np.empty(0, dtype=np.int64)
+
+    def process(self, chunk: np.ndarray, t0: int) -> None:
+        """Apply iterations t0 .. t0+n-1; ``chunk`` is float32 (n, rows, cols)."""
+        if t0 != self.iterations:
+            raise ValueError(f"layer {self.layer.name}: expected iteration {self.iterations}, "
+                             f"got {t0}")
+        n = chunk.shape[0]
+        if self.selection == "dense":
+            # Every row gets one write operation per iteration, so all counters stay equal and
+            # ARS (which swaps only where counter(hot) > counter(cold)) never swaps: the write
+            # matrix is exactly `iterations` everywhere, applied lazily in finish().
+            self._dense_pending += n
+            self.iterations += n
+            return
+        if self.selected.shape[0] < n:
+            self.selected = np.empty(n, dtype=np.int64)
+        args = (self.A, self.A.view(np.int32), chunk, np.int64(t0), self.l2p, self.p2l,
+                self.writes, self.counters, self.stats, self.block_rows, self.half,
+                self.interval, self.ars_on)
+        if self.selection == "sgs-row":
+            bad = K._run_sgs_row(*args, self.selected)
+        elif self.selection == "sgs-element":
+            bad = K._run_sgs_element(*args, self.selected)
+        else:
+            bad = K._run_topk(*args, self.k, self._keys, self.selected)
+        if bad >= 0:
+            raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
+                             f"gradient or accumulator (NaN or Inf)")
+        self.iterations += n
+
+    def finish(self) -> None:
+        """Apply deferred dense writes; call before reading writes/counters/stats."""
+        p = self._dense_pending
+        if p:
+            self.writes += p
+            self.counters += p
+            self.stats[K.POLICY_CELLS] += p * self.layer.cells
+            self.stats[K.ROW_WRITES] += p * self.layer.rows
+            self.stats[K.MAX_WRITES] = int(self.writes.max())
+            self._dense_pending = 0
+
+    @property
+    def max_writes(self) -> int:
+        return int(self.stats[K.MAX_WRITES]) + self._dense_pending
+
+    @property
+    def policy_cell_writes(self) -> int:
+        return int(self.stats[K.POLICY_CELLS]) + self._dense_pending * self.layer.cells
+
+    @property
+    def swaps(self) -> int:
+        return int(self.stats[K.SWAPS])
+
+    @property
+    def ars_cells(self) -> int:
+        return int(self.stats[K.ARS_CELLS])
+
+    @property
+    def row_writes(self) -> int:
+        return int(self.stats[K.ROW_WRITES]) + self._dense_pending * self.layer.rows

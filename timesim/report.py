@@ -1,0 +1,98 @@
+"""report.json (DESIGN §4) and the run folder: writes/, rowmap/, history, resolved hwconfig."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import __version__
+from .config import HwConfig
+from .errors import SimulationError
+from .lifetime import lifetime_report
+from .policies import LayerPolicy
+
+
+def writes_summary(w: np.ndarray, policy_cells: int, T: int) -> dict:
+    return {"max": int(w.max()), "mean": float(w.mean()), "p99": float(np.percentile(w, 99)),
+            "total": int(w.sum(dtype=np.int64)), "sparsity": 1.0 - policy_cells / (T * w.size)}
+
+
+def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
+                 wall_s: float) -> dict:
+    meta = trace.meta
+    names = [p.layer.name for p in policies]
+    writes = [p.writes for p in policies]
+    total = sum(int(w.sum(dtype=np.int64)) for w in writes)
+    cells = sum(w.size for w in writes)
+    c = hw.controller
+    report = {
+        "timesim_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hwconfig": hw.to_dict(),
+        "trace": {"path": getattr(trace, "label", str(getattr(trace, "path", ""))),
+                  "model": meta.model, "source": meta.source, "dataset": meta.dataset,
+                  "dtype": meta.dtype, "iterations": meta.iterations,
+                  "layers": [{"name": l.name, "kind": l.kind, "rows": l.rows, "cols": l.cols}
+                             for l in meta.layers]},
+        "policy": {"selection": c.selection, "rct": c.rct, "topk_density": c.topk_density,
+                   "wear_leveling": c.wear_leveling, "interval": c.interval, "rows": c.rows,
+                   "by_layer": {p.layer.name: p.selection for p in policies}},
+        "iterations": T,
+        "writes": {"total": total, "max": max(int(w.max()) for w in writes),
+                   "mean": total / cells,
+                   "by_layer": {p.layer.name: writes_summary(p.writes, p.policy_cell_writes, T)
+                                for p in policies}},
+        "ars": {"swaps": sum(p.swaps for p in policies),
+                "rewrite_cells": sum(p.ars_cells for p in policies),
+                "by_layer": {p.layer.name: {"swaps": p.swaps, "rewrite_cells": p.ars_cells}
+                             for p in policies}},
+        "lifetime": lifetime_report(T, names, writes, [p.policy_cell_writes for p in policies],
+                                    hw.endurance),
+        "wall_s": wall_s,
+    }
+    return report
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def write_run(out: str | Path, report: dict, policies: Sequence[LayerPolicy],
+              history: tuple[list[int], list[list[int]]]) -> Path:
+    """Write the run folder; report.json goes last so its presence means the run is complete."""
+    out = Path(out)
+    try:
+        (out / "writes").mkdir(parents=True, exist_ok=True)
+        (out / "rowmap").mkdir(exist_ok=True)
+        (out / "report.json").unlink(missing_ok=True)
+        for p in policies:
+            _atomic_save(out / "writes" / f"{p.layer.name}.npy", p.writes)
+            _atomic_save(out / "rowmap" / f"{p.layer.name}.npy", p.l2p)
+        iters, maxima = history
+        lines = ["iteration," + ",".join(p.layer.name for p in policies)]
+        lines += [f"{t}," + ",".join(str(m) for m in row) for t, row in zip(iters, maxima)]
+        _atomic_write(out / "max_writes_history.csv", ("\n".join(lines) + "\n").encode())
+        _atomic_write(out / "hwconfig.yaml",
+                      yaml.safe_dump(report["hwconfig"], sort_keys=False).encode())
+        _atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise SimulationError(f"{out}: cannot write run folder: {exc}") from None
+    return out

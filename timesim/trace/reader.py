@@ -1,0 +1,146 @@
+"""Streaming reader of trace directories: one memory-mapped chunk per layer at a time."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..errors import TraceError
+from .format import STORAGE, TraceMeta, chunk_name, parse_manifest
+
+
+@dataclass
+class Chunk:
+    """Iterations ``t0 .. t0+n-1`` of every layer, in storage dtype, shape (n, rows, cols)."""
+
+    index: int
+    t0: int
+    n: int
+    arrays: dict[str, np.ndarray]
+
+
+def crc32_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return f"crc32:{zlib.crc32(b''):08x}"
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return f"crc32:{zlib.crc32(mm):08x}"
+
+
+def read_manifest(path: Path) -> TraceMeta:
+    mpath = path / "manifest.yaml"
+    try:
+        text = mpath.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if any(path.iterdir()):
+            raise TraceError(f"{path}: incomplete trace: no manifest.yaml (the writer did not "
+                             f"finish; chunks without a manifest are not a trace)") from None
+        raise TraceError(f"{path}: not a trace: no manifest.yaml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{mpath}: cannot read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TraceError(f"{mpath}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_manifest(raw, str(mpath))
+
+
+class TraceDir:
+    """A trace directory (DESIGN §6). ``chunks()`` streams it; memory does not grow with length."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        try:
+            resolved = path.resolve(strict=True)
+        except FileNotFoundError:
+            raise TraceError(f"{path}: no such trace directory") from None
+        except (OSError, RuntimeError) as exc:
+            raise TraceError(f"{path}: cannot resolve trace path: {exc}") from None
+        if not resolved.is_dir():
+            raise TraceError(f"{path}: not a directory; a trace is a directory with "
+                             f"manifest.yaml")
+        self.path = path
+        self.meta = read_manifest(path)
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    def chunk_path(self, layer: str, index: int) -> Path:
+        return self.path / layer / chunk_name(index)
+
+    def load_chunk(self, layer_index: int, index: int, verify: bool = True) -> np.ndarray:
+        """Memory-map one chunk of one layer after checking header, size and checksum."""
+        meta = self.meta
+        layer = meta.layers[layer_index]
+        path = self.chunk_path(layer.name, index)
+        rel = f"{layer.name}/{chunk_name(index)}"
+        where = f"{self.path}: layer {layer.name}: chunk {rel}"
+        if not path.is_file():
+            raise TraceError(f"{where}: missing")
+        if verify and rel in meta.checksums:
+            got = crc32_file(path)
+            if got != meta.checksums[rel]:
+                raise TraceError(f"{where}: checksum mismatch (manifest {meta.checksums[rel]}, "
+                                 f"file {got}): the chunk is corrupted")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise TraceError(f"{where}: not a readable .npy file ({exc})") from None
+        want_shape = (meta.chunk_len(index), layer.rows, layer.cols)
+        if arr.shape != want_shape:
+            raise TraceError(f"{where}: shape {arr.shape}, expected {want_shape}")
+        want = STORAGE[meta.dtype]
+        if arr.dtype != want:
+            raise TraceError(f"{where}: dtype {arr.dtype}, expected {want} for "
+                             f"dtype {meta.dtype}")
+        if arr.ndim and not arr.flags.c_contiguous:
+            raise TraceError(f"{where}: Fortran-ordered array; chunks must be C-ordered")
+        return arr
+
+    def chunks(self, start_chunk: int = 0, verify: bool = True) -> Iterator[Chunk]:
+        meta = self.meta
+        for index in range(start_chunk, meta.n_chunks):
+            arrays = {layer.name: self.load_chunk(i, index, verify)
+                      for i, layer in enumerate(meta.layers)}
+            yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index), arrays)
+
+    def validate(self) -> dict:
+        """Check every chunk (shape, dtype, checksum, finite values); raise on the first problem."""
+        meta = self.meta
+        extra = sorted(p.name for p in self.path.iterdir()
+                       if p.is_dir() and p.name not in {l.name for l in meta.layers})
+        for index in range(meta.n_chunks):
+            for li, layer in enumerate(meta.layers):
+                arr = self.load_chunk(li, index, verify=True)
+                bad = _first_nonfinite(arr, meta.dtype)
+                if bad is not None:
+                    it, r, c = bad
+                    raise TraceError(
+                        f"{self.path}: layer {layer.name}: chunk {chunk_name(index)}: "
+                        f"iteration {index * meta.chunk_iterations + it}: non-finite gradient "
+                        f"(NaN or Inf) at row {r}, col {c}")
+        return {"chunks": meta.n_chunks, "layers": len(meta.layers),
+                "checksums": len(meta.checksums), "extra_dirs": extra}
+
+
+def _first_nonfinite(arr: np.ndarray, dtype: str) -> tuple[int, int, int] | None:
+    """Index (iteration, row, col) of the first NaN/Inf, scanning one iteration at a time."""
+    for it in range(arr.shape[0]):
+        x = np.asarray(arr[it])
+        if dtype == "bfloat16":
+            bad = (x & 0x7F80) == 0x7F80
+        else:
+            bad = ~np.isfinite(x)
+        if bad.any():
+            r, c = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            return it, int(r), int(c)
+    return None

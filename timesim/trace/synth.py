@@ -1,0 +1,133 @@
+"""Synthetic gradient streams shaped like the paper's networks (``synth:MODEL?...``).
+
+These are not real gradients. Each layer's gradient is
+
+    G_t[r, c] = s_r · q_c · (bias · m[r, c] + z_t[r, c])
+
+with persistent, heavy-tailed row and column importances s_r = exp(row_sigma · N(0,1)) and
+q_c = exp(col_sigma · N(0,1)), a persistent per-cell direction m ~ N(0, 1), and fresh noise z_t
+from a counter-based generator (kernels/synth.py). Importance that persists over iterations is what
+makes conventional GS write the same rows and columns again and again: the striped, unbalanced
+write maps of the paper's Fig. 2. Everything is a pure function of (seed, layer index, iteration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from ..errors import TraceError
+from ..kernels.synth import gradient_chunk
+from .format import MAX_ITERATIONS, TraceMeta
+from .models import MODELS
+from .reader import Chunk
+
+PARAMS = {
+    "iterations": (int, "training iterations (default: the paper's count for the model)"),
+    "seed": (int, "seed of importances and noise (default 0)"),
+    "chunk": (int, "iterations generated per chunk (default 8)"),
+    "row_sigma": (float, "lognormal sigma of row importance (default 1.0)"),
+    "col_sigma": (float, "lognormal sigma of column importance (default 0.5)"),
+    "bias": (float, "persistent mean gradient relative to the noise (default 0.05)"),
+}
+
+
+class _LazyLayers(Mapping):
+    """Generates one layer's chunk on access into a buffer reused across layers and chunks."""
+
+    def __init__(self, trace: SynthTrace, t0: int, n: int):
+        self._trace, self._t0, self._n = trace, t0, n
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._trace.generate(self._trace.index[name], self._t0, self._n)
+
+    def __iter__(self):
+        return iter(self._trace.index)
+
+    def __len__(self) -> int:
+        return len(self._trace.index)
+
+
+class SynthTrace:
+    """A generated trace that never touches disk; same interface as a trace directory."""
+
+    def __init__(self, model: str, iterations: int | None = None, seed: int = 0, chunk: int = 8,
+                 row_sigma: float = 1.0, col_sigma: float = 0.5, bias: float = 0.05):
+        if model not in MODELS:
+            raise TraceError(f"synth:{model}: unknown model; expected one of "
+                             f"{', '.join(MODELS)}")
+        build, default_iterations, dataset = MODELS[model]
+        iterations = default_iterations if iterations is None else iterations
+        where = f"synth:{model}"
+        for key, value, lo, hi in (("iterations", iterations, 1, MAX_ITERATIONS),
+                                   ("seed", seed, 0, 2**63 - 1), ("chunk", chunk, 1, 1 << 20)):
+            if not lo <= value <= hi:
+                raise TraceError(f"{where}: {key}: must be in [{lo}, {hi}], got {value}")
+        for key, value in (("row_sigma", row_sigma), ("col_sigma", col_sigma), ("bias", bias)):
+            if not (np.isfinite(value) and 0 <= value <= 10):
+                raise TraceError(f"{where}: {key}: must be in [0, 10], got {value}")
+        self.model, self.seed = model, seed
+        self.params = dict(iterations=iterations, seed=seed, chunk=chunk, row_sigma=row_sigma,
+                           col_sigma=col_sigma, bias=bias)
+        layers = tuple(build())
+        self.meta = TraceMeta(model=model, source=f"timesim-synth seed={seed} "
+                              f"row_sigma={row_sigma} col_sigma={col_sigma} bias={bias}",
+                              dataset=dataset, batch_size=128, iterations=iterations,
+                              chunk_iterations=chunk, dtype="float32", layers=layers)
+        self.index = {layer.name: i for i, layer in enumerate(layers)}
+        self._structure: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        biggest = max(layer.cells for layer in layers)
+        self._buffer = np.empty(chunk * biggest, dtype=np.float32)
+
+    @property
+    def label(self) -> str:
+        return f"synth:{self.model}?" + "&".join(f"{k}={v}" for k, v in self.params.items())
+
+    def structure(self, li: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, row_scale, col_scale) of layer ``li``: persistent across iterations."""
+        if li not in self._structure:
+            layer = self.meta.layers[li]
+            rng = np.random.default_rng([self.seed, li])
+            p = self.params
+            row = np.exp(p["row_sigma"] * rng.standard_normal(layer.rows)).astype(np.float32)
+            col = np.exp(p["col_sigma"] * rng.standard_normal(layer.cols)).astype(np.float32)
+            direction = rng.standard_normal((layer.rows, layer.cols)).astype(np.float32)
+            mean = (p["bias"] * direction * row[:, None] * col[None, :]).astype(np.float32)
+            self._structure[li] = (mean, row, col)
+        return self._structure[li]
+
+    def generate(self, li: int, t0: int, n: int) -> np.ndarray:
+        layer = self.meta.layers[li]
+        out = self._buffer[: n * layer.cells].reshape(n, layer.rows, layer.cols)
+        mean, row, col = self.structure(li)
+        gradient_chunk(out, self.seed, li, t0, mean, row, col)
+        return out
+
+    def chunks(self, start_chunk: int = 0, verify: bool = True) -> Iterator[Chunk]:
+        meta = self.meta
+        for index in range(start_chunk, meta.n_chunks):
+            t0 = index * meta.chunk_iterations
+            n = meta.chunk_len(index)
+            yield Chunk(index, t0, n, _LazyLayers(self, t0, n))
+
+
+def parse_synth(source: str) -> SynthTrace:
+    """``synth:MODEL[?iterations=N&seed=S&...]`` -> SynthTrace."""
+    body = source[len("synth:"):]
+    model, _, query = body.partition("?")
+    kwargs: dict = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key not in PARAMS:
+            raise TraceError(f"{source}: unknown parameter {key!r}; expected "
+                             f"{', '.join(PARAMS)}")
+        cast = PARAMS[key][0]
+        try:
+            kwargs[key] = cast(value)
+        except ValueError:
+            raise TraceError(f"{source}: {key}: expected {cast.__name__}, got {value!r}") from None
+    if query and not kwargs:
+        raise TraceError(f"{source}: cannot parse parameters {query!r}; "
+                         f"expected synth:MODEL?iterations=N&seed=S")
+    return SynthTrace(model, **kwargs)

@@ -1,0 +1,87 @@
+"""Physical quantities in hwconfigs: strings with units (``50 ns``) or unit-suffixed keys (``pulse_ns``).
+
+Inside the code every quantity is an SI float; this module is the only place that knows prefixes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# kind -> (SI unit spelled in canonical keys, {unit spelling in strings: factor to SI})
+_PREFIX = {"f": 1e-15, "p": 1e-12, "n": 1e-9, "u": 1e-6, "µ": 1e-6, "m": 1e-3, "": 1.0,
+           "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def _units(base: str, prefixes: str, *aliases: str) -> dict[str, float]:
+    table = {}
+    for p in prefixes.split(","):
+        for name in (base, *aliases):
+            table[p + name] = _PREFIX[p]
+    return table
+
+
+KINDS: dict[str, tuple[str, dict[str, float]]] = {
+    "time": ("s", _units("s", "f,p,n,u,µ,m,")),
+    "energy": ("j", _units("J", "f,p,n,u,µ,m,")),
+    "power": ("w", _units("W", "n,u,µ,m,")),
+    "frequency": ("hz", _units("Hz", ",k,M,G")),
+    "resistance": ("ohm", _units("Ω", ",k,M,G", "ohm", "Ohm")),
+    "voltage": ("v", _units("V", "m,")),
+}
+
+# Key suffixes are lower case, so only unambiguous prefixes are accepted there ("_mohm" could be
+# milli or mega): a megaohm value is written as a string ("1 MOhm") or in plain ohms.
+SUFFIXES: dict[str, tuple[str, float]] = {
+    "s": ("time", 1.0), "ms": ("time", 1e-3), "us": ("time", 1e-6), "ns": ("time", 1e-9),
+    "ps": ("time", 1e-12),
+    "j": ("energy", 1.0), "mj": ("energy", 1e-3), "uj": ("energy", 1e-6), "nj": ("energy", 1e-9),
+    "pj": ("energy", 1e-12), "fj": ("energy", 1e-15),
+    "w": ("power", 1.0), "mw": ("power", 1e-3), "uw": ("power", 1e-6), "nw": ("power", 1e-9),
+    "hz": ("frequency", 1.0), "khz": ("frequency", 1e3), "mhz": ("frequency", 1e6),
+    "ghz": ("frequency", 1e9),
+    "ohm": ("resistance", 1.0), "kohm": ("resistance", 1e3),
+    "v": ("voltage", 1.0), "mv": ("voltage", 1e-3),
+}
+
+_QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµΩ]*)\s*$")
+
+
+def parse_quantity(value: object, kind: str) -> float:
+    """Return ``value`` in SI units; a bare number is taken as already SI. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a {kind} such as {example(kind)}, got {value!r}")
+    if isinstance(value, (int, float)):
+        out = float(value)
+    elif isinstance(value, str):
+        m = _QUANTITY.match(value)
+        if not m:
+            raise ValueError(f"expected a {kind} such as {example(kind)}, got {value!r}")
+        number, unit = float(m.group(1)), m.group(2)
+        table = KINDS[kind][1]
+        if unit == "":
+            factor = 1.0
+        elif unit in table:
+            factor = table[unit]
+        else:
+            raise ValueError(f"unknown {kind} unit {unit!r} in {value!r}; use one of "
+                             f"{', '.join(sorted(table))}")
+        out = number * factor
+    else:
+        raise ValueError(f"expected a {kind} such as {example(kind)}, got {value!r}")
+    if not math.isfinite(out):
+        raise ValueError(f"expected a finite {kind}, got {value!r}")
+    return out
+
+
+def example(kind: str) -> str:
+    return {"time": "'50 ns'", "energy": "'8 pJ'", "power": "'1.26 mW'", "frequency": "'1 GHz'",
+            "resistance": "'100 kOhm'", "voltage": "'0.5 V'"}[kind]
+
+
+def split_suffix(key: str) -> tuple[str, str | None]:
+    """``'pulse_ns'`` -> ``('pulse', 'ns')``; a key without a known unit suffix -> ``(key, None)``."""
+    base, sep, suffix = key.rpartition("_")
+    if sep and base and suffix in SUFFIXES:
+        return base, suffix
+    return key, None
