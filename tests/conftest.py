@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+import timesim
+
+
+@pytest.fixture
+def tiny_hw():
+    return timesim.load_hwconfig(timesim.config.bundled_hwconfig("tiny"))
+
+
+def make_hw(selection="sgs", wear_leveling="none", interval=4, R=4, block_rows=8, rct=8,
+            density=0.05, cols=8, endurance=None, sigma=None):
+    sets = [f"controller.selection={selection}", f"controller.wear_leveling={wear_leveling}",
+            f"controller.interval={interval}", f"controller.rows={R}",
+            f"xbar.rows={block_rows}", f"xbar.cols={cols}", f"controller.rct={rct}",
+            f"controller.topk_density={density}", "adc.cols_per_adc=1"]
+    if endurance is not None:
+        sets.append(f"endurance.cycles={endurance}")
+    if sigma is not None:
+        sets.append(f"endurance.sigma={sigma}")
+    return timesim.load_hwconfig(None, sets)
+
+
+def random_grads(rng, T, rows, cols, style="normal"):
+    if style == "normal":
+        g = rng.standard_normal((T, rows, cols))
+    elif style == "ties":                      # few distinct magnitudes: many exact ties
+        g = rng.integers(-2, 3, size=(T, rows, cols)).astype(np.float64)
+    elif style == "hot-row":                   # one row always wins
+        g = 0.01 * rng.standard_normal((T, rows, cols))
+        g[:, rows // 2, :] += 10.0
+    else:
+        raise ValueError(style)
+    return g.astype(np.float32)

@@ -1,0 +1,125 @@
+"""Slow, obvious numpy twins of the policy kernels (DESIGN §2), written from the spec alone."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def float16_bits_to_value(h: int) -> float:
+    """IEEE half from its bit pattern, by the textbook formula."""
+    sign = -1.0 if h & 0x8000 else 1.0
+    exp = (h >> 10) & 0x1F
+    man = h & 0x3FF
+    if exp == 0x1F:
+        return sign * np.inf if man == 0 else np.nan
+    if exp == 0:
+        return sign * man * 2.0**-24
+    return sign * (1 + man / 1024) * 2.0 ** (exp - 15)
+
+
+def bfloat16_bits_to_value(b: int) -> float:
+    sign = -1.0 if b & 0x8000 else 1.0
+    exp = (b >> 7) & 0xFF
+    man = b & 0x7F
+    if exp == 0xFF:
+        return sign * np.inf if man == 0 else np.nan
+    if exp == 0:
+        return sign * man * 2.0**-133
+    return sign * (1 + man / 128) * 2.0 ** (exp - 127)
+
+
+class RefLayer:
+    """One layer under one policy, iteration by iteration, with Python loops where clearer."""
+
+    def __init__(self, rows, cols, selection, *, rct=128, density=0.001, wear_leveling="none",
+                 interval=1024, R=32, block_rows=128):
+        if selection == "sgs":
+            selection = "sgs-element" if rows < rct else "sgs-row"
+        self.rows, self.cols, self.selection = rows, cols, selection
+        self.density, self.ars = density, wear_leveling == "ars"
+        self.interval, self.R, self.block_rows = interval, R, block_rows
+        self.A = np.zeros((rows, cols), np.float32)
+        self.writes = np.zeros((rows, cols), np.int64)
+        self.counters = np.zeros(rows, np.int64)
+        self.l2p = list(range(rows))
+        self.p2l = list(range(rows))
+        self.policy_cells = 0
+        self.swaps = 0
+        self.ars_cells = 0
+        self.selected = []
+        self.t = 0
+
+    def _ars(self):
+        for start in range(0, self.rows, self.block_rows):
+            x = min(self.block_rows, self.rows - start)
+            h = min(self.R // 2, x // 2)
+            idx = list(range(start, start + x))
+            hot = sorted(idx, key=lambda p: (-self.counters[p], p))[:h]
+            rest = [p for p in idx if p not in hot]
+            cold = sorted(rest, key=lambda p: (self.counters[p], p))[:h]
+            for a, b in zip(hot, cold):
+                if self.counters[a] > self.counters[b]:
+                    la, lb = self.p2l[a], self.p2l[b]
+                    self.p2l[a], self.p2l[b] = lb, la
+                    self.l2p[la], self.l2p[lb] = b, a
+                    self.writes[a, :] += 1
+                    self.writes[b, :] += 1
+                    self.counters[a] += 1
+                    self.counters[b] += 1
+                    self.swaps += 1
+                    self.ars_cells += 2 * self.cols
+
+    def step(self, G):
+        t = self.t
+        self.t += 1
+        if self.ars and t >= 1 and t % self.interval == 0:
+            self._ars()
+        n = self.rows * self.cols
+        if self.selection == "dense":
+            self.writes += 1
+            self.counters += 1
+            self.policy_cells += n
+            return
+        self.A += np.asarray(G, np.float32)
+        mag = np.abs(self.A)
+        if self.selection == "sgs-row":
+            r = int(np.argmax(mag.max(axis=1)))           # argmax: first (lowest) on ties
+            p = self.l2p[r]
+            self.writes[p, :] += 1
+            self.counters[p] += 1
+            self.A[r, :] = 0
+            self.policy_cells += self.cols
+            self.selected.append(r)
+        elif self.selection == "sgs-element":
+            j = int(np.argmax(mag))                       # row-major, first on ties
+            r, c = divmod(j, self.cols)
+            p = self.l2p[r]
+            self.writes[p, c] += 1
+            self.counters[p] += 1
+            self.A[r, c] = 0
+            self.policy_cells += 1
+            self.selected.append(j)
+        elif self.selection == "topk":
+            k = min(n, max(1, round(self.density * n)))
+            flat = mag.ravel()
+            order = sorted(range(n), key=lambda j: (-flat[j], j))[:k]
+            rows_hit = set()
+            for j in order:
+                r, c = divmod(j, self.cols)
+                self.writes[self.l2p[r], c] += 1
+                self.A[r, c] = 0
+                rows_hit.add(r)
+            for r in rows_hit:
+                self.counters[self.l2p[r]] += 1
+            self.policy_cells += k
+            self.selected.append(len(rows_hit))
+        else:
+            raise ValueError(self.selection)
+
+
+def run_reference(G, selection, **kw) -> RefLayer:
+    """G: (T, rows, cols) float32."""
+    layer = RefLayer(G.shape[1], G.shape[2], selection, **kw)
+    for t in range(G.shape[0]):
+        layer.step(G[t])
+    return layer

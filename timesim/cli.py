@@ -1,0 +1,227 @@
+"""Command line (DESIGN §4). User errors: one line on stderr, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+from .errors import TimesimError
+
+EXAMPLE_TRACE = "example-mlp-small"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def bundled_trace() -> Path:
+    return Path(str(resources.files("timesim") / "data" / "traces" / EXAMPLE_TRACE))
+
+
+def _progress(total: int, label: str):
+    """A tqdm bar on a TTY; nothing otherwise (or when tqdm is not installed)."""
+    if not sys.stderr.isatty():
+        return None, None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None, None
+    bar = tqdm(total=total, unit="it", desc=label, leave=False, dynamic_ncols=True)
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+
+    return update, bar
+
+
+def cmd_run(args) -> int:
+    from .config import load_hwconfig
+    from .simulate import simulate
+    from .trace import open_trace
+
+    hw = load_hwconfig(args.hw, args.set or ())
+    trace = open_trace(args.trace if args.trace else bundled_trace())
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime(
+        "run-%Y%m%d-%H%M%S")
+    update, bar = _progress(trace.meta.iterations, "simulating")
+    try:
+        report = simulate(hw, trace, out=out, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.plots:
+        from .plots import write_plots
+
+        write_plots(out, report)
+    _print_summary(report, out)
+    return 0
+
+
+def _print_summary(r: dict, out: Path) -> None:
+    p, lt, w = r["policy"], r["lifetime"], r["writes"]
+    wl = p["wear_leveling"]
+    if wl == "ars":
+        wl += f" (SI={p['interval']}, R={p['rows']})"
+    print(f"trace     {r['trace']['path']}  ({r['trace']['model']}, {r['iterations']} iterations, "
+          f"{len(r['trace']['layers'])} layers)")
+    print(f"chip      {r['hwconfig']['name']}  {r['hwconfig']['xbar']['rows']}x"
+          f"{r['hwconfig']['xbar']['cols']} crossbars")
+    print(f"policy    {p['selection']} + {wl}")
+    print(f"{'layer':<22}{'policy':<13}{'rows x cols':>13}{'max':>9}{'mean':>10}{'sparsity':>10}")
+    for layer in r["trace"]["layers"]:
+        s = w["by_layer"][layer["name"]]
+        print(f"{layer['name']:<22}{p['by_layer'][layer['name']]:<13}"
+              f"{str(layer['rows']) + ' x ' + str(layer['cols']):>13}{s['max']:>9}"
+              f"{s['mean']:>10.2f}{s['sparsity']:>10.4f}")
+    print(f"max writes per cell      {w['max']}  (dense baseline: {r['iterations']})")
+    print(f"lifetime extension       {lt['extension']:.1f}x  (balanced bound "
+          f"{lt['balanced_extension']:.1f}x, set by {lt['binding_layer']})")
+    print(f"ARS swaps                {r['ars']['swaps']}  ({r['ars']['rewrite_cells']} cells "
+          f"rewritten)")
+    if p["wear_leveling"] == "ars" and p["interval"] >= r["iterations"]:
+        print(f"note: ARS interval {p['interval']} >= {r['iterations']} iterations, so no swap "
+              f"could happen; try --trace 'synth:resnet20?iterations=16000'")
+    print(f"endurance {lt['endurance']:.3g}: first cell fails after "
+          f"{lt['iterations_to_failure']:.3g} iterations ({lt['trainings_to_failure']:.3g} "
+          f"trainings of this length)")
+    print(f"wrote     {out}/report.json, writes/, rowmap/")
+
+
+def cmd_trace_synth(args) -> int:
+    from .trace import TraceWriter
+    from .trace.synth import SynthTrace
+
+    synth = SynthTrace(args.model, iterations=args.iterations, seed=args.seed, chunk=args.chunk)
+    meta = synth.meta
+    update, bar = _progress(meta.iterations, "writing")
+    try:
+        with TraceWriter(args.out, meta.layers, model=meta.model, source=meta.source,
+                         dataset=meta.dataset, batch_size=meta.batch_size, dtype=args.dtype,
+                         chunk_iterations=meta.chunk_iterations, overwrite=args.force) as w:
+            for chunk in synth.chunks():
+                w.append_chunk({name: chunk.arrays[name] for name in synth.index})
+                if update:
+                    update(chunk.t0 + chunk.n)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {args.out}: {meta.model}, {meta.iterations} iterations, "
+          f"{len(meta.layers)} layers, {args.dtype}")
+    return 0
+
+
+def cmd_trace_info(args) -> int:
+    from .trace import open_trace
+
+    t = open_trace(args.trace)
+    m = t.meta
+    if args.json:
+        print(json.dumps({"path": getattr(t, "label", args.trace), **m.to_dict()}, indent=2))
+        return 0
+    print(f"trace       {getattr(t, 'label', args.trace)}")
+    print(f"model       {m.model}   dataset {m.dataset or '-'}   batch {m.batch_size}")
+    print(f"source      {m.source}")
+    print(f"iterations  {m.iterations} in {m.n_chunks} chunks of {m.chunk_iterations}, "
+          f"dtype {m.dtype}")
+    print(f"layers      {len(m.layers)}, {sum(l.cells for l in m.layers)} weights")
+    for l in m.layers:
+        geo = ""
+        if l.kind == "conv2d":
+            geo = f"  k={l.kernel[0]}x{l.kernel[1]} {l.in_channels}->{l.out_channels}"
+            if l.output_hw:
+                geo += f" out {l.output_hw[0]}x{l.output_hw[1]}"
+        print(f"  {l.name:<24}{l.kind:<8}{l.rows:>7} x {l.cols:<6}{geo}")
+    return 0
+
+
+def cmd_trace_validate(args) -> int:
+    from .errors import TraceError
+    from .trace import TraceDir
+
+    if isinstance(args.trace, str) and args.trace.startswith("synth:"):
+        raise TraceError(f"{args.trace}: synthetic streams are generated, not stored; "
+                         f"validate a trace directory")
+    t = TraceDir(args.trace)
+    info = t.validate()
+    print(f"{args.trace}: valid timesim trace v1: {t.meta.iterations} iterations, "
+          f"{info['layers']} layers, {info['chunks']} chunks, {info['checksums']} checksums "
+          f"verified, all values finite")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    result = run_bench(quick=args.quick, progress=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="timesim", description="Cycle-level simulator of TIME with SGS-ARS.")
+    p.add_argument("--version", action="version", version=f"timesim {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="simulate a trace on a chip and write a run folder")
+    run.add_argument("--hw", help="hwconfig YAML (default: the bundled TIME chip)")
+    run.add_argument("--trace", help="trace directory or synth:MODEL?iterations=N&seed=S "
+                                     "(default: the bundled example trace)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a hwconfig key, e.g. controller.interval=512 (repeatable)")
+    run.add_argument("--out", help="run folder (default: runs/run-DATE-TIME)")
+    run.add_argument("--plots", action="store_true", help="also write PNG figures")
+    run.set_defaults(func=cmd_run)
+
+    tr = sub.add_parser("trace", help="make, inspect and check traces")
+    tsub = tr.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
+    synth = tsub.add_parser("synth", help="write a synthetic trace directory")
+    from .trace.models import MODELS
+
+    synth.add_argument("--model", required=True, choices=sorted(MODELS))
+    synth.add_argument("--iterations", type=int, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    synth.add_argument("--chunk", type=int, default=64, help="iterations per chunk file")
+    synth.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    synth.set_defaults(func=cmd_trace_synth)
+    info = tsub.add_parser("info", help="summarize a trace")
+    info.add_argument("trace")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_trace_info)
+    val = tsub.add_parser("validate", help="check every chunk: shapes, dtypes, checksums, NaN/Inf")
+    val.add_argument("trace")
+    val.set_defaults(func=cmd_trace_validate)
+
+    bench = sub.add_parser("bench", help="kernel throughput against same-run baselines")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="timesim: %(message)s")
+    try:
+        return args.func(args)
+    except TimesimError as exc:
+        print(f"timesim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("timesim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
