@@ -43,7 +43,10 @@ class LayerPolicy:
         self.stats = np.zeros(K.N_STATS, dtype=np.int64)
         self.iterations = 0
         self._dense_pending = 0
-        self._keys = np.empty(layer.cells, dtype=np.int32) if self.selection == "topk" else None
+        if self.selection == "topk":
+            self._keys = np.empty(layer.cells, dtype=np.int32)
+            self._cand = np.empty(layer.cells, dtype=np.int64)
+            self._tau = np.zeros(1, dtype=np.int64)
         self.selected = np.empty(0, dtype=np.int64)
 
     def process(self, chunk: np.ndarray, t0: int) -> None:
@@ -69,7 +72,7 @@ class LayerPolicy:
         elif self.selection == "sgs-element":
             bad = K._run_sgs_element(*args, self.selected)
         else:
-            bad = K._run_topk(*args, self.k, self._keys, self.selected)
+            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.selected)
         if bad >= 0:
             raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
                              f"gradient or accumulator (NaN or Inf)")

@@ -87,17 +87,27 @@ def _ars(counters, l2p, p2l, writes, block_rows, half, stats):
 
 
 @njit(cache=True)
-def _accumulate_rowmax(A, Ai, G, r):
-    """A[r] += G[r]; return max |A[r, :]| as a sign-cleared int32 bit pattern."""
-    Ar = A[r]
-    Gr = G[r]
-    for c in range(Ar.shape[0]):
-        Ar[c] += Gr[c]
-    Air = Ai[r]
-    m = np.int32(0)
-    for c in range(Air.shape[0]):
-        m = max(m, Air[c] & _ABS)
-    return m
+def _accumulate_argmax_row(A, Ai, G):
+    """A += G; return (r*, max |A[r*, :]|) with the max as a sign-cleared int32 bit pattern.
+
+    One call per iteration: each row is added, then its max taken while it is still in L1.
+    """
+    rows, cols = A.shape
+    best = np.int32(-1)
+    rbest = 0
+    for r in range(rows):
+        Ar = A[r]
+        Gr = G[r]
+        for c in range(cols):
+            Ar[c] += Gr[c]
+        Air = Ai[r]
+        m = np.int32(0)
+        for c in range(cols):
+            m = max(m, Air[c] & _ABS)
+        if m > best:
+            best = m
+            rbest = r
+    return rbest, best
 
 
 @njit(cache=True)
@@ -109,14 +119,7 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
         t = t0 + i
         if ars_on and t >= 1 and t % interval == 0:
             _ars(counters, l2p, p2l, writes, block_rows, half, stats)
-        G = chunk[i]
-        best = np.int32(-1)
-        rbest = 0
-        for r in range(rows):
-            m = _accumulate_rowmax(A, Ai, G, r)
-            if m > best:
-                best = m
-                rbest = r
+        rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
         if best >= _NONFINITE:
             return i
         A[rbest, :] = 0.0
@@ -138,14 +141,7 @@ def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_
         t = t0 + i
         if ars_on and t >= 1 and t % interval == 0:
             _ars(counters, l2p, p2l, writes, block_rows, half, stats)
-        G = chunk[i]
-        best = np.int32(-1)
-        rbest = 0
-        for r in range(rows):
-            m = _accumulate_rowmax(A, Ai, G, r)
-            if m > best:
-                best = m
-                rbest = r
+        rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
         if best >= _NONFINITE:
             return i
         cbest = 0
@@ -166,16 +162,54 @@ def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_
 
 
 @njit(cache=True)
+def _count_at_least(keys, g):
+    g32 = np.int32(g)
+    cnt = 0
+    for j in range(keys.shape[0]):
+        if keys[j] >= g32:
+            cnt += 1
+    return cnt
+
+
+@njit(cache=True)
+def _topk_threshold(keys, k, guess, limit):
+    """A threshold tau with k <= count(keys >= tau) <= limit, or the largest tau whose count is
+    >= k when ties make that window impossible. Starts from ``guess`` (last iteration's tau) and
+    steps by factors of two in magnitude (2^23 in the bit pattern), then bisects."""
+    lo = np.int64(0)                      # count(keys >= 0) = n >= k
+    hi = np.int64(0x80000000)             # count(keys >= 2^31) = 0 < k
+    g = min(max(guess, lo + 1), hi - 1)
+    while True:
+        cnt = _count_at_least(keys, g)
+        if cnt < k:
+            hi = g
+        elif cnt <= limit:
+            return g
+        else:
+            lo = g
+        if hi - lo <= 1:
+            return lo
+        step = np.int64(1 << 23)
+        ng = g - step if cnt < k else g + step
+        if ng <= lo or ng >= hi:
+            ng = (lo + hi) // 2
+        g = ng
+
+
+@njit(cache=True)
 def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-              interval, ars_on, k, keys, selected):
+              interval, ars_on, k, keys, cand, tau_state, selected):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
-    ``selected[i]`` gets the number of distinct rows written in iteration i.
+    ``selected[i]`` gets the number of distinct rows written in iteration i. Selection is
+    O(n): a threshold search over the integer magnitude keys, then an exact sort of the few
+    candidates at or above it.
     """
     rows, cols = A.shape
     n = rows * cols
     flat = A.reshape(n)
     flat_i = Ai.reshape(n)
+    limit = 2 * k + 64
     for i in range(chunk.shape[0]):
         t = t0 + i
         if ars_on and t >= 1 and t % interval == 0:
@@ -190,31 +224,31 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
             top = max(top, v)
         if top >= _NONFINITE:
             return i
-        tau = np.partition(keys, n - k)[n - k]
-        need = k
+        tau = _topk_threshold(keys, k, tau_state[0], limit)
+        tau_state[0] = tau
+        tau32 = np.int32(tau)
+        m = 0
         for j in range(n):
-            if (flat_i[j] & _ABS) > tau:
-                need -= 1
+            if keys[j] >= tau32:
+                # (largest key, then lowest index) first under an ascending sort
+                cand[m] = ((np.int64(0x7FFFFFFF) - keys[j]) << 32) | j
+                m += 1
+        chosen = np.sort(np.sort(cand[:m])[:k] & np.int64(0xFFFFFFFF))
         touched = 0
         last_row = -1
         mx = stats[MAX_WRITES]
-        for j in range(n):
-            v = flat_i[j] & _ABS
-            take = v > tau
-            if not take and v == tau and need > 0:
-                take = True
-                need -= 1
-            if take:
-                r = j // cols
-                c = j - r * cols
-                p = l2p[r]
-                flat[j] = 0.0
-                writes[p, c] += 1
-                mx = max(mx, writes[p, c])
-                if r != last_row:
-                    counters[p] += 1
-                    touched += 1
-                    last_row = r
+        for q in range(k):
+            j = chosen[q]
+            r = j // cols
+            c = j - r * cols
+            p = l2p[r]
+            flat[j] = 0.0
+            writes[p, c] += 1
+            mx = max(mx, writes[p, c])
+            if r != last_row:
+                counters[p] += 1
+                touched += 1
+                last_row = r
         stats[MAX_WRITES] = mx
         stats[POLICY_CELLS] += k
         stats[ROW_WRITES] += touched

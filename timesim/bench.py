@@ -1,0 +1,150 @@
+"""``timesim bench``: kernel throughput as ratios against baselines measured in the same run.
+
+Baselines: a plain numpy implementation of the same policy step, and a plain memory copy
+(``np.copyto``) moving the same number of bytes the kernel must touch (read G, read and write
+A: 12 bytes per float32 element). JIT warm-up (compile or cache load) is reported apart.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .config import load_hwconfig
+from .kernels import select as K
+from .kernels.synth import _normal_row, _stream_key
+from .policies import LayerPolicy
+from .trace.format import LayerInfo
+from .trace.synth import SynthTrace
+
+SHAPES = [(144, 16), (288, 32), (576, 64), (2304, 256)]   # ResNet-20 layers + the issue's case
+
+
+def _best(fn, reps: int) -> float:
+    """Best of ``reps`` timings (least disturbed by the other core's load)."""
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _copy_seconds(nbytes_touched: int, reps: int) -> float:
+    """Time to copy nbytes_touched/2 bytes (read + write = nbytes_touched)."""
+    n = max(1, nbytes_touched // 8)
+    src = np.ones(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    return _best(lambda: np.copyto(dst, src), reps)
+
+
+def _numpy_sgs_row(A, chunk, writes, l2p):
+    for G in chunk:
+        A += G
+        r = int(np.argmax(np.abs(A).max(axis=1)))
+        A[r] = 0
+        writes[l2p[r]] += 1
+
+
+def bench_policy(selection: str, rows: int, cols: int, iters: int, reps: int) -> dict:
+    """Steady-state time of one policy step; G is one cache-resident matrix reused, so kernel,
+    numpy and copy all run on data in the same cache level (compute, not DRAM, is measured)."""
+    rng = np.random.default_rng(0)
+    # a chunk of distinct iterations up to ~1 MB (stays in L2), called iters/m times
+    m = max(1, min(iters, (1 << 20) // (4 * rows * cols)))
+    block = rng.standard_normal((m, rows, cols)).astype(np.float32)
+    chunk = np.broadcast_to(block, (iters // m, m, rows, cols)).reshape(-1, rows, cols)
+    hw = load_hwconfig(None, [f"controller.selection={selection}",
+                              "controller.wear_leveling=none"])
+    layer = LayerInfo(name="bench", kind="linear", rows=rows, cols=cols)
+    pol = LayerPolicy(layer, hw)
+    t = time.perf_counter()
+    pol.process(block[:1], 0)                       # JIT compile or cache load
+    warmup = time.perf_counter() - t
+
+    def kernel():
+        for _ in range(iters // m):
+            pol.process(block, pol.iterations)
+
+    t_kernel = _best(kernel, reps) / (iters // m * m)
+    elems = rows * cols
+    out = {"policy": selection, "shape": [rows, cols], "warmup_s": warmup,
+           "kernel_ns_per_element": t_kernel / elems * 1e9}
+    if selection == "sgs-row":
+        A = np.zeros((rows, cols), np.float32)
+        writes = np.zeros((rows, cols), np.int64)
+        l2p = np.arange(rows)
+        t_np = _best(lambda: _numpy_sgs_row(A, chunk, writes, l2p), max(1, reps // 2)) / len(chunk)
+        t_copy = _copy_seconds(12 * elems, reps * 4)
+        out.update({"numpy_ns_per_element": t_np / elems * 1e9,
+                    "speedup_vs_numpy": t_np / t_kernel,
+                    "kernel_gb_per_s": 12 * elems / t_kernel / 1e9,
+                    "copy_gb_per_s": 12 * elems / t_copy / 1e9,
+                    "fraction_of_copy_bandwidth": t_copy / t_kernel})
+    return out
+
+
+def bench_synth(n: int, reps: int) -> dict:
+    out = np.empty(n, dtype=np.float32)
+    key = _stream_key(0, 0, 0)
+    t = time.perf_counter()
+    _normal_row(key, 0, out[:8])
+    warmup = time.perf_counter() - t
+    t_hash = _best(lambda: _normal_row(key, 0, out), reps) / n
+    rng = np.random.default_rng(0)
+    t_np = _best(lambda: rng.standard_normal(n, dtype=np.float32), reps) / n
+    return {"warmup_s": warmup, "hash_normal_ns": t_hash * 1e9, "numpy_normal_ns": t_np * 1e9,
+            "speedup_vs_numpy": t_np / t_hash}
+
+
+def bench_end_to_end(iterations: int) -> dict:
+    """Policy path on synthetic ResNet-20 with sgs + ars (the default chip), in iterations/s."""
+    hw = load_hwconfig()
+    trace = SynthTrace("resnet20", iterations=iterations)
+    policies = [LayerPolicy(layer, hw) for layer in trace.meta.layers]
+    gen = 0.0
+    t = time.perf_counter()
+    for chunk in trace.chunks():
+        for p in policies:
+            t1 = time.perf_counter()
+            g = chunk.arrays[p.layer.name]
+            gen += time.perf_counter() - t1
+            p.process(g, chunk.t0)
+    total = time.perf_counter() - t
+    return {"model": "resnet20", "iterations": iterations, "seconds": total,
+            "generation_seconds": gen, "iterations_per_s": iterations / total,
+            "projected_64000_s": total * 64000 / iterations}
+
+
+def run_bench(quick: bool = False, progress: bool = True) -> dict:
+    reps = 3 if quick else 7
+    iters = 8 if quick else 32
+    say = print if progress else (lambda *a, **k: None)
+    result: dict = {"policy_kernels": [], "note": "ratios are against baselines measured in "
+                    "this same run on this machine"}
+    say(f"{'policy':<12}{'shape':>12}{'kernel ns/el':>14}{'numpy ns/el':>13}{'x numpy':>9}"
+        f"{'GB/s':>8}{'copy GB/s':>11}{'of copy':>9}{'warm-up s':>11}")
+    for selection, shapes in (("sgs-row", SHAPES), ("sgs-element", SHAPES[:3]),
+                              ("topk", SHAPES[:3])):
+        for rows, cols in shapes:
+            r = bench_policy(selection, rows, cols, iters, reps)
+            result["policy_kernels"].append(r)
+            if "speedup_vs_numpy" in r:
+                say(f"{selection:<12}{f'{rows}x{cols}':>12}{r['kernel_ns_per_element']:>14.3f}"
+                    f"{r['numpy_ns_per_element']:>13.3f}{r['speedup_vs_numpy']:>9.1f}"
+                    f"{r['kernel_gb_per_s']:>8.1f}{r['copy_gb_per_s']:>11.1f}"
+                    f"{r['fraction_of_copy_bandwidth']:>9.2f}{r['warmup_s']:>11.3f}")
+            else:
+                say(f"{selection:<12}{f'{rows}x{cols}':>12}{r['kernel_ns_per_element']:>14.3f}"
+                    f"{'':>13}{'':>9}{'':>8}{'':>11}{'':>9}{r['warmup_s']:>11.3f}")
+    s = bench_synth(1 << 16 if quick else 1 << 20, reps)
+    result["synth_normal"] = s
+    say(f"synthetic normal: {s['hash_normal_ns']:.3f} ns/value (numpy "
+        f"{s['numpy_normal_ns']:.3f} ns, {s['speedup_vs_numpy']:.1f}x)")
+    e = bench_end_to_end(256 if quick else 2048)
+    result["end_to_end"] = e
+    say(f"end to end: resnet20 sgs+ars {e['iterations_per_s']:.0f} it/s "
+        f"(generation {e['generation_seconds'] / e['seconds']:.0%} of the time); "
+        f"64000 iterations ~ {e['projected_64000_s']:.1f} s")
+    return result
