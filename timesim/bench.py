@@ -12,7 +12,6 @@ import time
 import numpy as np
 
 from .config import load_hwconfig
-from .kernels import select as K
 from .kernels.synth import _normal_row, _stream_key
 from .policies import LayerPolicy
 from .trace.format import LayerInfo
@@ -87,7 +86,7 @@ def bench_policy(selection: str, rows: int, cols: int, iters: int, reps: int) ->
 
 def bench_synth(n: int, reps: int) -> dict:
     out = np.empty(n, dtype=np.float32)
-    key = _stream_key(0, 0, 0)
+    key = np.uint64(_stream_key(0, 0, 0))
     t = time.perf_counter()
     _normal_row(key, 0, out[:8])
     warmup = time.perf_counter() - t

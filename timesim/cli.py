@@ -105,7 +105,7 @@ def cmd_trace_synth(args) -> int:
                          dataset=meta.dataset, batch_size=meta.batch_size, dtype=args.dtype,
                          chunk_iterations=meta.chunk_iterations, overwrite=args.force) as w:
             for chunk in synth.chunks():
-                w.append_chunk({name: chunk.arrays[name] for name in synth.index})
+                w.append_chunk(chunk.arrays)
                 if update:
                     update(chunk.t0 + chunk.n)
     finally:

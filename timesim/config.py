@@ -1,7 +1,7 @@
 """Hardware config: versioned YAML -> frozen dataclasses (DESIGN §5).
 
-Every hwconfig is read as an overlay on the bundled ``time-default.yaml``: a key it omits keeps the
-default chip's value, so the defaults (and the sources they cite) live in one file. Quantities are
+Every hwconfig is read as an overlay on the bundled ``time-default.yaml``: a key it omits keeps
+the default chip's value, so the defaults (and the sources they cite) live in one file. Quantities are
 written with units (``pulse_latency: 50 ns``) or with a unit-suffixed key (``pulse_latency_ns: 50``);
 inside the code they are SI floats in attributes named with their SI unit (``pulse_latency_s``).
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -138,7 +139,7 @@ class HwConfig:
             out[sec] = dataclasses.asdict(getattr(self, sec))
         return out
 
-    def replace(self, **sections: dict[str, Any]) -> "HwConfig":
+    def replace(self, **sections: dict[str, Any]) -> HwConfig:
         """A copy with some canonical fields changed, e.g. ``replace(controller={"rows": 8})``."""
         raw = self.to_dict()
         for sec, values in sections.items():
@@ -340,7 +341,8 @@ def bundled_hwconfig(name: str = "time-default") -> Path:
 
 
 def load_hwconfig(path: str | Path | None = None, overrides: Iterable[str] = ()) -> HwConfig:
-    """Load a chip: the bundled default when ``path`` is None, then ``section.key=value`` overrides."""
+    """Load a chip (the bundled default when ``path`` is None), then apply ``section.key=value``
+    overrides."""
     default_path = bundled_hwconfig()
     merged = _normalize(_read_yaml(default_path), str(default_path))
     source = str(default_path)

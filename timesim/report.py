@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
     c = hw.controller
     report = {
         "timesim_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "hwconfig": hw.to_dict(),
         "trace": {"path": getattr(trace, "label", str(getattr(trace, "path", ""))),
                   "model": meta.model, "source": meta.source, "dataset": meta.dataset,

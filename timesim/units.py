@@ -1,4 +1,4 @@
-"""Physical quantities in hwconfigs: strings with units (``50 ns``) or unit-suffixed keys (``pulse_ns``).
+"""Quantities in hwconfigs: strings with units (``50 ns``) or unit-suffixed keys (``pulse_ns``).
 
 Inside the code every quantity is an SI float; this module is the only place that knows prefixes.
 """
@@ -80,7 +80,7 @@ def example(kind: str) -> str:
 
 
 def split_suffix(key: str) -> tuple[str, str | None]:
-    """``'pulse_ns'`` -> ``('pulse', 'ns')``; a key without a known unit suffix -> ``(key, None)``."""
+    """``'pulse_ns'`` -> ``('pulse', 'ns')``; without a known unit suffix -> ``(key, None)``."""
     base, sep, suffix = key.rpartition("_")
     if sep and base and suffix in SUFFIXES:
         return base, suffix

@@ -21,7 +21,7 @@ def main() -> None:
                      dataset=meta.dataset, batch_size=meta.batch_size, dtype="float16",
                      chunk_iterations=meta.chunk_iterations, overwrite=True) as writer:
         for chunk in synth.chunks():
-            writer.append_chunk({name: chunk.arrays[name] for name in synth.index})
+            writer.append_chunk(chunk.arrays)
     size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"wrote {OUT} ({size / 1e6:.2f} MB)")
 

@@ -42,7 +42,8 @@ def _ars(counters, l2p, p2l, writes, block_rows, half, stats):
     """Aging-aware row swapping in every row block (DESIGN §2, paper Sec. 4.2).
 
     hot = the h rows with the highest counters, cold = the h lowest among the rest (ties: lower
-    physical index first); hot[i] and cold[i] swap their logical rows if counter(hot) > counter(cold).
+    physical index first); hot[i] and cold[i] swap their logical rows if
+    counter(hot) > counter(cold).
     """
     rows = counters.shape[0]
     for start in range(0, rows, block_rows):

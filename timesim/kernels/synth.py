@@ -71,7 +71,7 @@ def _gradient_chunk(out, seed, layer, t0, mean, row_scale, col_scale):
 def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
     """``size`` approximately standard-normal float32 values of one stream (for tests and docs)."""
     out = np.empty(size, dtype=np.float32)
-    _normal_row(_stream_key(seed, layer, t), 0, out)
+    _normal_row(np.uint64(_stream_key(seed, layer, t)), 0, out)
     return out
 
 

@@ -35,7 +35,11 @@ PARAMS = {
 
 
 class _LazyLayers(Mapping):
-    """Generates one layer's chunk on access into a buffer reused across layers and chunks."""
+    """Generates one layer's chunk on access into a buffer reused across layers and chunks.
+
+    Each access overwrites the array returned by the previous one: use (or copy) one layer's
+    array before asking for the next, as the simulator and TraceWriter.append_chunk do.
+    """
 
     def __init__(self, trace: SynthTrace, t0: int, n: int):
         self._trace, self._t0, self._n = trace, t0, n

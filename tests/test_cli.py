@@ -1,0 +1,150 @@
+"""End to end through the command line and the Python API (DESIGN §4, §8)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import timesim
+from timesim.cli import main
+from timesim.config import bundled_hwconfig
+from timesim.kernels.convert import to_float32
+from timesim.trace import open_trace
+
+from .reference import run_reference
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "timesim", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory):
+    path = tmp_path_factory.mktemp("traces") / "mlp"
+    assert main(["trace", "synth", "--model", "mlp-small", "--iterations", "23", "--seed", "5",
+                 "--chunk", "5", "--dtype", "bfloat16", "--out", str(path)]) == 0
+    return path
+
+
+def test_run_writes_report_and_matrices_equal_to_the_reference(tmp_path, small_trace):
+    out = tmp_path / "run"
+    r = cli("run", "--hw", str(bundled_hwconfig("tiny")), "--trace", str(small_trace),
+            "--set", "controller.selection=sgs", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    for key in ("timesim_version", "hwconfig", "trace", "policy", "iterations", "writes", "ars",
+                "lifetime"):
+        assert key in report
+    for key in ("path", "model", "iterations", "layers"):
+        assert key in report["trace"]
+    for key in ("selection", "rct", "topk_density", "wear_leveling", "interval", "rows"):
+        assert key in report["policy"]
+    for key in ("endurance", "extension", "balanced_extension", "binding_layer",
+                "trainings_to_failure", "iterations_to_failure"):
+        assert key in report["lifetime"]
+    assert report["iterations"] == 23 and report["hwconfig"]["name"] == "tiny"
+    # independent replay: decode the trace, run the numpy reference per layer
+    tr = open_trace(small_trace)
+    hw = timesim.load_hwconfig(bundled_hwconfig("tiny"))
+    grand_max = 0
+    for layer in tr.meta.layers:
+        G = np.concatenate([to_float32(np.array(c.arrays[layer.name]), "bfloat16")
+                            for c in tr.chunks()])
+        ref = run_reference(G, "sgs", rct=hw.controller.rct, wear_leveling="ars",
+                            interval=hw.controller.interval, R=hw.controller.rows,
+                            block_rows=hw.xbar.rows)
+        got = np.load(out / "writes" / f"{layer.name}.npy", allow_pickle=False)
+        assert got.dtype == np.int64 and got.shape == (layer.rows, layer.cols)
+        np.testing.assert_array_equal(got, ref.writes)
+        np.testing.assert_array_equal(np.load(out / "rowmap" / f"{layer.name}.npy"), ref.l2p)
+        s = report["writes"]["by_layer"][layer.name]
+        assert s["max"] == ref.writes.max() and s["total"] == ref.writes.sum()
+        assert s["mean"] == pytest.approx(ref.writes.mean())
+        assert s["p99"] == pytest.approx(np.percentile(ref.writes, 99))
+        assert s["sparsity"] == pytest.approx(1 - ref.policy_cells / (23 * layer.cells))
+        grand_max = max(grand_max, ref.writes.max())
+    assert report["writes"]["max"] == grand_max
+    assert report["lifetime"]["extension"] == pytest.approx(23 / grand_max)
+    assert "lifetime extension" in r.stdout
+
+
+def test_api_matches_cli_and_is_deterministic(tmp_path, small_trace):
+    hw = timesim.load_hwconfig(bundled_hwconfig("tiny"), ["controller.selection=topk"])
+    a = timesim.simulate(hw, timesim.open_trace(str(small_trace)), out=tmp_path / "a")
+    b = timesim.simulate(hw, str(small_trace), out=tmp_path / "b")
+    for k in ("writes", "ars", "lifetime", "policy", "hwconfig"):
+        assert a[k] == b[k]
+    for f in (tmp_path / "a" / "writes").iterdir():
+        np.testing.assert_array_equal(np.load(f), np.load(tmp_path / "b" / "writes" / f.name))
+
+
+def test_trace_on_disk_equals_synthetic_stream(tmp_path):
+    assert main(["trace", "synth", "--model", "mlp-small", "--iterations", "17", "--seed", "2",
+                 "--chunk", "4", "--out", str(tmp_path / "t")]) == 0
+    hw = timesim.load_hwconfig(bundled_hwconfig("tiny"))
+    disk = timesim.simulate(hw, str(tmp_path / "t"))
+    synth = timesim.simulate(hw, "synth:mlp-small?iterations=17&seed=2")
+    assert disk["writes"] == synth["writes"] and disk["ars"] == synth["ars"]
+
+
+def test_run_with_no_arguments_uses_bundled_chip_and_trace(tmp_path):
+    r = cli("run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    reports = list((tmp_path / "runs").glob("run-*/report.json"))
+    assert len(reports) == 1
+    rep = json.loads(reports[0].read_text())
+    assert rep["hwconfig"]["name"] == "time-default" and rep["trace"]["model"] == "mlp-small"
+
+
+def test_trace_info_and_validate(small_trace):
+    r = cli("trace", "info", str(small_trace))
+    assert r.returncode == 0 and "mlp-small" in r.stdout and "bfloat16" in r.stdout
+    r = cli("trace", "info", "--json", "synth:resnet20?iterations=7")
+    assert json.loads(r.stdout)["iterations"] == 7
+    r = cli("trace", "validate", str(small_trace))
+    assert r.returncode == 0 and "valid" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--set", "xbar.rows=-4"], "xbar.rows: must be positive"),
+    (["run", "--set", "controller.selection=best"], "controller.selection: must be one of"),
+    (["run", "--hw", "no/such.yaml"], "no such hwconfig"),
+    (["run", "--trace", "no/such/trace"], "no such trace directory"),
+    (["run", "--trace", "synth:nonet"], "unknown model"),
+    (["trace", "validate", "synth:resnet20"], "synthetic streams are generated"),
+    (["trace", "synth", "--model", "mlp", "--iterations", "0", "--out", "x"], "iterations"),
+    (["run", "--bogus"], "unrecognized arguments"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_corrupt_chunk_exits_2(tmp_path, small_trace):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(small_trace, bad)
+    p = bad / "fc2" / "000002.npy"
+    data = bytearray(p.read_bytes())
+    data[200] ^= 1
+    p.write_bytes(bytes(data))
+    r = cli("run", "--trace", str(bad), "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and "fc2/000002.npy: checksum mismatch" in r.stderr
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_bench_reports_ratios_against_same_run_baselines():
+    from timesim.bench import run_bench
+    res = run_bench(quick=True, progress=False)
+    row = [r for r in res["policy_kernels"] if r["policy"] == "sgs-row"][-1]
+    assert row["shape"] == [2304, 256]
+    assert row["speedup_vs_numpy"] == pytest.approx(
+        row["numpy_ns_per_element"] / row["kernel_ns_per_element"])
+    assert row["fraction_of_copy_bandwidth"] == pytest.approx(
+        row["kernel_gb_per_s"] / row["copy_gb_per_s"])
+    assert res["end_to_end"]["iterations"] == 256

@@ -1,0 +1,213 @@
+"""Trace format v1: writer/reader round trips, crash safety, validation of damaged traces."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from timesim.errors import TraceError
+from timesim.kernels.convert import to_float32
+from timesim.trace import LayerInfo, TraceDir, TraceWriter, open_trace
+from timesim.trace.writer import float32_to_bfloat16_bits
+
+LAYERS = [LayerInfo(name="conv1", kind="conv2d", rows=18, cols=4, kernel=(3, 3), in_channels=2,
+                    out_channels=4, input_hw=(8, 8), output_hw=(8, 8), stride=(1, 1),
+                    padding=(1, 1)),
+          LayerInfo(name="fc.0", kind="linear", rows=7, cols=3)]
+
+
+def grads(T, seed=0):
+    rng = np.random.default_rng(seed)
+    return {l.name: rng.standard_normal((T, l.rows, l.cols)).astype(np.float32) for l in LAYERS}
+
+
+def write_trace(path, T=10, dtype="float32", chunk=4, seed=0):
+    g = grads(T, seed)
+    with TraceWriter(path, LAYERS, model="toy", source="test", dtype=dtype,
+                     chunk_iterations=chunk) as w:
+        for t in range(T):
+            w.append({name: g[name][t] for name in g})
+    return g
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_round_trip_all_dtypes(tmp_path, dtype):
+    g = write_trace(tmp_path / "t", T=10, dtype=dtype, chunk=4)
+    tr = open_trace(tmp_path / "t")
+    m = tr.meta
+    assert (m.iterations, m.chunk_iterations, m.n_chunks, m.dtype) == (10, 4, 3, dtype)
+    assert [l.name for l in m.layers] == ["conv1", "fc.0"] and m.layers[0] == LAYERS[0]
+    seen = {name: [] for name in g}
+    for chunk in tr.chunks():
+        assert chunk.t0 == chunk.index * 4 and chunk.n == min(4, 10 - chunk.t0)
+        for name, arr in chunk.arrays.items():
+            assert isinstance(arr, np.memmap)                 # streamed, not loaded
+            seen[name].append(to_float32(arr, dtype))
+    for name in g:
+        got = np.concatenate(seen[name])
+        if dtype == "float32":
+            want = g[name]
+        elif dtype == "float16":
+            want = g[name].astype(np.float16).astype(np.float32)
+        else:
+            want = to_float32(float32_to_bfloat16_bits(g[name]), "bfloat16")
+        np.testing.assert_array_equal(got, want)
+    info = tr.validate()
+    assert info["chunks"] == 3 and info["checksums"] == 6
+
+
+def test_manifest_matches_design_fields(tmp_path):
+    write_trace(tmp_path / "t")
+    raw = yaml.safe_load((tmp_path / "t" / "manifest.yaml").read_text())
+    assert raw["format"] == "timesim-trace" and raw["version"] == 1
+    for key in ("model", "source", "dataset", "batch_size", "iterations", "chunk_iterations",
+                "dtype", "layers"):
+        assert key in raw
+    conv = raw["layers"][0]
+    assert conv["kernel"] == [3, 3] and conv["in_channels"] == 2 and conv["output_hw"] == [8, 8]
+    assert sorted(raw["checksums"]) == sorted(f"{l.name}/{i:06d}.npy" for l in LAYERS
+                                              for i in range(3))
+
+
+def test_exception_inside_writer_leaves_no_valid_trace(tmp_path):
+    with pytest.raises(RuntimeError):
+        with TraceWriter(tmp_path / "t", LAYERS, model="toy", source="t", chunk_iterations=2) as w:
+            g = grads(5)
+            for t in range(5):
+                w.append({n: g[n][t] for n in g})
+            raise RuntimeError("killed")
+    assert any((tmp_path / "t" / "conv1").iterdir())          # chunks were written ...
+    with pytest.raises(TraceError, match="incomplete trace: no manifest.yaml"):
+        TraceDir(tmp_path / "t")                              # ... but nothing validates
+
+
+def test_refuses_to_overwrite_without_force(tmp_path):
+    write_trace(tmp_path / "t")
+    with pytest.raises(TraceError, match="not empty"):
+        write_trace(tmp_path / "t")
+
+
+def corrupt(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[-3] ^= 0xFF
+    elif how == "truncate":
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how,needle", [("flip", "checksum mismatch"),
+                                        ("truncate", "checksum mismatch")])
+def test_damaged_chunk_is_named(tmp_path, how, needle):
+    write_trace(tmp_path / "t")
+    corrupt(tmp_path / "t" / "fc.0" / "000001.npy", how)
+    with pytest.raises(TraceError, match=f"fc.0/000001.npy: {needle}"):
+        TraceDir(tmp_path / "t").validate()
+    with pytest.raises(TraceError, match="fc.0/000001.npy"):
+        for _ in TraceDir(tmp_path / "t").chunks():
+            pass
+
+
+def edit_manifest(path, fn):
+    m = yaml.safe_load((path / "manifest.yaml").read_text())
+    fn(m)
+    (path / "manifest.yaml").write_text(yaml.safe_dump(m))
+
+
+def test_truncated_chunk_without_checksums(tmp_path):
+    write_trace(tmp_path / "t")
+    edit_manifest(tmp_path / "t", lambda m: m.pop("checksums"))
+    corrupt(tmp_path / "t" / "conv1" / "000002.npy", "truncate")
+    with pytest.raises(TraceError, match="conv1/000002.npy: not a readable .npy"):
+        TraceDir(tmp_path / "t").validate()
+
+
+def test_missing_chunk_wrong_shape_wrong_dtype(tmp_path):
+    write_trace(tmp_path / "t")
+    (tmp_path / "t" / "conv1" / "000001.npy").unlink()
+    with pytest.raises(TraceError, match="conv1/000001.npy: missing"):
+        TraceDir(tmp_path / "t").validate()
+    write_trace(tmp_path / "u")
+    edit_manifest(tmp_path / "u", lambda m: m.pop("checksums"))
+    np.save(tmp_path / "u" / "fc.0" / "000000.npy", np.zeros((4, 7, 2), np.float32))
+    with pytest.raises(TraceError, match=r"shape \(4, 7, 2\), expected \(4, 7, 3\)"):
+        TraceDir(tmp_path / "u").validate()
+    np.save(tmp_path / "u" / "fc.0" / "000000.npy", np.zeros((4, 7, 3), np.float64))
+    with pytest.raises(TraceError, match="dtype float64, expected float32"):
+        TraceDir(tmp_path / "u").validate()
+    np.save(tmp_path / "u" / "fc.0" / "000000.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(TraceError, match="fc.0/000000.npy"):                # no pickles
+        TraceDir(tmp_path / "u").validate()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_nonfinite_values_named_by_layer_and_iteration(tmp_path, dtype):
+    g = grads(10)
+    g["fc.0"][6, 2, 1] = np.inf
+    with TraceWriter(tmp_path / "t", LAYERS, model="toy", source="t", dtype=dtype,
+                     chunk_iterations=4) as w:
+        for t in range(10):
+            w.append({n: g[n][t] for n in g})
+    with pytest.raises(TraceError, match="layer fc.0: chunk 000001.npy: iteration 6: non-finite"):
+        TraceDir(tmp_path / "t").validate()
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m.update(format="other"), "format: must be 'timesim-trace'"),
+    (lambda m: m.update(version=3), "version: only version 1"),
+    (lambda m: m.update(iterations=-5), "iterations: must be in"),
+    (lambda m: m.update(iterations=2**50), "iterations: must be in"),
+    (lambda m: m.update(dtype="int8"), "dtype: must be one of"),
+    (lambda m: m.update(layers=[]), "layers: must be a non-empty list"),
+    (lambda m: m["layers"][1].update(rows=0), "layers[1] (fc.0).rows: must be in"),
+    (lambda m: m["layers"][1].update(name="../evil"), "layers[1].name"),
+    (lambda m: m["layers"][0].update(in_channels=3), "does not match in_channels"),
+    (lambda m: m["layers"][1].update(kind="lstm"), "kind: must be one of"),
+    (lambda m: m["layers"].append(dict(m["layers"][1])), "duplicate layer name 'fc.0'"),
+    (lambda m: m.update(surprise=1), "surprise: unknown key"),
+])
+def test_bad_manifests_name_the_key(tmp_path, edit, needle):
+    write_trace(tmp_path / "t")
+    edit_manifest(tmp_path / "t", edit)
+    with pytest.raises(TraceError) as err:
+        TraceDir(tmp_path / "t")
+    assert needle in str(err.value) and "manifest.yaml" in str(err.value)
+
+
+def test_manifest_not_a_mapping_and_missing_paths(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "manifest.yaml").write_text("- a\n- b\n")
+    with pytest.raises(TraceError, match="must be a YAML mapping"):
+        TraceDir(tmp_path / "t")
+    with pytest.raises(TraceError, match="no such trace directory"):
+        TraceDir(tmp_path / "nope")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(TraceError, match="not a directory"):
+        TraceDir(tmp_path / "f")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    with pytest.raises(TraceError):
+        TraceDir(tmp_path / "loop")
+
+
+def test_killed_trace_synth_leaves_nothing_valid(tmp_path):
+    out = tmp_path / "big"
+    proc = subprocess.Popen([sys.executable, "-m", "timesim", "trace", "synth", "--model",
+                             "resnet20", "--iterations", "100000", "--chunk", "16", "--out",
+                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:                 # wait until chunks are being written
+        if (out / "fc").is_dir() and len(list((out / "fc").iterdir())) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "fc").is_dir() and not (out / "manifest.yaml").exists()
+    r = subprocess.run([sys.executable, "-m", "timesim", "trace", "validate", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "incomplete trace" in r.stderr
+    assert "Traceback" not in r.stderr
