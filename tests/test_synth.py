@@ -43,7 +43,8 @@ def test_conv_geometry_is_consistent():
                 assert l.rows == l.in_channels * l.kernel[0] * l.kernel[1]
                 assert l.cols == l.out_channels
     r20 = {l.name: l for l in MODELS["resnet20"][0]()}
-    assert r20["layer2.0.conv1"].input_hw == (32, 32) and r20["layer2.0.conv1"].output_hw == (16, 16)
+    down = r20["layer2.0.conv1"]
+    assert down.input_hw == (32, 32) and down.output_hw == (16, 16) and down.stride == (2, 2)
 
 
 def test_hash_normal_statistics():

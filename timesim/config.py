@@ -1,9 +1,10 @@
 """Hardware config: versioned YAML -> frozen dataclasses (DESIGN §5).
 
 Every hwconfig is read as an overlay on the bundled ``time-default.yaml``: a key it omits keeps
-the default chip's value, so the defaults (and the sources they cite) live in one file. Quantities are
-written with units (``pulse_latency: 50 ns``) or with a unit-suffixed key (``pulse_latency_ns: 50``);
-inside the code they are SI floats in attributes named with their SI unit (``pulse_latency_s``).
+the default chip's value, so the defaults (and the sources they cite) live in one file.
+Quantities are written with units (``pulse_latency: 50 ns``) or with a unit-suffixed key
+(``pulse_latency_ns: 50``); inside the code they are SI floats in attributes named with their SI
+unit (``pulse_latency_s``).
 """
 
 from __future__ import annotations
