@@ -1,0 +1,123 @@
+"""PNG figures of a run folder (``timesim run --plots``), headless (matplotlib's Agg backend).
+
+- ``heatmap_<layer>.png``: per-cell write counts, physical layout (the paper's Fig. 2)
+- ``writes_boxplot.png``: distribution of write counts per layer (Fig. 8)
+- ``max_writes.png``: max write count per layer vs iteration (Fig. 9)
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SimulationError
+
+MAX_HEATMAP_PIXELS = 1 << 20     # bigger layers are max-pooled down for display
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SimulationError("--plots needs matplotlib: pip install 'timesim[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _pool(w: np.ndarray) -> tuple[np.ndarray, int]:
+    """Max-pool a big matrix by an integer factor so the image stays readable and small."""
+    f = 1
+    while (w.shape[0] // f) * (w.shape[1] // f) > MAX_HEATMAP_PIXELS:
+        f *= 2
+    if f == 1:
+        return w, 1
+    r, c = w.shape[0] // f * f, w.shape[1] // f * f
+    return w[:r, :c].reshape(r // f, f, c // f, f).max(axis=(1, 3)), f
+
+
+def heatmap(plt, w: np.ndarray, name: str, policy: str, path: Path) -> None:
+    from matplotlib.colors import LogNorm
+
+    img, f = _pool(w)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    lo, hi = max(1, int(img[img > 0].min()) if (img > 0).any() else 1), max(1, int(img.max()))
+    norm = LogNorm(vmin=lo, vmax=max(hi, lo + 1)) if hi / lo > 20 else None
+    shown = np.ma.masked_less_equal(img, 0) if norm is not None else img
+    im = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
+    fig.colorbar(im, ax=ax, label="writes per cell" + (" (log scale)" if norm else ""))
+    ax.set_xlabel("column (output)" + (f", max over {f}x{f} blocks" if f > 1 else ""))
+    ax.set_ylabel("physical row (input)")
+    ax.set_title(f"{name}: write counts, {policy}\n{w.shape[0]}x{w.shape[1]}, max {w.max()}, "
+                 f"mean {w.mean():.1f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def boxplot(plt, writes: dict[str, np.ndarray], policy: str, path: Path) -> None:
+    names = list(writes)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4.5))
+    data = [w.ravel() for w in writes.values()]
+    ax.boxplot(data, whis=(0.35, 99.65), showfliers=True, flierprops={"markersize": 2,
+               "markeredgecolor": "tab:red"})
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("writes per cell")
+    top = max(int(d.max()) for d in data)
+    low = min(int(d.min()) for d in data)
+    if top > 0 and top / max(1, low) > 100:
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("writes per cell (symlog scale)")
+    ax.set_title(f"Write count distribution per layer, {policy}\n(box: quartiles; whiskers: "
+                 f"99.3% coverage; red: outliers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def max_writes_plot(plt, history: Path, policy: str, path: Path, dense_T: int) -> None:
+    with open(history, newline="") as fh:
+        rows = list(csv.reader(fh))
+    names, body = rows[0][1:], np.array(rows[1:], dtype=np.int64)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if body.size:
+        t = body[:, 0]
+        order = np.argsort(-body[-1, 1:])
+        for rank, j in enumerate(order):
+            ax.plot(t, body[:, 1 + j], lw=1.2 if rank < 8 else 0.6,
+                    label=names[j] if rank < 8 else None)
+        ax.plot(t, t, "k--", lw=1, label="dense baseline")
+        ax.set_ylim(1, max(2, int(t[-1]), int(body[:, 1:].max())) * 1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("max writes per cell (log scale)")
+    ax.set_title(f"Max write count per layer vs iteration, {policy}")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(out: str | Path, report: dict) -> list[Path]:
+    """Write the figures of a finished run folder; returns their paths."""
+    plt = _pyplot()
+    out = Path(out)
+    p = report["policy"]
+    label = p["selection"] + (f" + ARS (SI={p['interval']}, R={p['rows']})"
+                              if p["wear_leveling"] == "ars" else "")
+    writes = {l["name"]: np.load(out / "writes" / f"{l['name']}.npy", allow_pickle=False)
+              for l in report["trace"]["layers"]}
+    made = []
+    for name, w in writes.items():
+        path = out / f"heatmap_{name}.png"
+        heatmap(plt, w, name, label, path)
+        made.append(path)
+    boxplot(plt, writes, label, out / "writes_boxplot.png")
+    max_writes_plot(plt, out / "max_writes_history.csv", label, out / "max_writes.png",
+                    report["iterations"])
+    made += [out / "writes_boxplot.png", out / "max_writes.png"]
+    return made
