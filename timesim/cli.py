@@ -84,13 +84,20 @@ def _print_summary(r: dict, out: Path) -> None:
           f"{lt['balanced_extension']:.1f}x, set by {lt['binding_layer']})")
     print(f"ARS swaps                {r['ars']['swaps']}  ({r['ars']['rewrite_cells']} cells "
           f"rewritten)")
+    c, e = r["cycles"], r["energy_j"]
+    top = max(e["by_component"], key=e["by_component"].get)
+    print(f"time                     {c['per_iteration']:.4g} cycles per iteration, "
+          f"{r['seconds']:.4g} s in all")
+    print(f"energy                   {e['total'] / r['iterations']:.4g} J per iteration "
+          f"({top} {e['by_component'][top] / e['total']:.0%}); ARS overhead "
+          f"{e['ars_overhead'] / e['total']:.2%}")
     if p["wear_leveling"] == "ars" and p["interval"] >= r["iterations"]:
         print(f"note: ARS interval {p['interval']} >= {r['iterations']} iterations, so no swap "
               f"could happen; try --trace 'synth:resnet20?iterations=16000'")
     print(f"endurance {lt['endurance']:.3g}: first cell fails after "
           f"{lt['iterations_to_failure']:.3g} iterations ({lt['trainings_to_failure']:.3g} "
           f"trainings of this length)")
-    print(f"wrote     {out}/report.json, writes/, rowmap/")
+    print(f"wrote     {out}/report.json, actions.csv, writes/, rowmap/")
 
 
 def cmd_trace_synth(args) -> int:

@@ -37,6 +37,12 @@ class Clock:
 
 
 @dataclass(frozen=True)
+class Chip:
+    crossbars: int = _f("int", "pos", doc="crossbars on the chip (capacity for weights)")
+    multiplex: bool = _f("bool", doc="time-multiplex a network that does not fit")
+
+
+@dataclass(frozen=True)
 class Xbar:
     rows: int = _f("int", "pos", doc="wordlines per crossbar (row block height)")
     cols: int = _f("int", "pos", doc="bitlines per crossbar (column tile width)")
@@ -67,6 +73,12 @@ class Adc:
 
 
 @dataclass(frozen=True)
+class Gradient:
+    lanes: int = _f("int", "pos", doc="products accumulated per cycle per gradient column")
+    mac_energy_j: float = _f("energy", "nonneg", doc="one multiply-accumulate")
+
+
+@dataclass(frozen=True)
 class Ce:
     compare_latency_s: float = _f("time", "nonneg", doc="one comparator-tree stage")
     compare_energy_j: float = _f("energy", "nonneg", doc="one magnitude comparison")
@@ -90,6 +102,7 @@ class Buffer:
     read_energy_j: float = _f("energy", "nonneg", doc="one byte read")
     write_energy_j: float = _f("energy", "nonneg", doc="one byte written")
     latency_s: float = _f("time", "nonneg", doc="one access")
+    bytes_per_cycle: int = _f("int", "pos", doc="buffer bandwidth per layer, bytes per cycle")
     accumulator_bits: int = _f("int", "pos", doc="bits per residual-accumulator entry")
 
 
@@ -111,8 +124,8 @@ class Controller:
 
 
 SECTIONS: dict[str, type] = {
-    "clock": Clock, "xbar": Xbar, "dac": Dac, "adc": Adc, "ce": Ce, "write": Write,
-    "buffer": Buffer, "endurance": Endurance, "controller": Controller,
+    "clock": Clock, "chip": Chip, "xbar": Xbar, "dac": Dac, "adc": Adc, "gradient": Gradient,
+    "ce": Ce, "write": Write, "buffer": Buffer, "endurance": Endurance, "controller": Controller,
 }
 
 
@@ -123,9 +136,11 @@ class HwConfig:
     version: int
     name: str
     clock: Clock
+    chip: Chip
     xbar: Xbar
     dac: Dac
     adc: Adc
+    gradient: Gradient
     ce: Ce
     write: Write
     buffer: Buffer
@@ -231,6 +246,10 @@ def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
             raise ConfigError(f"{path}: must be a number, got {value!r}")
         _check_number(float(value), f, path)
         return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false, got {value!r}")
+        return value
     if kind == "str":
         if not isinstance(value, str) or value not in f.metadata["choices"]:
             raise ConfigError(f"{path}: must be one of {'|'.join(f.metadata['choices'])}, "

@@ -48,6 +48,8 @@ class LayerPolicy:
             self._cand = np.empty(layer.cells, dtype=np.int64)
             self._tau = np.zeros(1, dtype=np.int64)
         self.selected = np.empty(0, dtype=np.int64)
+        self.swapped = np.empty(0, dtype=np.int64)
+        self._last = 0
 
     def process(self, chunk: np.ndarray, t0: int) -> None:
         """Apply iterations t0 .. t0+n-1; ``chunk`` is float32 (n, rows, cols)."""
@@ -61,22 +63,39 @@ class LayerPolicy:
             # matrix is exactly `iterations` everywhere, applied lazily in finish().
             self._dense_pending += n
             self.iterations += n
+            self._last = n
             return
+        self._last = n
         if self.selected.shape[0] < n:
             self.selected = np.empty(n, dtype=np.int64)
+            self.swapped = np.empty(n, dtype=np.int64)
         args = (self.A, self.A.view(np.int32), chunk, np.int64(t0), self.l2p, self.p2l,
                 self.writes, self.counters, self.stats, self.block_rows, self.half,
                 self.interval, self.ars_on)
         if self.selection == "sgs-row":
-            bad = K._run_sgs_row(*args, self.selected)
+            bad = K._run_sgs_row(*args, self.selected, self.swapped)
         elif self.selection == "sgs-element":
-            bad = K._run_sgs_element(*args, self.selected)
+            bad = K._run_sgs_element(*args, self.selected, self.swapped)
         else:
-            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.selected)
+            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.selected,
+                              self.swapped)
         if bad >= 0:
             raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
                              f"gradient or accumulator (NaN or Inf)")
         self.iterations += n
+
+    def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray) -> None:
+        """Per iteration of the last chunk: write operations and ARS swaps (for the engine)."""
+        n = self._last
+        if self.selection == "dense":
+            out_ops[:n] = self.layer.rows
+            out_swaps[:n] = 0
+        elif self.selection == "topk":
+            out_ops[:n] = self.selected[:n]          # distinct rows touched
+            out_swaps[:n] = self.swapped[:n]
+        else:
+            out_ops[:n] = 1
+            out_swaps[:n] = self.swapped[:n]
 
     def finish(self) -> None:
         """Apply deferred dense writes; call before reading writes/counters/stats."""

@@ -76,7 +76,7 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
 
 
 def write_run(out: str | Path, report: dict, policies: Sequence[LayerPolicy],
-              history: tuple[list[int], list[list[int]]]) -> Path:
+              history: tuple[list[int], list[list[int]]], write_actions=None) -> Path:
     """Write the run folder; report.json goes last so its presence means the run is complete."""
     out = Path(out)
     try:
@@ -90,6 +90,8 @@ def write_run(out: str | Path, report: dict, policies: Sequence[LayerPolicy],
         lines = ["iteration," + ",".join(p.layer.name for p in policies)]
         lines += [f"{t}," + ",".join(str(m) for m in row) for t, row in zip(iters, maxima)]
         _atomic_write(out / "max_writes_history.csv", ("\n".join(lines) + "\n").encode())
+        if write_actions is not None:
+            write_actions(out / "actions.csv")
         _atomic_write(out / "hwconfig.yaml",
                       yaml.safe_dump(report["hwconfig"], sort_keys=False).encode())
         _atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())

@@ -113,13 +113,19 @@ def _accumulate_argmax_row(A, Ai, G):
 
 @njit(cache=True)
 def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                 interval, ars_on, selected):
-    """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1."""
+                 interval, ars_on, selected, swapped):
+    """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1.
+
+    ``selected[i]`` gets iteration i's row, ``swapped[i]`` the ARS swaps at its start.
+    """
     rows, cols = A.shape
     for i in range(chunk.shape[0]):
         t = t0 + i
+        swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
+            before = stats[SWAPS]
             _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+            swapped[i] = stats[SWAPS] - before
         rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
         if best >= _NONFINITE:
             return i
@@ -135,13 +141,16 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
 
 @njit(cache=True)
 def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                     interval, ars_on, selected):
+                     interval, ars_on, selected, swapped):
     """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
     rows, cols = A.shape
     for i in range(chunk.shape[0]):
         t = t0 + i
+        swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
+            before = stats[SWAPS]
             _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+            swapped[i] = stats[SWAPS] - before
         rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
         if best >= _NONFINITE:
             return i
@@ -199,7 +208,7 @@ def _topk_threshold(keys, k, guess, limit):
 
 @njit(cache=True)
 def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-              interval, ars_on, k, keys, cand, tau_state, selected):
+              interval, ars_on, k, keys, cand, tau_state, selected, swapped):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
     ``selected[i]`` gets the number of distinct rows written in iteration i. Selection is
@@ -213,8 +222,11 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
     limit = 2 * k + 64
     for i in range(chunk.shape[0]):
         t = t0 + i
+        swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
+            before = stats[SWAPS]
             _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+            swapped[i] = stats[SWAPS] - before
         g = chunk[i].reshape(n)
         for j in range(n):
             flat[j] += g[j]

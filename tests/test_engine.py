@@ -1,0 +1,167 @@
+"""Engine: hand-computed cycles and energy on the tiny chip, invariants, fine mode == fast path."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import timesim
+from timesim.config import bundled_hwconfig
+from timesim.errors import SimulationError
+from timesim.trace import LayerInfo, TraceWriter
+
+TWO = [LayerInfo(name="a", kind="linear", rows=6, cols=3),
+       LayerInfo(name="b", kind="linear", rows=4, cols=2)]
+
+
+def two_layer_trace(path, T=3, seed=0, batch=2, layers=TWO):
+    rng = np.random.default_rng(seed)
+    with TraceWriter(path, layers, model="two", source="test", batch_size=batch,
+                     chunk_iterations=2) as w:
+        for _ in range(T):
+            w.append({l.name: rng.standard_normal((l.rows, l.cols)).astype(np.float32)
+                      for l in layers})
+    return path
+
+
+def tiny(*sets):
+    return timesim.load_hwconfig(bundled_hwconfig("tiny"), list(sets))
+
+
+def test_hand_computed_cycles_and_energy(tmp_path):
+    trace = two_layer_trace(tmp_path / "t", T=3)
+    hw = tiny("controller.selection=sgs-row", "controller.wear_leveling=none")
+    r = timesim.simulate(hw, str(trace), out=tmp_path / "run")
+    # tiny: 1 GHz; read 10 cycles, DAC 1, ADC 1 with 4 columns per ADC; 8 input bits, 1-bit DAC
+    # -> 8 slices of (1 + 10 + 4) = 15 cycles, + 1 shift-add: one MVM = 121 cycles (1 row block).
+    # batch 2, linear: 2 vectors -> forward 242 per layer, backward 242 for layer b only.
+    # gradient row: max(ceil(2/128), ceil(cols/8) CE pass, ceil(2*cols*4 B / 32 B)) = 1 cycle.
+    # CE drain: ceil(log2(cols)) + 1 -> a: 3, b: 2. Row write: 2 phases x 50 ns pulse = 100.
+    # timeline: fwd a [0,242] fwd b [242,484]; b: grad [484,488] drain 490, bwd [484,726],
+    # write [726,826]; a: grad [726,732] drain 735, write [735,835] -> 835 per iteration.
+    c = r["cycles"]
+    assert c["total"] == 3 * 835 and c["per_iteration"] == 835
+    assert c["by_phase"] == {"forward": 3 * 484, "backward": 3 * 242, "gradient": 3 * 10,
+                             "select": 3 * 5, "write": 3 * 200, "ars": 0}
+    assert c["by_layer"] == {"a": 3 * (242 + 6 + 3 + 100), "b": 3 * (242 + 242 + 4 + 2 + 100)}
+    assert r["seconds"] == pytest.approx(3 * 835e-9)
+    # energy: weights are 8 bits in 5-bit cells -> 2 slices x differential pair = 4 cells each
+    e = r["energy_j"]["by_component"]
+    reads = 3 * (2 * 8 * 6 * 12 + 2 * 8 * 4 * 8 * 2)            # V*S*rows*phys_cols*(fwd+bwd)
+    assert e["crossbar"] == pytest.approx(reads * 25e-15)
+    assert e["write"] == pytest.approx(3 * (3 * 4 + 2 * 4) * 8e-12)   # one row per layer
+    assert e["ce"] == pytest.approx(3 * (18 + 8) * 0.1e-12)           # n compares per layer
+    adc = 3 * (2 * 8 * (12 * 1) + 2 * 8 * (8 * 1 + 4 * 1))             # a fwd; b fwd + bwd
+    assert e["adc"] == pytest.approx(adc * 1.26e-12)
+    assert e["counters"] == 0 and e["ars"] == 0
+    assert r["energy_j"]["total"] == pytest.approx(sum(e.values()))
+    with open(tmp_path / "run" / "actions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(float(x["energy_j"]) for x in rows) == pytest.approx(r["energy_j"]["total"])
+    for x in rows:
+        assert float(x["energy_j"]) == pytest.approx(
+            int(x["count"]) * float(x["energy_per_action_j"]))
+
+
+def run(tmp_path, sets, T=9, name="t", fine=False, layers=TWO):
+    trace = tmp_path / name
+    if not trace.exists():
+        two_layer_trace(trace, T=T, layers=layers)
+    return timesim.simulate(tiny(*sets), str(trace), fine=fine)
+
+
+def test_doubling_pulse_latency_changes_only_write_phases(tmp_path):
+    base = run(tmp_path, ["controller.selection=sgs-row"])
+    slow = run(tmp_path, ["controller.selection=sgs-row", "write.pulse_latency=100 ns"])
+    assert base["ars"]["swaps"] > 0
+    for ph in ("forward", "backward", "gradient", "select"):
+        assert slow["cycles"]["by_phase"][ph] == base["cycles"]["by_phase"][ph]
+    assert slow["cycles"]["by_phase"]["write"] == 2 * base["cycles"]["by_phase"]["write"]
+    assert slow["cycles"]["by_phase"]["ars"] > base["cycles"]["by_phase"]["ars"]
+    assert slow["energy_j"] == base["energy_j"]
+
+
+@pytest.mark.parametrize("wl", ["none", "ars"])
+def test_doubling_write_energy_doubles_only_the_write_component(tmp_path, wl):
+    sets = ["controller.selection=sgs", f"controller.wear_leveling={wl}"]
+    base = run(tmp_path, sets)
+    hot = run(tmp_path, sets + ["write.pulse_energy=16 pJ"])
+    for comp, e in base["energy_j"]["by_component"].items():
+        want = 2 * e if comp == "write" else e
+        assert hot["energy_j"]["by_component"][comp] == pytest.approx(want, rel=1e-12)
+    assert hot["cycles"] == base["cycles"]
+
+
+@pytest.mark.parametrize("selection,cells,rows_written", [
+    ("dense", lambda l: l.rows * l.cols, lambda l: l.rows),
+    ("sgs-row", lambda l: l.cols, lambda l: 1),
+    ("sgs-element", lambda l: 1, lambda l: 1)])
+def test_write_work_per_policy(tmp_path, selection, cells, rows_written):
+    T = 9
+    r = run(tmp_path, [f"controller.selection={selection}", "controller.wear_leveling=none"], T)
+    e = r["energy_j"]["by_component"]["write"]
+    assert e == pytest.approx(T * sum(cells(l) for l in TWO) * 4 * 8e-12)
+    per_row = 100
+    per_cell = 100               # 4 cells of one weight <= 8 drivers: one group, 2 phases
+    want = sum(T * rows_written(l) * (per_row if selection != "sgs-element" else per_cell)
+               for l in TWO)
+    assert r["cycles"]["by_phase"]["write"] == want
+
+
+def test_ars_adds_exactly_its_reads_and_rewrites(tmp_path):
+    none = run(tmp_path, ["controller.selection=sgs-row", "controller.wear_leveling=none"])
+    ars = run(tmp_path, ["controller.selection=sgs-row", "controller.wear_leveling=ars"])
+    swaps = ars["ars"]["swaps"]
+    assert swaps > 0 and ars["ars"]["rewrite_cells"] == sum(
+        ars["ars"]["by_layer"][l.name]["swaps"] * 2 * l.cols for l in TWO)
+    phys = {"a": 12, "b": 8}
+    cells = sum(ars["ars"]["by_layer"][n]["swaps"] * 2 * phys[n] for n in phys)
+    counters = sum(ars["ars"]["by_layer"][n]["swaps"] * 2 for n in phys) + 9 * 2
+    de = {k: ars["energy_j"]["by_component"][k] - none["energy_j"]["by_component"][k]
+          for k in none["energy_j"]["by_component"]}
+    assert de["ars"] == pytest.approx(cells * 25e-15)
+    assert de["write"] == pytest.approx(cells * 8e-12)
+    assert de["counters"] == pytest.approx(counters * 0.1e-12)
+    assert all(v == pytest.approx(0) for k, v in de.items() if k not in ("ars", "write",
+                                                                          "counters"))
+    assert ars["energy_j"]["ars_overhead"] == pytest.approx(de["ars"] + de["write"] +
+                                                            de["counters"])
+    # per swap: read two rows (10 + 4 ADC cycles each) and rewrite them (100 each)
+    assert ars["cycles"]["by_phase"]["ars"] == swaps * (2 * 14 + 2 * 100)
+    for ph in ("forward", "backward", "gradient", "select", "write"):
+        assert ars["cycles"]["by_phase"][ph] == none["cycles"]["by_phase"][ph]
+
+
+WIDE = [LayerInfo(name="c1", kind="conv2d", rows=18, cols=5, kernel=(3, 3), in_channels=2,
+                  out_channels=5, input_hw=(4, 4), output_hw=(4, 4), stride=(1, 1),
+                  padding=(1, 1)),
+        LayerInfo(name="f1", kind="linear", rows=20, cols=9),
+        LayerInfo(name="f2", kind="linear", rows=9, cols=3)]
+
+
+@pytest.mark.parametrize("selection", ["dense", "topk", "sgs-row", "sgs-element", "sgs"])
+@pytest.mark.parametrize("wl", ["none", "ars"])
+def test_fine_mode_equals_fast_path(tmp_path, selection, wl):
+    sets = [f"controller.selection={selection}", f"controller.wear_leveling={wl}",
+            "controller.topk_density=0.1"]
+    fast = run(tmp_path, sets, T=11, layers=WIDE)
+    fine = run(tmp_path, sets, T=11, layers=WIDE, fine=True)
+    for k in ("total", "by_phase", "by_layer"):
+        assert fine["cycles"][k] == fast["cycles"][k]
+    assert fast["cycles"]["total"] > 0
+
+
+def test_signatures_are_memoized(tmp_path):
+    r = timesim.simulate(timesim.load_hwconfig(), "synth:resnet20?iterations=3000")
+    # sgs: one write per layer every iteration; only ARS iterations (t = 1024, 2048) differ
+    assert r["cycles"]["distinct_signatures"] <= 3
+    assert r["cycles"]["total"] == pytest.approx(r["cycles"]["per_iteration"] * 3000)
+
+
+def test_network_that_does_not_fit_is_an_error_or_multiplexed(tmp_path):
+    with pytest.raises(SimulationError, match="chip.crossbars: the network needs 3 crossbars"):
+        run(tmp_path, ["chip.crossbars=2"])
+    r = run(tmp_path, ["chip.crossbars=2", "chip.multiplex=true"])
+    assert r["mapping"]["multiplexed"] and r["cycles"]["by_phase"]["reprogram"] > 0
+    assert r["energy_j"]["by_component"]["multiplex"] == pytest.approx(
+        9 * 1 * 8 * 8 * 8e-12)        # 9 iterations x 1 excess crossbar x 64 cells
