@@ -96,7 +96,8 @@ def test_run_with_no_arguments_uses_bundled_chip_and_trace(tmp_path):
     reports = list((tmp_path / "runs").glob("run-*/report.json"))
     assert len(reports) == 1
     rep = json.loads(reports[0].read_text())
-    assert rep["hwconfig"]["name"] == "time-default" and rep["trace"]["model"] == "mlp-small"
+    assert rep["hwconfig"]["name"] == "time-default" and rep["trace"]["model"] == "digits-lenet"
+    assert rep["trace"]["source"].startswith("pytorch ")
 
 
 def test_trace_info_and_validate(small_trace):

@@ -17,5 +17,15 @@ from .trace import open_trace  # noqa: E402
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+
+def __getattr__(name):
+    # ``timesim.pytorch`` and ``timesim.analog`` load on first use: importing timesim must not
+    # import torch
+    if name in ("pytorch", "analog"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = ["HwConfig", "load_hwconfig", "open_trace", "simulate", "TimesimError", "ConfigError",
            "TraceError", "SimulationError", "__version__"]

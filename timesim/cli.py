@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import TimesimError
 
-EXAMPLE_TRACE = "example-mlp-small"
+EXAMPLE_TRACE = "digits-lenet-sgs"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,8 +59,23 @@ def cmd_run(args) -> int:
         from .plots import write_plots
 
         write_plots(out, report)
-    _print_summary(report, out)
+    if "estimate" in report:
+        _print_estimate(report, out)
+    else:
+        _print_summary(report, out)
     return 0
+
+
+def _print_estimate(r: dict, out: Path) -> None:
+    c, e = r["cycles"], r["energy_j"]
+    print(f"trace     {r['trace']['path']}  ({r['trace']['model']}, timing only, "
+          f"{len(r['trace']['layers'])} layers)")
+    print(f"policy    {r['policy']['selection']} + {r['policy']['wear_leveling']}")
+    print(f"time      {c['per_iteration']:.4g} cycles per iteration "
+          f"({c['per_iteration'] / r['hwconfig']['clock']['frequency_hz']:.4g} s)")
+    print(f"energy    {e['total'] / r['iterations']:.4g} J per iteration")
+    print(f"note      {r['estimate']['assumptions']}")
+    print(f"wrote     {out}/report.json")
 
 
 def _print_summary(r: dict, out: Path) -> None:
@@ -162,6 +177,15 @@ def cmd_trace_validate(args) -> int:
     return 0
 
 
+def cmd_trace_seal(args) -> int:
+    from .trace.writer import seal
+
+    meta = seal(args.trace)
+    print(f"{args.trace}: sealed: {meta.iterations} iterations in {meta.n_chunks} chunks, "
+          f"all validated")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -208,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     val = tsub.add_parser("validate", help="check every chunk: shapes, dtypes, checksums, NaN/Inf")
     val.add_argument("trace")
     val.set_defaults(func=cmd_trace_validate)
+    seal = tsub.add_parser("seal", help="keep the complete chunks of an interrupted recording")
+    seal.add_argument("trace")
+    seal.set_defaults(func=cmd_trace_seal)
 
     bench = sub.add_parser("bench", help="kernel throughput against same-run baselines")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")

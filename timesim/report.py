@@ -35,7 +35,7 @@ def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
         "timesim_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "hwconfig": hw.to_dict(),
-        "trace": {"path": getattr(trace, "label", str(getattr(trace, "path", ""))),
+        "trace": {"path": trace.label,
                   "model": meta.model, "source": meta.source, "dataset": meta.dataset,
                   "dtype": meta.dtype, "iterations": meta.iterations,
                   "layers": [{"name": l.name, "kind": l.kind, "rows": l.rows, "cols": l.cols}
@@ -92,6 +92,19 @@ def write_run(out: str | Path, report: dict, policies: Sequence[LayerPolicy],
         _atomic_write(out / "max_writes_history.csv", ("\n".join(lines) + "\n").encode())
         if write_actions is not None:
             write_actions(out / "actions.csv")
+        _atomic_write(out / "hwconfig.yaml",
+                      yaml.safe_dump(report["hwconfig"], sort_keys=False).encode())
+        _atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise SimulationError(f"{out}: cannot write run folder: {exc}") from None
+    return out
+
+
+def write_report_only(out: str | Path, report: dict) -> Path:
+    """Run folder of a timing-only estimate: report.json and hwconfig.yaml."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "hwconfig.yaml",
                       yaml.safe_dump(report["hwconfig"], sort_keys=False).encode())
         _atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())

@@ -1,10 +1,15 @@
-"""The policy path: trace chunks -> policy kernels -> write counts -> lifetime -> report."""
+"""The simulation: trace chunks -> policy kernels -> engine -> energy and lifetime -> report.
+
+``Simulation`` is fed chunks of gradients, from a trace (``simulate``) or live from a training
+loop (``timesim.pytorch.SparseUpdate``); ``finish`` writes the same report either way.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -15,10 +20,102 @@ from .kernels.convert import to_float32
 from .policies import LayerPolicy
 from .report import build_report, write_run
 from .trace import open_trace
+from .trace.format import TraceMeta
 
 log = logging.getLogger(__name__)
 
 HISTORY_POINTS = 1000
+
+
+class Simulation:
+    """Per-layer policy state, the engine's signature counts and the max-writes history."""
+
+    def __init__(self, hw: HwConfig, meta: TraceMeta, fine: bool = False,
+                 expected_iterations: int | None = None):
+        self.hw = hw
+        self.meta = meta
+        self.start = time.perf_counter()
+        self.policies = [LayerPolicy(layer, hw) for layer in meta.layers]
+        self.engine = Engine(hw, meta, [p.selection for p in self.policies],
+                             [p.k for p in self.policies], fine=fine)
+        self._ops = np.empty((0, len(self.policies)), dtype=np.int64)
+        self._swaps = np.empty_like(self._ops)
+        self._scratch = np.empty(0, dtype=np.float32)
+        self.iterations = 0
+        total = expected_iterations or meta.iterations
+        self._step = max(1, total // HISTORY_POINTS)
+        self._next_mark = self._step
+        self.hist_t: list[int] = []
+        self.hist_max: list[list[int]] = []
+
+    def _float32(self, arr: np.ndarray, dtype: str) -> np.ndarray:
+        if dtype == "float32":
+            return arr
+        if self._scratch.size < arr.size:
+            self._scratch = np.empty(arr.size, dtype=np.float32)
+        return to_float32(arr, dtype, self._scratch[:arr.size].reshape(arr.shape))
+
+    def feed(self, arrays: Mapping[str, np.ndarray], t0: int, n: int,
+             dtype: str = "float32") -> None:
+        """Iterations t0 .. t0+n-1: ``arrays[layer]`` is (n, rows, cols) in ``dtype`` storage."""
+        for policy in self.policies:
+            arr = arrays[policy.layer.name]
+            g = arr if policy.selection == "dense" else self._float32(arr, dtype)
+            policy.process(g, t0)
+        if self._ops.shape[0] < n:
+            self._ops = np.empty((n, len(self.policies)), dtype=np.int64)
+            self._swaps = np.empty_like(self._ops)
+        for j, policy in enumerate(self.policies):
+            policy.write_signature(self._ops[:, j], self._swaps[:, j])
+        self.engine.add(self._ops[:n], self._swaps[:n])
+        self.iterations = t0 + n
+        if self.iterations >= self._next_mark:
+            self.hist_t.append(self.iterations)
+            self.hist_max.append([p.max_writes for p in self.policies])
+            if len(self.hist_t) > 2 * HISTORY_POINTS:       # unknown length: thin out
+                self.hist_t, self.hist_max = self.hist_t[1::2], self.hist_max[1::2]
+                self._step *= 2
+            self._next_mark = (self.iterations // self._step + 1) * self._step
+
+    def finish(self, out=None, trace_label: str | None = None) -> dict:
+        """Build the report (and the run folder when ``out``) from everything fed so far."""
+        from .errors import SimulationError
+
+        T = self.iterations
+        if T == 0:
+            raise SimulationError("no iterations were simulated")
+        if not self.hist_t or self.hist_t[-1] != T:
+            self.hist_t.append(T)
+            self.hist_max.append([p.max_writes for p in self.policies])
+        for policy in self.policies:
+            policy.finish()
+        policy_s = time.perf_counter() - self.start
+        cycles = self.engine.report()
+        counts = action_counts(self.engine, self.policies, T)
+        meta = dataclasses.replace(self.meta, iterations=T)
+        label = trace_label if trace_label is not None else self.meta.source
+        report = build_report(self.hw, _Label(meta, label), self.policies, T, 0.0)
+        report["cycles"] = cycles
+        report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
+        report["energy_j"] = energy_report(self.engine, counts)
+        report["mapping"] = self.engine.mapping.to_dict()
+        wall = time.perf_counter() - self.start
+        report.pop("wall_s")
+        report["run"] = {"created": report.pop("created"), "wall_s": wall,
+                         "policy_wall_s": policy_s, "engine_wall_s": wall - policy_s,
+                         "engine_events_per_s": (cycles["events"] / self.engine.wall_s
+                                                 if self.engine.wall_s > 0 else None)}
+        if out is not None:
+            write_run(out, report, self.policies, (self.hist_t, self.hist_max),
+                      lambda path: write_actions_csv(path, self.engine, counts))
+        log.info("simulated %d iterations of %d layers in %.2f s", T, len(self.policies), wall)
+        return report
+
+
+@dataclasses.dataclass
+class _Label:
+    meta: TraceMeta
+    label: str
 
 
 def simulate(hw: HwConfig, trace, out=None,
@@ -29,59 +126,18 @@ def simulate(hw: HwConfig, trace, out=None,
     ``fine`` times every gradient row and write operation as its own event (slow; for checks).
     """
     trace = open_trace(trace)
-    meta = trace.meta
-    start = time.perf_counter()
-    policies = [LayerPolicy(layer, hw) for layer in meta.layers]
-    engine = Engine(hw, meta, [p.selection for p in policies], [p.k for p in policies],
-                    fine=fine)
-    ops = np.empty((meta.chunk_iterations, len(policies)), dtype=np.int64)
-    swaps = np.empty_like(ops)
-    scratch = np.empty(0, dtype=np.float32)
-    if meta.dtype != "float32":
-        scratch = np.empty(meta.chunk_iterations * max(l.cells for l in meta.layers),
-                           dtype=np.float32)
-    step = max(1, meta.iterations // HISTORY_POINTS)
-    hist_t: list[int] = []
-    hist_max: list[list[int]] = []
-    next_mark = step
+    if trace.meta.timing_only:
+        from .estimate import estimate
+        from .report import write_report_only
+
+        report = estimate(hw, trace.meta)
+        report["trace"]["path"] = getattr(trace, "label", report["trace"]["path"])
+        if out is not None:
+            write_report_only(out, report)
+        return report
+    sim = Simulation(hw, trace.meta, fine=fine)
     for chunk in trace.chunks():
-        for policy in policies:
-            arr = chunk.arrays[policy.layer.name]
-            if meta.dtype == "float32" or policy.selection == "dense":
-                g = arr
-            else:
-                g = to_float32(arr, meta.dtype, scratch[:arr.size].reshape(arr.shape))
-            policy.process(g, chunk.t0)
-        for j, policy in enumerate(policies):
-            policy.write_signature(ops[:, j], swaps[:, j])
-        engine.add(ops[:chunk.n], swaps[:chunk.n])
-        done = chunk.t0 + chunk.n
-        if done >= next_mark or done == meta.iterations:
-            hist_t.append(done)
-            hist_max.append([p.max_writes for p in policies])
-            next_mark = (done // step + 1) * step
+        sim.feed(chunk.arrays, chunk.t0, chunk.n, trace.meta.dtype)
         if progress is not None:
-            progress(done)
-    for policy in policies:
-        policy.finish()
-    policy_s = time.perf_counter() - start
-    cycles = engine.report()
-    counts = action_counts(engine, policies, meta.iterations)
-    energy = energy_report(engine, counts)
-    report = build_report(hw, trace, policies, meta.iterations, time.perf_counter() - start)
-    report["cycles"] = cycles
-    report["seconds"] = cycles["total"] / hw.clock.frequency_hz
-    report["energy_j"] = energy
-    report["mapping"] = engine.mapping.to_dict()
-    wall = time.perf_counter() - start
-    report["run"] = {"created": report.pop("created"), "wall_s": wall,
-                     "policy_wall_s": policy_s, "engine_wall_s": wall - policy_s,
-                     "engine_events_per_s": (cycles["events"] / engine.wall_s
-                                             if engine.wall_s > 0 else None)}
-    report.pop("wall_s")
-    if out is not None:
-        write_run(out, report, policies, (hist_t, hist_max),
-                  lambda path: write_actions_csv(path, engine, counts))
-    log.info("simulated %d iterations of %d layers in %.2f s", meta.iterations,
-             len(policies), report["run"]["wall_s"])
-    return report
+            progress(chunk.t0 + chunk.n)
+    return sim.finish(out, getattr(trace, "label", str(getattr(trace, "path", ""))))

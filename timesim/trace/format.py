@@ -64,6 +64,8 @@ class TraceMeta:
     dtype: str
     layers: tuple[LayerInfo, ...]
     checksums: dict[str, str] = field(default_factory=dict)
+    complete: bool = True           # False: a writer checkpoint; the writer was still running
+    timing_only: bool = False       # shapes and geometry, no gradient chunks
 
     @property
     def n_chunks(self) -> int:
@@ -79,6 +81,10 @@ class TraceMeta:
                "dtype": self.dtype, "layers": [layer.to_dict() for layer in self.layers]}
         if self.checksums:
             out["checksums"] = dict(self.checksums)
+        if not self.complete:
+            out["complete"] = False
+        if self.timing_only:
+            out["timing_only"] = True
         return out
 
 
@@ -150,7 +156,7 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
         raise TraceError(f"{where}: version: only version {VERSION} is known, "
                          f"got {raw.get('version')!r}")
     known = {"format", "version", "model", "source", "dataset", "batch_size", "iterations",
-             "chunk_iterations", "dtype", "layers", "checksums", "complete"}
+             "chunk_iterations", "dtype", "layers", "checksums", "complete", "timing_only"}
     unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise TraceError(f"{where}: {unknown[0]}: unknown key")
@@ -176,6 +182,13 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
     if not isinstance(checksums, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
         raise TraceError(f"{where}: checksums: must map 'layer/NNNNNN.npy' to 'crc32:xxxxxxxx'")
+    flags = {}
+    for key in ("complete", "timing_only"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise TraceError(f"{where}: {key}: must be true or false, got {raw[key]!r}")
+            flags[key] = raw[key]
     return TraceMeta(model=raw.get("model") or "", source=raw.get("source") or "",
                      dataset=raw.get("dataset") or "", batch_size=batch, iterations=iterations,
-                     chunk_iterations=chunk, dtype=dtype, layers=layers, checksums=checksums)
+                     chunk_iterations=chunk, dtype=dtype, layers=layers, checksums=checksums,
+                     **flags)

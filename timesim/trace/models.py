@@ -84,7 +84,7 @@ def mlp() -> list[LayerInfo]:
 
 
 def mlp_small() -> list[LayerInfo]:
-    """MLP 64-128-16-10: small enough to bundle a trace, with one row-wise (128-row) layer."""
+    """MLP 64-128-16-10: small enough for quick tests, with one row-wise (128-row) layer."""
     return [linear("fc1", 64, 128), linear("fc2", 128, 16), linear("fc3", 16, 10)]
 
 

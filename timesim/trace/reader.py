@@ -56,7 +56,7 @@ def read_manifest(path: Path) -> TraceMeta:
 class TraceDir:
     """A trace directory (DESIGN §6). ``chunks()`` streams it; memory does not grow with length."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, allow_incomplete: bool = False):
         path = Path(path)
         try:
             resolved = path.resolve(strict=True)
@@ -69,6 +69,11 @@ class TraceDir:
                              f"manifest.yaml")
         self.path = path
         self.meta = read_manifest(path)
+        if not self.meta.complete and not allow_incomplete:
+            raise TraceError(
+                f"{path}: incomplete trace: the writer stopped after {self.meta.iterations} "
+                f"iterations ({self.meta.n_chunks} complete chunks); `timesim trace seal "
+                f"{path}` keeps them as a trace")
 
     @property
     def label(self) -> str:
@@ -108,6 +113,8 @@ class TraceDir:
 
     def chunks(self, start_chunk: int = 0, verify: bool = True) -> Iterator[Chunk]:
         meta = self.meta
+        if meta.timing_only:
+            raise TraceError(f"{self.path}: timing-only manifest: it has no gradients to read")
         for index in range(start_chunk, meta.n_chunks):
             arrays = {layer.name: self.load_chunk(i, index, verify)
                       for i, layer in enumerate(meta.layers)}
@@ -116,6 +123,8 @@ class TraceDir:
     def validate(self) -> dict:
         """Check every chunk (shape, dtype, checksum, finite values); raise on the first problem."""
         meta = self.meta
+        if meta.timing_only:
+            return {"chunks": 0, "layers": len(meta.layers), "checksums": 0, "extra_dirs": []}
         extra = sorted(p.name for p in self.path.iterdir()
                        if p.is_dir() and p.name not in {l.name for l in meta.layers})
         for index in range(meta.n_chunks):

@@ -47,7 +47,8 @@ class TraceWriter:
 
     def __init__(self, path: str | Path, layers: Sequence[LayerInfo], *, model: str,
                  source: str, dataset: str = "", batch_size: int = 0, dtype: str = "float32",
-                 chunk_iterations: int = 64, overwrite: bool = False):
+                 chunk_iterations: int = 64, overwrite: bool = False,
+                 checkpoint: bool = False):
         if dtype not in DTYPES:
             raise TraceError(f"dtype: must be one of {'|'.join(DTYPES)}, got {dtype!r}")
         if chunk_iterations < 1:
@@ -65,6 +66,9 @@ class TraceWriter:
         self._iterations = 0
         self._checksums: dict[str, str] = {}
         self._closed = False
+        # checkpoint: after every chunk, a manifest marked `complete: false` that covers the
+        # chunks on disk, so a killed recording keeps its finished chunks (`trace seal`)
+        self.checkpoint = checkpoint
 
     def _prepare_dir(self, overwrite: bool) -> None:
         p = self.path
@@ -134,6 +138,8 @@ class TraceWriter:
         self._iterations += self._fill
         self._chunks += 1
         self._fill = 0
+        if self.checkpoint:
+            self._write_manifest(complete=False)
 
     @property
     def iterations(self) -> int:
@@ -146,9 +152,14 @@ class TraceWriter:
         self._flush()
         if self._iterations == 0:
             raise TraceError(f"{self.path}: no iterations written")
+        meta = self._write_manifest(complete=True)
+        self._closed = True
+        return meta
+
+    def _write_manifest(self, complete: bool) -> TraceMeta:
         meta = TraceMeta(iterations=self._iterations, chunk_iterations=self.chunk_iterations,
-                         dtype=self.dtype, layers=self.layers, checksums=self._checksums,
-                         **self.info)
+                         dtype=self.dtype, layers=self.layers, checksums=dict(self._checksums),
+                         complete=complete, **self.info)
         doc = meta.to_dict()
         parse_manifest(doc, str(self.path / "manifest.yaml"))
         tmp = self.path / "manifest.yaml.tmp"
@@ -157,7 +168,6 @@ class TraceWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path / "manifest.yaml")
-        self._closed = True
         return meta
 
     def __enter__(self) -> TraceWriter:
@@ -166,3 +176,21 @@ class TraceWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self._closed:
             self.close()
+
+
+def seal(path: str | Path) -> TraceMeta:
+    """Turn the checkpoint of an interrupted writer into a complete trace of its whole chunks."""
+    from .reader import TraceDir
+
+    trace = TraceDir(path, allow_incomplete=True)
+    if trace.meta.complete:
+        raise TraceError(f"{path}: already complete; nothing to seal")
+    trace.validate()
+    meta = TraceMeta(**{**trace.meta.__dict__, "complete": True})
+    tmp = Path(path) / "manifest.yaml.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(meta.to_dict(), fh, sort_keys=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, Path(path) / "manifest.yaml")
+    return meta

@@ -1,0 +1,112 @@
+"""Real training on scikit-learn's bundled 8x8 digits (no download): an MLP and a LeNet-like CNN,
+under dense SGD or under the chip's update policy (``SparseUpdate``), optionally recording a trace.
+
+Used by ``traces/make_digits_traces.py`` (example traces), ``traces/digits_results.py``
+(docs/results.md) and the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..pytorch import SparseUpdate, TraceRecorder
+
+
+class MLP(nn.Module):
+    """64-256-256-10."""
+
+    def __init__(self, hidden: int = 256):
+        super().__init__()
+        self.fc1 = nn.Linear(64, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class LeNet(nn.Module):
+    """conv 1->6 3x3 -> pool -> conv 6->16 3x3 -> pool -> fc 64->32 -> fc 32->10 (8x8 inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 16, 3, padding=1)
+        self.fc1 = nn.Linear(64, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+MODELS = {"mlp": MLP, "lenet": LeNet}
+
+
+def load_digits_split(seed: int = 0):
+    """(x_train, y_train, x_test, y_test) as tensors; x is (n, 1, 8, 8) in [0, 1]; 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target, dtype=torch.long)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
+    cut = int(0.8 * len(y))
+    tr, te = order[:cut], order[cut:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+@dataclass
+class Result:
+    model: str
+    policy: str
+    iterations: int
+    test_accuracy: float
+    report: dict | None
+
+
+def train(model_name: str = "mlp", iterations: int = 2000, hw=None, batch: int = 32,
+          lr: float = 0.1, seed: int = 0, record: str | None = None, record_dtype="float32",
+          chunk_iterations: int = 64, out: str | None = None) -> Result:
+    """Train with plain SGD; with ``hw`` the updates go through ``SparseUpdate(hw)``."""
+    torch.manual_seed(seed)
+    x_tr, y_tr, x_te, y_te = load_digits_split(seed)
+    model = MODELS[model_name]()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    sparse = SparseUpdate(opt, hw, model=model, model_name=f"digits-{model_name}",
+                          dataset="sklearn-digits") if hw is not None else None
+    stepper = sparse or opt
+    g = torch.Generator().manual_seed(seed)
+    recorder = (TraceRecorder(model, record, dtype=record_dtype,
+                              chunk_iterations=chunk_iterations, dataset="sklearn-digits",
+                              model_name=f"digits-{model_name}")
+                if record else None)
+    if recorder:
+        recorder.__enter__()
+    try:
+        for _ in range(iterations):
+            idx = torch.randint(0, len(y_tr), (batch,), generator=g)
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            stepper.zero_grad()
+            loss.backward()
+            if recorder:
+                recorder.step()
+            stepper.step()
+    except BaseException as exc:
+        if recorder:
+            recorder.__exit__(type(exc), exc, None)
+        raise
+    if recorder:
+        recorder.__exit__(None, None, None)
+    with torch.no_grad():
+        acc = (model(x_te).argmax(1) == y_te).float().mean().item()
+    report = sparse.report(out) if sparse is not None else None
+    policy = "dense-sgd" if hw is None else hw.controller.selection
+    return Result(model_name, policy, iterations, acc, report)

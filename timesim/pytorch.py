@@ -1,0 +1,300 @@
+"""PyTorch integration (the ``torch`` extra; the core package never imports this module).
+
+- ``TraceRecorder``: hooks every nn.Linear and nn.Conv2d and writes their weight gradients as a
+  trace (DESIGN §6 orientation) while a model trains.
+- ``SparseUpdate``: wraps an optimizer and applies the chip's update policy in the loop, so the
+  accuracy a user reports is the accuracy of the policy; it co-simulates live (write counts, ARS,
+  lifetime, cycles, energy) and ``report(out)`` writes the same run folder as ``timesim run``.
+- ``timing_manifest``: shapes and geometry of a model from one forward pass, no gradients, for
+  timing a policy with the engine (``timesim run`` on the written manifest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import HwConfig, load_hwconfig
+from .errors import TraceError
+from .simulate import Simulation
+from .trace.format import LayerInfo, TraceMeta
+from .trace.writer import TraceWriter
+
+__all__ = ["TraceRecorder", "SparseUpdate", "timing_manifest", "weight_to_matrix",
+           "matrix_to_weight"]
+
+
+def weight_to_matrix(w: torch.Tensor) -> np.ndarray:
+    """A Linear (out, in) or Conv2d (C_out, C_in, kh, kw) tensor as the rows × cols matrix of
+    DESIGN §6: rows = inputs (c_in·kh·kw + i·kw + j), cols = outputs. float32, C order."""
+    t = w.detach()
+    if t.dim() not in (2, 4):
+        raise TraceError(f"expected a Linear or Conv2d weight, got shape {tuple(t.shape)}")
+    m = t.reshape(t.shape[0], -1).t()
+    return np.ascontiguousarray(m.to(torch.float32).cpu().numpy())
+
+
+def matrix_to_weight(g: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``weight_to_matrix``: a tensor shaped, typed and placed like ``like``."""
+    t = torch.from_numpy(np.ascontiguousarray(g.T)).reshape(like.shape)
+    return t.to(dtype=like.dtype, device=like.device)
+
+
+def crossbar_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(module path, module) of every nn.Linear and nn.Conv2d, in registration order."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            if isinstance(mod, nn.Conv2d) and mod.groups != 1:
+                raise TraceError(f"layer {name}: grouped convolution (groups={mod.groups}) "
+                                 f"does not map to one crossbar matrix; not supported")
+            out.append((name or "model", mod))
+    if not out:
+        raise TraceError("the model has no nn.Linear or nn.Conv2d layer to map to crossbars")
+    return out
+
+
+class _Probe:
+    """Forward hooks that record each layer's geometry and the batch size on the first pass."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]]):
+        self.layers = layers
+        self.seen: dict[str, tuple] = {}
+        self.batch = 0
+        self.handles = [mod.register_forward_hook(self._hook(name)) for name, mod in layers]
+
+    def _hook(self, name):
+        def hook(mod, inputs, output):
+            if name not in self.seen:
+                x = inputs[0]
+                self.batch = self.batch or int(x.shape[0])
+                self.seen[name] = (tuple(x.shape), tuple(output.shape))
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def layer_infos(self) -> tuple[LayerInfo, ...]:
+        infos = []
+        for name, mod in self.layers:
+            w = mod.weight
+            if isinstance(mod, nn.Conv2d):
+                shape_in, shape_out = self.seen.get(name, (None, None))
+                kh, kw = mod.kernel_size
+                if isinstance(mod.padding, str):
+                    raise TraceError(f"layer {name}: padding={mod.padding!r}: give explicit "
+                                     f"padding so the geometry is known")
+                infos.append(LayerInfo(
+                    name=name, kind="conv2d", rows=w.shape[1] * kh * kw, cols=w.shape[0],
+                    kernel=(kh, kw), in_channels=w.shape[1], out_channels=w.shape[0],
+                    input_hw=tuple(shape_in[-2:]) if shape_in else None,
+                    output_hw=tuple(shape_out[-2:]) if shape_out else None,
+                    stride=tuple(mod.stride), padding=tuple(mod.padding)))
+            else:
+                infos.append(LayerInfo(name=name, kind="linear", rows=w.shape[1],
+                                       cols=w.shape[0]))
+        return tuple(infos)
+
+
+def _source() -> str:
+    return f"pytorch {torch.__version__}"
+
+
+class TraceRecorder:
+    """Record the weight gradients of every Linear/Conv2d layer as a trace directory.
+
+        with TraceRecorder(model, "traces/run1", dtype="float16") as rec:
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(); loss.backward()
+                rec.step()          # before any SparseUpdate.step(), which rewrites .grad
+                opt.step()
+
+    Chunks are written atomically and the manifest is checkpointed after each chunk
+    (``complete: false``): a killed run keeps its finished chunks (``timesim trace seal``).
+    """
+
+    def __init__(self, model: nn.Module, path: str | Path, dtype: str = "float32",
+                 chunk_iterations: int = 64, dataset: str = "", model_name: str | None = None,
+                 overwrite: bool = False):
+        self.model = model
+        self.path = Path(path)
+        self.dtype = dtype
+        self.chunk_iterations = chunk_iterations
+        self.dataset = dataset
+        self.model_name = model_name or type(model).__name__
+        self.overwrite = overwrite
+        self.layers = crossbar_layers(model)
+        self.probe: _Probe | None = None
+        self.writer: TraceWriter | None = None
+
+    def __enter__(self) -> TraceRecorder:
+        self.probe = _Probe(self.layers)
+        return self
+
+    def step(self) -> None:
+        """Record the current ``.grad`` of every layer as one iteration."""
+        if self.probe is None:
+            raise TraceError("TraceRecorder.step() outside its `with` block")
+        if self.writer is None:
+            self.writer = TraceWriter(
+                self.path, self.probe.layer_infos(), model=self.model_name, source=_source(),
+                dataset=self.dataset, batch_size=self.probe.batch, dtype=self.dtype,
+                chunk_iterations=self.chunk_iterations, overwrite=self.overwrite,
+                checkpoint=True)
+        grads = {}
+        for name, mod in self.layers:
+            if mod.weight.grad is None:
+                raise TraceError(f"layer {name}: no gradient; call step() after backward()")
+            grads[name] = weight_to_matrix(mod.weight.grad)
+        self.writer.append(grads)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.probe is not None:
+            self.probe.remove()
+        if exc_type is None and self.writer is not None:
+            self.writer.close()
+
+
+class SparseUpdate:
+    """Apply the hwconfig's update policy (DESIGN §2) to every Linear/Conv2d weight in training.
+
+    Each ``step()``: the gradient of each crossbar weight goes through the same policy kernels as
+    ``timesim run`` (residual accumulation, selection, ARS, write counting); the selected entries
+    get their accumulated gradient, every other entry of the weight gets zero and is restored
+    after the wrapped optimizer's step, so only the selected entries move, by the optimizer's rule
+    applied to the accumulated gradient. Biases and other 1-D parameters are digital and updated
+    densely. ARS is a physical remap and changes nothing here.
+
+    ``model`` (optional) names the layers by module path and records conv geometry and batch
+    size for the engine; without it the weights are named ``param0, param1, ...``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, hw: HwConfig | str | Path | None = None,
+                 model: nn.Module | None = None, model_name: str | None = None,
+                 dataset: str = ""):
+        self.optimizer = optimizer
+        self.hw = hw if isinstance(hw, HwConfig) else load_hwconfig(hw)
+        names: dict[int, str] = {}
+        self.probe = None
+        if model is not None:
+            layers = crossbar_layers(model)
+            names = {id(mod.weight): name for name, mod in layers}
+            self.probe = _Probe(layers)
+        self.params: list[tuple[str, torch.nn.Parameter]] = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.dim() in (2, 4) and (not names or id(p) in names):
+                    self.params.append((names.get(id(p), f"param{len(self.params)}"), p))
+        if not self.params:
+            raise TraceError("the optimizer has no 2-D or 4-D weight to map to crossbars")
+        self.model_name = model_name or (type(model).__name__ if model is not None else "model")
+        self.dataset = dataset
+        self.sim: Simulation | None = None
+
+    # pass-through of the optimizer interface
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def _layers(self) -> tuple[LayerInfo, ...]:
+        by_probe = {}
+        if self.probe is not None:
+            by_probe = {l.name: l for l in self.probe.layer_infos()}
+        out = []
+        for name, p in self.params:
+            if name in by_probe:
+                out.append(by_probe[name])
+            else:
+                rows = int(np.prod(p.shape[1:]))
+                out.append(LayerInfo(name=name, kind="linear", rows=rows, cols=p.shape[0]))
+        return tuple(out)
+
+    def _start(self) -> None:
+        meta = TraceMeta(model=self.model_name, source=f"{_source()} live", dataset=self.dataset,
+                         batch_size=self.probe.batch if self.probe else 0, iterations=1,
+                         chunk_iterations=1, dtype="float32", layers=self._layers())
+        self.sim = Simulation(self.hw, meta)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.sim is None:
+            self._start()
+        sim = self.sim
+        grads, before = {}, {}
+        for (name, p), policy in zip(self.params, sim.policies):
+            if p.grad is None:
+                raise TraceError(f"layer {name}: no gradient; call step() after backward()")
+            g = weight_to_matrix(p.grad)
+            grads[name] = g[None]
+            if policy.selection != "dense":
+                before[name] = policy.A + g            # float32, as the kernel adds
+        sim.feed(grads, sim.iterations, 1)
+        restore = []
+        for (name, p), policy in zip(self.params, sim.policies):
+            if policy.selection == "dense":
+                continue
+            acc = before[name]
+            moved = (policy.A == 0) & (acc != 0)       # selected: zeroed in A by the kernel
+            p.grad.copy_(matrix_to_weight(np.where(moved, acc, np.float32(0)), p))
+            restore.append((p, p.detach().clone(), matrix_to_weight(moved, p).bool()))
+        self.optimizer.step()
+        for p, old, moved in restore:
+            p.copy_(torch.where(moved, p, old))
+        return loss
+
+    def report(self, out: str | Path | None = None) -> dict:
+        """Finish the live co-simulation: the report (and run folder) of ``timesim run``."""
+        if self.sim is None:
+            raise TraceError("SparseUpdate.report(): no step() was taken")
+        if self.probe is not None:
+            self.probe.remove()
+        return self.sim.finish(out, trace_label=f"live:{self.model_name}")
+
+
+def timing_manifest(model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None,
+                    model_name: str | None = None, iterations: int = 1) -> TraceMeta:
+    """Layer shapes and geometry from one forward pass of ``example_input`` (no gradients).
+
+    With ``path``, writes ``path/manifest.yaml`` marked ``timing_only: true``: ``timesim run
+    --trace path`` then times ``iterations`` iterations of the chosen policy with the engine.
+    """
+    layers = crossbar_layers(model)
+    probe = _Probe(layers)
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        probe.remove()
+    meta = TraceMeta(model=model_name or type(model).__name__, source=_source(), dataset="",
+                     batch_size=probe.batch, iterations=iterations, chunk_iterations=1,
+                     dtype="float32", layers=probe.layer_infos(), timing_only=True)
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "manifest.yaml").write_text(yaml.safe_dump(meta.to_dict(), sort_keys=False))
+    return meta
