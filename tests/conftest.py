@@ -10,11 +10,11 @@ def tiny_hw():
 
 
 def make_hw(selection="sgs", wear_leveling="none", interval=4, R=4, block_rows=8, rct=8,
-            density=0.05, cols=8, endurance=None, sigma=None):
+            density=0.05, cols=8, endurance=None, sigma=None, seed=0):
     sets = [f"controller.selection={selection}", f"controller.wear_leveling={wear_leveling}",
             f"controller.interval={interval}", f"controller.rows={R}",
             f"xbar.rows={block_rows}", f"xbar.cols={cols}", f"controller.rct={rct}",
-            f"controller.topk_density={density}", "adc.cols_per_adc=1"]
+            f"controller.topk_density={density}", "adc.cols_per_adc=1", f"controller.seed={seed}"]
     if endurance is not None:
         sets.append(f"endurance.cycles={endurance}")
     if sigma is not None:

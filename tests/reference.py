@@ -28,15 +28,33 @@ def bfloat16_bits_to_value(b: int) -> float:
     return sign * (1 + man / 128) * 2.0 ** (exp - 127)
 
 
+M64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix64(z: int) -> int:
+    """splitmix64's finalizer on Python ints."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def random_rank(seed: int, layer: int, t: int, p: int) -> int:
+    """ars-random's secret order of candidate cold row p at ARS time t (docs/security.md)."""
+    key = mix64(mix64((seed + GOLDEN) & M64) ^ (layer + 1))
+    return mix64((key + mix64(t) + p * GOLDEN) & M64)
+
+
 class RefLayer:
     """One layer under one policy, iteration by iteration, with Python loops where clearer."""
 
     def __init__(self, rows, cols, selection, *, rct=128, density=0.001, wear_leveling="none",
-                 interval=1024, R=32, block_rows=128):
+                 interval=1024, R=32, block_rows=128, seed=0, layer=0):
         if selection == "sgs":
             selection = "sgs-element" if rows < rct else "sgs-row"
         self.rows, self.cols, self.selection = rows, cols, selection
-        self.density, self.ars = density, wear_leveling == "ars"
+        self.density, self.ars = density, wear_leveling in ("ars", "ars-random")
+        self.random, self.seed, self.layer = wear_leveling == "ars-random", seed, layer
         self.interval, self.R, self.block_rows = interval, R, block_rows
         self.A = np.zeros((rows, cols), np.float32)
         self.writes = np.zeros((rows, cols), np.int64)
@@ -49,14 +67,17 @@ class RefLayer:
         self.selected = []
         self.t = 0
 
-    def _ars(self):
+    def _ars(self, t):
         for start in range(0, self.rows, self.block_rows):
             x = min(self.block_rows, self.rows - start)
             h = min(self.R // 2, x // 2)
             idx = list(range(start, start + x))
             hot = sorted(idx, key=lambda p: (-self.counters[p], p))[:h]
             rest = [p for p in idx if p not in hot]
-            cold = sorted(rest, key=lambda p: (self.counters[p], p))[:h]
+            if self.random:
+                cold = sorted(rest, key=lambda p: random_rank(self.seed, self.layer, t, p))[:h]
+            else:
+                cold = sorted(rest, key=lambda p: (self.counters[p], p))[:h]
             for a, b in zip(hot, cold):
                 if self.counters[a] > self.counters[b]:
                     la, lb = self.p2l[a], self.p2l[b]
@@ -73,7 +94,7 @@ class RefLayer:
         t = self.t
         self.t += 1
         if self.ars and t >= 1 and t % self.interval == 0:
-            self._ars()
+            self._ars(t)
         n = self.rows * self.cols
         if self.selection == "dense":
             self.writes += 1

@@ -41,11 +41,11 @@ def assert_same(pol, ref, selected):
         assert selected == ref.selected
 
 
-def compare(G, selection, wl, interval, R, block_rows, rct, density, chunk=3):
-    hw = make_hw(selection, wl, interval, R, block_rows, rct, density)
+def compare(G, selection, wl, interval, R, block_rows, rct, density, chunk=3, seed=0):
+    hw = make_hw(selection, wl, interval, R, block_rows, rct, density, seed=seed)
     pol, selected = run_kernel(G, hw, chunk)
     ref = run_reference(G, selection, rct=rct, density=density, wear_leveling=wl,
-                        interval=interval, R=R, block_rows=block_rows)
+                        interval=interval, R=R, block_rows=block_rows, seed=seed)
     assert_same(pol, ref, selected)
     return pol
 
@@ -53,14 +53,16 @@ def compare(G, selection, wl, interval, R, block_rows, rct, density, chunk=3):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), T=st.integers(1, 24), rows=st.integers(1, 30),
        cols=st.integers(1, 9), selection=st.sampled_from(SELECTIONS),
-       wl=st.sampled_from(["none", "ars"]), interval=st.integers(1, 5), R=st.integers(1, 10),
+       wl=st.sampled_from(["none", "ars", "ars-random"]), interval=st.integers(1, 5),
+       R=st.integers(1, 10), rseed=st.integers(0, 2**40),
        block_rows=st.integers(1, 12), rct=st.integers(1, 20),
        density=st.sampled_from([0.01, 0.1, 0.25, 0.5, 1.0]),
        style=st.sampled_from(["normal", "ties", "hot-row"]), chunk=st.integers(1, 7))
 def test_kernels_match_reference_on_random_traces(seed, T, rows, cols, selection, wl, interval,
-                                                  R, block_rows, rct, density, style, chunk):
+                                                  R, rseed, block_rows, rct, density, style,
+                                                  chunk):
     G = random_grads(np.random.default_rng(seed), T, rows, cols, style)
-    compare(G, selection, wl, interval, R, block_rows, rct, density, chunk)
+    compare(G, selection, wl, interval, R, block_rows, rct, density, chunk, rseed)
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)

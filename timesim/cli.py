@@ -10,7 +10,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
-from .errors import TimesimError
+from .errors import ConfigError, TimesimError
 
 EXAMPLE_TRACE = "digits-lenet-sgs"
 
@@ -18,6 +18,16 @@ EXAMPLE_TRACE = "digits-lenet-sgs"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
+    return value
 
 
 def bundled_trace() -> Path:
@@ -47,11 +57,14 @@ def cmd_run(args) -> int:
 
     hw = load_hwconfig(args.hw, args.set or ())
     trace = open_trace(args.trace if args.trace else bundled_trace())
+    if args.resume and not args.out:
+        raise ConfigError("--resume: needs the --out of the run to continue")
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime(
         "run-%Y%m%d-%H%M%S")
     update, bar = _progress(trace.meta.iterations, "simulating")
     try:
-        report = simulate(hw, trace, out=out, progress=update)
+        report = simulate(hw, trace, out=out, progress=update,
+                          checkpoint_every=args.checkpoint_every, resume=args.resume)
     finally:
         if bar is not None:
             bar.close()
@@ -81,7 +94,7 @@ def _print_estimate(r: dict, out: Path) -> None:
 def _print_summary(r: dict, out: Path) -> None:
     p, lt, w = r["policy"], r["lifetime"], r["writes"]
     wl = p["wear_leveling"]
-    if wl == "ars":
+    if wl != "none":
         wl += f" (SI={p['interval']}, R={p['rows']})"
     print(f"trace     {r['trace']['path']}  ({r['trace']['model']}, {r['iterations']} iterations, "
           f"{len(r['trace']['layers'])} layers)")
@@ -106,7 +119,7 @@ def _print_summary(r: dict, out: Path) -> None:
     print(f"energy                   {e['total'] / r['iterations']:.4g} J per iteration "
           f"({top} {e['by_component'][top] / e['total']:.0%}); ARS overhead "
           f"{e['ars_overhead'] / e['total']:.2%}")
-    if p["wear_leveling"] == "ars" and p["interval"] >= r["iterations"]:
+    if p["wear_leveling"] != "none" and p["interval"] >= r["iterations"]:
         print(f"note: ARS interval {p['interval']} >= {r['iterations']} iterations, so no swap "
               f"could happen; try --trace 'synth:resnet20?iterations=16000'")
     print(f"endurance {lt['endurance']:.3g}: first cell fails after "
@@ -210,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a hwconfig key, e.g. controller.interval=512 (repeatable)")
     run.add_argument("--out", help="run folder (default: runs/run-DATE-TIME)")
     run.add_argument("--plots", action="store_true", help="also write PNG figures")
+    run.add_argument("--checkpoint-every", type=_nonneg_int, default=10000, metavar="N",
+                     help="save the full state into --out every N iterations (0: never; "
+                          "default 10000)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from --out's last checkpoint (same arguments)")
     run.set_defaults(func=cmd_run)
 
     tr = sub.add_parser("trace", help="make, inspect and check traces")

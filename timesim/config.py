@@ -24,7 +24,7 @@ from .units import KINDS, SUFFIXES, parse_quantity, split_suffix
 
 CONFIG_VERSION = 1
 SELECTIONS = ("dense", "topk", "sgs-row", "sgs-element", "sgs")
-WEAR_LEVELING = ("none", "ars")
+WEAR_LEVELING = ("none", "ars", "ars-random")
 
 
 def _f(kind: str, check: str = "", choices: tuple = (), doc: str = "") -> Any:
@@ -121,6 +121,7 @@ class Controller:
     wear_leveling: str = _f("str", choices=WEAR_LEVELING, doc="wear levelling")
     interval: int = _f("int", "pos", doc="ARS interval SI in iterations")
     rows: int = _f("int", "pos", doc="ARS rows R swapped per row block (R/2 pairs)")
+    seed: int = _f("int", "nonneg", doc="secret seed of ars-random")
 
 
 SECTIONS: dict[str, type] = {

@@ -25,7 +25,7 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
     """Per layer: {(component, action): count over the whole run}."""
     c = engine.costs
     S = c.slices_in
-    ars_on = engine.hw.controller.wear_leveling == "ars"
+    ars_on = engine.hw.controller.wear_leveling != "none"
     out = {}
     for i, (m, p) in enumerate(zip(engine.mapping.layers, policies)):
         V, R, PC, RB, CT, n = m.vectors, m.rows, m.phys_cols, m.row_blocks, m.col_tiles, m.cells

@@ -43,7 +43,7 @@ def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None) -> di
     engine = Engine(hw, meta, sels, ks)
     ops = np.array([[l.rows if s == "dense" else min(k, l.rows) if s == "topk" else 1
                      for s, k, l in zip(sels, ks, meta.layers)]], dtype=np.int64)
-    events = (T - 1) // c.interval if c.wear_leveling == "ars" else 0
+    events = (T - 1) // c.interval if c.wear_leveling != "none" else 0
     swaps_per_event = []
     for s, l in zip(sels, meta.layers):
         pairs = 0

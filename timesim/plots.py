@@ -107,8 +107,8 @@ def write_plots(out: str | Path, report: dict) -> list[Path]:
     plt = _pyplot()
     out = Path(out)
     p = report["policy"]
-    label = p["selection"] + (f" + ARS (SI={p['interval']}, R={p['rows']})"
-                              if p["wear_leveling"] == "ars" else "")
+    label = p["selection"] + (f" + {p['wear_leveling']} (SI={p['interval']}, R={p['rows']})"
+                              if p["wear_leveling"] != "none" else "")
     writes = {l["name"]: np.load(out / "writes" / f"{l['name']}.npy", allow_pickle=False)
               for l in report["trace"]["layers"]}
     made = []

@@ -25,11 +25,13 @@ def topk_count(density: float, cells: int) -> int:
 class LayerPolicy:
     """Residual accumulator, physical write counts, row counters and row map of one layer."""
 
-    def __init__(self, layer: LayerInfo, hw: HwConfig):
+    def __init__(self, layer: LayerInfo, hw: HwConfig, index: int = 0):
         c = hw.controller
         self.layer = layer
         self.selection = effective_selection(c.selection, layer.rows, c.rct)
-        self.ars_on = c.wear_leveling == "ars"
+        self.ars_on = c.wear_leveling in ("ars", "ars-random")
+        self.rkey = (K.ars_random_key(c.seed, index) if c.wear_leveling == "ars-random"
+                     else np.uint64(0))
         self.interval = c.interval
         self.half = c.rows // 2
         self.block_rows = hw.xbar.rows
@@ -71,7 +73,7 @@ class LayerPolicy:
             self.swapped = np.empty(n, dtype=np.int64)
         args = (self.A, self.A.view(np.int32), chunk, np.int64(t0), self.l2p, self.p2l,
                 self.writes, self.counters, self.stats, self.block_rows, self.half,
-                self.interval, self.ars_on)
+                self.interval, self.ars_on, self.rkey)
         if self.selection == "sgs-row":
             bad = K._run_sgs_row(*args, self.selected, self.swapped)
         elif self.selection == "sgs-element":
@@ -83,6 +85,29 @@ class LayerPolicy:
             raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
                              f"gradient or accumulator (NaN or Inf)")
         self.iterations += n
+
+    _STATE = ("A", "writes", "counters", "l2p", "p2l", "stats")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue exactly where this layer is (for checkpoints)."""
+        out = {k: getattr(self, k) for k in self._STATE if getattr(self, k) is not None}
+        out["scalars"] = np.array([self.iterations, self._dense_pending], dtype=np.int64)
+        if self.selection == "topk":
+            out["tau"] = self._tau
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        for k in self._STATE:
+            if getattr(self, k) is not None:
+                have = getattr(self, k)
+                new = state[k]
+                if new.shape != have.shape or new.dtype != have.dtype:
+                    raise ValueError(f"{k}: {new.shape} {new.dtype}, expected {have.shape} "
+                                     f"{have.dtype}")
+                have[...] = new
+        self.iterations, self._dense_pending = (int(x) for x in state["scalars"])
+        if self.selection == "topk":
+            self._tau[...] = state["tau"]
 
     def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray) -> None:
         """Per iteration of the last chunk: write operations and ARS swaps (for the engine)."""

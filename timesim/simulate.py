@@ -10,9 +10,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint
 from .config import HwConfig
 from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
@@ -35,7 +37,7 @@ class Simulation:
         self.hw = hw
         self.meta = meta
         self.start = time.perf_counter()
-        self.policies = [LayerPolicy(layer, hw) for layer in meta.layers]
+        self.policies = [LayerPolicy(layer, hw, i) for i, layer in enumerate(meta.layers)]
         self.engine = Engine(hw, meta, [p.selection for p in self.policies],
                              [p.k for p in self.policies], fine=fine)
         self._ops = np.empty((0, len(self.policies)), dtype=np.int64)
@@ -119,11 +121,14 @@ class _Label:
 
 
 def simulate(hw: HwConfig, trace, out=None,
-             progress: Callable[[int], None] | None = None, fine: bool = False) -> dict:
+             progress: Callable[[int], None] | None = None, fine: bool = False,
+             checkpoint_every: int = 0, resume: bool = False) -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
     ``fine`` times every gradient row and write operation as its own event (slow; for checks).
+    ``checkpoint_every``: save the full state into ``out`` every that many iterations (at the
+    next chunk boundary); ``resume``: continue from ``out``'s checkpoint if there is one.
     """
     trace = open_trace(trace)
     if trace.meta.timing_only:
@@ -135,9 +140,29 @@ def simulate(hw: HwConfig, trace, out=None,
         if out is not None:
             write_report_only(out, report)
         return report
+    if hasattr(trace, "bind"):
+        trace.bind(hw)
+    label = getattr(trace, "label", str(getattr(trace, "path", "")))
     sim = Simulation(hw, trace.meta, fine=fine)
-    for chunk in trace.chunks():
+    start_chunk = 0
+    fp = ""
+    if out is not None and (checkpoint_every or resume):
+        out = Path(out)
+        fp = checkpoint.fingerprint(hw.to_dict(), label, trace.meta.to_dict())
+        if resume and (out / checkpoint.NAME).is_file():
+            done = checkpoint.load(out, sim, trace, fp)
+            start_chunk = done // trace.meta.chunk_iterations
+            log.info("resuming %s at iteration %d", out, done)
+    last_saved = sim.iterations
+    for chunk in trace.chunks(start_chunk):
         sim.feed(chunk.arrays, chunk.t0, chunk.n, trace.meta.dtype)
         if progress is not None:
             progress(chunk.t0 + chunk.n)
-    return sim.finish(out, getattr(trace, "label", str(getattr(trace, "path", ""))))
+        if (checkpoint_every and out is not None and chunk.t0 + chunk.n < trace.meta.iterations
+                and sim.iterations // checkpoint_every > last_saved // checkpoint_every):
+            checkpoint.save(out, sim, trace, fp)
+            last_saved = sim.iterations
+    report = sim.finish(out, label)
+    if out is not None:
+        (Path(out) / checkpoint.NAME).unlink(missing_ok=True)
+    return report

@@ -24,6 +24,29 @@ N_STATS = 5
 
 _ABS = np.int32(0x7FFFFFFF)
 _NONFINITE = np.int32(0x7F800000)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, inline="always")
+def _mix64(z):
+    # splitmix64 finalizer (kept here, not imported from synth.py: no cross-file jitted calls)
+    z = (z ^ (z >> np.uint64(30))) * _C1
+    z = (z ^ (z >> np.uint64(27))) * _C2
+    return z ^ (z >> np.uint64(31))
+
+
+def ars_random_key(seed: int, layer: int) -> np.uint64:
+    """Per-layer key of ars-random: mix64(mix64(seed + golden) ^ (layer + 1))."""
+    m = 0xFFFFFFFFFFFFFFFF
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    return np.uint64(mix(mix((seed + 0x9E3779B97F4A7C15) & m) ^ (layer + 1)))
 
 
 @njit(cache=True)
@@ -38,12 +61,16 @@ def _bump_row(writes, p, stats):
 
 
 @njit(cache=True)
-def _ars(counters, l2p, p2l, writes, block_rows, half, stats):
+def _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t):
     """Aging-aware row swapping in every row block (DESIGN §2, paper Sec. 4.2).
 
     hot = the h rows with the highest counters, cold = the h lowest among the rest (ties: lower
     physical index first); hot[i] and cold[i] swap their logical rows if
     counter(hot) > counter(cold).
+
+    ``rkey`` != 0 selects ``ars-random``: cold = h rows of the rest in the order of a keyed hash
+    mix64(rkey + mix64(t) + p·golden) of their physical index p, i.e. a fresh secret random
+    choice at every ARS event (docs/security.md).
     """
     rows = counters.shape[0]
     for start in range(0, rows, block_rows):
@@ -65,10 +92,17 @@ def _ars(counters, l2p, p2l, writes, block_rows, half, stats):
             if not taken[i]:
                 rest[j] = i
                 j += 1
-        cold_key = np.empty(x - h, dtype=np.int64)
-        for i in range(x - h):
-            cold_key[i] = counters[start + rest[i]] * x + rest[i]
-        cold_order = np.argsort(cold_key)[:h]
+        if rkey != 0:
+            rnd = np.empty(x - h, dtype=np.uint64)
+            tk = _mix64(np.uint64(t))
+            for i in range(x - h):
+                rnd[i] = _mix64(rkey + tk + np.uint64(start + rest[i]) * _GOLDEN)
+            cold_order = np.argsort(rnd)[:h]
+        else:
+            cold_key = np.empty(x - h, dtype=np.int64)
+            for i in range(x - h):
+                cold_key[i] = counters[start + rest[i]] * x + rest[i]
+            cold_order = np.argsort(cold_key)[:h]
         for i in range(h):
             a = start + hot[i]
             b = start + rest[cold_order[i]]
@@ -113,7 +147,7 @@ def _accumulate_argmax_row(A, Ai, G):
 
 @njit(cache=True)
 def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                 interval, ars_on, selected, swapped):
+                 interval, ars_on, rkey, selected, swapped):
     """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1.
 
     ``selected[i]`` gets iteration i's row, ``swapped[i]`` the ARS swaps at its start.
@@ -124,7 +158,7 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
         swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
             before = stats[SWAPS]
-            _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
         rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
         if best >= _NONFINITE:
@@ -141,7 +175,7 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
 
 @njit(cache=True)
 def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                     interval, ars_on, selected, swapped):
+                     interval, ars_on, rkey, selected, swapped):
     """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
     rows, cols = A.shape
     for i in range(chunk.shape[0]):
@@ -149,7 +183,7 @@ def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_
         swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
             before = stats[SWAPS]
-            _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
         rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
         if best >= _NONFINITE:
@@ -208,7 +242,7 @@ def _topk_threshold(keys, k, guess, limit):
 
 @njit(cache=True)
 def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-              interval, ars_on, k, keys, cand, tau_state, selected, swapped):
+              interval, ars_on, rkey, k, keys, cand, tau_state, selected, swapped):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
     ``selected[i]`` gets the number of distinct rows written in iteration i. Selection is
@@ -225,7 +259,7 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
         swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
             before = stats[SWAPS]
-            _ars(counters, l2p, p2l, writes, block_rows, half, stats)
+            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
         g = chunk[i].reshape(n)
         for j in range(n):

@@ -88,6 +88,11 @@ def mlp_small() -> list[LayerInfo]:
     return [linear("fc1", 64, 128), linear("fc2", 128, 16), linear("fc3", 16, 10)]
 
 
+def hammer() -> list[LayerInfo]:
+    """One 144x16 layer (the shape of ResNet-20's stage-1 convs) for the wear-out attacks."""
+    return [linear("target", 144, 16)]
+
+
 # name -> (layers, default iterations (the paper's, Table 1 / Fig. 2), dataset)
 MODELS = {
     "resnet20": (resnet20, 64124, "cifar10"),
@@ -96,4 +101,6 @@ MODELS = {
     "resnet50": (resnet50, 450450, "imagenet"),
     "mlp": (mlp, 64000, "digits"),
     "mlp-small": (mlp_small, 1000, "digits"),
+    "hammer": (hammer, 64000, "adversarial"),
+    "hammer-chase": (hammer, 64000, "adversarial"),
 }

@@ -31,6 +31,7 @@ PARAMS = {
     "row_sigma": (float, "lognormal sigma of row importance (default 1.0)"),
     "col_sigma": (float, "lognormal sigma of column importance (default 0.5)"),
     "bias": (float, "persistent mean gradient relative to the noise (default 0.05)"),
+    "row": (int, "hammer, hammer-chase: the attacked row (default 0)"),
 }
 
 
@@ -58,7 +59,8 @@ class SynthTrace:
     """A generated trace that never touches disk; same interface as a trace directory."""
 
     def __init__(self, model: str, iterations: int | None = None, seed: int = 0, chunk: int = 8,
-                 row_sigma: float = 1.0, col_sigma: float = 0.5, bias: float = 0.05):
+                 row_sigma: float = 1.0, col_sigma: float = 0.5, bias: float = 0.05,
+                 row: int = 0):
         if model not in MODELS:
             raise TraceError(f"synth:{model}: unknown model; expected one of "
                              f"{', '.join(MODELS)}")
@@ -76,6 +78,13 @@ class SynthTrace:
         self.params = dict(iterations=iterations, seed=seed, chunk=chunk, row_sigma=row_sigma,
                            col_sigma=col_sigma, bias=bias)
         layers = tuple(build())
+        self.hammer = model.startswith("hammer")
+        if self.hammer:
+            if not 0 <= row < layers[0].rows:
+                raise TraceError(f"{where}: row: must be in [0, {layers[0].rows - 1}], got {row}")
+            self.params["row"] = row
+        self.row = row
+        self._shadow = None
         self.meta = TraceMeta(model=model, source=f"timesim-synth seed={seed} "
                               f"row_sigma={row_sigma} col_sigma={col_sigma} bias={bias}",
                               dataset=dataset, batch_size=128, iterations=iterations,
@@ -105,8 +114,47 @@ class SynthTrace:
     def generate(self, li: int, t0: int, n: int) -> np.ndarray:
         layer = self.meta.layers[li]
         out = self._buffer[: n * layer.cells].reshape(n, layer.rows, layer.cols)
+        if self.hammer:
+            return self._hammer(layer, t0, out)
         mean, row, col = self.structure(li)
         gradient_chunk(out, self.seed, li, t0, mean, row, col)
+        return out
+
+    def bind(self, hw) -> None:
+        """hammer-chase learns the chip's public ARS parameters (interval, R, block height)
+        and predicts the row map with deterministic ARS: it does not know ars-random's seed."""
+        if self.model == "hammer-chase":
+            from ..policies import LayerPolicy
+
+            public = hw.replace(controller={"wear_leveling": "ars"})
+            self._shadow = LayerPolicy(self.meta.layers[0], public)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Generator state beyond (seed, iteration): the chasing attacker's shadow model."""
+        return self._shadow.state() if self._shadow is not None else {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if self._shadow is not None:
+            self._shadow.load_state(state)
+
+    def _hammer(self, layer, t0: int, out: np.ndarray) -> np.ndarray:
+        """Small noise everywhere plus a constant 1.0 on the attacked logical row; the chasing
+        attacker moves to whichever logical row its shadow model puts on the attacked physical
+        row (one iteration late after each swap)."""
+        n = out.shape[0]
+        zeros = np.zeros((layer.rows, layer.cols), dtype=np.float32)
+        scale = np.full(layer.rows, 0.01, dtype=np.float32)
+        gradient_chunk(out, self.seed, 0, t0, zeros, scale, np.ones(layer.cols, np.float32))
+        for i in range(n):
+            target = self.row
+            if self._shadow is not None:
+                if self._shadow.iterations != t0 + i:
+                    raise TraceError(f"synth:{self.model}: iterations must be generated in "
+                                     f"order (chase needs its shadow model)")
+                target = int(self._shadow.p2l[self.row])
+            out[i, target, :] += 1.0
+            if self._shadow is not None:
+                self._shadow.process(out[i:i + 1], t0 + i)
         return out
 
     def chunks(self, start_chunk: int = 0, verify: bool = True) -> Iterator[Chunk]:

@@ -1,0 +1,85 @@
+"""Checkpoints of a running simulation: one .npz written atomically into the run folder.
+
+Everything that evolves is saved: each layer's residual accumulator, write counts, row counters,
+row maps, kernel statistics and top-k threshold; the engine's signature counts; the max-writes
+history; the trace position; the state of a stateful trace generator (hammer-chase's shadow).
+Synthetic noise is counter-based, so it needs no RNG state. A fingerprint of the resolved
+hwconfig and the trace guards against resuming with other arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SimulationError
+
+NAME = "checkpoint.npz"
+FORMAT = 1
+
+
+def fingerprint(hw_dict: dict, trace_label: str, meta_dict: dict) -> str:
+    blob = json.dumps({"hw": hw_dict, "trace": trace_label, "meta": meta_dict},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save(out: Path, sim, trace, fp: str) -> Path:
+    arrays: dict[str, np.ndarray] = {}
+    for i, policy in enumerate(sim.policies):
+        for k, v in policy.state().items():
+            arrays[f"layer{i}/{k}"] = v
+    for k, v in (trace.state() if hasattr(trace, "state") else {}).items():
+        arrays[f"trace/{k}"] = v
+    info = {"format": FORMAT, "fingerprint": fp, "iterations": sim.iterations,
+            "signatures": [[list(k), c] for k, c in sim.engine.signatures.items()],
+            "engine_iterations": sim.engine.iterations,
+            "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
+            "next_mark": sim._next_mark}
+    arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / NAME
+    tmp = out / (NAME + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(out: Path, sim, trace, fp: str) -> int:
+    """Restore ``sim`` (and the trace generator) from ``out``'s checkpoint; return iterations."""
+    path = out / NAME
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # a damaged checkpoint is a user-visible condition, not a crash
+        raise SimulationError(f"{path}: unreadable checkpoint ({exc}); remove it to start "
+                              f"over") from None
+    info = json.loads(arrays.pop("info").tobytes().decode())
+    if info.get("format") != FORMAT:
+        raise SimulationError(f"{path}: checkpoint format {info.get('format')!r} not "
+                              f"supported")
+    if info["fingerprint"] != fp:
+        raise SimulationError(f"{path}: made with other arguments (hwconfig, --set or trace "
+                              f"differ); rerun with the same arguments or another --out")
+    try:
+        for i, policy in enumerate(sim.policies):
+            prefix = f"layer{i}/"
+            policy.load_state({k[len(prefix):]: v for k, v in arrays.items()
+                               if k.startswith(prefix)})
+        if hasattr(trace, "load_state"):
+            trace.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("trace/")})
+    except (KeyError, ValueError) as exc:
+        raise SimulationError(f"{path}: checkpoint does not match this run ({exc})") from None
+    sim.engine.signatures = {tuple(k): c for k, c in info["signatures"]}
+    sim.engine.iterations = info["engine_iterations"]
+    sim.iterations = info["iterations"]
+    sim.hist_t, sim.hist_max = info["hist_t"], info["hist_max"]
+    sim._step, sim._next_mark = info["step"], info["next_mark"]
+    return sim.iterations
