@@ -115,6 +115,8 @@ def test_bad_overrides_name_the_key(override, needle):
     ("version: 1\nxbar: {rows: 8, colz: 8}\n", "xbar.colz: unknown key"),
     ("version: 1\ngpu: {cores: 8}\n", "gpu: unknown section"),
     ("version: 1\nxbar: {rows: 8\n", "invalid YAML"),
+    ("version: 1\nxbar: {rows: 2001-13-45}\n", "invalid YAML"),
+    ("version: 1\na: &a [*a]\nb: *a\n", "a: unknown section"),
     ("version: 1\nxbar: {r_on: 1 MOhm, r_off: 100 kohm}\n", "xbar.r_off: must exceed xbar.r_on"),
     ("version: 1\nadc: {cols_per_adc: 256}\n", "adc.cols_per_adc: must not exceed xbar.cols"),
 ])

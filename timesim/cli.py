@@ -64,7 +64,8 @@ def cmd_run(args) -> int:
     update, bar = _progress(trace.meta.iterations, "simulating")
     try:
         report = simulate(hw, trace, out=out, progress=update,
-                          checkpoint_every=args.checkpoint_every, resume=args.resume)
+                          checkpoint_every=args.checkpoint_every, resume=args.resume,
+                          nonfinite=args.nonfinite)
     finally:
         if bar is not None:
             bar.close()
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=_nonneg_int, default=10000, metavar="N",
                      help="save the full state into --out every N iterations (0: never; "
                           "default 10000)")
+    run.add_argument("--nonfinite", choices=("error", "skip", "zero"), default="error",
+                     help="a NaN/Inf gradient: stop with an error (default), skip its iteration, "
+                          "or replace it by 0 (both counted in the report)")
     run.add_argument("--resume", action="store_true",
                      help="continue from --out's last checkpoint (same arguments)")
     run.set_defaults(func=cmd_run)

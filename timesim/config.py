@@ -351,6 +351,8 @@ def _read_yaml(path: Path) -> Any:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:   # e.g. a date 2001-13-45
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
 def bundled_hwconfig(name: str = "time-default") -> Path:

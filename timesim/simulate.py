@@ -49,6 +49,7 @@ class Simulation:
         self._next_mark = self._step
         self.hist_t: list[int] = []
         self.hist_max: list[list[int]] = []
+        self.nonfinite: dict | None = None
 
     def _float32(self, arr: np.ndarray, dtype: str) -> np.ndarray:
         if dtype == "float32":
@@ -101,6 +102,8 @@ class Simulation:
         report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
         report["energy_j"] = energy_report(self.engine, counts)
         report["mapping"] = self.engine.mapping.to_dict()
+        if self.nonfinite is not None:
+            report["nonfinite"] = self.nonfinite
         wall = time.perf_counter() - self.start
         report.pop("wall_s")
         report["run"] = {"created": report.pop("created"), "wall_s": wall,
@@ -114,6 +117,37 @@ class Simulation:
         return report
 
 
+class _Cleaned(Mapping):
+    """A chunk's layers as float32 with non-finite values zeroed, or with bad iterations
+    dropped; converted one layer at a time on access (memory: one layer's chunk)."""
+
+    def __init__(self, arrays: Mapping, dtype: str, keep: np.ndarray | None):
+        self.arrays, self.dtype, self.keep = arrays, dtype, keep
+
+    def __getitem__(self, name):
+        a = np.array(to_float32(np.asarray(self.arrays[name]), self.dtype), dtype=np.float32)
+        if self.keep is None:
+            a[~np.isfinite(a)] = 0.0
+            return a
+        return np.ascontiguousarray(a[self.keep])
+
+    def __iter__(self):
+        return iter(self.arrays)
+
+    def __len__(self):
+        return len(self.arrays)
+
+
+def _nonfinite_per_iteration(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Count of NaN/Inf values in each iteration of a (n, rows, cols) chunk."""
+    x = np.asarray(arr)
+    if dtype == "bfloat16":
+        bad = (x & 0x7F80) == 0x7F80
+    else:
+        bad = ~np.isfinite(x)
+    return bad.reshape(x.shape[0], -1).sum(axis=1)
+
+
 @dataclasses.dataclass
 class _Label:
     meta: TraceMeta
@@ -122,14 +156,22 @@ class _Label:
 
 def simulate(hw: HwConfig, trace, out=None,
              progress: Callable[[int], None] | None = None, fine: bool = False,
-             checkpoint_every: int = 0, resume: bool = False) -> dict:
+             checkpoint_every: int = 0, resume: bool = False,
+             nonfinite: str = "error") -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
     ``fine`` times every gradient row and write operation as its own event (slow; for checks).
     ``checkpoint_every``: save the full state into ``out`` every that many iterations (at the
     next chunk boundary); ``resume``: continue from ``out``'s checkpoint if there is one.
+    ``nonfinite``: a NaN/Inf gradient is an error naming layer and iteration (``error``), or
+    its iteration is dropped for every layer (``skip``, as a loss scaler skips a step), or the
+    values are replaced by 0 (``zero``); both opt-ins are counted in the report.
     """
+    if nonfinite not in ("error", "skip", "zero"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"nonfinite: must be error, skip or zero, got {nonfinite!r}")
     trace = open_trace(trace)
     if trace.meta.timing_only:
         from .estimate import estimate
@@ -154,14 +196,34 @@ def simulate(hw: HwConfig, trace, out=None,
             start_chunk = done // trace.meta.chunk_iterations
             log.info("resuming %s at iteration %d", out, done)
     last_saved = sim.iterations
+    dtype = trace.meta.dtype
+    names = [layer.name for layer in trace.meta.layers]
+    found = dict.fromkeys(names, 0)
+    skipped = 0
     for chunk in trace.chunks(start_chunk):
-        sim.feed(chunk.arrays, chunk.t0, chunk.n, trace.meta.dtype)
+        if nonfinite == "error":
+            sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
+        else:
+            per_iter = np.zeros(chunk.n, dtype=np.int64)
+            for name in names:
+                counts = _nonfinite_per_iteration(chunk.arrays[name], dtype)
+                found[name] += int(counts.sum())
+                per_iter += counts
+            keep = per_iter == 0 if nonfinite == "skip" else None
+            n = chunk.n if keep is None else int(keep.sum())
+            skipped += chunk.n - n
+            if n:
+                sim.feed(_Cleaned(chunk.arrays, dtype, keep), sim.iterations, n)
         if progress is not None:
             progress(chunk.t0 + chunk.n)
         if (checkpoint_every and out is not None and chunk.t0 + chunk.n < trace.meta.iterations
                 and sim.iterations // checkpoint_every > last_saved // checkpoint_every):
             checkpoint.save(out, sim, trace, fp)
             last_saved = sim.iterations
+    if nonfinite != "error":
+        sim.nonfinite = {"policy": nonfinite, "iterations_skipped": skipped,
+                         "values_zeroed": sum(found.values()) if nonfinite == "zero" else 0,
+                         "by_layer": {k: v for k, v in found.items() if v}}
     report = sim.finish(out, label)
     if out is not None:
         (Path(out) / checkpoint.NAME).unlink(missing_ok=True)

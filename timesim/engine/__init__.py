@@ -65,7 +65,7 @@ class Engine:
         if n == 0:
             return
         sig = np.concatenate([ops, swaps], axis=1)
-        if n > 1 and (sig == sig[0]).all():
+        if n == 1 or (sig == sig[0]).all():
             key = tuple(int(v) for v in sig[0])
             self.signatures[key] = self.signatures.get(key, 0) + n
         else:

@@ -75,7 +75,12 @@ class Result:
 def train(model_name: str = "mlp", iterations: int = 2000, hw=None, batch: int = 32,
           lr: float = 0.1, seed: int = 0, record: str | None = None, record_dtype="float32",
           chunk_iterations: int = 64, out: str | None = None) -> Result:
-    """Train with plain SGD; with ``hw`` the updates go through ``SparseUpdate(hw)``."""
+    """Train with plain SGD; with ``hw`` the updates go through ``SparseUpdate(hw)``.
+
+    One intra-op thread: these models are far too small to gain from more, and several
+    threads per process oversubscribe the cores when runs go in parallel.
+    """
+    torch.set_num_threads(1)
     torch.manual_seed(seed)
     x_tr, y_tr, x_te, y_te = load_digits_split(seed)
     model = MODELS[model_name]()

@@ -50,6 +50,8 @@ def read_manifest(path: Path) -> TraceMeta:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TraceError(f"{mpath}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:   # e.g. a date 2001-13-45
+        raise TraceError(f"{mpath}: invalid YAML: {exc}") from None
     return parse_manifest(raw, str(mpath))
 
 
@@ -98,8 +100,9 @@ class TraceDir:
                                  f"file {got}): the chunk is corrupted")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise TraceError(f"{where}: not a readable .npy file ({exc})") from None
+        except Exception as exc:  # a damaged header can raise anything literal_eval raises
+            raise TraceError(f"{where}: not a readable .npy file "
+                             f"({type(exc).__name__}: {exc})") from None
         want_shape = (meta.chunk_len(index), layer.rows, layer.cols)
         if arr.shape != want_shape:
             raise TraceError(f"{where}: shape {arr.shape}, expected {want_shape}")

@@ -1,0 +1,157 @@
+"""Reliability: resume after kill -9, determinism, bounded memory, non-finite gradients."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import timesim
+from timesim.config import bundled_hwconfig
+from timesim.trace import LayerInfo, TraceWriter
+
+WALL = ("run", "created")
+
+
+def strip(report):
+    return {k: v for k, v in report.items() if k not in WALL}
+
+
+def same_run(a, b):
+    ra = json.loads((a / "report.json").read_text())
+    rb = json.loads((b / "report.json").read_text())
+    assert strip(ra) == strip(rb)
+    for sub in ("writes", "rowmap"):
+        names = sorted(p.name for p in (a / sub).iterdir())
+        assert names == sorted(p.name for p in (b / sub).iterdir())
+        for n in names:
+            np.testing.assert_array_equal(np.load(a / sub / n), np.load(b / sub / n))
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "timesim", *args], capture_output=True,
+                          text=True)
+
+
+RUN = ["run", "--trace", "synth:resnet20?iterations=3000&chunk=8", "--set",
+       "controller.selection=sgs", "--set", "controller.interval=64", "--set",
+       "endurance.sigma=0.3"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = cli(*RUN, "--out", str(out), "--checkpoint-every", "0")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.parametrize("kill_after", [0.5, 1.5, 3.0])
+def test_resume_after_kill_9_gives_the_uninterrupted_result(tmp_path, reference_run,
+                                                            kill_after):
+    out = tmp_path / "run"
+    args = [*RUN, "--out", str(out), "--checkpoint-every", "200"]
+    proc = subprocess.Popen([sys.executable, "-m", "timesim", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "checkpoint.npz").exists():
+        time.sleep(0.02)
+    time.sleep(kill_after / 10)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (out / "report.json").exists():
+        pytest.skip("the run finished before the kill")
+    r = cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    same_run(out, reference_run)
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_resume_with_other_arguments_is_refused(tmp_path):
+    out = tmp_path / "run"
+    hw = timesim.load_hwconfig(bundled_hwconfig("tiny"))
+    trace = timesim.open_trace("synth:mlp-small?iterations=64&chunk=8")
+    from timesim import checkpoint
+    from timesim.simulate import Simulation
+    sim = Simulation(hw, trace.meta)
+    for chunk in trace.chunks():
+        sim.feed(chunk.arrays, chunk.t0, chunk.n)
+        if chunk.t0 == 24:
+            break
+    fp = checkpoint.fingerprint(hw.to_dict(), trace.label, trace.meta.to_dict())
+    checkpoint.save(out, sim, trace, fp)
+    r = cli("run", "--trace", "synth:mlp-small?iterations=64&chunk=8", "--hw",
+            str(bundled_hwconfig("tiny")), "--set", "controller.interval=5", "--out", str(out),
+            "--resume")
+    assert r.returncode == 2 and "made with other arguments" in r.stderr
+    # the same arguments continue from iteration 32 and equal a fresh run
+    r = timesim.simulate(hw, "synth:mlp-small?iterations=64&chunk=8", out=out, resume=True)
+    fresh = timesim.simulate(hw, "synth:mlp-small?iterations=64&chunk=8")
+    assert strip(r) == strip(fresh)
+
+
+def test_same_inputs_give_identical_reports(tmp_path):
+    args = ["--trace", "synth:resnet20?iterations=500&seed=3", "--set",
+            "controller.wear_leveling=ars-random", "--set", "controller.interval=50",
+            "--set", "endurance.sigma=0.4"]
+    for name in ("a", "b"):
+        assert cli("run", *args, "--out", str(tmp_path / name)).returncode == 0
+    same_run(tmp_path / "a", tmp_path / "b")
+
+
+def peak_rss_kb(args):
+    code = ("import resource, subprocess, sys; "
+            f"subprocess.run({[sys.executable, '-m', 'timesim', *args]!r}, check=True, "
+            "stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+def test_peak_memory_does_not_grow_with_iterations(tmp_path):
+    short = peak_rss_kb(["run", "--trace", "synth:resnet20?iterations=1000", "--out",
+                         str(tmp_path / "s")])
+    long = peak_rss_kb(["run", "--trace", "synth:resnet20?iterations=20000", "--out",
+                        str(tmp_path / "l")])
+    assert long < short * 1.1 + 4096, (short, long)
+
+
+def nan_trace(path, dtype="float32"):
+    layers = [LayerInfo(name="a", kind="linear", rows=6, cols=3),
+              LayerInfo(name="b", kind="linear", rows=4, cols=2)]
+    rng = np.random.default_rng(0)
+    with TraceWriter(path, layers, model="nan", source="t", dtype=dtype,
+                     chunk_iterations=4) as w:
+        for t in range(12):
+            g = {l.name: rng.standard_normal((l.rows, l.cols)).astype(np.float32)
+                 for l in layers}
+            if t == 5:
+                g["b"][1, 1] = np.nan
+            if t == 9:
+                g["a"][0, 0] = np.inf
+                g["a"][2, 1] = -np.inf
+            w.append(g)
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_nonfinite_gradients_error_skip_or_zero(tmp_path, dtype):
+    trace = str(nan_trace(tmp_path / "t", dtype))
+    r = cli("run", "--trace", trace, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "layer b: iteration 5: non-finite" in r.stderr
+    assert not (tmp_path / "o" / "report.json").exists()
+    hw = timesim.load_hwconfig(None, ["controller.selection=sgs-element"])
+    skip = timesim.simulate(hw, trace, nonfinite="skip")
+    assert skip["iterations"] == 10
+    assert skip["nonfinite"] == {"policy": "skip", "iterations_skipped": 2,
+                                 "values_zeroed": 0, "by_layer": {"a": 2, "b": 1}}
+    zero = timesim.simulate(hw, trace, nonfinite="zero")
+    assert zero["iterations"] == 12 and zero["nonfinite"]["values_zeroed"] == 3
+    assert r.stderr.count("\n") == 1
+    r = cli("run", "--trace", trace, "--nonfinite", "zero", "--out", str(tmp_path / "z"))
+    assert r.returncode == 0, r.stderr
