@@ -1,7 +1,6 @@
 """Reliability: resume after kill -9, determinism, bounded memory, non-finite gradients."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
