@@ -30,6 +30,13 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _pos_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be positive, got 0")
+    return value
+
+
 def bundled_trace() -> Path:
     return Path(str(resources.files("timesim") / "data" / "traces" / EXAMPLE_TRACE))
 
@@ -200,6 +207,60 @@ def cmd_trace_seal(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import METRICS, parse_grid, run_sweep
+
+    grid = parse_grid(args.grid)
+    n = 1
+    for _, vals in grid:
+        n *= len(vals)
+    bar = None
+    update = None
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, unit="point", desc="sweep", leave=False)
+
+            def update(done, total):
+                bar.update(done - bar.n)
+        except ImportError:
+            pass
+    try:
+        rows = run_sweep(args.hw, args.trace, grid, args.out, base_sets=args.set or (),
+                         workers=args.workers, scheduler=args.scheduler,
+                         checkpoint_every=args.checkpoint_every, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    keys = [k for k, _ in grid]
+    show = ("lifetime.extension", "writes.max", "cycles.total", "energy_j.total")
+    print("  ".join(f"{c:>22}" for c in (*keys, *show)))
+    for r in rows:
+        print("  ".join(f"{_fmt(r[c]):>22}" for c in (*keys, *show)))
+    if args.plots:
+        from .plots import sweep_plots
+
+        for p in sweep_plots(Path(args.out), keys, rows):
+            print(f"wrote {p}")
+    print(f"wrote {args.out}/sweep.csv, sweep.json and points/ ({len(rows)} points; metrics: "
+          f"{', '.join(METRICS)})")
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_runs
+
+    compare_runs(args.runs, plot=args.plot)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -233,6 +294,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue from --out's last checkpoint (same arguments)")
     run.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="run a grid of hwconfig settings, in parallel")
+    sw.add_argument("--hw", help="hwconfig YAML (default: the bundled TIME chip)")
+    sw.add_argument("--trace", required=True, help="trace directory or synth:MODEL?...")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                    help="a swept hwconfig key and its values (repeatable: a full grid)")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a fixed override for every point (repeatable)")
+    sw.add_argument("--out", default="sweep", help="sweep folder (default: ./sweep)")
+    where = sw.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_pos_int, help="local processes (default: all cores)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+    sw.add_argument("--checkpoint-every", type=_nonneg_int, default=0, metavar="N",
+                    help="checkpoint each point every N iterations (resumed on rerun)")
+    sw.add_argument("--plots", action="store_true",
+                    help="lifetime extension vs SI per R (Fig. 6) and vs ARS write energy "
+                         "(Fig. 7)")
+    sw.set_defaults(func=cmd_sweep)
+
+    cmp_ = sub.add_parser("compare", help="one table (and a plot) across run folders")
+    cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("--plot", metavar="FILE.png", help="also draw the comparison")
+    cmp_.set_defaults(func=cmd_compare)
 
     tr = sub.add_parser("trace", help="make, inspect and check traces")
     tsub = tr.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)

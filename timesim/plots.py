@@ -121,3 +121,59 @@ def write_plots(out: str | Path, report: dict) -> list[Path]:
                     report["iterations"])
     made += [out / "writes_boxplot.png", out / "max_writes.png"]
     return made
+
+
+def sweep_plots(out: Path, keys: list[str], rows: list[dict]) -> list[Path]:
+    """Fig. 6 (extension vs ARS interval SI, one curve per R) and Fig. 7 (extension vs
+    normalized ARS write energy), when the sweep varies controller.interval."""
+    plt = _pyplot()
+    if "controller.interval" not in keys:
+        return []
+    group_key = "controller.rows" if "controller.rows" in keys else None
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[group_key] if group_key else "", []).append(r)
+    made = []
+    for fig_name, xkey, xlabel, xlog in (
+            ("fig6_extension_vs_interval.png", "controller.interval", "ARS interval SI "
+             "(iterations, log scale)", True),
+            ("fig7_extension_vs_ars_energy.png", "ars.normalized_write_energy",
+             "normalized ARS write energy (per iteration, in row writes; log scale)", True)):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for g, rs in sorted(groups.items(), key=lambda kv: float(kv[0] or 0)):
+            pts = sorted((float(r[xkey]), r["lifetime.extension"]) for r in rs
+                         if r[xkey] is not None and float(r[xkey]) > 0)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"R = {g}" if g else None)
+        bound = max((r["lifetime.balanced_extension"] or 0) for r in rows)
+        ax.axhline(bound, color="k", ls="--", lw=1, label=f"balanced bound {bound:.0f}x")
+        if xlog:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("lifetime extension (x)")
+        ax.set_title("Lifetime extension vs " + ("ARS interval (paper Fig. 6)" if "6" in fig_name
+                                                 else "ARS write energy (paper Fig. 7)"))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fig_name, dpi=100)
+        plt.close(fig)
+        made.append(out / fig_name)
+    return made
+
+
+def compare_plot(rows: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    labels = [f"{Path(r['run']).name}\n{r['policy']}" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(max(9, 2.2 * len(rows) + 3), 4.5))
+    for ax, key, title, log in ((axes[0], "extension", "lifetime extension (x)", True),
+                                (axes[1], "cycles/iter", "cycles per iteration", True),
+                                (axes[2], "energy J/iter", "energy per iteration (J)", True)):
+        vals = [r[key] or 0 for r in rows]
+        ax.bar(range(len(rows)), vals, color="tab:blue")
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(title)
+        if log and all(v > 0 for v in vals):
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -102,6 +102,11 @@ class Simulation:
         report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
         report["energy_j"] = energy_report(self.engine, counts)
         report["mapping"] = self.engine.mapping.to_dict()
+        # paper Fig. 7: ARS rewrite energy per iteration over the energy of writing one row
+        # (the mean physical row of the network's layers)
+        rewrite = sum(a.get(("write", "ars_rewrite_pulse"), 0) for a in counts.values())
+        row = np.mean([m.phys_cols for m in self.engine.mapping.layers])
+        report["ars"]["normalized_write_energy"] = rewrite / T / row
         if self.nonfinite is not None:
             report["nonfinite"] = self.nonfinite
         wall = time.perf_counter() - self.start

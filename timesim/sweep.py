@@ -1,0 +1,170 @@
+"""Design-space sweeps: every point is a ``timesim run`` with extra ``--set`` overrides.
+
+Points run in parallel on local processes (``workers``) or on an existing Dask cluster
+(``scheduler``: dask.distributed's ``Client.get_executor()``, a concurrent.futures executor, so
+both paths share this code). Each point's run folder is written as it finishes
+(``OUT/points/<id>/report.json`` last); ``sweep.csv`` and ``sweep.json`` are rewritten after each
+point. An interrupted sweep rerun with the same arguments skips the finished points.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from .config import load_hwconfig
+from .errors import ConfigError, SimulationError
+
+METRICS = ("lifetime.extension", "lifetime.balanced_extension", "writes.max", "ars.swaps",
+           "ars.normalized_write_energy", "cycles.total", "energy_j.total",
+           "energy_j.ars_overhead")
+
+
+def parse_grid(grids: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``["controller.interval=256,1024", ...]`` -> [(key, [values])], checked against the
+    hwconfig schema (each value must load)."""
+    out = []
+    for text in grids:
+        key, sep, values = text.partition("=")
+        key = key.strip()
+        vals = [v.strip() for v in values.split(",")]
+        if not sep or not key or not all(vals):
+            raise ConfigError(f"--grid {text}: expected key.path=v1,v2,... ")
+        if key in (k for k, _ in out):
+            raise ConfigError(f"--grid {text}: {key} is swept twice")
+        for v in vals:
+            load_hwconfig(None, [f"{key}={v}"])      # raises a ConfigError naming the key
+        out.append((key, vals))
+    if not out:
+        raise ConfigError("--grid: give at least one key.path=v1,v2,...")
+    return out
+
+
+def points(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
+    keys = [k for k, _ in grid]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in grid))]
+
+
+def point_id(index: int, settings: dict[str, str]) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return f"p{index:04d}-{digest}"
+
+
+def _get(report: dict, dotted: str):
+    node = report
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def run_point(hw_path: str | None, base_sets: Sequence[str], trace: str,
+              settings: dict[str, str], out: str, checkpoint_every: int) -> dict:
+    """One point (runs in a worker process): the report of ``timesim run`` with these settings."""
+    from .simulate import simulate
+
+    hw = load_hwconfig(hw_path, [*base_sets, *(f"{k}={v}" for k, v in settings.items())])
+    out_p = Path(out)
+    out_p.mkdir(parents=True, exist_ok=True)
+    (out_p / "point.json").write_text(json.dumps(settings, sort_keys=True))
+    report = simulate(hw, trace, out=out_p, checkpoint_every=checkpoint_every,
+                      resume=checkpoint_every > 0)
+    return {k: _get(report, k) for k in METRICS}
+
+
+def _finished(folder: Path, settings: dict[str, str]) -> dict | None:
+    try:
+        if json.loads((folder / "point.json").read_text()) != settings:
+            return None
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: _get(report, k) for k in METRICS}
+
+
+def _write_table(out: Path, keys: list[str], rows: list[dict]) -> None:
+    done = sorted((r for r in rows if r is not None), key=lambda r: r["point"])
+    tmp = out / "sweep.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["point", *keys, *METRICS])
+        for r in done:
+            w.writerow([r["point"], *(r[k] for k in keys), *(r[m] for m in METRICS)])
+    os.replace(tmp, out / "sweep.csv")
+    tmp = out / "sweep.json.tmp"
+    tmp.write_text(json.dumps({"keys": keys, "metrics": list(METRICS), "points": done},
+                              indent=2) + "\n")
+    os.replace(tmp, out / "sweep.json")
+
+
+def run_sweep(hw_path: str | None, trace: str, grid: list[tuple[str, list[str]]], out: str,
+              base_sets: Sequence[str] = (), workers: int | None = None,
+              scheduler: str | None = None, checkpoint_every: int = 0,
+              progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Run every grid point not finished yet; return all rows (point order)."""
+    from .trace import open_trace
+
+    load_hwconfig(hw_path, base_sets)                 # bad inputs fail here, before any work
+    open_trace(trace)
+    out_p = Path(out)
+    out_p.mkdir(parents=True, exist_ok=True)
+    keys = [k for k, _ in grid]
+    todo, rows = [], []
+    for i, settings in enumerate(points(grid)):
+        pid = point_id(i, settings)
+        folder = out_p / "points" / pid
+        row = {"point": pid, **settings}
+        got = _finished(folder, settings)
+        if got is not None:
+            rows.append({**row, **got})
+        else:
+            rows.append(None)
+            todo.append((len(rows) - 1, row, folder, settings))
+    _write_table(out_p, keys, rows)
+    done = len(rows) - len(todo)
+    if progress:
+        progress(done, len(rows))
+    if not todo:
+        return rows
+    executor, client = _executor(workers, scheduler)
+    try:
+        futures = {executor.submit(run_point, hw_path, list(base_sets), trace, settings,
+                                   str(folder), checkpoint_every): (idx, row)
+                   for idx, row, folder, settings in todo}
+        for fut in as_completed(futures):
+            idx, row = futures[fut]
+            rows[idx] = {**row, **fut.result()}
+            _write_table(out_p, keys, rows)
+            done += 1
+            if progress:
+                progress(done, len(rows))
+    finally:
+        if client is not None:
+            executor.shutdown(wait=True)
+            client.close()
+        else:
+            executor.shutdown(wait=True, cancel_futures=True)
+    return rows
+
+
+def _executor(workers: int | None, scheduler: str | None) -> tuple[Executor, object]:
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise SimulationError("--scheduler needs dask.distributed: pip install "
+                                  "'timesim[dist]'") from None
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise SimulationError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+        return client.get_executor(), client
+    n = workers or os.cpu_count() or 1
+    return ProcessPoolExecutor(max_workers=n), None
