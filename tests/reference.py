@@ -144,3 +144,69 @@ def run_reference(G, selection, **kw) -> RefLayer:
     for t in range(G.shape[0]):
         layer.step(G[t])
     return layer
+
+
+def ref_mvm(x, w, hw, stuck=None, noise=None):
+    """Plain numpy twin of timesim.analog.mvm without programming variation (docs/analog.md).
+
+    ``noise(stream, shape)`` gives the standard normals of read-noise stream ``stream``.
+    """
+    x = np.asarray(x, np.float32)
+    w = np.asarray(w, np.float32)
+    B, rows = x.shape
+    cols = w.shape[1]
+    wb, cb, X = hw.xbar.weight_bits, hw.xbar.cell_bits, hw.xbar.rows
+    ib, db = hw.dac.input_bits, hw.dac.bits
+    diff = hw.xbar.cells_per_weight == 2
+    L1 = 2**cb - 1
+    w_scale = float(np.abs(w).max() or 1.0) / (2**wb - 1)
+    q = np.rint(w.astype(np.float64) / w_scale).astype(np.int64)
+    offset = 0 if diff else 2**wb
+    nbits = wb if diff else wb + 1
+    S = -(-nbits // cb)
+
+    def digits(m):                       # base-2^cb digits, least significant first
+        out = []
+        for _ in range(S):
+            out.append(m % (L1 + 1))
+            m = m // (L1 + 1)
+        return out
+
+    if diff:
+        d = [p - n for p, n in zip(digits(np.maximum(q, 0)), digits(np.maximum(-q, 0)))]
+    else:
+        d = digits(q + offset)
+    if stuck is not None:
+        d = [np.where(stuck == 1, 0, np.where(stuck == 2, 0 if diff else L1, di)) for di in d]
+    xmax = np.abs(x).max(axis=1)
+    xmax[xmax == 0] = 1.0
+    x_scale32 = (xmax / np.float32(2**ib - 1)).astype(np.float32)
+    x_scale = x_scale32.astype(np.float64)
+    inv = (1.0 / x_scale32).astype(np.float32)          # the kernel multiplies by 1/scale
+    mag = np.rint(np.abs(x) * inv[:, None]).astype(np.int64)
+    sgn = np.sign(x).astype(np.int64)
+    full = X * (2**db - 1) * L1 * hw.adc.range
+    M = 2 ** (hw.adc.bits - 1) - 1
+    step = full / M
+    sigma = hw.adc.read_noise * full
+    acc = np.zeros((B, cols))
+    vsum = np.zeros(B)
+    stream = 0
+    n_in = -(-ib // db)
+    for k in range(n_in):
+        v = ((mag // 2 ** (db * k)) % 2**db) * sgn
+        vsum += 2 ** (db * k) * v.sum(axis=1)
+        for r0 in range(0, rows, X):
+            z = noise(stream, (B, S * cols)) if sigma > 0 else None
+            stream += 1
+            for s in range(S):
+                current = v[:, r0:r0 + X] @ d[s][r0:r0 + X]          # exact int64
+                val = current.astype(np.float64)
+                if z is not None:
+                    val = val + sigma * z[:, s * cols:(s + 1) * cols].astype(np.float64)
+                code = np.clip(np.rint(val / step), -M, M)
+                acc += 2.0 ** (db * k + cb * s) * code
+    y = acc * step
+    if offset:
+        y -= offset * vsum[:, None]
+    return (y * x_scale[:, None] * w_scale).astype(np.float32)

@@ -150,6 +150,12 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
     result["synth_normal"] = s
     say(f"synthetic normal: {s['hash_normal_ns']:.3f} ns/value (numpy "
         f"{s['numpy_normal_ns']:.3f} ns, {s['speedup_vs_numpy']:.1f}x)")
+    a = bench_analog(3 if quick else 10)
+    result["analog_mvm"] = a
+    say(f"analog MVM 512x512, batch 128 (BLAS float32 matmul {a['blas_ms']:.3f} ms):")
+    for c in a["cases"]:
+        say(f"  {c['case']}: {c['ms']:.3f} ms = {c['ratio_to_blas']:.2f}x BLAS "
+            f"({c['ratio_per_input_slice']:.2f}x per input slice)")
     e = bench_end_to_end(256 if quick else 2048)
     result["end_to_end"] = e
     say(f"end to end: resnet20 sgs+ars {e['iterations_per_s']:.0f} it/s "
@@ -159,3 +165,36 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
         f"{e['distinct_signatures']} distinct signatures, {e['events']} simpy events at "
         f"{e['events_per_s']:.0f} events/s")
     return result
+
+
+def bench_analog(reps: int) -> dict:
+    """512x512 weights, batch 128, 8-bit DAC in one slice, 8-bit ADC, read noise on, against a
+    float32 BLAS matmul of the same shapes (same run); then bit-serial 1-bit DAC slices.
+    Weights are programmed once (``program``); the MVM is what is timed, as on a chip that reads
+    its arrays many times per write."""
+    from .analog import program
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 512)).astype(np.float32)
+    w = rng.standard_normal((512, 512)).astype(np.float32)
+    out = np.empty((128, 512), np.float32)
+    t_blas = _best(lambda: np.matmul(x, w, out=out), reps * 4)
+    res = {"shape": [512, 512], "batch": 128, "blas_ms": t_blas * 1e3, "cases": []}
+    for label, sets in (
+            ("8-bit DAC, 1 slice, 8-bit weights in one 8-bit cell, 8-bit ADC, read noise",
+             ["dac.bits=8", "dac.input_bits=8", "adc.bits=8", "adc.read_noise=0.01",
+              "xbar.cell_bits=8"]),
+            ("8-bit DAC, 1 slice, default 5-bit cells (2 slices), 8-bit ADC, read noise",
+             ["dac.bits=8", "dac.input_bits=8", "adc.bits=8", "adc.read_noise=0.01"]),
+            ("1-bit DAC, 8 slices, 8-bit cell, 8-bit ADC, read noise",
+             ["dac.bits=1", "dac.input_bits=8", "adc.bits=8", "adc.read_noise=0.01",
+              "xbar.cell_bits=8"])):
+        hw = load_hwconfig(None, sets)
+        p = program(w, hw)
+        p.mvm(x[:2])                                    # JIT warm-up
+        t = _best(lambda p=p: p.mvm(x), reps)
+        n_in = -(-hw.dac.input_bits // hw.dac.bits)
+        res["cases"].append({"case": label, "ms": t * 1e3, "ratio_to_blas": t / t_blas,
+                             "input_slices": n_in, "weight_slices": p.slices,
+                             "ratio_per_input_slice": t / t_blas / n_in})
+    return res

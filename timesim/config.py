@@ -54,6 +54,8 @@ class Xbar:
     read_voltage_v: float = _f("voltage", "pos", doc="read voltage")
     read_latency_s: float = _f("time", "pos", doc="one array read (MVM) pulse")
     read_energy_j: float = _f("energy", "nonneg", doc="energy of one cell read")
+    program_sigma: float = _f("float", "nonneg", doc="programming variation: relative sigma "
+                              "of each programmed conductance")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class Dac:
 class Adc:
     bits: int = _f("int", "pos", doc="resolution")
     cols_per_adc: int = _f("int", "pos", doc="columns multiplexed onto one ADC")
+    range: float = _f("float", "unit", doc="ADC range as a fraction of the largest possible "
+                      "column current (< 1 clips)")
+    read_noise: float = _f("float", "nonneg", doc="read noise: sigma of each column current, "
+                           "relative to the ADC range")
     latency_s: float = _f("time", "nonneg", doc="one conversion")
     energy_j: float = _f("energy", "nonneg", doc="one conversion")
 
@@ -111,6 +117,10 @@ class Endurance:
     cycles: float = _f("float", "pos", doc="mean writes a cell survives")
     sigma: float = _f("float", "nonneg", doc="lognormal sigma of ln(endurance); 0 = fixed")
     seed: int = _f("int", "nonneg", doc="seed of the per-cell endurance draw")
+    sa1_fraction: float = _f("float", "unit01", doc="fraction of worn-out cells stuck at "
+                             "Gmax (SA1); the rest stick at Gmin (SA0)")
+    failed_bound: float = _f("float", "unit", doc="failed-cell fraction that counts as a "
+                             "layer's end of life")
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,8 @@ def _check_number(x: float, f: dataclasses.Field, path: str) -> None:
         raise ConfigError(f"{path}: must be zero or positive, got {x!r}")
     if check == "unit" and not 0 < x <= 1:
         raise ConfigError(f"{path}: must be in (0, 1], got {x!r}")
+    if check == "unit01" and not 0 <= x <= 1:
+        raise ConfigError(f"{path}: must be in [0, 1], got {x!r}")
 
 
 def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
@@ -327,6 +339,9 @@ def _cross_check(hw: HwConfig, where: str) -> None:
     if hw.xbar.r_off_ohm <= hw.xbar.r_on_ohm:
         raise ConfigError(f"{where}: xbar.r_off: must exceed xbar.r_on "
                           f"({hw.xbar.r_off_ohm:g} <= {hw.xbar.r_on_ohm:g} ohm)")
+    if hw.xbar.cells_per_weight not in (1, 2):
+        raise ConfigError(f"{where}: xbar.cells_per_weight: must be 1 (offset column) or 2 "
+                          f"(differential pair), got {hw.xbar.cells_per_weight}")
     if hw.dac.bits > hw.dac.input_bits:
         raise ConfigError(f"{where}: dac.bits: must not exceed dac.input_bits "
                           f"({hw.dac.bits} > {hw.dac.input_bits})")

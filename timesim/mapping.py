@@ -68,9 +68,17 @@ class NetworkMapping:
                              for m in self.layers}}
 
 
+def weight_slices(hw: HwConfig) -> int:
+    """Cells (bit slices) per weight side: ``weight_bits`` are magnitude bits; a differential
+    pair carries the sign in its two sides, an offset column needs one more bit."""
+    x = hw.xbar
+    bits = x.weight_bits + (1 if x.cells_per_weight == 1 else 0)
+    return math.ceil(bits / x.cell_bits)
+
+
 def map_layer(layer: LayerInfo, hw: HwConfig, batch: int) -> LayerMapping:
     x = hw.xbar
-    slices = math.ceil(x.weight_bits / x.cell_bits)
+    slices = weight_slices(hw)
     cpw = x.cells_per_weight * slices
     phys_cols = layer.cols * cpw
     positions = 1

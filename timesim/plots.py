@@ -3,6 +3,7 @@
 - ``heatmap_<layer>.png``: per-cell write counts, physical layout (the paper's Fig. 2)
 - ``writes_boxplot.png``: distribution of write counts per layer (Fig. 8)
 - ``max_writes.png``: max write count per layer vs iteration (Fig. 9)
+- ``faults.png``: failed-cell fraction and MVM error vs iteration (wear-out)
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ def write_plots(out: str | Path, report: dict) -> list[Path]:
     max_writes_plot(plt, out / "max_writes_history.csv", label, out / "max_writes.png",
                     report["iterations"])
     made += [out / "writes_boxplot.png", out / "max_writes.png"]
+    fp = faults_plot(out, report)
+    if fp is not None:
+        made.append(fp)
     return made
 
 
@@ -177,3 +181,58 @@ def compare_plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
+    """Failed-cell fraction and relative MVM error vs iteration (extrapolating each cell's
+    measured write rate), for the layers that fail first."""
+    from .analog import layer_probe, program, relative_error, wearout_faults
+    from .config import load_hwconfig
+    from .faults import layer_endurance
+    from .lifetime import failure_iterations
+
+    if "faults" not in report:
+        return None
+    plt = _pyplot()
+    hw = load_hwconfig(out / "hwconfig.yaml")
+    T = report["iterations"]
+    e = hw.endurance
+    layers = report["trace"]["layers"]
+    firsts = []
+    for i, l in enumerate(layers):
+        w = np.load(out / "writes" / f"{l['name']}.npy", allow_pickle=False)
+        end = layer_endurance(hw, i, w.shape)
+        t = failure_iterations(w, end, T)
+        firsts.append((float(t.min()), i, w, end, t))
+    firsts.sort(key=lambda f: f[0])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for first, i, w, end, times in firsts[:max_layers]:
+        if not np.isfinite(first):
+            continue
+        name = layers[i]["name"]
+        rowmap = np.load(out / "rowmap" / f"{name}.npy", allow_pickle=False)
+        half = float(np.quantile(times[np.isfinite(times)], 0.5))
+        grid = np.unique(np.geomspace(first, max(half, first * 1.01), 10))
+        frac = [(times <= t).mean() for t in grid]
+        x, wt = layer_probe(w.shape[0], w.shape[1], e.seed)
+        ref = x.astype(np.float64) @ wt.astype(np.float64)
+        errs = []
+        for t in grid:
+            stuck = wearout_faults(w * (t / T), end, rowmap, e.sa1_fraction, e.seed, i)
+            errs.append(relative_error(program(wt, hw, stuck, e.seed).mvm(x, e.seed), ref))
+        ax1.plot(grid, frac, marker="o", label=name)
+        ax2.plot(grid, errs, marker="o", label=name)
+    bound = report["faults"]["bound"]
+    ax1.axhline(bound, color="k", ls="--", lw=1, label=f"bound {bound:.0%}")
+    for ax, ylabel in ((ax1, "failed cell fraction"), (ax2, "relative MVM error")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training iteration (log scale; measured write rates extrapolated)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    ax1.set_title("Worn-out cells vs iteration")
+    ax2.set_title("MVM error of a random layer on the worn crossbars")
+    fig.tight_layout()
+    path = out / "faults.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -18,6 +18,7 @@ from . import checkpoint
 from .config import HwConfig
 from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
+from .faults import faults_report
 from .kernels.convert import to_float32
 from .policies import LayerPolicy
 from .report import build_report, write_run
@@ -107,6 +108,7 @@ class Simulation:
         rewrite = sum(a.get(("write", "ars_rewrite_pulse"), 0) for a in counts.values())
         row = np.mean([m.phys_cols for m in self.engine.mapping.layers])
         report["ars"]["normalized_write_energy"] = rewrite / T / row
+        report["faults"] = faults_report(self.hw, self.policies, T)
         if self.nonfinite is not None:
             report["nonfinite"] = self.nonfinite
         wall = time.perf_counter() - self.start

@@ -80,3 +80,10 @@ def gradient_chunk(out: np.ndarray, seed: int, layer: int, t0: int, mean: np.nda
     """Fill ``out`` (n, rows, cols) float32 in place with iterations t0 .. t0+n-1 of one layer."""
     _gradient_chunk(out, np.int64(seed), np.int64(layer), np.int64(t0), mean, row_scale,
                     col_scale)
+
+
+def fill_normal(out: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """Fill a C-contiguous float32 array with approx. N(0, 1) values of stream (seed, stream)."""
+    flat = out.reshape(-1)
+    _normal_row(np.uint64(_stream_key(np.int64(seed), np.int64(stream), np.int64(0))), 0, flat)
+    return out
