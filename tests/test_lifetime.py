@@ -10,9 +10,13 @@ from timesim.config import Endurance
 from timesim.lifetime import cell_endurance, lifetime_report
 
 
+def endurance(cycles, sigma, seed):
+    return endurance(cycles, sigma, seed)
+
+
 def test_hand_computed_fixed_endurance():
     writes = [np.array([[10, 2], [0, 4]]), np.array([[3]])]
-    r = lifetime_report(10, ["a", "b"], writes, [12, 3], Endurance(cycles=100, sigma=0, seed=0, sa1_fraction=0.84, failed_bound=0.1))
+    r = lifetime_report(10, ["a", "b"], writes, [12, 3], endurance(100, 0, 0))
     assert r["max_writes"] == 10 and r["extension"] == 1.0
     # per-cell policy writes: a 12/4 = 3, b 3/1 = 3 -> tie, first layer binds; 10 / 3
     assert r["balanced_extension"] == pytest.approx(10 / 3) and r["binding_layer"] == "a"
@@ -26,17 +30,17 @@ def test_hand_computed_fixed_endurance():
 
 
 def test_lognormal_endurance_has_the_configured_mean_and_is_seeded():
-    e = Endurance(cycles=1e6, sigma=0.5, seed=7, sa1_fraction=0.84, failed_bound=0.1)
+    e = endurance(1e6, 0.5, 7)
     a = cell_endurance(e, 0, (400, 500))
     assert a.mean() == pytest.approx(1e6, rel=0.01)
     assert np.log(a).std() == pytest.approx(0.5, rel=0.01)
     np.testing.assert_array_equal(a, cell_endurance(e, 0, (400, 500)))
     assert not np.array_equal(a, cell_endurance(e, 1, (400, 500)))
-    assert cell_endurance(Endurance(cycles=1e6, sigma=0, seed=7, sa1_fraction=0.84, failed_bound=0.1), 0, (2, 2)) is None
+    assert cell_endurance(endurance(1e6, 0, 7), 0, (2, 2)) is None
 
 
 def test_lognormal_first_failure_is_the_weakest_cell_per_write():
-    e = Endurance(cycles=1000, sigma=0.3, seed=1, sa1_fraction=0.84, failed_bound=0.1)
+    e = endurance(1000, 0.3, 1)
     rng = np.random.default_rng(0)
     writes = [rng.integers(0, 50, size=(6, 5)), rng.integers(0, 50, size=(3, 4))]
     r = lifetime_report(100, ["a", "b"], writes, [10, 10], e)
