@@ -4,8 +4,9 @@ A cell whose writes exceed its endurance is stuck (SA1 with ``endurance.sa1_frac
 SA0). Per layer: the failed fraction at the end of training; the relative MVM error of a
 seeded random layer of that shape on the faulted crossbars against the exact x @ W
 (``mvm_rel_error``), the same without faults (the quantization floor) and faulted against
-fault-free crossbars (the part due to wear); the iteration at which the failed fraction first crosses ``endurance.failed_bound``
-(default 10%, Xia et al.), extrapolating each cell's measured write rate.
+fault-free crossbars (the part due to wear); the iteration at which the failed fraction first
+crosses ``endurance.failed_bound`` (default 10%, Xia et al.), extrapolating each cell's
+measured write rate.
 """
 
 from __future__ import annotations
