@@ -121,7 +121,8 @@ def bench_end_to_end(iterations: int) -> dict:
             "generation_seconds": gen, "iterations_per_s": iterations / policy_s,
             "projected_64000_s": policy_s * 64000 / iterations,
             "with_engine_seconds": full_s, "engine_overhead": full_s / policy_s - 1,
-            "distinct_signatures": cyc["distinct_signatures"], "events": cyc["events"],
+            "distinct_signatures": cyc["distinct_signatures"],
+            "events": report["run"]["engine_events"],
             "events_per_s": report["run"]["engine_events_per_s"]}
 
 

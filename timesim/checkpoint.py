@@ -36,8 +36,7 @@ def save(out: Path, sim, trace, fp: str) -> Path:
     for k, v in (trace.state() if hasattr(trace, "state") else {}).items():
         arrays[f"trace/{k}"] = v
     info = {"format": FORMAT, "fingerprint": fp, "iterations": sim.iterations,
-            "signatures": [[list(k), c] for k, c in sim.engine.signatures.items()],
-            "engine_iterations": sim.engine.iterations,
+            "engine": sim.engine.state(),
             "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
             "next_mark": sim._next_mark}
     arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
@@ -77,8 +76,7 @@ def load(out: Path, sim, trace, fp: str) -> int:
             trace.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("trace/")})
     except (KeyError, ValueError) as exc:
         raise SimulationError(f"{path}: checkpoint does not match this run ({exc})") from None
-    sim.engine.signatures = {tuple(k): c for k, c in info["signatures"]}
-    sim.engine.iterations = info["engine_iterations"]
+    sim.engine.load_state(info["engine"])
     sim.iterations = info["iterations"]
     sim.hist_t, sim.hist_max = info["hist_t"], info["hist_max"]
     sim._step, sim._next_mark = info["step"], info["next_mark"]

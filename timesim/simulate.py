@@ -93,7 +93,6 @@ class Simulation:
             self.hist_max.append([p.max_writes for p in self.policies])
         for policy in self.policies:
             policy.finish()
-        policy_s = time.perf_counter() - self.start
         cycles = self.engine.report()
         counts = action_counts(self.engine, self.policies, T)
         meta = dataclasses.replace(self.meta, iterations=T)
@@ -114,9 +113,7 @@ class Simulation:
         wall = time.perf_counter() - self.start
         report.pop("wall_s")
         report["run"] = {"created": report.pop("created"), "wall_s": wall,
-                         "policy_wall_s": policy_s, "engine_wall_s": wall - policy_s,
-                         "engine_events_per_s": (cycles["events"] / self.engine.wall_s
-                                                 if self.engine.wall_s > 0 else None)}
+                         "engine_wall_s": self.engine.wall_s, **self.engine.execution()}
         if out is not None:
             write_run(out, report, self.policies, (self.hist_t, self.hist_max),
                       lambda path: write_actions_csv(path, self.engine, counts))

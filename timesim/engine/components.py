@@ -107,14 +107,16 @@ class WriteDriver:
         self.env = env
         self.crossbars = crossbars
         self.fine = fine
+        self.start = -1                 # cycle at which programming could begin
 
     def run(self, ops: int, op_cycles: int, after):
         for ev in after:
             yield ev
-        if ops <= 0 or op_cycles <= 0:
-            return
         with self.crossbars.arrays.request() as req:
             yield req
+            self.start = int(self.env.now)
+            if ops <= 0 or op_cycles <= 0:
+                return
             if self.fine:
                 for _ in range(ops):
                     yield self.env.timeout(op_cycles)

@@ -44,6 +44,7 @@ class IterationResult:
     cycles: int                              # makespan of the iteration
     busy: tuple[dict[str, int], ...]         # per layer: cycles each phase kept its unit busy
     events: int                              # simpy events scheduled
+    write_start: tuple[int, ...]             # per layer: cycle its write could begin
 
 
 def simulate_iteration(layers: list[LayerWork], reprogram_cycles: int = 0,
@@ -73,6 +74,7 @@ def simulate_iteration(layers: list[LayerWork], reprogram_cycles: int = 0,
         prev = ev
     delta_ready = fwd[-1]                       # the loss gives the last layer's error
     writes = []
+    drivers = []
     for i in range(len(layers) - 1, -1, -1):
         w, xb = layers[i], xbars[i]
         ce = ComparingElement(env, w.rows, w.timing.select_drain, w.timing.topk_select, busy[i])
@@ -84,10 +86,13 @@ def simulate_iteration(layers: list[LayerWork], reprogram_cycles: int = 0,
         else:
             bwd = delta_ready
         driver = WriteDriver(env, xb, fine)
+        drivers.append(driver)
         writes.append(env.process(driver.run(w.write_ops, w.write_op_cycles, (ce.done, bwd))))
         delta_ready = bwd
     done = simpy.AllOf(env, writes)
     env.run(until=done)
     # simpy numbers every scheduled event from one counter; its next value is the event count
     events = next(env._eid)
-    return IterationResult(cycles=int(env.now), busy=tuple(busy), events=events)
+    starts = tuple(d.start for d in reversed(drivers))
+    return IterationResult(cycles=int(env.now), busy=tuple(busy), events=events,
+                           write_start=starts)

@@ -253,7 +253,7 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
     n = rows * cols
     flat = A.reshape(n)
     flat_i = Ai.reshape(n)
-    limit = 2 * k + 64
+    limit = 8 * k + 4096           # wide window: the first probe usually lands in it
     for i in range(chunk.shape[0]):
         t = t0 + i
         swapped[i] = 0
@@ -280,7 +280,12 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
                 # (largest key, then lowest index) first under an ascending sort
                 cand[m] = ((np.int64(0x7FFFFFFF) - keys[j]) << 32) | j
                 m += 1
-        chosen = np.sort(np.sort(cand[:m])[:k] & np.int64(0xFFFFFFFF))
+        # the k smallest composite keys (largest |A|, then lowest index), O(m), then row order
+        if m > k:
+            top = np.partition(cand[:m], k - 1)[:k]
+        else:
+            top = cand[:m]
+        chosen = np.sort(top & np.int64(0xFFFFFFFF))
         touched = 0
         last_row = -1
         mx = stats[MAX_WRITES]
