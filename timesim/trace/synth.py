@@ -28,9 +28,9 @@ PARAMS = {
     "iterations": (int, "training iterations (default: the paper's count for the model)"),
     "seed": (int, "seed of importances and noise (default 0)"),
     "chunk": (int, "iterations generated per chunk (default 8)"),
-    "row_sigma": (float, "lognormal sigma of row importance (default 1.0)"),
-    "col_sigma": (float, "lognormal sigma of column importance (default 0.5)"),
-    "bias": (float, "persistent mean gradient relative to the noise (default 0.05)"),
+    "row_sigma": (float, "lognormal sigma of row importance (default 0.3)"),
+    "col_sigma": (float, "lognormal sigma of column importance (default 0.15)"),
+    "bias": (float, "persistent mean gradient relative to the noise (default 0.02)"),
     "row": (int, "hammer, hammer-chase: the attacked row (default 0)"),
 }
 
@@ -59,7 +59,7 @@ class SynthTrace:
     """A generated trace that never touches disk; same interface as a trace directory."""
 
     def __init__(self, model: str, iterations: int | None = None, seed: int = 0, chunk: int = 8,
-                 row_sigma: float = 1.0, col_sigma: float = 0.5, bias: float = 0.05,
+                 row_sigma: float = 0.3, col_sigma: float = 0.15, bias: float = 0.02,
                  row: int = 0):
         if model not in MODELS:
             raise TraceError(f"synth:{model}: unknown model; expected one of "
