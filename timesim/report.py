@@ -92,16 +92,14 @@ def write_run(out: str | Path, report: dict, policies: Sequence[LayerPolicy],
         _atomic_write(out / "max_writes_history.csv", ("\n".join(lines) + "\n").encode())
         if write_actions is not None:
             write_actions(out / "actions.csv")
-        _atomic_write(out / "hwconfig.yaml",
-                      yaml.safe_dump(report["hwconfig"], sort_keys=False).encode())
-        _atomic_write(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     except OSError as exc:
         raise SimulationError(f"{out}: cannot write run folder: {exc}") from None
-    return out
+    return write_report_only(out, report)
 
 
 def write_report_only(out: str | Path, report: dict) -> Path:
-    """Run folder of a timing-only estimate: report.json and hwconfig.yaml."""
+    """hwconfig.yaml, then report.json (last: its presence means the run folder is complete).
+    Alone, the run folder of a timing-only estimate."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
