@@ -18,7 +18,8 @@ def test_run_plots_writes_readable_figures(tmp_path):
     import matplotlib.image as mpimg
     report = json.loads((out / "report.json").read_text())
     names = [l["name"] for l in report["trace"]["layers"]]
-    figures = [f"heatmap_{n}.png" for n in names] + ["writes_boxplot.png", "max_writes.png"]
+    figures = [f"heatmap_{n}.png" for n in names] + ["writes_boxplot.png", "max_writes.png",
+                                                     "breakdown.png"]
     for f in figures:
         img = mpimg.imread(out / f)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300

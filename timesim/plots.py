@@ -3,6 +3,7 @@
 - ``heatmap_<layer>.png``: per-cell write counts, physical layout (the paper's Fig. 2)
 - ``writes_boxplot.png``: distribution of write counts per layer (Fig. 8)
 - ``max_writes.png``: max write count per layer vs iteration (Fig. 9)
+- ``breakdown.png``: cycles by phase and energy by component
 - ``faults.png``: failed-cell fraction and MVM error vs iteration (wear-out)
 """
 
@@ -103,6 +104,28 @@ def max_writes_plot(plt, history: Path, policy: str, path: Path, dense_T: int) -
     plt.close(fig)
 
 
+def breakdown_plot(plt, report: dict, path: Path) -> None:
+    """Cycles by phase (busy cycles, summed over layers) and energy by component."""
+    T = report["iterations"]
+    phases = {k: v / T for k, v in report["cycles"]["by_phase"].items() if v > 0}
+    comps = {k: v / T for k, v in report["energy_j"]["by_component"].items() if v > 0}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax1.bar(list(phases), list(phases.values()), color="tab:blue")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("busy cycles per iteration (log scale)")
+    ax1.set_title(f"Cycles by phase (makespan {report['cycles']['per_iteration']:.3g} "
+                  f"cycles/iteration;\nphases overlap, so busy cycles add up to more)")
+    ax2.bar(list(comps), list(comps.values()), color="tab:orange")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("energy per iteration (J, log scale)")
+    ax2.set_title(f"Energy by component ({report['energy_j']['total'] / T:.3g} J/iteration)")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_plots(out: str | Path, report: dict) -> list[Path]:
     """Write the figures of a finished run folder; returns their paths."""
     plt = _pyplot()
@@ -121,6 +144,9 @@ def write_plots(out: str | Path, report: dict) -> list[Path]:
     max_writes_plot(plt, out / "max_writes_history.csv", label, out / "max_writes.png",
                     report["iterations"])
     made += [out / "writes_boxplot.png", out / "max_writes.png"]
+    if "cycles" in report and "energy_j" in report:
+        breakdown_plot(plt, report, out / "breakdown.png")
+        made.append(out / "breakdown.png")
     fp = faults_plot(out, report)
     if fp is not None:
         made.append(fp)
