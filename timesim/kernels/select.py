@@ -253,7 +253,7 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
     n = rows * cols
     flat = A.reshape(n)
     flat_i = Ai.reshape(n)
-    limit = 8 * k + 4096           # wide window: the first probe usually lands in it
+    limit = 4 * k + 64             # window for the candidates: few probes, small sort
     for i in range(chunk.shape[0]):
         t = t0 + i
         swapped[i] = 0
