@@ -125,7 +125,8 @@ class Engine:
     def _count_distinct(self, sig: np.ndarray) -> None:
         if self._seen is None:
             return
-        for row in (np.unique(sig, axis=0) if sig.shape[0] > 1 else sig):
+        same = sig.shape[0] == 1 or bool((sig == sig[0]).all())
+        for row in (sig[:1] if same else np.unique(sig, axis=0)):
             self._seen.add(zlib.crc32(np.ascontiguousarray(row).tobytes()))
         if len(self._seen) > MAX_DISTINCT:
             self._seen = None                 # too many to count; reported as null
