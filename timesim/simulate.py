@@ -63,9 +63,11 @@ class Simulation:
              dtype: str = "float32") -> None:
         """Iterations t0 .. t0+n-1: ``arrays[layer]`` is (n, rows, cols) in ``dtype`` storage."""
         for policy in self.policies:
-            arr = arrays[policy.layer.name]
-            g = arr if policy.selection == "dense" else self._float32(arr, dtype)
-            policy.process(g, t0)
+            if policy.selection == "dense":
+                # dense writes every cell whatever the gradient: do not even generate it
+                policy.process(np.empty((n, 0, 0), dtype=np.float32), t0)
+            else:
+                policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
         if self._ops.shape[0] < n:
             self._ops = np.empty((n, len(self.policies)), dtype=np.int64)
             self._swaps = np.empty_like(self._ops)
