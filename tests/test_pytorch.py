@@ -169,3 +169,26 @@ def test_core_package_does_not_import_torch():
                         "timesim.load_hwconfig(); print('torch' in sys.modules)"],
                        capture_output=True, text=True)
     assert r.stdout.strip() == "False"
+
+
+def test_crossbar_forward_matches_the_model_and_applies_faults():
+    from timesim.analog import SA0
+    torch.manual_seed(3)
+    net = Net()
+    x, _ = batch(9, n=3)
+    ideal = timesim.load_hwconfig(None, ["xbar.weight_bits=20", "xbar.cell_bits=20",
+                                         "dac.input_bits=20", "dac.bits=20", "adc.bits=48"])
+    from timesim.pytorch import crossbar_forward
+    want = net(x)
+    got = crossbar_forward(net, x, ideal)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    # every cell of the conv stuck at SA0: a differential pair reads 0 -> conv weight 0
+    stuck = {"conv": np.full((18, 5), SA0, np.int8)}
+    got = crossbar_forward(net, x, ideal, stuck=stuck)
+    with torch.no_grad():
+        w = net.conv.weight.clone()
+        net.conv.weight.zero_()
+        want = net(x)
+        net.conv.weight.copy_(w)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    assert not net.conv._forward_hooks                   # hooks removed

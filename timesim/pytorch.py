@@ -7,6 +7,8 @@
   lifetime, cycles, energy) and ``report(out)`` writes the same run folder as ``timesim run``.
 - ``timing_manifest``: shapes and geometry of a model from one forward pass, no gradients, for
   timing a policy with the engine (``timesim run`` on the written manifest).
+- ``crossbar_forward``: a model's forward pass with its Linear/Conv2d layers computed on
+  (faulted) crossbars by ``timesim.analog``, for accuracy under wear.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from .simulate import Simulation
 from .trace.format import LayerInfo, TraceMeta
 from .trace.writer import TraceWriter
 
-__all__ = ["TraceRecorder", "SparseUpdate", "timing_manifest", "weight_to_matrix",
-           "matrix_to_weight"]
+__all__ = ["TraceRecorder", "SparseUpdate", "timing_manifest", "crossbar_forward",
+           "weight_to_matrix", "matrix_to_weight"]
 
 
 def weight_to_matrix(w: torch.Tensor) -> np.ndarray:
@@ -298,3 +300,55 @@ def timing_manifest(model: nn.Module, example_input: torch.Tensor, path: str | P
         p.mkdir(parents=True, exist_ok=True)
         (p / "manifest.yaml").write_text(yaml.safe_dump(meta.to_dict(), sort_keys=False))
     return meta
+
+
+def crossbar_forward(model: nn.Module, x: torch.Tensor, hw: HwConfig | str | Path | None = None,
+                     stuck: dict | None = None, seed: int = 0) -> torch.Tensor:
+    """``model(x)`` with every Linear and Conv2d computed on (faulted) crossbars.
+
+    Each layer's weight is programmed with ``timesim.analog.program`` (DESIGN §6 orientation;
+    ``stuck[layer name]`` an int8 (rows, cols) mask: 0 ok, 1 SA0, 2 SA1, e.g. from
+    ``timesim.analog.wearout_faults`` on a run's write counts) and its inputs go through
+    ``mvm``: convolutions as the crossbar computes them, one input vector per output position
+    (unfolded patches). Biases and everything else stay digital. For accuracy under wear.
+    """
+    from torch.nn import functional as F
+
+    from .analog import program
+
+    hw = hw if isinstance(hw, HwConfig) else load_hwconfig(hw)
+    stuck = stuck or {}
+    handles = []
+
+    def hook(name, mod):
+        xbar = program(weight_to_matrix(mod.weight), hw, stuck.get(name), seed)
+
+        def run(_mod, inputs, output):
+            inp = inputs[0].detach().to(torch.float32)
+            if isinstance(mod, nn.Linear):
+                flat = inp.reshape(-1, mod.in_features).cpu().numpy()
+                y = torch.from_numpy(xbar.mvm(flat, seed)).reshape(output.shape)
+            else:
+                n = inp.shape[0]
+                cols = F.unfold(inp, mod.kernel_size, dilation=mod.dilation,
+                                padding=mod.padding, stride=mod.stride)      # (N, rows, L)
+                flat = cols.transpose(1, 2).reshape(-1, cols.shape[1]).cpu().numpy()
+                y = torch.from_numpy(xbar.mvm(flat, seed))                    # (N·L, C_out)
+                y = y.reshape(n, -1, y.shape[1]).transpose(1, 2).reshape(output.shape)
+            if mod.bias is not None:
+                shape = (1, -1) + (1,) * (output.dim() - 2)
+                y = y + mod.bias.detach().to(torch.float32).reshape(shape)
+            return y.to(output.dtype).to(output.device)
+
+        return run
+
+    for name, mod in crossbar_layers(model):
+        if isinstance(mod, nn.Conv2d) and isinstance(mod.padding, str):
+            raise TraceError(f"layer {name}: padding={mod.padding!r}: give explicit padding")
+        handles.append(mod.register_forward_hook(hook(name, mod)))
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
