@@ -204,7 +204,7 @@ def ref_mvm(x, w, hw, stuck=None, noise=None):
                 val = current.astype(np.float64)
                 if z is not None:
                     val = val + sigma * z[:, s * cols:(s + 1) * cols].astype(np.float64)
-                code = np.clip(np.rint(val / step), -M, M)
+                code = np.clip(np.rint(val * (1.0 / step)), -M, M)   # as the ADC kernel
                 acc += 2.0 ** (db * k + cb * s) * code
     y = acc * step
     if offset:
