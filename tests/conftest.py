@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+import timesim
+
 # CI runs the same hypothesis examples every time (a red CI must be reproducible); local runs
 # explore new examples.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-import timesim
 
 
 @pytest.fixture
