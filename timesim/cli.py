@@ -41,7 +41,7 @@ def bundled_trace() -> Path:
     return Path(str(resources.files("timesim") / "data" / "traces" / EXAMPLE_TRACE))
 
 
-def _progress(total: int, label: str):
+def _progress(total: int, label: str, unit: str = "it"):
     """A tqdm bar on a TTY; nothing otherwise (or when tqdm is not installed)."""
     if not sys.stderr.isatty():
         return None, None
@@ -49,7 +49,7 @@ def _progress(total: int, label: str):
         from tqdm import tqdm
     except ImportError:
         return None, None
-    bar = tqdm(total=total, unit="it", desc=label, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, unit=unit, desc=label, leave=False, dynamic_ncols=True)
 
     def update(done: int) -> None:
         bar.update(done - bar.n)
@@ -214,18 +214,8 @@ def cmd_sweep(args) -> int:
     n = 1
     for _, vals in grid:
         n *= len(vals)
-    bar = None
-    update = None
-    if sys.stderr.isatty():
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=n, unit="point", desc="sweep", leave=False)
-
-            def update(done, total):
-                bar.update(done - bar.n)
-        except ImportError:
-            pass
+    step, bar = _progress(n, "sweep", unit="point")
+    update = (lambda done, total: step(done)) if step else None
     try:
         rows = run_sweep(args.hw, args.trace, grid, args.out, base_sets=args.set or (),
                          workers=args.workers, scheduler=args.scheduler,
