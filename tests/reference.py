@@ -146,10 +146,40 @@ def run_reference(G, selection, **kw) -> RefLayer:
     return layer
 
 
-def ref_mvm(x, w, hw, stuck=None, noise=None):
+_M64 = (1 << 64) - 1
+
+
+def _mix64_np(z):
+    """splitmix64's finalizer on uint64 arrays (numpy wraps multiplication mod 2^64)."""
+    z = np.asarray(z, dtype=np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def ref_noise(seed, stream, batch, width):
+    """Read-noise normals (docs/analog.md), written from the description: key = mix(mix(seed +
+    G) ^ (stream + G)); element (b, j) hashes pair p = (b // 2)·width + j as mix(key + p·G) and
+    takes the low 32 bits for even b, the high ones for odd b; the normal is (sum of the four
+    bytes − 510) / sqrt(4·(256² − 1)/12), in float32."""
+    g = 0x9E3779B97F4A7C15
+    with np.errstate(over="ignore"):
+        k = int(_mix64_np((seed + g) & _M64))
+        key = int(_mix64_np(k ^ ((stream + g) & _M64)))
+        b = np.arange(batch)[:, None]
+        j = np.arange(width)[None, :]
+        p = ((b // 2) * width + j).astype(np.uint64)
+        z = _mix64_np(np.uint64(key) + p * np.uint64(g))
+    half = np.where(b % 2 == 0, z & np.uint64(0xFFFFFFFF), z >> np.uint64(32))
+    s = sum((half >> np.uint64(8 * i)) & np.uint64(0xFF) for i in range(4)).astype(np.int32)
+    inv_sd = np.float32(1.0 / np.sqrt(4 * (256**2 - 1) / 12))
+    return (s.astype(np.float32) - np.float32(510.0)) * inv_sd
+
+
+def ref_mvm(x, w, hw, stuck=None, seed=None):
     """Plain numpy twin of timesim.analog.mvm without programming variation (docs/analog.md).
 
-    ``noise(stream, shape)`` gives the standard normals of read-noise stream ``stream``.
+    With read noise, ``seed`` is the mvm's seed (noise from ``ref_noise``).
     """
     x = np.asarray(x, np.float32)
     w = np.asarray(w, np.float32)
@@ -182,29 +212,29 @@ def ref_mvm(x, w, hw, stuck=None, noise=None):
     xmax[xmax == 0] = 1.0
     x_scale32 = (xmax / np.float32(2**ib - 1)).astype(np.float32)
     x_scale = x_scale32.astype(np.float64)
-    inv = (1.0 / x_scale32).astype(np.float32)          # the kernel multiplies by 1/scale
-    mag = np.rint(np.abs(x) * inv[:, None]).astype(np.int64)
-    sgn = np.sign(x).astype(np.int64)
+    inv = (1.0 / x_scale32.astype(np.float64)).astype(np.float32)   # rounded once
+    mag = np.rint(np.abs(x) * inv[:, None]).astype(np.int64)            # float32 product
+    sgn = np.where(x >= 0, 1, -1).astype(np.int64)
     full = X * (2**db - 1) * L1 * hw.adc.range
     M = 2 ** (hw.adc.bits - 1) - 1
     step = full / M
-    sigma = hw.adc.read_noise * full
+    inv_step = np.float32(1.0 / step)
+    noise_code = np.float32(hw.adc.read_noise * full / step)
     acc = np.zeros((B, cols))
-    vsum = np.zeros(B)
+    vsum = (mag * sgn).sum(axis=1)
     stream = 0
     n_in = -(-ib // db)
     for k in range(n_in):
         v = ((mag // 2 ** (db * k)) % 2**db) * sgn
-        vsum += 2 ** (db * k) * v.sum(axis=1)
         for r0 in range(0, rows, X):
-            z = noise(stream, (B, S * cols)) if sigma > 0 else None
+            z = ref_noise(seed, stream, B, S * cols) if hw.adc.read_noise > 0 else None
             stream += 1
             for s in range(S):
-                current = v[:, r0:r0 + X] @ d[s][r0:r0 + X]          # exact int64
-                val = current.astype(np.float64)
+                current = (v[:, r0:r0 + X] @ d[s][r0:r0 + X]).astype(np.float32)  # exact
+                val = current * inv_step                                # float32, rounded
                 if z is not None:
-                    val = val + sigma * z[:, s * cols:(s + 1) * cols].astype(np.float64)
-                code = np.clip(np.rint(val * (1.0 / step)), -M, M)   # as the ADC kernel
+                    val = val + noise_code * z[:, s * cols:(s + 1) * cols]
+                code = np.clip(np.rint(val), -M, M).astype(np.float64)
                 acc += 2.0 ** (db * k + cb * s) * code
     y = acc * step
     if offset:

@@ -9,9 +9,8 @@ import timesim
 from timesim.analog import SA0, SA1, evaluate_model, mvm, program, wearout_faults
 from timesim.errors import SimulationError
 from timesim.kernels.mvm import noise as adc_noise
-from timesim.kernels.synth import fill_normal
 
-from .reference import ref_mvm
+from .reference import ref_mvm, ref_noise
 
 IDEAL = ["xbar.weight_bits=20", "xbar.cell_bits=20", "dac.input_bits=20", "dac.bits=20",
          "adc.bits=48", "xbar.rows=64"]
@@ -33,16 +32,27 @@ def test_ideal_settings_equal_the_matmul(B, rows, cols, seed, pair):
     assert np.abs(y - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
-def noise_source(seed):
-    return lambda stream, shape: adc_noise(seed, stream, shape)
+def test_read_noise_is_the_documented_generator():
+    """The kernel's read-noise normals equal a numpy implementation of docs/analog.md's
+    generator, including odd batch sizes (the last row takes the low half of its pair)."""
+    for seed, stream, B, W in ((0, 0, 7, 33), (5, 3, 1, 5), (2**40, 17, 10, 300)):
+        np.testing.assert_array_equal(adc_noise(seed, stream, B, W),
+                                      ref_noise(seed, stream, B, W))
 
 
-def test_adc_noise_is_the_synthetic_generator():
-    """kernels/mvm.py repeats the counter-based normal of kernels/synth.py (numba cache rule);
-    both must give the same values."""
-    for seed, stream in ((0, 0), (5, 3), (2**40, 17)):
-        np.testing.assert_array_equal(adc_noise(seed, stream, (7, 33)),
-                                      fill_normal(np.empty((7, 33), np.float32), seed, stream))
+def test_read_noise_is_standard_normal_and_independent():
+    """Irwin-Hall of four bytes: mean 0, variance 1, excess kurtosis -0.3 (theory: -1.2/4 for
+    a sum of 4 uniforms); no correlation between neighbours, the two halves of a pair, row
+    blocks (streams) or seeds."""
+    z = adc_noise(11, 0, 2000, 1000).astype(np.float64)
+    n = z.size
+    assert abs(z.mean()) < 5 / np.sqrt(n)
+    assert abs(z.var() - 1) < 0.01
+    assert abs(((z - z.mean()) ** 4).mean() / z.var() ** 2 - 3 + 0.3) < 0.03
+    assert np.abs(z).max() <= 510 / np.sqrt(21845) + 1e-6
+    for a, b in ((z[:, :-1], z[:, 1:]), (z[0::2], z[1::2]),
+                 (z, adc_noise(11, 1, 2000, 1000)), (z, adc_noise(12, 0, 2000, 1000))):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
 
 
 @settings(max_examples=40, deadline=None)
@@ -64,7 +74,7 @@ def test_quantized_mvm_matches_the_reference_exactly(B, rows, cols, seed, wb, cb
     w = r.standard_normal((rows, cols)).astype(np.float32)
     stuck = r.choice([0, 0, 0, SA0, SA1], size=(rows, cols)).astype(np.int8) if faults else None
     y = mvm(x, w, h, stuck, seed=seed % 1000)
-    want = ref_mvm(x, w, h, stuck, noise_source(seed % 1000))
+    want = ref_mvm(x, w, h, stuck, seed % 1000)
     np.testing.assert_array_equal(y, want)
 
 
@@ -103,7 +113,7 @@ def test_programmed_crossbar_reuses_its_weights():
     r = np.random.default_rng(1)
     w = r.standard_normal((300, 20)).astype(np.float32)
     p = program(w, hw())
-    assert len(p.units) == 3 and p.slices == 2                 # 128-row blocks, 8b in 5b cells
+    assert p.blocks == 3 and p.slices == 2                     # 128-row blocks, 8b in 5b cells
     x = r.standard_normal((7, 300)).astype(np.float32)
     np.testing.assert_array_equal(p.mvm(x), mvm(x, w, hw()))
 
@@ -132,3 +142,103 @@ def test_evaluate_model_and_bad_inputs():
     with pytest.raises(SimulationError, match="stuck must be"):
         mvm(x, layers[0][0], hw(), stuck=np.full((8, 6), 7, np.int8))
     assert timesim.analog.mvm is mvm
+
+
+@pytest.mark.parametrize("pair,ib,db", [(2, 8, 8), (1, 6, 2)])
+def test_every_execution_path_matches_the_reference(monkeypatch, pair, ib, db):
+    """Several column chunks (cols > 256), a short last row block, an odd batch, noise and
+    faults: numba's threads, one thread, and np.matmul from Python (a BLAS kernels/blas.py
+    cannot call) all give the reference's result bit for bit."""
+    import timesim.analog as analog
+    import timesim.kernels.blas as blas
+
+    h = hw(f"xbar.cells_per_weight={pair}", f"dac.input_bits={ib}", f"dac.bits={db}",
+           "adc.bits=9", "adc.range=0.1", "adc.read_noise=0.02")
+    r = np.random.default_rng(21)
+    x = np.maximum(r.standard_normal((17, 300)), 0).astype(np.float32)
+    w = r.standard_normal((300, 600)).astype(np.float32)
+    stuck = r.choice([0] * 18 + [SA0, SA1], size=w.shape).astype(np.int8)
+    p = program(w, h, stuck)
+    assert len(p.edges) - 1 >= 3
+    want = ref_mvm(x, w, h, stuck, 5)
+    got = {"parallel": p.mvm(x, 5)}
+    monkeypatch.setattr(analog, "_PARALLEL_WORK", 1 << 62)
+    got["serial"] = p.mvm(x, 5)
+    monkeypatch.setattr(blas, "_handle", False)
+    got["numpy"] = p.mvm(x, 5)
+    for path, y in got.items():
+        np.testing.assert_array_equal(y, want, err_msg=path)
+
+
+def test_the_parallel_path_is_taken_and_threads_do_not_change_results(monkeypatch):
+    """With programming variation (non-integer conductances) results still do not depend on
+    numba's thread count: chunks are fixed by the column count alone."""
+    import numba
+
+    import timesim.analog as analog
+    import timesim.kernels.blas as blas
+
+    if blas.sgemm_handle() is None:
+        pytest.skip("numpy's BLAS is not one kernels/blas.py can call")
+    threads = []
+    run = analog.mvm_run
+    monkeypatch.setattr(analog, "mvm_run",
+                        lambda *a: threads.append(numba.get_num_threads()) or run(*a))
+    h = hw("xbar.program_sigma=0.02", "adc.read_noise=0.001", "adc.bits=12", "adc.range=0.1")
+    r = np.random.default_rng(3)
+    x = r.standard_normal((64, 512)).astype(np.float32)
+    w = r.standard_normal((512, 520)).astype(np.float32)
+    p = program(w, h, seed=4)
+    n = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = p.mvm(x, 9)
+    finally:
+        numba.set_num_threads(n)
+    np.testing.assert_array_equal(p.mvm(x, 9), one)
+    program(w[:, :50], h).mvm(x[:1], 9)                   # small: one thread
+    assert threads == [1, n, 1]
+    assert np.linalg.norm(one - x @ w) / np.linalg.norm(x @ w) < 0.15
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_and_weights_are_refused(bad):
+    r = np.random.default_rng(0)
+    w = r.standard_normal((40, 6)).astype(np.float32)
+    x = r.standard_normal((3, 40)).astype(np.float32)
+    x[1, 7] = bad
+    with pytest.raises(SimulationError, match="x has NaN or Inf"):
+        mvm(x, w, hw())
+    w[3, 2] = bad
+    with pytest.raises(SimulationError, match="w has NaN or Inf"):
+        mvm(x[:1] * 0, w, hw())
+    with pytest.raises(SimulationError, match=r"x must be \(batch, 40\)"):
+        mvm(x[:, :39], np.ones((40, 6), np.float32), hw())
+
+
+def test_an_empty_batch_gives_an_empty_result():
+    w = np.ones((10, 4), np.float32)
+    assert mvm(np.zeros((0, 10), np.float32), w, hw()).shape == (0, 4)
+
+
+def test_concurrent_mvms_agree_and_leave_blas_threads_as_they_were():
+    """MVMs from several Python threads at once (numba's OpenMP layer takes concurrent
+    launches) give the single-threaded result, and numpy's BLAS gets its thread count back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import timesim.kernels.blas as blas
+
+    h = blas.sgemm_handle()
+    if h is None:
+        pytest.skip("numpy's BLAS is not one kernels/blas.py can call")
+    before = h.get_threads()
+    r = np.random.default_rng(8)
+    x = r.standard_normal((96, 400)).astype(np.float32)
+    w = r.standard_normal((400, 300)).astype(np.float32)
+    p = program(w, hw("adc.read_noise=0.01"))
+    want = p.mvm(x, 2)
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda _: p.mvm(x, 2), range(12)))
+    for y in got:
+        np.testing.assert_array_equal(y, want)
+    assert h.get_threads() == before

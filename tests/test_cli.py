@@ -149,3 +149,9 @@ def test_bench_reports_ratios_against_same_run_baselines():
     assert row["fraction_of_copy_bandwidth"] == pytest.approx(
         row["kernel_gb_per_s"] / row["copy_gb_per_s"])
     assert res["end_to_end"]["iterations"] == 256
+    a = res["analog_mvm"]
+    assert [(c["input_slices"], c["weight_slices"]) for c in a["cases"]] == [(1, 1), (1, 2),
+                                                                             (8, 1)]
+    for c in a["cases"]:
+        assert c["ratio_to_blas"] == pytest.approx(c["ms"] / a["blas_ms"])
+        assert c["ratio_per_input_slice"] == pytest.approx(c["ratio_to_blas"] / c["input_slices"])

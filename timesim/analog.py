@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from .config import HwConfig
 from .errors import SimulationError
-from .kernels.mvm import _adc_accumulate, _input_scales, _input_slice, _stream_key
+from .kernels.blas import sgemm_handle
+from .kernels.mvm import adc_accumulate, mvm_run, quantize_inputs, stream_key, tiles
 from .mapping import weight_slices
 
 OK, SA0, SA1 = 0, 1, 2
@@ -42,63 +44,110 @@ OK, SA0, SA1 = 0, 1, 2
 
 @dataclass
 class Programmed:
-    """A weight matrix programmed onto crossbars: per row block, per weight slice, the
-    conductance in units of ΔG (differential: G+ − G−; offset column: G − Gmin)."""
+    """A weight matrix programmed onto crossbars: U holds the conductance of every cell in
+    units of ΔG (differential: G+ − G−; offset column: G − Gmin), laid out per column chunk
+    (matrix columns edges[i] .. edges[i+1] at U columns S·edges[i] .. S·edges[i+1], the S
+    weight slices side by side), so that each chunk is one contiguous block of U's columns."""
 
     hw: HwConfig
     rows: int
     cols: int
+    slices: int
     w_scale: float
-    units: list[np.ndarray]          # per row block: (block rows, slices·cols) float32
-    offset: int                      # 2^wb for an offset column, else 0
+    offset: int                          # 2^wb for an offset column, else 0
+    edges: np.ndarray                    # column chunk boundaries, int64
+    U: np.ndarray                        # (rows, slices · cols) float32
+    blocks: int = field(init=False)      # row blocks of xbar.rows rows, the last one shorter
+    n_in: int = field(init=False)        # input (DAC) slices
+    step: float = field(init=False)      # ADC step, in level units
 
-    @property
-    def slices(self) -> int:
-        return self.units[0].shape[1] // self.cols
+    def __post_init__(self):
+        hw = self.hw
+        X, db, cb = hw.xbar.rows, hw.dac.bits, hw.xbar.cell_bits
+        self.blocks = -(-self.rows // X)
+        self.n_in = -(-hw.dac.input_bits // db)                 # input slices
+        fs = X * (2**db - 1) * (2**cb - 1) * hw.adc.range      # full scale in level units
+        levels = 2 ** (hw.adc.bits - 1) - 1
+        self.step = fs / levels
+        weights = np.array([[2.0 ** (db * k + cb * s) for s in range(self.slices)]
+                            for k in range(self.n_in)])
+        # the sums of codes over row blocks: float32 while exact in it
+        tproto = np.empty(0, np.float32 if self.blocks * levels < 2**24 else np.float64)
+        # mvm_run's arguments after (x, ..., seed), and the work of one input row
+        self._args = (self.n_in, db, np.float32(2**hw.dac.input_bits - 1),
+                      hw.adc.read_noise > 0, np.float32(hw.adc.read_noise * fs / self.step),
+                      np.float32(1.0 / self.step), np.float32(levels), weights, tproto,
+                      float(self.step), self.offset, float(self.w_scale))
+        self._row_work = self.rows * self.cols * self.slices * self.n_in
 
     def mvm(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
         """y (batch, cols) float32 for inputs x (batch, rows)."""
-        hw = self.hw
-        x = np.asarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.rows:
             raise SimulationError(f"mvm: x must be (batch, {self.rows}), got {x.shape}")
-        if not np.isfinite(x).all():
-            raise SimulationError("mvm: x has NaN or Inf values")
         B = x.shape[0]
-        ib, db = hw.dac.input_bits, hw.dac.bits
-        n_in = math.ceil(ib / db)
-        x_scale32 = np.empty(B, dtype=np.float32)
-        _input_scales(x, np.float32(2**ib - 1), x_scale32)
-        L1 = 2**hw.xbar.cell_bits - 1
-        X = hw.xbar.rows
-        full = X * (2**db - 1) * L1 * hw.adc.range
-        levels = 2 ** (hw.adc.bits - 1) - 1
-        step = full / levels
-        sigma = hw.adc.read_noise * full
-        cb = hw.xbar.cell_bits
-        S = self.slices
-        acc = np.zeros((B, self.cols), dtype=np.float64)
-        vsum = np.zeros(B, dtype=np.float64)            # Σ_k 2^(db·k) Σ_r v (offset column)
-        cur = np.empty((B, S * self.cols), dtype=np.float32)
-        v = np.empty((B, self.rows), dtype=np.float32)
-        stream = 0
+        y = np.empty((B, self.cols), dtype=np.float32)
+        if B == 0:
+            return y
+        blas = sgemm_handle()
+        if blas is None:
+            ok = _mvm_numpy(x, self, seed, y)
+        else:
+            small = B * self._row_work < _PARALLEL_WORK or tiles(B, self.edges) == 1
+            threads = numba.get_num_threads() if small else 1
+            with blas.single_threaded():
+                if small:
+                    numba.set_num_threads(1)
+                try:
+                    ok = mvm_run(blas.address, blas.ilp64, x, self.U, self.hw.xbar.rows,
+                                 self.edges, self.slices, seed, *self._args, y)
+                finally:
+                    if small:
+                        numba.set_num_threads(threads)
+        if not ok:
+            raise SimulationError("mvm: x has NaN or Inf values")
+        return y
+
+
+# Below this many multiply-adds an MVM runs on one thread (waking threads costs more than it
+# saves); the result is the same either way.
+_PARALLEL_WORK = 1 << 22
+_CHUNK_COLS = 128
+
+
+def _mvm_numpy(x, p: Programmed, seed: int, y: np.ndarray) -> bool:
+    """kernels/mvm.py's mvm_run with np.matmul, for a BLAS that kernels/blas.py cannot call."""
+    n_in, db, top, noisy, noise_code, inv_step, levels, weights, tproto, step, offset, \
+        w_scale = p._args
+    B, rows = x.shape
+    X, S, U, edges = p.hw.xbar.rows, p.slices, p.U, p.edges
+    v = np.empty((n_in, B, rows), dtype=np.float32)
+    x_scale = np.empty(B, dtype=np.float32)
+    vsum = np.empty(B, dtype=np.int64)
+    if not quantize_inputs(x, top, db, v, x_scale, vsum):
+        return False
+    keys = np.array([stream_key(seed, i) for i in range(n_in * p.blocks)], dtype=np.uint64)
+    fin = (step, offset, vsum, x_scale, w_scale, y)
+    for i in range(len(edges) - 1):
+        c0, c1 = int(edges[i]), int(edges[i + 1])
+        cur = np.empty((p.blocks, B, S * (c1 - c0)), dtype=np.float32)
+        acc = np.empty((B, c1 - c0), dtype=np.float64)
+        t = np.empty((2, c1 - c0), dtype=tproto.dtype)
         for k in range(n_in):
-            _input_slice(x, x_scale32, db * k, 2**db - 1, v)
-            if self.offset:
-                vsum += float(2 ** (db * k)) * v.sum(axis=1, dtype=np.float64)
-            for b, u in enumerate(self.units):
+            for b in range(p.blocks):
                 r0 = b * X
-                np.matmul(v[:, r0:r0 + u.shape[0]], u, out=cur)
-                key = np.uint64(_stream_key(np.int64(seed), np.int64(stream)))
-                stream += 1
-                for s in range(S):
-                    _adc_accumulate(cur, s * self.cols, self.cols, key, sigma, step, levels,
-                                    float(2 ** (db * k + cb * s)), acc)
-        x_scale = x_scale32.astype(np.float64)
-        y = acc * step
-        if self.offset:
-            y -= self.offset * vsum[:, None]
-        return (y * x_scale[:, None] * self.w_scale).astype(np.float32)
+                np.matmul(v[k, :, r0:r0 + X], U[r0:r0 + X, S * c0:S * c1], out=cur[b])
+            adc_accumulate(cur, keys[k * p.blocks:(k + 1) * p.blocks], U.shape[1], 0, c0,
+                           noisy, noise_code, inv_step, levels, weights[k], acc, t[0], t[1],
+                           k == 0, k == n_in - 1, fin)
+    return True
+
+
+def _chunk_edges(cols: int) -> np.ndarray:
+    """Column chunks of at most _CHUNK_COLS columns, as even as possible: a fixed rule, so
+    results never depend on the number of threads."""
+    n = -(-cols // _CHUNK_COLS)
+    return np.array([cols * i // n for i in range(n + 1)], dtype=np.int64)
 
 
 def program(w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,
@@ -139,9 +188,12 @@ def program(w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,
             if stuck is not None:
                 level = np.where(stuck == SA0, 0.0, np.where(stuck == SA1, float(L1), level))
             units[:, s * cols:(s + 1) * cols] += sgn * level
-    X = x.rows
-    blocks = [np.ascontiguousarray(units[r0:r0 + X], dtype=np.float32) for r0 in range(0, rows, X)]
-    return Programmed(hw=hw, rows=rows, cols=cols, w_scale=w_scale, units=blocks, offset=offset)
+    edges = _chunk_edges(cols)
+    order = np.concatenate([np.arange(S)[:, None] * cols + np.arange(c0, c1)[None, :]
+                            for c0, c1 in zip(edges[:-1], edges[1:])], axis=None)
+    U = np.ascontiguousarray(units[:, order], dtype=np.float32)
+    return Programmed(hw=hw, rows=rows, cols=cols, slices=S, w_scale=w_scale, offset=offset,
+                      edges=edges, U=U)
 
 
 def mvm(x: np.ndarray, w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -167,4 +168,7 @@ def _executor(workers: int | None, scheduler: str | None) -> tuple[Executor, obj
             raise SimulationError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
         return client.get_executor(), client
     n = workers or os.cpu_count() or 1
-    return ProcessPoolExecutor(max_workers=n), None
+    # Workers start from a fresh interpreter (forkserver), never as a fork of this process:
+    # a process whose numba threads have run (the analog MVM uses GNU OpenMP) cannot fork.
+    ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+    return ProcessPoolExecutor(max_workers=n, mp_context=ctx), None

@@ -3,25 +3,43 @@ noise, quantization, clipping, digital shift-and-add of every partial sum).
 
 Currents arrive in integer units (Σ input-slice level × cell-level difference, exact in float32
 for the sizes used), so the result does not depend on the summation order of the matmul that
-produced them; codes are accumulated in float64 as exact integers.
+produced them. The ADC stage works in float32 (one multiply by 1/step, one add of the noise, in
+that order, no fused multiply-add); codes are summed over row blocks as exact integers (in
+float32, float64 where needed) and shifted into a float64 accumulator;
+``tests/reference.py::ref_mvm`` repeats the same float32 operations in numpy and matches bit for
+bit.
 
-The read noise is generated inside the ADC loop by the same counter-based normal generator as
-kernels/synth.py (splitmix64 + Irwin-Hall): it is repeated here on purpose, because a jitted
-call into another file would not be seen by numba's on-disk cache; ``tests/test_analog.py``
-checks that both give identical values.
+Read noise comes from a counter-based generator (splitmix64's finalizer over (key, pair index))
+that gives two normals per 64-bit hash: each is an Irwin–Hall sum of four bytes, centred and
+scaled to unit variance (1021 levels, ±3.45σ; excess kurtosis −0.3). Element (b, j) of a
+stream of width W uses pair (b >> 1)·W + j, the low half for even b and the high half for odd
+b, so a kernel can take two batch rows at a time with contiguous loads, and the values do not
+depend on how the columns are split between threads. ``noise`` returns them as an array; the
+test suite checks it against a numpy implementation of the same hash.
+
+All kernels release the GIL; ``mvm_run`` runs one MVM on numba's threads in tiles (batch rows ×
+column chunks), each calling numpy's sgemm single-threaded (kernels/blas.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-_SQRT3 = np.float32(np.sqrt(3.0))
-_INV16 = np.float32(1.0 / 65536.0)
+from .blas import call_sgemm
+
+# Batch rows per tile (even: read-noise pairs never straddle tiles). With column chunks of at
+# most 256 (analog.py) a tile's currents, 128 x 256 x 4 bytes per row block, stay in L2.
+TILE_ROWS = 128
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
 _C2 = np.uint64(0x94D049BB133111EB)
-_M16 = np.uint64(0xFFFF)
+_BYTES = np.uint64(0x00FF00FF00FF00FF)
+_HALVES = np.uint64(0x0000FFFF0000FFFF)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_MEAN = np.float32(510.0)                          # 4 × 127.5
+_INV_SD = np.float32(1.0 / np.sqrt(4 * (256**2 - 1) / 12))
 
 
 @njit(cache=True, inline="always")
@@ -31,80 +49,243 @@ def _mix64(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
-def _stream_key(seed, stream):
+@njit(cache=True, nogil=True)
+def stream_key(seed, stream):
+    """The 64-bit key of read-noise stream ``stream`` under ``seed``."""
     k = _mix64(np.uint64(seed) + _GOLDEN)
-    k = _mix64(k ^ (np.uint64(stream) + _GOLDEN))
-    return _mix64(k ^ (np.uint64(0) * _GOLDEN))
+    return _mix64(k ^ (np.uint64(stream) + _GOLDEN))
 
 
 @njit(cache=True, inline="always")
-def _normal(key, i):
-    z = _mix64(key + np.uint64(i) * _GOLDEN)
-    s = (z & _M16) + ((z >> np.uint64(16)) & _M16) + ((z >> np.uint64(32)) & _M16) \
-        + (z >> np.uint64(48))
-    return (np.float32(np.int64(s) + 2) * _INV16 - np.float32(2.0)) * _SQRT3
+def _normal_pair(key, p):
+    """Two unit normals (Irwin–Hall of 4 bytes each) from pair index p of stream ``key``."""
+    z = _mix64(key + p * _GOLDEN)
+    a = (z & _BYTES) + ((z >> np.uint64(8)) & _BYTES)          # four sums of two bytes
+    s = (a & _HALVES) + ((a >> np.uint64(16)) & _HALVES)       # two sums of four bytes
+    lo = (np.float32(np.int32(s & _LOW32)) - _MEAN) * _INV_SD
+    hi = (np.float32(np.int32(s >> np.uint64(32))) - _MEAN) * _INV_SD
+    return lo, hi
 
 
-@njit(cache=True)
-def _input_scales(x, top, scale):
-    """scale[b] = max|x[b]| / top (1/top for an all-zero row)."""
-    for b in range(x.shape[0]):
-        m = np.float32(0.0)
-        for r in range(x.shape[1]):
-            m = max(m, abs(x[b, r]))
-        scale[b] = (m if m > 0 else 1.0) / top
+@njit(cache=True, nogil=True)
+def quantize_row(x, b, top, db, v, scale, vsum, maxbits):
+    """Input row b into DAC slices; False if it holds a NaN or an Inf.
 
-
-@njit(cache=True)
-def _input_slice(x, scale, shift, mask, out):
-    """out = sign(x) · ((rint(|x| / scale) >> shift) & mask), as float32."""
-    for b in range(x.shape[0]):
-        inv = np.float32(1.0 / scale[b])
-        for r in range(x.shape[1]):
-            v = x[b, r]
-            m = np.int64(np.rint(abs(v) * inv))
-            s = np.float32((m >> shift) & mask)
-            out[b, r] = s if v >= 0 else -s
-
-
-@njit(cache=True)
-def _adc_accumulate(cur, col0, ncols, key, sigma, step, levels, weight, acc):
-    """acc[b, j] += weight · clip(rint((cur[b, col0 + j] + sigma·z) / step), ±levels).
-
-    z is element (b, col0 + j) of the noise stream ``key`` laid out row-major over cur's full
-    width (no noise when sigma == 0). Branch-free inner loops, so both vectorize.
+    The largest |x| is found on the int32 bits (sign cleared: finite floats then order as
+    integers, and integer max reductions vectorize where float ones do not), kept in
+    maxbits[b] and read back as a float. scale[b] = max|x| / top in float32 (1/top for an
+    all-zero row); magnitudes m = rint(|x| · inv), inv = float32(1 / scale) rounded once from
+    float64, a float32 product; for each of the v.shape[0] input slices k:
+    v[k, b, r] = sign(x) · ((m >> db·k) & (2^db − 1)); vsum[b] = Σ_r sign(x) · m.
     """
-    B = cur.shape[0]
-    width = cur.shape[1]
-    inv = 1.0 / step
-    lo = -float(levels)
-    hi = float(levels)
-    if sigma > 0:
-        for b in range(B):
-            base = b * width + col0
-            row = cur[b]
-            out = acc[b]
-            for j in range(ncols):
-                v = float(row[col0 + j]) + sigma * float(_normal(key, base + j))
-                out[j] += weight * min(max(np.rint(v * inv), lo), hi)
+    n_in = v.shape[0]
+    row = x[b]
+    R = row.shape[0]
+    bits = row.view(np.int32)
+    m = np.int32(0)
+    for r in range(R):
+        m = max(m, bits[r] & np.int32(0x7FFFFFFF))
+    if m >= np.int32(0x7F800000):                     # +Inf's bits; NaNs lie above
+        return False
+    maxbits[b] = m
+    mx = maxbits.view(np.float32)[b]
+    sc = np.float32((mx if mx > 0 else np.float32(1.0)) / top)
+    scale[b] = sc
+    inv = np.float32(1.0 / np.float64(sc))
+    tot = 0
+    if n_in == 1:
+        out = v[0, b]
+        for r in range(R):
+            q = np.rint(abs(row[r]) * inv)
+            out[r] = q if row[r] >= 0 else -q
+        for r in range(R):
+            tot += np.int64(out[r])
     else:
-        for b in range(B):
-            row = cur[b]
-            out = acc[b]
-            for j in range(ncols):
-                out[j] += weight * min(max(np.rint(float(row[col0 + j]) * inv), lo), hi)
+        mask = (1 << db) - 1
+        for r in range(R):
+            q = np.int64(np.rint(abs(row[r]) * inv))
+            tot += q if row[r] >= 0 else -q
+        for k in range(n_in):
+            out = v[k, b]
+            sh = db * k
+            for r in range(R):
+                d = np.float32((np.int64(np.rint(abs(row[r]) * inv)) >> sh) & mask)
+                out[r] = d if row[r] >= 0 else -d
+    vsum[b] = tot
+    return True
 
 
-def noise(seed: int, stream: int, shape: tuple[int, int]) -> np.ndarray:
-    """The read-noise values the ADC adds for (seed, stream), as an array (for references)."""
-    out = np.empty(shape, dtype=np.float32)
-    flat = out.reshape(-1)
-    _fill(np.uint64(_stream_key(np.int64(seed), np.int64(stream))), flat)
-    return out
+@njit(cache=True, nogil=True)
+def quantize_inputs(x, top, db, v, scale, vsum):
+    """quantize_row for every row; False if x holds a NaN or an Inf."""
+    maxbits = np.empty(x.shape[0], np.int32)
+    for b in range(x.shape[0]):
+        if not quantize_row(x, b, top, db, v, scale, vsum, maxbits):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, levels, weights,
+                   acc, t0, t1, first, last, fin):
+    """The ADC stage for one input slice and one tile (batch rows row0 .., matrix columns
+    col0 .. col0 + cc).
+
+    cur (blocks, Bt, S·cc): column currents of every row block, weight slice s in columns
+    [s·cc, (s+1)·cc). For each row block k, tile row b (batch row row0 + b), slice s and column
+    j: code = clip(rint(cur · inv_step + noise_code · z), ±levels) with z the normal at
+    (row0 + b, s·cols + col0 + j) of stream keys[k] (width = S·cols; row0 even), or no noise
+    when ``noisy`` is false; then acc[b, j] += weights[s] · Σ_k code, acc being the tile's
+    (Bt, cc) float64 accumulator (``first``: the first input slice, acc is not read). For the
+    ``last`` input slice the total goes to y instead (fin = (step, offset, vsum, x_scale,
+    w_scale, y)): y[row0 + b, col0 + j] = float32(((total · step − offset · vsum) · x_scale)
+    · w_scale), with vsum and x_scale of batch row row0 + b.
+    t0, t1: scratch of at least cc elements for the sums of codes over row blocks: float32
+    when they are exact in it (blocks × levels < 2^24), else float64 (exact to 2^53).
+    """
+    nblk, B, w = cur.shape
+    S = weights.shape[0]
+    cc = w // S
+    lo = np.float32(-levels)
+    hi = np.float32(levels)
+    step, offset, vsum, x_scale, w_scale, y = fin
+    for b in range(0, B, 2):
+        b1 = min(b + 1, B - 1)
+        for s in range(S):
+            c0 = s * cc
+            base = np.uint64(((row0 + b) >> 1) * width + s * (width // S) + col0)
+            for j in range(cc):
+                t0[j] = 0
+                t1[j] = 0
+            for k in range(nblk):
+                r0 = cur[k, b]
+                r1 = cur[k, b1]
+                if noisy:
+                    key = keys[k]
+                    for j in range(cc):
+                        z0, z1 = _normal_pair(key, base + np.uint64(j))
+                        v0 = r0[c0 + j] * inv_step + noise_code * z0
+                        v1 = r1[c0 + j] * inv_step + noise_code * z1
+                        t0[j] += min(max(np.rint(v0), lo), hi)
+                        t1[j] += min(max(np.rint(v1), lo), hi)
+                else:
+                    for j in range(cc):
+                        v0 = r0[c0 + j] * inv_step
+                        v1 = r1[c0 + j] * inv_step
+                        t0[j] += min(max(np.rint(v0), lo), hi)
+                        t1[j] += min(max(np.rint(v1), lo), hi)
+            wt = weights[s]
+            fresh = first and s == 0
+            done = last and s == S - 1
+            for q in range(2 if b1 != b else 1):
+                bq = b + q
+                t = t0 if q == 0 else t1
+                a = acc[bq]
+                if done:
+                    out = y[row0 + bq]
+                    off = np.float64(offset) * np.float64(vsum[row0 + bq])
+                    xs = np.float64(x_scale[row0 + bq])
+                    for j in range(cc):
+                        tot = wt * np.float64(t[j]) if fresh else a[j] + wt * np.float64(t[j])
+                        out[col0 + j] = np.float32((tot * step - off) * xs * w_scale)
+                elif fresh:
+                    for j in range(cc):
+                        a[j] = wt * np.float64(t[j])
+                else:
+                    for j in range(cc):
+                        a[j] += wt * np.float64(t[j])
+
+
+@njit(cache=True, nogil=True)
+def mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
+             weights, tproto, fin):
+    """Tile i of an analog MVM: batch rows [TILE_ROWS·(i // chunks), ..) times the matrix columns
+    of chunk i % chunks (edges[c] .. edges[c+1]). For every input slice k, the currents of every
+    row block (cblas_sgemm at ``fn``, see kernels/blas.py), then the ADC stage, the last one
+    into y (adc_accumulate). v (input slices, B, rows); U (rows, S·cols): chunk c's columns at
+    [S·edges[c], S·edges[c+1]), weight slices side by side; weights (input slices, S); tproto:
+    an empty array with the dtype of the code sums."""
+    n_in, B, rows = v.shape
+    width = U.shape[1]
+    nblk = (rows + X - 1) // X
+    nch = edges.shape[0] - 1
+    row0 = (i // nch) * TILE_ROWS
+    bt = min(TILE_ROWS, B - row0)
+    c0 = edges[i % nch]
+    cc = edges[i % nch + 1] - c0
+    w = S * cc
+    cur = np.empty((nblk, bt, w), np.float32)
+    acc = np.empty((bt, cc if n_in * S > 1 else 0), np.float64)     # unused for one (k, s)
+    t0 = np.empty(cc, tproto.dtype)
+    t1 = np.empty(cc, tproto.dtype)
+    pu = np.int64(U.ctypes.data) + 4 * S * c0
+    pc = np.int64(cur.ctypes.data)
+    for k in range(n_in):
+        pv = np.int64(v.ctypes.data) + 4 * (k * B + row0) * rows
+        for blk in range(nblk):
+            r0 = blk * X
+            h = min(X, rows - r0)
+            call_sgemm(fn, ilp64, bt, w, h, pv + 4 * r0, rows, pu + 4 * r0 * width, width,
+                       pc + 4 * blk * bt * w, w)
+        adc_accumulate(cur, keys[k * nblk:(k + 1) * nblk], width, row0, c0, noisy, noise_code,
+                       inv_step, levels, weights[k], acc, t0, t1, k == 0, k == n_in - 1, fin)
+
+
+def tiles(batch: int, edges: np.ndarray) -> int:
+    """How many tiles mvm_run splits an MVM into (batch tiles × column chunks)."""
+    return -(-batch // TILE_ROWS) * (len(edges) - 1)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def mvm_run(fn, ilp64, x, U, X, edges, S, seed, n_in, db, top, noisy, noise_code, inv_step,
+            levels, weights, tproto, step, offset, w_scale, y):
+    """A whole analog MVM on numba's threads: the input rows into DAC slices (prange over the
+    batch), then every tile (prange; each writes its own block of y).
+    Returns False, leaving y unwritten, if x holds a NaN or an Inf."""
+    B, rows = x.shape
+    nblk = (rows + X - 1) // X
+    v = np.empty((n_in, B, rows), np.float32)
+    x_scale = np.empty(B, np.float32)
+    vsum = np.empty(B, np.int64)
+    maxbits = np.empty(B, np.int32)
+    bad = 0
+    for b in prange(B):
+        if not quantize_row(x, b, top, db, v, x_scale, vsum, maxbits):
+            bad += 1
+    if bad:
+        return False
+    keys = np.empty(n_in * nblk, np.uint64)
+    for i in range(n_in * nblk):
+        keys[i] = stream_key(seed, i)
+    fin = (step, offset, vsum, x_scale, w_scale, y)
+    for i in prange(((B + TILE_ROWS - 1) // TILE_ROWS) * (edges.shape[0] - 1)):
+        mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
+                 weights, tproto, fin)
+    return True
 
 
 @njit(cache=True)
-def _fill(key, out):
-    for i in range(out.shape[0]):
-        out[i] = _normal(key, i)
+def sgemm_probe(fn, ilp64, a, b, c):
+    """c = a @ b through call_sgemm (kernels/blas.py checks the library once with it)."""
+    call_sgemm(fn, ilp64, a.shape[0], b.shape[1], a.shape[1], np.int64(a.ctypes.data),
+               a.shape[1], np.int64(b.ctypes.data), b.shape[1], np.int64(c.ctypes.data),
+               c.shape[1])
+
+
+@njit(cache=True, nogil=True)
+def _fill_noise(key, out):
+    B, W = out.shape
+    for b in range(0, B, 2):
+        for j in range(W):
+            lo, hi = _normal_pair(key, np.uint64((b >> 1) * W + j))
+            out[b, j] = lo
+            if b + 1 < B:
+                out[b + 1, j] = hi
+
+
+def noise(seed: int, stream: int, batch: int, width: int) -> np.ndarray:
+    """The unit normals that read-noise stream ``stream`` under ``seed`` adds to a (batch,
+    width) block of conversions (width = weight slices × columns), as float32."""
+    out = np.empty((batch, width), dtype=np.float32)
+    _fill_noise(np.uint64(stream_key(np.int64(seed), np.int64(stream))), out)
+    return out

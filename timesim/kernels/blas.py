@@ -1,0 +1,156 @@
+"""numpy's own BLAS sgemm, callable from numba kernels without the GIL.
+
+The analog MVM runs its column chunks on numba's threads (kernels/mvm.py), and each thread
+multiplies its crossbar blocks with the same single-threaded sgemm that np.matmul would call.
+``sgemm_handle()`` finds that function in the library numpy loaded (via threadpoolctl, which
+also pins BLAS to one thread for the duration: BLAS's own threads would compete with ours)
+and passes its address to the kernels as a plain integer, so they stay in numba's on-disk
+cache. ``call_sgemm`` is the numba intrinsic that calls it.
+
+Only symbols whose integer width is known are used: ``scipy_cblas_sgemm64_`` and
+``cblas_sgemm64_`` (64-bit integers: numpy's and scipy's wheels) and ``scipy_cblas_sgemm`` and
+``cblas_sgemm`` (32-bit). The first use multiplies a small product and compares it with
+np.matmul; on any doubt the kernels fall back to np.matmul from Python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_SYMBOLS = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True),
+            ("scipy_cblas_sgemm", False), ("cblas_sgemm", False))
+_ROW_MAJOR, _NO_TRANS = 101, 111
+
+
+@intrinsic
+def call_sgemm(typingctx, fn, ilp64, M, N, K, a, lda, b, ldb, c, ldc):
+    """C (M×N, row stride ldc) = A (M×K, lda) @ B (K×N, ldb), row-major float32, through the
+    cblas_sgemm at address ``fn`` (all arguments int64; ilp64 != 0: 64-bit BLAS integers)."""
+    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
+                     types.int64, types.int64, types.int64, types.int64, types.int64,
+                     types.int64)
+
+    def codegen(context, builder, signature, args):
+        fn_, ilp, m, n, k, pa, la, pb, lb, pc, lc = args
+        i32 = ir.IntType(32)
+        f32 = ir.FloatType()
+        ptr = ir.IntType(8).as_pointer()
+
+        def emit(width):
+            it = ir.IntType(width)
+
+            def arg(v):
+                return v if width == 64 else builder.trunc(v, i32)
+
+            fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, it, it, it, f32, ptr, it, ptr,
+                                                   it, f32, ptr, it])
+            f = builder.inttoptr(fn_, fnty.as_pointer())
+            builder.call(f, [ir.Constant(i32, _ROW_MAJOR), ir.Constant(i32, _NO_TRANS),
+                             ir.Constant(i32, _NO_TRANS), arg(m), arg(n), arg(k),
+                             ir.Constant(f32, 1.0), builder.inttoptr(pa, ptr), arg(la),
+                             builder.inttoptr(pb, ptr), arg(lb), ir.Constant(f32, 0.0),
+                             builder.inttoptr(pc, ptr), arg(lc)])
+
+        wide = builder.icmp_signed("!=", ilp, ir.Constant(ir.IntType(64), 0))
+        with builder.if_else(wide) as (then, otherwise):
+            with then:
+                emit(64)
+            with otherwise:
+                emit(32)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@dataclass
+class Sgemm:
+    address: int
+    ilp64: int                       # 1: 64-bit BLAS integers
+    get_threads: object              # () -> int, the library's thread count
+    set_threads: object              # (int) -> None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _users: int = 0
+    _saved: int = 1
+
+    @contextmanager
+    def single_threaded(self):
+        """BLAS at one thread while any caller is inside; the first in saves the count, the
+        last out restores it (MVMs may run from several Python threads at once)."""
+        with self._lock:
+            if self._users == 0:
+                self._saved = self.get_threads() or 1
+                if self._saved != 1:
+                    self.set_threads(1)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._saved != 1:
+                    self.set_threads(self._saved)
+
+
+_handle: Sgemm | bool | None = None
+
+
+def sgemm_handle() -> Sgemm | None:
+    """numpy's sgemm, checked once; None where it cannot be used safely."""
+    global _handle
+    if _handle is None:
+        _handle = _find() or False
+    return _handle or None
+
+
+def _find() -> Sgemm | None:
+    try:
+        from threadpoolctl import ThreadpoolController
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    except Exception:                                   # noqa: BLE001 - optional speed-up
+        return None
+    for lib in libs:
+        dll = getattr(lib, "dynlib", None)
+        if dll is None:
+            continue
+        for name, ilp64 in _SYMBOLS:
+            try:
+                fn = getattr(dll, name)
+            except AttributeError:
+                continue
+            get, set_ = _thread_calls(dll, lib)
+            h = Sgemm(ctypes.cast(fn, ctypes.c_void_p).value, int(ilp64), get, set_)
+            return h if _works(h) else None
+    return None
+
+
+def _thread_calls(dll, controller):
+    """OpenBLAS's own get/set_num_threads through ctypes (a fraction of a microsecond, where
+    threadpoolctl's takes several), else threadpoolctl's."""
+    for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
+        try:
+            get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}")
+            set_ = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}")
+        except AttributeError:
+            continue
+        get.restype, get.argtypes = ctypes.c_int, []
+        set_.restype, set_.argtypes = None, [ctypes.c_int]
+        return get, set_
+    return controller.get_num_threads, controller.set_num_threads
+
+
+def _works(h: Sgemm) -> bool:
+    from .mvm import sgemm_probe
+    rng = np.random.default_rng(7)
+    a = rng.integers(-9, 10, (5, 7)).astype(np.float32)
+    b = rng.integers(-9, 10, (7, 3)).astype(np.float32)
+    c = np.zeros((5, 3), np.float32)
+    sgemm_probe(h.address, h.ilp64, a, b, c)
+    return bool(np.array_equal(c, a @ b))
