@@ -1,5 +1,7 @@
 """Analog MVM against x @ W (ideal settings) and the numpy reference (quantized), and faults."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -242,3 +244,29 @@ def test_concurrent_mvms_agree_and_leave_blas_threads_as_they_were():
     for y in got:
         np.testing.assert_array_equal(y, want)
     assert h.get_threads() == before
+
+
+def test_concurrent_mvms_under_numbas_workqueue_layer():
+    """Where neither OpenMP nor TBB is installed numba falls back to its workqueue layer, which
+    aborts the process on concurrent launches: analog.py then launches one MVM at a time."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, numba, timesim\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from timesim.analog import program\n"
+        "r = np.random.default_rng(1)\n"
+        "x = r.standard_normal((128, 512)).astype(np.float32)\n"
+        "p = program(r.standard_normal((512, 384)).astype(np.float32),\n"
+        "            timesim.load_hwconfig(None, ['adc.read_noise=0.01']))\n"
+        "want = p.mvm(x, 3)\n"
+        "with ThreadPoolExecutor(4) as ex:\n"
+        "    got = list(ex.map(lambda _: p.mvm(x, 3), range(8)))\n"
+        "assert all((g == want).all() for g in got)\n"
+        "print(numba.threading_layer())\n")
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "workqueue"

@@ -27,6 +27,7 @@ independent of the summation order, and a plain numpy implementation reproduces 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ class Programmed:
                 if small:
                     numba.set_num_threads(1)
                 try:
-                    ok = mvm_run(blas.address, blas.ilp64, x, self.U, self.hw.xbar.rows,
+                    ok = _launch(blas.address, blas.ilp64, x, self.U, self.hw.xbar.rows,
                                  self.edges, self.slices, seed, *self._args, y)
                 finally:
                     if small:
@@ -113,6 +114,22 @@ class Programmed:
 # saves); the result is the same either way.
 _PARALLEL_WORK = 1 << 22
 _CHUNK_COLS = 128
+_launch_lock = threading.Lock()
+_concurrent_ok: bool | None = None
+
+
+def _launch(*args) -> bool:
+    """mvm_run, one launch at a time unless numba's threading layer takes concurrent launches
+    from several Python threads (OpenMP and TBB do; the workqueue fallback, used where neither
+    library is installed, aborts the process). The layer is known after the first launch."""
+    global _concurrent_ok
+    if _concurrent_ok:
+        return mvm_run(*args)
+    with _launch_lock:
+        ok = mvm_run(*args)
+        if _concurrent_ok is None:
+            _concurrent_ok = numba.threading_layer() != "workqueue"
+    return ok
 
 
 def _mvm_numpy(x, p: Programmed, seed: int, y: np.ndarray) -> bool:
