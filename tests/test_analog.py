@@ -270,3 +270,17 @@ def test_concurrent_mvms_under_numbas_workqueue_layer():
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "workqueue"
+
+
+def test_blas_symbols_are_trusted_only_where_their_integer_width_is_known():
+    from types import SimpleNamespace as NS
+
+    from timesim.kernels.blas import _inside_numpy, _plain_is_lp64
+
+    assert _plain_is_lp64(NS(internal_api="openblas", filepath="/usr/lib/libopenblas.so.0"))
+    assert not _plain_is_lp64(NS(internal_api="openblas", filepath="/usr/lib/libopenblas64_.so"))
+    assert not _plain_is_lp64(NS(internal_api="blis", filepath="/usr/lib/libblis.so.4"))
+    assert _plain_is_lp64(NS(internal_api="mkl", filepath="/opt/libmkl_rt.so.2"))
+    site = os.path.join(os.sep, "venv", "site-packages")
+    assert _inside_numpy(os.path.join(site, "numpy.libs", "libscipy_openblas64_.so"), site)
+    assert not _inside_numpy(os.path.join(site, "scipy.libs", "libscipy_openblas.so"), site)

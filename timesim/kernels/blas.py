@@ -7,15 +7,17 @@ also pins BLAS to one thread for the duration: BLAS's own threads would compete 
 and passes its address to the kernels as a plain integer, so they stay in numba's on-disk
 cache. ``call_sgemm`` is the numba intrinsic that calls it.
 
-Only symbols whose integer width is known are used: ``scipy_cblas_sgemm64_`` and
-``cblas_sgemm64_`` (64-bit integers: numpy's and scipy's wheels) and ``scipy_cblas_sgemm`` and
-``cblas_sgemm`` (32-bit). The first use multiplies a small product and compares it with
-np.matmul; on any doubt the kernels fall back to np.matmul from Python.
+numpy's own library is preferred. Only symbols whose integer width is known are used:
+``scipy_cblas_sgemm64_`` and ``cblas_sgemm64_`` (64-bit integers: numpy's wheels),
+``scipy_cblas_sgemm`` (32-bit: scipy's), and a plain ``cblas_sgemm`` only from an OpenBLAS not
+named *64* or an MKL in its default LP64 interface. The first use multiplies a small product
+and compares it with np.matmul; on any doubt the kernels fall back to np.matmul from Python.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -116,11 +118,16 @@ def _find() -> Sgemm | None:
         libs = ThreadpoolController().select(user_api="blas").lib_controllers
     except Exception:                                   # noqa: BLE001 - optional speed-up
         return None
+    # numpy's own library first (others may be loaded by scipy, torch, ...)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    libs = sorted(libs, key=lambda lib: not _inside_numpy(str(lib.filepath), here))
     for lib in libs:
         dll = getattr(lib, "dynlib", None)
         if dll is None:
             continue
         for name, ilp64 in _SYMBOLS:
+            if name == "cblas_sgemm" and not _plain_is_lp64(lib):
+                continue
             try:
                 fn = getattr(dll, name)
             except AttributeError:
@@ -129,6 +136,20 @@ def _find() -> Sgemm | None:
             h = Sgemm(ctypes.cast(fn, ctypes.c_void_p).value, int(ilp64), get, set_)
             return h if _works(h) else None
     return None
+
+
+def _inside_numpy(path: str, site: str) -> bool:
+    rel = os.path.relpath(os.path.abspath(path), site)
+    return rel.split(os.sep)[0] in ("numpy", "numpy.libs", "numpy.dylibs")
+
+
+def _plain_is_lp64(lib) -> bool:
+    """An unsuffixed cblas_sgemm has 32-bit integers in OpenBLAS builds not named *64* and in
+    MKL's default interface; other libraries (BLIS often has 64-bit ones) are not trusted."""
+    api = getattr(lib, "internal_api", "")
+    name = os.path.basename(str(getattr(lib, "filepath", "")))
+    return (api == "openblas" and "64" not in name) or (
+        api == "mkl" and os.environ.get("MKL_INTERFACE_LAYER", "LP64").upper().startswith("LP64"))
 
 
 def _thread_calls(dll, controller):
