@@ -90,6 +90,7 @@ class Programmed:
         y = np.empty((B, self.cols), dtype=np.float32)
         if B == 0:
             return y
+        seed = np.uint64(int(seed) % 2**64)                     # any integer, as the noise key
         blas = sgemm_handle()
         if blas is None:
             ok = _mvm_numpy(x, self, seed, y)

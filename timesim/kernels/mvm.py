@@ -287,5 +287,5 @@ def noise(seed: int, stream: int, batch: int, width: int) -> np.ndarray:
     """The unit normals that read-noise stream ``stream`` under ``seed`` adds to a (batch,
     width) block of conversions (width = weight slices × columns), as float32."""
     out = np.empty((batch, width), dtype=np.float32)
-    _fill_noise(np.uint64(stream_key(np.int64(seed), np.int64(stream))), out)
+    _fill_noise(np.uint64(stream_key(np.uint64(int(seed) % 2**64), np.int64(stream))), out)
     return out
