@@ -218,9 +218,13 @@ def test_non_finite_inputs_and_weights_are_refused(bad):
         mvm(x[:, :39], np.ones((40, 6), np.float32), hw())
 
 
-def test_an_empty_batch_gives_an_empty_result():
-    w = np.ones((10, 4), np.float32)
+def test_an_empty_batch_gives_an_empty_result_and_a_vector_a_vector():
+    r = np.random.default_rng(4)
+    w = r.standard_normal((10, 4)).astype(np.float32)
     assert mvm(np.zeros((0, 10), np.float32), w, hw()).shape == (0, 4)
+    x = r.standard_normal(10).astype(np.float32)
+    h = hw("adc.read_noise=0.01")
+    np.testing.assert_array_equal(mvm(x, w, h, seed=3), mvm(x[None], w, h, seed=3)[0])
 
 
 def test_concurrent_mvms_agree_and_leave_blas_threads_as_they_were():

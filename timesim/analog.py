@@ -82,8 +82,11 @@ class Programmed:
         self._row_work = self.rows * self.cols * self.slices * self.n_in
 
     def mvm(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
-        """y (batch, cols) float32 for inputs x (batch, rows)."""
+        """y (batch, cols) float32 for inputs x (batch, rows); y (cols,) for one vector x
+        (rows,), as x @ W."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 1 and x.shape[0] == self.rows:
+            return self.mvm(x[None, :], seed)[0]
         if x.ndim != 2 or x.shape[1] != self.rows:
             raise SimulationError(f"mvm: x must be (batch, {self.rows}), got {x.shape}")
         B = x.shape[0]
