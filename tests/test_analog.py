@@ -183,8 +183,8 @@ def test_the_parallel_path_is_taken_and_threads_do_not_change_results(monkeypatc
     if blas.sgemm_handle() is None:
         pytest.skip("numpy's BLAS is not one kernels/blas.py can call")
     threads = []
-    run = analog.mvm_run
-    monkeypatch.setattr(analog, "mvm_run",
+    run = analog._mvm_run
+    monkeypatch.setattr(analog, "_mvm_run",
                         lambda *a: threads.append(numba.get_num_threads()) or run(*a))
     h = hw("xbar.program_sigma=0.02", "adc.read_noise=0.001", "adc.bits=12", "adc.range=0.1")
     r = np.random.default_rng(3)

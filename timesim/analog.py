@@ -37,7 +37,7 @@ import numpy as np
 from .config import HwConfig
 from .errors import SimulationError
 from .kernels.blas import sgemm_handle
-from .kernels.mvm import adc_accumulate, mvm_run, quantize_inputs, stream_key, tiles
+from .kernels.mvm import _adc_accumulate, _mvm_run, _quantize_inputs, _stream_key, tiles
 from .mapping import weight_slices
 
 OK, SA0, SA1 = 0, 1, 2
@@ -74,7 +74,7 @@ class Programmed:
                             for k in range(self.n_in)])
         # the sums of codes over row blocks: float32 while exact in it
         tproto = np.empty(0, np.float32 if self.blocks * levels < 2**24 else np.float64)
-        # mvm_run's arguments after (x, ..., seed), and the work of one input row
+        # _mvm_run's arguments after (x, ..., seed), and the work of one input row
         self._args = (self.n_in, db, np.float32(2**hw.dac.input_bits - 1),
                       hw.adc.read_noise > 0, np.float32(hw.adc.read_noise * fs / self.step),
                       np.float32(1.0 / self.step), np.float32(levels), weights, tproto,
@@ -123,21 +123,21 @@ _concurrent_ok: bool | None = None
 
 
 def _launch(*args) -> bool:
-    """mvm_run, one launch at a time unless numba's threading layer takes concurrent launches
+    """_mvm_run, one launch at a time unless numba's threading layer takes concurrent launches
     from several Python threads (OpenMP and TBB do; the workqueue fallback, used where neither
     library is installed, aborts the process). The layer is known after the first launch."""
     global _concurrent_ok
     if _concurrent_ok:
-        return mvm_run(*args)
+        return _mvm_run(*args)
     with _launch_lock:
-        ok = mvm_run(*args)
+        ok = _mvm_run(*args)
         if _concurrent_ok is None:
             _concurrent_ok = numba.threading_layer() != "workqueue"
     return ok
 
 
 def _mvm_numpy(x, p: Programmed, seed: int, y: np.ndarray) -> bool:
-    """kernels/mvm.py's mvm_run with np.matmul, for a BLAS that kernels/blas.py cannot call."""
+    """kernels/mvm.py's _mvm_run with np.matmul, for a BLAS that kernels/blas.py cannot call."""
     n_in, db, top, noisy, noise_code, inv_step, levels, weights, tproto, step, offset, \
         w_scale = p._args
     B, rows = x.shape
@@ -145,9 +145,9 @@ def _mvm_numpy(x, p: Programmed, seed: int, y: np.ndarray) -> bool:
     v = np.empty((n_in, B, rows), dtype=np.float32)
     x_scale = np.empty(B, dtype=np.float32)
     vsum = np.empty(B, dtype=np.int64)
-    if not quantize_inputs(x, top, db, v, x_scale, vsum):
+    if not _quantize_inputs(x, top, db, v, x_scale, vsum):
         return False
-    keys = np.array([stream_key(seed, i) for i in range(n_in * p.blocks)], dtype=np.uint64)
+    keys = np.array([_stream_key(seed, i) for i in range(n_in * p.blocks)], dtype=np.uint64)
     fin = (step, offset, vsum, x_scale, w_scale, y)
     for i in range(len(edges) - 1):
         c0, c1 = int(edges[i]), int(edges[i + 1])
@@ -158,7 +158,7 @@ def _mvm_numpy(x, p: Programmed, seed: int, y: np.ndarray) -> bool:
             for b in range(p.blocks):
                 r0 = b * X
                 np.matmul(v[k, :, r0:r0 + X], U[r0:r0 + X, S * c0:S * c1], out=cur[b])
-            adc_accumulate(cur, keys[k * p.blocks:(k + 1) * p.blocks], U.shape[1], 0, c0,
+            _adc_accumulate(cur, keys[k * p.blocks:(k + 1) * p.blocks], U.shape[1], 0, c0,
                            noisy, noise_code, inv_step, levels, weights[k], acc, t[0], t[1],
                            k == 0, k == n_in - 1, fin)
     return True

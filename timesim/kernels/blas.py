@@ -1,11 +1,11 @@
 """numpy's own BLAS sgemm, callable from numba kernels without the GIL.
 
-The analog MVM runs its column chunks on numba's threads (kernels/mvm.py), and each thread
-multiplies its crossbar blocks with the same single-threaded sgemm that np.matmul would call.
-``sgemm_handle()`` finds that function in the library numpy loaded (via threadpoolctl, which
-also pins BLAS to one thread for the duration: BLAS's own threads would compete with ours)
-and passes its address to the kernels as a plain integer, so they stay in numba's on-disk
-cache. ``call_sgemm`` is the numba intrinsic that calls it.
+The analog MVM runs its tiles on numba's threads (kernels/mvm.py), and each thread multiplies
+its crossbar blocks with the same single-threaded sgemm that np.matmul would call.
+``sgemm_handle()`` finds that function in the library numpy loaded (through threadpoolctl) and
+gives its address, which the kernels take as a plain integer, so they stay in numba's on-disk
+cache, and call through the intrinsic ``kernels.mvm._call_sgemm``; ``single_threaded()`` pins
+the library to one thread meanwhile (its own threads would compete with ours).
 
 numpy's own library is preferred. Only symbols whose integer width is known are used:
 ``scipy_cblas_sgemm64_`` and ``cblas_sgemm64_`` (64-bit integers: numpy's wheels),
@@ -23,53 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 
 _SYMBOLS = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True),
             ("scipy_cblas_sgemm", False), ("cblas_sgemm", False))
-_ROW_MAJOR, _NO_TRANS = 101, 111
-
-
-@intrinsic
-def call_sgemm(typingctx, fn, ilp64, M, N, K, a, lda, b, ldb, c, ldc):
-    """C (M×N, row stride ldc) = A (M×K, lda) @ B (K×N, ldb), row-major float32, through the
-    cblas_sgemm at address ``fn`` (all arguments int64; ilp64 != 0: 64-bit BLAS integers)."""
-    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
-                     types.int64, types.int64, types.int64, types.int64, types.int64,
-                     types.int64)
-
-    def codegen(context, builder, signature, args):
-        fn_, ilp, m, n, k, pa, la, pb, lb, pc, lc = args
-        i32 = ir.IntType(32)
-        f32 = ir.FloatType()
-        ptr = ir.IntType(8).as_pointer()
-
-        def emit(width):
-            it = ir.IntType(width)
-
-            def arg(v):
-                return v if width == 64 else builder.trunc(v, i32)
-
-            fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, it, it, it, f32, ptr, it, ptr,
-                                                   it, f32, ptr, it])
-            f = builder.inttoptr(fn_, fnty.as_pointer())
-            builder.call(f, [ir.Constant(i32, _ROW_MAJOR), ir.Constant(i32, _NO_TRANS),
-                             ir.Constant(i32, _NO_TRANS), arg(m), arg(n), arg(k),
-                             ir.Constant(f32, 1.0), builder.inttoptr(pa, ptr), arg(la),
-                             builder.inttoptr(pb, ptr), arg(lb), ir.Constant(f32, 0.0),
-                             builder.inttoptr(pc, ptr), arg(lc)])
-
-        wide = builder.icmp_signed("!=", ilp, ir.Constant(ir.IntType(64), 0))
-        with builder.if_else(wide) as (then, otherwise):
-            with then:
-                emit(64)
-            with otherwise:
-                emit(32)
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @dataclass
@@ -168,10 +124,10 @@ def _thread_calls(dll, controller):
 
 
 def _works(h: Sgemm) -> bool:
-    from .mvm import sgemm_probe
+    from .mvm import _sgemm_probe
     rng = np.random.default_rng(7)
     a = rng.integers(-9, 10, (5, 7)).astype(np.float32)
     b = rng.integers(-9, 10, (7, 3)).astype(np.float32)
     c = np.zeros((5, 3), np.float32)
-    sgemm_probe(h.address, h.ilp64, a, b, c)
+    _sgemm_probe(h.address, h.ilp64, a, b, c)
     return bool(np.array_equal(c, a @ b))

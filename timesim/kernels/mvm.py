@@ -17,19 +17,19 @@ b, so a kernel can take two batch rows at a time with contiguous loads, and the 
 depend on how the columns are split between threads. ``noise`` returns them as an array; the
 test suite checks it against a numpy implementation of the same hash.
 
-All kernels release the GIL; ``mvm_run`` runs one MVM on numba's threads in tiles (batch rows ×
+All kernels release the GIL; ``_mvm_run`` runs one MVM on numba's threads in tiles (batch rows ×
 column chunks), each calling numpy's sgemm single-threaded (kernels/blas.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
-from .blas import call_sgemm
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # Batch rows per tile (even: read-noise pairs never straddle tiles). With column chunks of at
-# most 256 (analog.py) a tile's currents, 128 x 256 x 4 bytes per row block, stay in L2.
+# most 128 (analog.py) a tile's currents, 128 x 128 x 4 bytes per row block, stay in L2.
 TILE_ROWS = 128
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -50,7 +50,7 @@ def _mix64(z):
 
 
 @njit(cache=True, nogil=True)
-def stream_key(seed, stream):
+def _stream_key(seed, stream):
     """The 64-bit key of read-noise stream ``stream`` under ``seed``."""
     k = _mix64(np.uint64(seed) + _GOLDEN)
     return _mix64(k ^ (np.uint64(stream) + _GOLDEN))
@@ -67,8 +67,52 @@ def _normal_pair(key, p):
     return lo, hi
 
 
+_ROW_MAJOR, _NO_TRANS = 101, 111
+
+
+@intrinsic
+def _call_sgemm(typingctx, fn, ilp64, M, N, K, a, lda, b, ldb, c, ldc):
+    """C (M×N, row stride ldc) = A (M×K, lda) @ B (K×N, ldb), row-major float32, through the
+    cblas_sgemm at address ``fn`` (all arguments int64; ilp64 != 0: 64-bit BLAS integers).
+    It lives here, not in blas.py, because numba caches the kernels that inline it per file."""
+    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
+                     types.int64, types.int64, types.int64, types.int64, types.int64,
+                     types.int64)
+
+    def codegen(context, builder, signature, args):
+        fn_, ilp, m, n, k, pa, la, pb, lb, pc, lc = args
+        i32 = ir.IntType(32)
+        f32 = ir.FloatType()
+        ptr = ir.IntType(8).as_pointer()
+
+        def emit(width):
+            it = ir.IntType(width)
+
+            def arg(v):
+                return v if width == 64 else builder.trunc(v, i32)
+
+            fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, it, it, it, f32, ptr, it, ptr,
+                                                   it, f32, ptr, it])
+            f = builder.inttoptr(fn_, fnty.as_pointer())
+            builder.call(f, [ir.Constant(i32, _ROW_MAJOR), ir.Constant(i32, _NO_TRANS),
+                             ir.Constant(i32, _NO_TRANS), arg(m), arg(n), arg(k),
+                             ir.Constant(f32, 1.0), builder.inttoptr(pa, ptr), arg(la),
+                             builder.inttoptr(pb, ptr), arg(lb), ir.Constant(f32, 0.0),
+                             builder.inttoptr(pc, ptr), arg(lc)])
+
+        wide = builder.icmp_signed("!=", ilp, ir.Constant(ir.IntType(64), 0))
+        with builder.if_else(wide) as (then, otherwise):
+            with then:
+                emit(64)
+            with otherwise:
+                emit(32)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
-def quantize_row(x, b, top, db, v, scale, vsum, maxbits):
+def _quantize_row(x, b, top, db, v, scale, vsum, maxbits):
     """Input row b into DAC slices; False if it holds a NaN or an Inf.
 
     The largest |x| is found on the int32 bits (sign cleared: finite floats then order as
@@ -116,17 +160,17 @@ def quantize_row(x, b, top, db, v, scale, vsum, maxbits):
 
 
 @njit(cache=True, nogil=True)
-def quantize_inputs(x, top, db, v, scale, vsum):
-    """quantize_row for every row; False if x holds a NaN or an Inf."""
+def _quantize_inputs(x, top, db, v, scale, vsum):
+    """_quantize_row for every row; False if x holds a NaN or an Inf."""
     maxbits = np.empty(x.shape[0], np.int32)
     for b in range(x.shape[0]):
-        if not quantize_row(x, b, top, db, v, scale, vsum, maxbits):
+        if not _quantize_row(x, b, top, db, v, scale, vsum, maxbits):
             return False
     return True
 
 
 @njit(cache=True, nogil=True)
-def adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, levels, weights,
+def _adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, levels, weights,
                    acc, t0, t1, first, last, fin):
     """The ADC stage for one input slice and one tile (batch rows row0 .., matrix columns
     col0 .. col0 + cc).
@@ -197,12 +241,12 @@ def adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, le
 
 
 @njit(cache=True, nogil=True)
-def mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
+def _mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
              weights, tproto, fin):
     """Tile i of an analog MVM: batch rows [TILE_ROWS·(i // chunks), ..) times the matrix columns
     of chunk i % chunks (edges[c] .. edges[c+1]). For every input slice k, the currents of every
     row block (cblas_sgemm at ``fn``, see kernels/blas.py), then the ADC stage, the last one
-    into y (adc_accumulate). v (input slices, B, rows); U (rows, S·cols): chunk c's columns at
+    into y (_adc_accumulate). v (input slices, B, rows); U (rows, S·cols): chunk c's columns at
     [S·edges[c], S·edges[c+1]), weight slices side by side; weights (input slices, S); tproto:
     an empty array with the dtype of the code sums."""
     n_in, B, rows = v.shape
@@ -225,19 +269,19 @@ def mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step,
         for blk in range(nblk):
             r0 = blk * X
             h = min(X, rows - r0)
-            call_sgemm(fn, ilp64, bt, w, h, pv + 4 * r0, rows, pu + 4 * r0 * width, width,
+            _call_sgemm(fn, ilp64, bt, w, h, pv + 4 * r0, rows, pu + 4 * r0 * width, width,
                        pc + 4 * blk * bt * w, w)
-        adc_accumulate(cur, keys[k * nblk:(k + 1) * nblk], width, row0, c0, noisy, noise_code,
+        _adc_accumulate(cur, keys[k * nblk:(k + 1) * nblk], width, row0, c0, noisy, noise_code,
                        inv_step, levels, weights[k], acc, t0, t1, k == 0, k == n_in - 1, fin)
 
 
 def tiles(batch: int, edges: np.ndarray) -> int:
-    """How many tiles mvm_run splits an MVM into (batch tiles × column chunks)."""
+    """How many tiles _mvm_run splits an MVM into (batch tiles × column chunks)."""
     return -(-batch // TILE_ROWS) * (len(edges) - 1)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def mvm_run(fn, ilp64, x, U, X, edges, S, seed, n_in, db, top, noisy, noise_code, inv_step,
+def _mvm_run(fn, ilp64, x, U, X, edges, S, seed, n_in, db, top, noisy, noise_code, inv_step,
             levels, weights, tproto, step, offset, w_scale, y):
     """A whole analog MVM on numba's threads: the input rows into DAC slices (prange over the
     batch), then every tile (prange; each writes its own block of y).
@@ -250,24 +294,24 @@ def mvm_run(fn, ilp64, x, U, X, edges, S, seed, n_in, db, top, noisy, noise_code
     maxbits = np.empty(B, np.int32)
     bad = 0
     for b in prange(B):
-        if not quantize_row(x, b, top, db, v, x_scale, vsum, maxbits):
+        if not _quantize_row(x, b, top, db, v, x_scale, vsum, maxbits):
             bad += 1
     if bad:
         return False
     keys = np.empty(n_in * nblk, np.uint64)
     for i in range(n_in * nblk):
-        keys[i] = stream_key(seed, i)
+        keys[i] = _stream_key(seed, i)
     fin = (step, offset, vsum, x_scale, w_scale, y)
     for i in prange(((B + TILE_ROWS - 1) // TILE_ROWS) * (edges.shape[0] - 1)):
-        mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
+        _mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
                  weights, tproto, fin)
     return True
 
 
 @njit(cache=True)
-def sgemm_probe(fn, ilp64, a, b, c):
+def _sgemm_probe(fn, ilp64, a, b, c):
     """c = a @ b through call_sgemm (kernels/blas.py checks the library once with it)."""
-    call_sgemm(fn, ilp64, a.shape[0], b.shape[1], a.shape[1], np.int64(a.ctypes.data),
+    _call_sgemm(fn, ilp64, a.shape[0], b.shape[1], a.shape[1], np.int64(a.ctypes.data),
                a.shape[1], np.int64(b.ctypes.data), b.shape[1], np.int64(c.ctypes.data),
                c.shape[1])
 
@@ -287,5 +331,5 @@ def noise(seed: int, stream: int, batch: int, width: int) -> np.ndarray:
     """The unit normals that read-noise stream ``stream`` under ``seed`` adds to a (batch,
     width) block of conversions (width = weight slices × columns), as float32."""
     out = np.empty((batch, width), dtype=np.float32)
-    _fill_noise(np.uint64(stream_key(np.uint64(int(seed) % 2**64), np.int64(stream))), out)
+    _fill_noise(np.uint64(_stream_key(np.uint64(int(seed) % 2**64), np.int64(stream))), out)
     return out
