@@ -44,6 +44,8 @@ _INV_SD = np.float32(1.0 / np.sqrt(4 * (256**2 - 1) / 12))
 
 @njit(cache=True, inline="always")
 def _mix64(z):
+    """splitmix64's finalizer. kernels/synth.py has the same one: repeated on purpose, since a
+    jitted call into another file is not seen by numba's on-disk cache (STYLE.md)."""
     z = (z ^ (z >> np.uint64(30))) * _C1
     z = (z ^ (z >> np.uint64(27))) * _C2
     return z ^ (z >> np.uint64(31))
