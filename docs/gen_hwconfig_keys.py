@@ -8,7 +8,8 @@ from pathlib import Path
 from timesim.config import bundled_hwconfig, describe_keys
 
 DOC = Path(__file__).resolve().parent / "hwconfig.md"
-KIND = {"int": "integer", "float": "number", "str": "string", "bool": "true/false"}
+KIND = {"int": "integer", "float": "number", "str": "string", "bool": "true/false",
+        "dup": "auto | none | integer"}
 
 
 def defaults() -> dict[str, tuple[str, str]]:

@@ -30,37 +30,58 @@ def tiny(*sets):
 
 def test_hand_computed_cycles_and_energy(tmp_path):
     trace = two_layer_trace(tmp_path / "t", T=3)
-    hw = tiny("controller.selection=sgs-row", "controller.wear_leveling=none")
+    hw = tiny("controller.selection=sgs-row", "controller.wear_leveling=none",
+              "engine.waves=1", "interconnect.hop_latency=0 ns")
     r = timesim.simulate(hw, str(trace), out=tmp_path / "run")
-    # tiny: 1 GHz; read 10 cycles, DAC 1, ADC 1 with 4 columns per ADC; 8 input bits, 1-bit DAC
-    # -> 8 slices of (1 + 10 + 4) = 15 cycles, + 1 shift-add: one MVM = 121 cycles (1 row block).
-    # batch 2, linear: 2 vectors -> forward 242 per layer, backward 242 for layer b only.
-    # gradient row: max(ceil(2/128), ceil(cols/8) CE pass, ceil(2*cols*4 B / 32 B)) = 1 cycle.
-    # CE drain: ceil(log2(cols)) + 1 -> a: 3, b: 2. Row write: 2 phases x 50 ns pulse = 100.
-    # timeline: fwd a [0,242] fwd b [242,484]; b: grad [484,488] drain 490, bwd [484,726],
-    # write [726,826]; a: grad [726,732] drain 735, write [735,835] -> 835 per iteration.
+    # tiny: 1 GHz; read 10, DAC 1, ADC 1 with 4 columns per ADC; 8 input bits, 1-bit DAC
+    # -> 8 slices of (1 + 10 + 4) = 15 cycles, + 1 shift-add: one MVM = 121 cycles (1 row block;
+    # backward of b: 1 column tile). batch 2, linear: 2 vectors, one wave; each layer on 1 tile.
+    # Data (8-bit activations): a in 2*6*8 = 96 bits, out 2*3*8 = 48; b in 64, out 32.
+    # A load holds the global buffer ceil(bits/256), the interconnect ceil(bits/32), then the
+    # tile buffer ceil(2*bits/256); a store the other way round.
+    #   fwd a: load 96 (1+3+1) + 2*121 + ReLU ceil(6/2) = 245 + store 48 (1+2+1) = [0, 254]
+    #   fwd b: load 64 (1+2+1) + 242 + ReLU 2 + store 32 (1+1+1)        = [254, 505]
+    #   bwd b: load 32 (3) + 2*121 + store 64 (4)                        = [505, 754]
+    #   grad b: from 505 (its error is the loss); the global buffer is taken by bwd b's load
+    #           first [505, 506], then b's 96 activation+error bits [506, 507], 1 MAC cycle
+    #           -> [505, 508]; select: 4 rows x max(ceil(2/8), ceil(2*2*4/32)) + drain 2 = 6
+    #   grad a: from 754 (bwd b done): GB 1 + 1 MAC cycle = [754, 756]; select 6 x 1 + 3 = 9
+    #   writes: a row = 2 phases x 1 pulse x 50 = 100 cycles; b from 754 (its arrays are free
+    #           after bwd b), a from 765, each column tile one of 8 write slots -> ends 865.
     c = r["cycles"]
-    assert c["total"] == 3 * 835 and c["per_iteration"] == 835
-    assert c["by_phase"] == {"forward": 3 * 484, "backward": 3 * 242, "gradient": 3 * 10,
-                             "select": 3 * 5, "write": 3 * 200, "ars": 0}
-    assert c["by_layer"] == {"a": 3 * (242 + 6 + 3 + 100), "b": 3 * (242 + 242 + 4 + 2 + 100)}
-    assert r["seconds"] == pytest.approx(3 * 835e-9)
-    # energy: weights are 8 bits in 5-bit cells -> 2 slices x differential pair = 4 cells each
+    assert c["total"] == 3 * 865 and c["per_iteration"] == 865
+    assert c["by_layer_phase"] == {
+        "a": {"forward": 3 * 254, "backward": 0, "gradient": 3 * 2, "select": 3 * 9,
+              "write": 3 * 100, "ars": 0},
+        "b": {"forward": 3 * 251, "backward": 3 * 249, "gradient": 3 * 3, "select": 3 * 6,
+              "write": 3 * 100, "ars": 0}}
+    assert c["by_phase"]["forward"] == 3 * (254 + 251)
+    assert c["by_layer"] == {"a": 3 * (254 + 2 + 9 + 100), "b": 3 * (251 + 249 + 3 + 6 + 100)}
+    assert r["seconds"] == pytest.approx(3 * 865e-9)
+    # energy: weights are 8 bits in 5-bit cells -> 2 slices x differential pair = 4 cells each;
+    # only cells whose input bit is 1 draw read current (dac.input_activity 0.5)
     e = r["energy_j"]["by_component"]
-    reads = 3 * (2 * 8 * 6 * 12 + 2 * 8 * 4 * 8 * 2)            # V*S*rows*phys_cols*(fwd+bwd)
+    reads = 3 * (2 * 8 * 6 * 12 + 2 * 8 * 4 * 8 * 2) // 2      # V*S*rows*phys_cols*(fwd+bwd)/2
     assert e["crossbar"] == pytest.approx(reads * 25e-15)
     assert e["write"] == pytest.approx(3 * (3 * 4 + 2 * 4) * 8e-12)   # one row per layer
     assert e["ce"] == pytest.approx(3 * (18 + 8) * 0.1e-12)           # n compares per layer
     adc = 3 * (2 * 8 * (12 * 1) + 2 * 8 * (8 * 1 + 4 * 1))             # a fwd; b fwd + bwd
     assert e["adc"] == pytest.approx(adc * 1.26e-12)
+    # interconnect: every activation and error bit, once each way (a fwd; b fwd and bwd)
+    assert e["interconnect"] == pytest.approx(3 * (96 + 48 + 2 * (64 + 32)) * 0.13e-12)
+    assert e["gradient"] == pytest.approx(3 * 2 * (18 + 8) * 0.3e-12)  # n * V MACs
     assert e["counters"] == 0 and e["ars"] == 0
     assert r["energy_j"]["total"] == pytest.approx(sum(e.values()))
+    assert r["energy_j"]["total"] == pytest.approx(sum(r["energy_j"]["by_phase"].values()))
+    for layer, phases in r["energy_j"]["by_layer_phase"].items():
+        assert sum(phases.values()) == pytest.approx(r["energy_j"]["by_layer"][layer])
     with open(tmp_path / "run" / "actions.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sum(float(x["energy_j"]) for x in rows) == pytest.approx(r["energy_j"]["total"])
     for x in rows:
         assert float(x["energy_j"]) == pytest.approx(
             int(x["count"]) * float(x["energy_per_action_j"]))
+        assert x["phase"] in r["energy_j"]["by_phase"]
 
 
 def run(tmp_path, sets, T=9, name="t", fine=False, layers=TWO):

@@ -24,6 +24,7 @@ from .units import KINDS, SUFFIXES, parse_quantity, split_suffix
 
 CONFIG_VERSION = 1
 SELECTIONS = ("dense", "topk", "sgs-row", "sgs-element", "sgs")
+DUPLICATE = ("auto", "none")
 WEAR_LEVELING = ("none", "ars", "ars-random")
 
 
@@ -40,6 +41,24 @@ class Clock:
 class Chip:
     crossbars: int = _f("int", "pos", doc="crossbars on the chip (capacity for weights)")
     multiplex: bool = _f("bool", doc="time-multiplex a network that does not fit")
+    xbars_per_tile: int = _f("int", "pos", doc="crossbars per tile (one tile buffer, one "
+                             "interconnect port, one accumulation/activation/pooling block)")
+    other_area_m2: float = _f("area", "nonneg", doc="chip-level area not in any counted unit "
+                              "(off-chip links, I/O)")
+
+
+@dataclass(frozen=True)
+class Mapping:
+    duplicate: Any = _f("dup", doc="weight copies per layer: auto (fill the layer's tiles, "
+                        "NeuroSim's novel mapping), none, or a number N")
+
+
+@dataclass(frozen=True)
+class EngineCfg:
+    pipeline: str = _f("str", choices=("none", "layer"), doc="none: layer by layer; layer: "
+                       "waves of the batch stream through the layers (PipeLayer/ISAAC)")
+    waves: int = _f("int", "pos", doc="the batch moves through the chip in this many waves "
+                    "(one event per wave and stage; with pipeline=layer, the pipeline depth)")
 
 
 @dataclass(frozen=True)
@@ -53,9 +72,11 @@ class Xbar:
     r_off_ohm: float = _f("resistance", "pos", doc="high-resistance state")
     read_voltage_v: float = _f("voltage", "pos", doc="read voltage")
     read_latency_s: float = _f("time", "pos", doc="one array read (MVM) pulse")
-    read_energy_j: float = _f("energy", "nonneg", doc="energy of one cell read")
+    read_energy_j: float = _f("energy", "nonneg", doc="energy of one cell read whose input "
+                              "bit is 1 (cells with input 0 draw no current)")
     program_sigma: float = _f("float", "nonneg", doc="programming variation: relative sigma "
                               "of each programmed conductance")
+    area_m2: float = _f("area", "nonneg", doc="one crossbar array with its cells")
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,9 @@ class Dac:
     input_bits: int = _f("int", "pos", doc="activation/error precision fed to the crossbar")
     latency_s: float = _f("time", "nonneg", doc="one conversion")
     energy_j: float = _f("energy", "nonneg", doc="one conversion")
+    input_activity: float = _f("float", "unit01", doc="fraction of input bits that are 1 "
+                               "when the trace gives no input_activity for a layer")
+    area_m2: float = _f("area", "nonneg", doc="one DAC (one line)")
 
 
 @dataclass(frozen=True)
@@ -76,12 +100,21 @@ class Adc:
                            "relative to the ADC range")
     latency_s: float = _f("time", "nonneg", doc="one conversion")
     energy_j: float = _f("energy", "nonneg", doc="one conversion")
+    area_m2: float = _f("area", "nonneg", doc="one ADC")
 
 
 @dataclass(frozen=True)
 class Gradient:
-    lanes: int = _f("int", "pos", doc="products accumulated per cycle per gradient column")
+    macs_per_cycle: int = _f("int", "pos", doc="multiply-accumulates per cycle of one "
+                             "weight-gradient unit")
+    units: int = _f("int", "pos", doc="weight-gradient units on the chip, shared by all layers "
+                    "(a layer's gradient occupies one unit)")
     mac_energy_j: float = _f("energy", "nonneg", doc="one multiply-accumulate")
+    storage: str = _f("str", choices=("sram", "dram"), doc="where the batch's weight gradient "
+                      "accumulates: on chip, or in DRAM (to DRAM and back once per sample, as "
+                      "NeuroSim V2.1)")
+    bits: int = _f("int", "pos", doc="bits of one weight-gradient value in storage")
+    area_m2: float = _f("area", "nonneg", doc="one weight-gradient unit")
 
 
 @dataclass(frozen=True)
@@ -91,6 +124,7 @@ class Ce:
     tree_width: int = _f("int", "pos", doc="leaves of the comparator tree (values per step)")
     topk_units: int = _f("int", "pos", doc="parallel top-k units for conventional GS")
     counter_energy_j: float = _f("energy", "nonneg", doc="one row write-counter update")
+    area_m2: float = _f("area", "nonneg", doc="the CE and row counters of one crossbar")
 
 
 @dataclass(frozen=True)
@@ -100,16 +134,69 @@ class Write:
     voltage_v: float = _f("voltage", "pos", doc="programming voltage")
     pulse_energy_j: float = _f("energy", "nonneg", doc="one programming pulse on one cell")
     phases: int = _f("int", "pos", doc="programming phases per row write (SET, RESET)")
+    pulses_per_phase: int = _f("int", "pos", doc="pulses each written cell gets in each phase")
     verify_reads: int = _f("int", "nonneg", doc="read-verify steps after each write")
+    parallel_arrays: int = _f("int", "pos", doc="arrays programmed at once, chip-wide (copies "
+                              "of a layer take the same data and count once)")
 
 
 @dataclass(frozen=True)
 class Buffer:
+    read_energy_j: float = _f("energy", "nonneg", doc="tile buffer: one byte read")
+    write_energy_j: float = _f("energy", "nonneg", doc="tile buffer: one byte written")
+    latency_s: float = _f("time", "nonneg", doc="tile buffer: one access")
+    bytes_per_cycle: int = _f("int", "pos", doc="tile buffer bandwidth of one tile, bytes per "
+                              "cycle (each bit is written then read)")
+    accumulator_bits: int = _f("int", "pos", doc="bits per residual-accumulator entry")
+    area_m2: float = _f("area", "nonneg", doc="the buffer of one tile")
+
+
+@dataclass(frozen=True)
+class GlobalBuffer:
+    bits_per_cycle: int = _f("int", "pos", doc="chip-wide global-buffer bandwidth; a layer's "
+                             "activations reach it through its tiles' share")
     read_energy_j: float = _f("energy", "nonneg", doc="one byte read")
     write_energy_j: float = _f("energy", "nonneg", doc="one byte written")
-    latency_s: float = _f("time", "nonneg", doc="one access")
-    bytes_per_cycle: int = _f("int", "pos", doc="buffer bandwidth per layer, bytes per cycle")
-    accumulator_bits: int = _f("int", "pos", doc="bits per residual-accumulator entry")
+    area_m2: float = _f("area", "nonneg", doc="the global buffer")
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    bits_per_cycle: int = _f("int", "pos", doc="bandwidth of one tile's port on the "
+                             "inter-tile network (a layer on t tiles moves t times as much)")
+    hop_latency_s: float = _f("time", "nonneg", doc="one router/H-tree stage")
+    energy_per_bit_j: float = _f("energy", "nonneg", doc="one bit from the global buffer to "
+                                 "a tile or back")
+    area_m2: float = _f("area", "nonneg", doc="the network's share of one tile")
+
+
+@dataclass(frozen=True)
+class Dram:
+    bits_per_cycle: int = _f("int", "pos", doc="off-chip bandwidth, bits per cycle")
+    energy_per_bit_j: float = _f("energy", "nonneg", doc="one bit read or written")
+
+
+@dataclass(frozen=True)
+class Accumulation:
+    add_latency_s: float = _f("time", "nonneg", doc="one adder stage (shift-add, adder tree)")
+    add_energy_j: float = _f("energy", "nonneg", doc="one addition of a partial sum")
+    area_m2: float = _f("area", "nonneg", doc="the shift-add of one ADC")
+
+
+@dataclass(frozen=True)
+class Activation:
+    values_per_cycle: int = _f("int", "pos", doc="outputs one tile's activation units take "
+                               "per cycle")
+    energy_j: float = _f("energy", "nonneg", doc="one output activated (ReLU)")
+    area_m2: float = _f("area", "nonneg", doc="the activation units of one tile")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    values_per_cycle: int = _f("int", "pos", doc="inputs one tile's pooling units take per "
+                               "cycle")
+    energy_j: float = _f("energy", "nonneg", doc="one input compared (max-pool)")
+    area_m2: float = _f("area", "nonneg", doc="the pooling units of one tile")
 
 
 @dataclass(frozen=True)
@@ -135,8 +222,11 @@ class Controller:
 
 
 SECTIONS: dict[str, type] = {
-    "clock": Clock, "chip": Chip, "xbar": Xbar, "dac": Dac, "adc": Adc, "gradient": Gradient,
-    "ce": Ce, "write": Write, "buffer": Buffer, "endurance": Endurance, "controller": Controller,
+    "clock": Clock, "chip": Chip, "mapping": Mapping, "engine": EngineCfg, "xbar": Xbar,
+    "dac": Dac, "adc": Adc, "accumulation": Accumulation, "activation": Activation,
+    "pooling": Pooling, "gradient": Gradient, "ce": Ce, "write": Write, "buffer": Buffer,
+    "global_buffer": GlobalBuffer, "interconnect": Interconnect, "dram": Dram,
+    "endurance": Endurance, "controller": Controller,
 }
 
 
@@ -148,13 +238,21 @@ class HwConfig:
     name: str
     clock: Clock
     chip: Chip
+    mapping: Mapping
+    engine: EngineCfg
     xbar: Xbar
     dac: Dac
     adc: Adc
+    accumulation: Accumulation
+    activation: Activation
+    pooling: Pooling
     gradient: Gradient
     ce: Ce
     write: Write
     buffer: Buffer
+    global_buffer: GlobalBuffer
+    interconnect: Interconnect
+    dram: Dram
     endurance: Endurance
     controller: Controller
     source: str = ""
@@ -193,6 +291,7 @@ def _resolve_key(sec: str, key: str, value: Any, where: str) -> tuple[str, Any]:
                 target = f
         if target is None:
             raise ConfigError(f"{path}: unknown key; {_known(sec)}")
+        value = _number_string(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number in {suffix}, got {value!r}")
         si = float(value) * factor
@@ -221,7 +320,7 @@ def _resolve_key(sec: str, key: str, value: Any, where: str) -> tuple[str, Any]:
 
 def _eg(kind: str) -> str:
     return {"time": "50 ns", "energy": "8 pJ", "power": "1 mW", "frequency": "1 GHz",
-            "resistance": "100 kohm", "voltage": "4 V"}[kind]
+            "resistance": "100 kohm", "voltage": "4 V", "area": "0.0012 mm2"}[kind]
 
 
 def _known(sec: str) -> str:
@@ -245,8 +344,31 @@ def _check_number(x: float, f: dataclasses.Field, path: str) -> None:
         raise ConfigError(f"{path}: must be in [0, 1], got {x!r}")
 
 
+def _number_string(value: Any) -> Any:
+    """PyYAML reads ``5e6`` and ``1e-3`` (no dot, or no sign in the exponent) as strings;
+    a user means the number."""
+    if isinstance(value, str):
+        try:
+            x = float(value)
+        except ValueError:
+            return value
+        if value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity"):
+            return int(x) if x.is_integer() and abs(x) <= 2**62 else x
+    return value
+
+
 def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
     kind = f.metadata["kind"]
+    if kind in ("int", "float"):
+        value = _number_string(value)
+    if kind == "dup":
+        value = _number_string(value)
+        if value in DUPLICATE:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 20:
+            raise ConfigError(f"{path}: must be auto, none or a number of copies >= 1, "
+                              f"got {value!r}")
+        return int(value)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: must be an integer, got {value!r}")
@@ -378,14 +500,31 @@ def bundled_hwconfig(name: str = "time-default") -> Path:
     return p
 
 
+def presets() -> list[str]:
+    """Names of the hwconfigs shipped with the package (``--hw NAME`` loads one)."""
+    folder = resources.files("timesim") / "data" / "hwconfigs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_hwconfig_path(path: str | Path) -> Path:
+    """A file path as given, or a bundled preset by name (``neurosim-v2.1-rram``)."""
+    p = Path(path)
+    if p.exists() or p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+        return p
+    if str(path) in presets():
+        return bundled_hwconfig(str(path))
+    raise ConfigError(f"{path}: no such hwconfig file or preset; presets: "
+                      + ", ".join(presets()))
+
+
 def load_hwconfig(path: str | Path | None = None, overrides: Iterable[str] = ()) -> HwConfig:
-    """Load a chip (the bundled default when ``path`` is None), then apply ``section.key=value``
-    overrides."""
+    """Load a chip (the bundled default when ``path`` is None; a file, or a preset's name),
+    then apply ``section.key=value`` overrides."""
     default_path = bundled_hwconfig()
     merged = _normalize(_read_yaml(default_path), str(default_path))
     source = str(default_path)
     if path is not None:
-        path = Path(path)
+        path = resolve_hwconfig_path(path)
         if path.is_dir():
             raise ConfigError(f"{path}: is a directory, expected a hwconfig YAML file")
         raw = _read_yaml(path)

@@ -1,9 +1,10 @@
 """Energy = Σ action counts × per-action energy (what exists / what it costs / what happened).
 
-Action counts come from the mapping (per-iteration MVM work) and from the policy kernels'
-counters (cells written, write operations, ARS swaps); per-action energies from
-``engine.costs.CostTable``. Everything is written to ``actions.csv`` so any joule can be checked
-by hand. Leakage is not modelled (see docs/architecture.md).
+Action counts come from the mapping (per-iteration MVM work and data movement) and from the
+policy kernels' counters (cells written, write operations, ARS swaps); per-action energies from
+``engine.costs.CostTable``. Every count belongs to one phase of one layer; everything is written
+to ``actions.csv`` so any joule can be checked by hand. Leakage is not modelled (see
+docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -13,89 +14,140 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .engine import Engine
+from .engine.components import PHASES
 from .engine.costs import ACTIONS, log2_ceil
 from .policies import LayerPolicy
 
-COMPONENTS = ("crossbar", "dac", "adc", "gradient", "ce", "write", "counters", "ars", "buffer",
-              "multiplex")
+COMPONENTS = ("crossbar", "dac", "adc", "accumulation", "activation", "pooling", "buffer",
+              "global_buffer", "interconnect", "dram", "gradient", "ce", "write", "counters",
+              "ars", "multiplex")
+
+Key = tuple[str, str, str]          # (phase, component, action)
 
 
 def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
-                  ) -> dict[str, dict[tuple[str, str], int]]:
-    """Per layer: {(component, action): count over the whole run}."""
+                  ) -> dict[str, dict[Key, int]]:
+    """Per layer: {(phase, component, action): count over the whole run}."""
     c = engine.costs
+    hw = engine.hw
     S = c.slices_in
-    ars_on = engine.hw.controller.wear_leveling != "none"
+    ars_on = hw.controller.wear_leveling != "none"
+    B = engine.mapping.batch_size
     out = {}
     for i, (m, p) in enumerate(zip(engine.mapping.layers, policies)):
         V, R, PC, RB, CT, n = m.vectors, m.rows, m.phys_cols, m.row_blocks, m.col_tiles, m.cells
-        bwd = 1 if i > 0 else 0            # layer 0 does not propagate an error to the input
-        a: dict[tuple[str, str], int] = {}
-        a["crossbar", "cell_read"] = T * V * S * R * PC * (1 + bwd)
-        a["dac", "conversion"] = T * V * S * (R * CT + bwd * PC * RB)
-        a["adc", "conversion"] = T * V * S * (PC * RB + bwd * R * CT)
-        a["gradient", "mac"] = T * n * V
+        a: dict[Key, int] = {}
+        bi, bo = c.bits_in(m) * B, c.bits_out(m) * B
+        # forward: inputs on the rows; only rows whose input bit is 1 draw current
+        a["forward", "crossbar", "cell_read"] = T * round(V * S * R * PC * m.activity)
+        a["forward", "dac", "conversion"] = T * V * S * R * CT
+        a["forward", "adc", "conversion"] = T * V * S * PC * RB
+        a["forward", "accumulation", "add"] = T * V * (S * PC * RB + PC * (RB - 1))
+        a["forward", "activation", "op"] = T * V * m.cols
+        a["forward", "pooling", "op"] = T * V * m.cols if m.pool > 1 else 0
+        _move(a, "forward", T, bi, bo)
+        if i > 0:                        # layer 0 propagates no error to the input
+            a["backward", "crossbar", "cell_read"] = T * round(V * S * PC * R * m.activity)
+            a["backward", "dac", "conversion"] = T * V * S * PC * RB
+            a["backward", "adc", "conversion"] = T * V * S * R * CT
+            a["backward", "accumulation", "add"] = T * V * (S * R * CT + R * (CT - 1))
+            _move(a, "backward", T, bo, bi)
+        a["gradient", "gradient", "mac"] = T * n * V
+        a["gradient", "global_buffer", "read_byte"] = T * _bytes(bi + bo)
+        g = c.gradient_bits(m) * B
+        if g:
+            a["gradient", "dram", "bit"] = T * g
+            a["gradient", "global_buffer", "write_byte"] = T * _bytes(g // 2)
+            a["gradient", "global_buffer", "read_byte"] += T * _bytes(g // 2)
         if p.selection in ("sgs-row", "sgs-element"):
-            a["ce", "compare"] = T * n
+            a["select", "ce", "compare"] = T * n
         elif p.selection == "topk":
-            a["ce", "compare"] = T * n * max(1, log2_ceil(p.k))
-        else:
-            a["ce", "compare"] = 0
-        cells = p.policy_cell_writes * m.cells_per_weight
-        a["write", "cell_pulse"] = cells
-        a["write", "verify_read"] = cells * engine.hw.write.verify_reads
-        a["counters", "update"] = (p.row_writes + 2 * p.swaps) if ars_on else 0
+            a["select", "ce", "compare"] = T * n * max(1, log2_ceil(p.k))
+        if p.selection != "dense":       # residual accumulator: read, add, write back
+            a["select", "buffer", "read_byte"] = T * c.acc_bytes * n
+            a["select", "buffer", "write_byte"] = T * c.acc_bytes * n
+        pulses = p.policy_cell_writes * m.cells_per_weight * c.pulses_per_cell * m.copies
+        a["write", "write", "cell_pulse"] = pulses
+        a["write", "write", "verify_read"] = pulses * hw.write.verify_reads
+        a["write", "counters", "update"] = p.row_writes if ars_on else 0
         # ARS rewrites are programming pulses: charged to the write drivers, so the write
-        # component scales with the pulse energy whatever the wear levelling
-        a["write", "ars_rewrite_pulse"] = p.swaps * 2 * PC
-        a["ars", "cell_read"] = p.swaps * 2 * PC
-        acc = c.acc_bytes * n if p.selection != "dense" else 0
-        a["buffer", "read_byte"] = T * (acc + c.input_bytes * V * (R + bwd * m.cols))
-        a["buffer", "write_byte"] = T * (acc + c.input_bytes * V * (m.cols + bwd * R))
-        a["multiplex", "cell_pulse"] = 0
-        out[m.name] = a
+        # component scales with the pulse energy whatever the wear levelling; every copy swaps
+        a["ars", "counters", "update"] = 2 * p.swaps if ars_on else 0
+        a["ars", "write", "ars_rewrite_pulse"] = (p.swaps * 2 * PC * c.pulses_per_cell
+                                                  * m.copies)
+        a["ars", "ars", "cell_read"] = p.swaps * 2 * PC * m.copies
+        out[m.name] = {k: v for k, v in a.items() if v}
     if engine.mapping.multiplexed:
         # charged to the first layer: reprogramming serves the whole network
-        out[engine.mapping.layers[0].name]["multiplex", "cell_pulse"] = (
+        out[engine.mapping.layers[0].name]["reprogram", "multiplex", "cell_pulse"] = (
             T * engine.reprogram_cells)
     return out
 
 
+def _bytes(bits: int) -> int:
+    return -(-bits // 8)
+
+
+def _move(a: dict, phase: str, T: int, bits_in: int, bits_out: int) -> None:
+    """Inputs from the global buffer over the interconnect into the tile buffers, outputs
+    back: every bit is written to and read from a tile buffer once."""
+    tb = _bytes(bits_in) + _bytes(bits_out)
+    a[phase, "buffer", "write_byte"] = T * tb
+    a[phase, "buffer", "read_byte"] = T * tb
+    a[phase, "global_buffer", "read_byte"] = T * _bytes(bits_in)
+    a[phase, "global_buffer", "write_byte"] = T * _bytes(bits_out)
+    a[phase, "interconnect", "bit"] = T * (bits_in + bits_out)
+
+
 def action_latency(engine: Engine) -> dict[tuple[str, str], int]:
     c = engine.costs
-    return {("crossbar", "cell_read"): c.read, ("gradient", "mac"): 1,
-            ("dac", "conversion"): c.dac, ("adc", "conversion"): c.adc,
-            ("ce", "compare"): c.compare, ("write", "cell_pulse"): c.pulse,
-            ("write", "verify_read"): c.read, ("counters", "update"): 1,
-            ("ars", "cell_read"): c.read, ("write", "ars_rewrite_pulse"): c.pulse,
+    return {("crossbar", "cell_read"): c.read, ("dac", "conversion"): c.dac,
+            ("adc", "conversion"): c.adc, ("accumulation", "add"): c.add,
+            ("activation", "op"): 1, ("pooling", "op"): 1,
             ("buffer", "read_byte"): 1, ("buffer", "write_byte"): 1,
-            ("multiplex", "cell_pulse"): c.pulse}
+            ("global_buffer", "read_byte"): 1, ("global_buffer", "write_byte"): 1,
+            ("interconnect", "bit"): c.hop, ("dram", "bit"): 1,
+            ("gradient", "mac"): 1, ("ce", "compare"): c.compare,
+            ("write", "cell_pulse"): c.pulse, ("write", "verify_read"): c.read,
+            ("counters", "update"): 1, ("ars", "cell_read"): c.read,
+            ("write", "ars_rewrite_pulse"): c.pulse, ("multiplex", "cell_pulse"): c.pulse}
 
 
-def energy_report(engine: Engine, counts: dict[str, dict[tuple[str, str], int]]) -> dict:
+def energy_report(engine: Engine, counts: dict[str, dict[Key, int]]) -> dict:
     table = engine.costs.energy
     by_component = dict.fromkeys(COMPONENTS, 0.0)
+    by_phase = dict.fromkeys(PHASES, 0.0)
     by_layer = {}
+    by_layer_phase = {}
     for layer, a in counts.items():
         e_layer = 0.0
-        for key, n in a.items():
-            e = n * table[key]
-            by_component[key[0]] += e
+        per_phase = dict.fromkeys(PHASES, 0.0)
+        for (phase, comp, action), n in a.items():
+            e = n * table[comp, action]
+            by_component[comp] += e
+            by_phase[phase] += e
+            per_phase[phase] += e
             e_layer += e
         by_layer[layer] = e_layer
+        by_layer_phase[layer] = per_phase
     if not engine.mapping.multiplexed:
         by_component.pop("multiplex")
-    overhead = sum(n * table[key] for a in counts.values() for key, n in a.items()
-                   if key in (("ars", "cell_read"), ("write", "ars_rewrite_pulse"),
-                              ("counters", "update")))
+        by_phase.pop("reprogram")
+        for v in by_layer_phase.values():
+            v.pop("reprogram")
+    # what ARS costs: its swaps (reads, rewrites, counters) and the row counters it keeps
+    overhead = sum(n * table[comp, action] for a in counts.values()
+                   for (phase, comp, action), n in a.items()
+                   if phase == "ars" or comp == "counters")
     return {"total": sum(by_component.values()), "by_component": by_component,
-            "by_layer": by_layer, "ars_overhead": overhead}
+            "by_phase": by_phase, "by_layer": by_layer, "by_layer_phase": by_layer_phase,
+            "ars_overhead": overhead}
 
 
-def write_actions_csv(path: Path, engine: Engine,
-                      counts: dict[str, dict[tuple[str, str], int]]) -> None:
-    """actions.csv: component, action, count, energy_per_action_j, energy_j, latency_cycles."""
-    totals: dict[tuple[str, str], int] = {}
+def write_actions_csv(path: Path, engine: Engine, counts: dict[str, dict[Key, int]]) -> None:
+    """actions.csv: phase, component, action, count, energy_per_action_j, energy_j,
+    latency_cycles, description (one row per phase and action, summed over layers)."""
+    totals: dict[Key, int] = {}
     for a in counts.values():
         for key, n in a.items():
             totals[key] = totals.get(key, 0) + n
@@ -103,12 +155,14 @@ def write_actions_csv(path: Path, engine: Engine,
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["component", "action", "count", "energy_per_action_j", "energy_j",
+        w.writerow(["phase", "component", "action", "count", "energy_per_action_j", "energy_j",
                     "latency_cycles", "description"])
-        for key in ACTIONS:
-            if key not in totals:
-                continue
-            e = engine.costs.energy[key]
-            w.writerow([key[0], key[1], totals[key], repr(e), repr(totals[key] * e), lat[key],
-                        ACTIONS[key]])
+        for phase in PHASES:
+            for key in ACTIONS:
+                n = totals.get((phase, *key))
+                if not n:
+                    continue
+                e = engine.costs.energy[key]
+                w.writerow([phase, key[0], key[1], n, repr(e), repr(n * e), lat[key],
+                            ACTIONS[key]])
     tmp.replace(path)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .area import area_report
 from .config import HwConfig
-from .energy import action_counts, energy_report
+from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
 from .policies import effective_selection, topk_count
 from .trace.format import TraceMeta
@@ -33,7 +35,8 @@ class _Work:
     swaps: int
 
 
-def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None) -> dict:
+def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None,
+             actions_csv: Path | None = None) -> dict:
     start = time.perf_counter()
     T = iterations or meta.iterations
     c = hw.controller
@@ -64,6 +67,8 @@ def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None) -> di
         work.append(_Work(s, k, T * cells, T * rows, events * sw))
     cycles = engine.report()
     counts = action_counts(engine, work, T)
+    if actions_csv is not None:
+        write_actions_csv(Path(actions_csv), engine, counts)
     return {
         "timesim_version": __version__,
         "hwconfig": hw.to_dict(),
@@ -77,6 +82,7 @@ def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None) -> di
         "cycles": cycles,
         "seconds": cycles["total"] / hw.clock.frequency_hz,
         "energy_j": energy_report(engine, counts),
+        "area_mm2": area_report(hw),
         "mapping": engine.mapping.to_dict(),
         "ars": {"swaps": sum(w.swaps for w in work),
                 "rewrite_cells": sum(w.swaps * 2 * l.cols for w, l in zip(work, meta.layers))},

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -62,19 +63,47 @@ def crossbar_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class _Probe:
     """Forward hooks that record each layer's geometry and the batch size on the first pass."""
 
-    def __init__(self, layers: list[tuple[str, nn.Module]]):
+    def __init__(self, layers: list[tuple[str, nn.Module]], input_bits: int = 0):
         self.layers = layers
         self.seen: dict[str, tuple] = {}
         self.batch = 0
+        self.input_bits = input_bits
+        self.ones: dict[str, int] = {}
+        self.bits: dict[str, int] = {}
         self.handles = [mod.register_forward_hook(self._hook(name)) for name, mod in layers]
 
     def _hook(self, name):
         def hook(mod, inputs, output):
+            x = inputs[0]
             if name not in self.seen:
-                x = inputs[0]
                 self.batch = self.batch or int(x.shape[0])
                 self.seen[name] = (tuple(x.shape), tuple(output.shape))
+            if self.input_bits:
+                self._count_bits(name, x.detach())
         return hook
+
+    def _count_bits(self, name: str, x: torch.Tensor) -> None:
+        """Input bits that are 1 when the layer's input is quantized to ``input_bits``
+        magnitude bits over its range (bit-serial inputs, the sign applied apart)."""
+        a = x.abs().float()
+        top = float(a.max())
+        if top == 0.0:
+            q = torch.zeros_like(a, dtype=torch.int32)
+        else:
+            q = torch.round(a * ((2 ** self.input_bits - 1) / top)).to(torch.int32)
+        ones = sum(int(((q >> b) & 1).sum()) for b in range(self.input_bits))
+        self.ones[name] = self.ones.get(name, 0) + ones
+        self.bits[name] = self.bits.get(name, 0) + q.numel() * self.input_bits
+
+    def mark(self) -> None:
+        """A training step was taken: forward passes so far count (later ones, e.g. an
+        evaluation after the last step, do not)."""
+        self._marked = (dict(self.ones), dict(self.bits))
+
+    def activity(self, name: str) -> float | None:
+        ones, bits = getattr(self, "_marked", ({}, {}))
+        n = bits.get(name, 0)
+        return round(ones[name] / n, 6) if n else None
 
     def remove(self) -> None:
         for h in self.handles:
@@ -123,8 +152,9 @@ class TraceRecorder:
 
     def __init__(self, model: nn.Module, path: str | Path, dtype: str = "float32",
                  chunk_iterations: int = 64, dataset: str = "", model_name: str | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, input_bits: int = 8):
         self.model = model
+        self.input_bits = input_bits
         self.path = Path(path)
         self.dtype = dtype
         self.chunk_iterations = chunk_iterations
@@ -136,7 +166,7 @@ class TraceRecorder:
         self.writer: TraceWriter | None = None
 
     def __enter__(self) -> TraceRecorder:
-        self.probe = _Probe(self.layers)
+        self.probe = _Probe(self.layers, self.input_bits)
         return self
 
     def step(self) -> None:
@@ -155,11 +185,17 @@ class TraceRecorder:
                 raise TraceError(f"layer {name}: no gradient; call step() after backward()")
             grads[name] = weight_to_matrix(mod.weight.grad)
         self.writer.append(grads)
+        self.probe.mark()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.probe is not None:
             self.probe.remove()
         if exc_type is None and self.writer is not None:
+            # the fraction of 1 bits each layer's quantized inputs had over the whole recording
+            # (manifest input_activity: activity-dependent read energy, docs/architecture.md)
+            self.writer.layers = tuple(
+                dataclasses.replace(info, input_activity=self.probe.activity(info.name))
+                for info in self.writer.layers)
             self.writer.close()
 
 
@@ -187,7 +223,7 @@ class SparseUpdate:
         if model is not None:
             layers = crossbar_layers(model)
             names = {id(mod.weight): name for name, mod in layers}
-            self.probe = _Probe(layers)
+            self.probe = _Probe(layers, self.hw.dac.input_bits)
         self.params: list[tuple[str, torch.nn.Parameter]] = []
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -244,6 +280,8 @@ class SparseUpdate:
                 loss = closure()
         if self.sim is None:
             self._start()
+        if self.probe is not None:
+            self.probe.mark()
         sim = self.sim
         grads, before = {}, {}
         for (name, p), policy in zip(self.params, sim.policies):
@@ -273,6 +311,8 @@ class SparseUpdate:
             raise TraceError("SparseUpdate.report(): no step() was taken")
         if self.probe is not None:
             self.probe.remove()
+            self.sim.engine.set_activity({name: self.probe.activity(name)
+                                          for name, _ in self.params})
         return self.sim.finish(out, trace_label=f"live:{self.model_name}")
 
 
@@ -284,15 +324,18 @@ def timing_manifest(model: nn.Module, example_input: torch.Tensor, path: str | P
     --trace path`` then times ``iterations`` iterations of the chosen policy with the engine.
     """
     layers = crossbar_layers(model)
-    probe = _Probe(layers)
+    probe = _Probe(layers, 8)
     try:
         with torch.no_grad():
             model(example_input)
+        probe.mark()
     finally:
         probe.remove()
     meta = TraceMeta(model=model_name or type(model).__name__, source=_source(), dataset="",
                      batch_size=probe.batch, iterations=iterations, chunk_iterations=1,
-                     dtype="float32", layers=probe.layer_infos(), timing_only=True)
+                     dtype="float32", timing_only=True,
+                     layers=tuple(dataclasses.replace(i, input_activity=probe.activity(i.name))
+                                  for i in probe.layer_infos()))
     if path is not None:
         import yaml
 

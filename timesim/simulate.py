@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
+from .area import area_report
 from .config import HwConfig
 from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
@@ -103,6 +104,7 @@ class Simulation:
         report["cycles"] = cycles
         report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
         report["energy_j"] = energy_report(self.engine, counts)
+        report["area_mm2"] = area_report(self.hw)
         report["mapping"] = self.engine.mapping.to_dict()
         # paper Fig. 7: ARS rewrite energy per iteration over the energy of writing one row
         # (the mean physical row of the network's layers)
@@ -183,7 +185,10 @@ def simulate(hw: HwConfig, trace, out=None,
         from .estimate import estimate
         from .report import write_report_only
 
-        report = estimate(hw, trace.meta)
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        report = estimate(hw, trace.meta,
+                          actions_csv=Path(out) / "actions.csv" if out is not None else None)
         report["trace"]["path"] = getattr(trace, "label", report["trace"]["path"])
         if out is not None:
             write_report_only(out, report)

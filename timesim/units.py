@@ -28,6 +28,7 @@ KINDS: dict[str, tuple[str, dict[str, float]]] = {
     "frequency": ("hz", _units("Hz", ",k,M,G")),
     "resistance": ("ohm", _units("Ω", ",k,M,G", "ohm", "Ohm")),
     "voltage": ("v", _units("V", "m,")),
+    "area": ("m2", {"m2": 1.0, "mm2": 1e-6, "um2": 1e-12, "µm2": 1e-12}),
 }
 
 # Key suffixes are lower case, so only unambiguous prefixes are accepted there ("_mohm" could be
@@ -42,9 +43,10 @@ SUFFIXES: dict[str, tuple[str, float]] = {
     "ghz": ("frequency", 1e9),
     "ohm": ("resistance", 1.0), "kohm": ("resistance", 1e3),
     "v": ("voltage", 1.0), "mv": ("voltage", 1e-3),
+    "m2": ("area", 1.0), "mm2": ("area", 1e-6), "um2": ("area", 1e-12),
 }
 
-_QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµΩ]*)\s*$")
+_QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµΩ]*2?)\s*$")
 
 
 def parse_quantity(value: object, kind: str) -> float:
@@ -76,7 +78,8 @@ def parse_quantity(value: object, kind: str) -> float:
 
 def example(kind: str) -> str:
     return {"time": "'50 ns'", "energy": "'8 pJ'", "power": "'1.26 mW'", "frequency": "'1 GHz'",
-            "resistance": "'100 kOhm'", "voltage": "'0.5 V'"}[kind]
+            "resistance": "'100 kOhm'", "voltage": "'0.5 V'",
+            "area": "'0.0012 mm2'"}[kind]
 
 
 def split_suffix(key: str) -> tuple[str, str | None]:

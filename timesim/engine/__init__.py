@@ -1,14 +1,18 @@
-"""Cycle-level engine: timing and energy of TIME training iterations (simpy).
+"""Cycle-level engine: timing of training iterations on the chip (simpy).
 
 The engine never sees gradients. The policy kernels hand it, per iteration and layer, the write
-signature (write operations, ARS swaps); iterations with the same signature over all layers have
-the same timing, so each distinct signature is simulated once (``fast``) and multiplied by its
-count. ``fine`` mode simulates one event per gradient row and write operation and must give the
-same cycles (tests check it).
+signature (write operations, ARS swaps). Everything in an iteration but the writes depends only
+on the ARS swaps, so it is simulated once per distinct swap vector
+(``iteration.simulate_iteration``); the writes, the last thing each layer does, are then
+list-scheduled on the chip-wide write slots once per distinct write signature
+(``iteration.schedule_writes``). ``fine`` mode simulates every distinct signature in full, one
+event per gradient row and write operation, the writes as simpy processes queueing on a
+Resource, and must give the same cycles (tests check it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import zlib
@@ -21,9 +25,16 @@ from ..mapping import NetworkMapping, map_network
 from ..trace.format import TraceMeta
 from .components import PHASES
 from .costs import CostTable, LayerTiming
-from .iteration import IterationResult, LayerWork, simulate_iteration
+from .iteration import (
+    WRITE,
+    IterationResult,
+    LayerWork,
+    schedule_writes,
+    simulate_iteration,
+    simulate_writes,
+)
 
-MAX_DISTINCT = 100_000       # distinct signatures counted (and fine-mode results cached)
+MAX_DISTINCT = 100_000       # distinct signatures counted (and results cached)
 
 
 class Engine:
@@ -37,14 +48,16 @@ class Engine:
         self.fine = fine
         self.mapping: NetworkMapping = map_network(meta.layers, hw, meta.batch_size)
         self.costs = CostTable(hw)
+        batch = self.mapping.batch_size
         self.timings: list[LayerTiming] = [
-            self.costs.layer(m, sel, k) for m, sel, k in zip(self.mapping.layers, selections, ks)]
-        self._cache: dict[tuple[int, ...], IterationResult] = {}
+            self.costs.layer(m, sel, k, batch)
+            for m, sel, k in zip(self.mapping.layers, selections, ks)]
         self._base: dict[tuple[int, ...], IterationResult] = {}
+        self._writes: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}
         self._write_cost = self._compute_write_cost()
         self.iterations = 0
         self.total_cycles = 0
-        self.busy = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
+        self.spans = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
         self.events = 0
         self._seen: set[int] | None = set()
         self._add_wall = 0.0
@@ -69,28 +82,25 @@ class Engine:
         excess = max(0, m.crossbars_needed - m.crossbars_available)
         return excess * self.hw.xbar.rows * self.hw.xbar.cols
 
-    def _compute_write_cost(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per layer: (is dense, dense write operations, cycles per write operation)."""
-        dense, dense_ops, op = [], [], []
+    def _compute_write_cost(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per layer: (is dense, dense write operations per array, cycles per write operation,
+        arrays written per iteration). Copies take the same data at the same time (broadcast)
+        and count once toward ``write.parallel_arrays``."""
+        dense, dense_ops, op, jobs = [], [], [], []
         for t, m, sel in zip(self.timings, self.mapping.layers, self.selections):
             dense.append(sel == "dense")
-            # dense: every row; row blocks program in parallel, rows of a block one by one
+            # dense: every row of every array, rows of an array one by one
             dense_ops.append(min(self.hw.xbar.rows, m.rows))
-            # sgs-row: one row; sgs-element: one weight; topk: one operation per touched row
+            # sgs-row: one row (in each column tile); sgs-element: one weight; topk: one
+            # operation per touched row, one after another
             op.append(t.row_write if sel in ("sgs-row", "dense") else t.cell_write)
+            jobs.append(t.write_jobs)
         return (np.array(dense), np.array(dense_ops, dtype=np.int64),
-                np.array(op, dtype=np.int64))
+                np.array(op, dtype=np.int64), np.array(jobs, dtype=np.int64))
 
     def add(self, ops: np.ndarray, swaps: np.ndarray) -> None:
-        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays.
-
-        A layer's write is the last thing it does in an iteration and blocks nothing else, so
-        the iteration is simulated (simpy) once per distinct vector of ARS swaps with no writes;
-        each iteration's makespan is then max(that makespan, max over layers of the layer's write
-        start + its write time). Fine mode simulates every iteration's signature in full, one
-        event per gradient row and write operation (tests check both agree). Memory does not
-        grow with the number of iterations.
-        """
+        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays. Memory does
+        not grow with the number of iterations."""
         n = ops.shape[0]
         if n == 0:
             return
@@ -100,27 +110,54 @@ class Engine:
 
     def _add(self, ops: np.ndarray, swaps: np.ndarray, n: int) -> None:
         self.iterations += n
-        self._count_distinct(np.concatenate([ops, swaps], axis=1))
-        if swaps.any():
-            uniq, inverse = np.unique(swaps, axis=0, return_inverse=True)
-            groups = [(tuple(int(v) for v in u), inverse.ravel() == g)
-                      for g, u in enumerate(uniq)]
+        dense, dense_ops, _, _ = self._write_cost
+        ops = np.where(dense[None, :], dense_ops[None, :], ops)
+        sig = np.concatenate([ops, swaps], axis=1)
+        self._count_distinct(sig)
+        if (sig == sig[0]).all():
+            uniq, counts = sig[:1], np.array([n])
         else:
-            groups = [(tuple([0] * swaps.shape[1]), slice(None))]
-        dense, dense_ops, op = self._write_cost
-        for sw, rows in groups:
-            o = ops[rows]
-            if self.fine:
-                for row in o:
-                    self._accumulate(self._full(tuple(int(v) for v in row) + sw))
-                continue
-            base = self._base_result(sw)
-            t = np.where(dense[None, :], dense_ops[None, :], o) * op[None, :]
-            start = np.array(base.write_start, dtype=np.int64)
-            ends = np.maximum(base.cycles, (start[None, :] + t).max(axis=1))
-            self.total_cycles += int(ends.sum())
-            self.busy += self._busy_matrix(base) * o.shape[0]
-            self.busy[:, PHASES.index("write")] += t.sum(axis=0)
+            uniq, counts = np.unique(sig, axis=0, return_counts=True)
+        L = ops.shape[1]
+        for row, count in zip(uniq, counts):
+            key = tuple(int(v) for v in row)
+            cycles, spans = self._iteration(key[:L], key[L:])
+            self.total_cycles += cycles * int(count)
+            self.spans += spans * int(count)
+
+    def _iteration(self, ops: tuple[int, ...], swaps: tuple[int, ...]
+                   ) -> tuple[int, np.ndarray]:
+        key = ops + swaps
+        hit = self._writes.get(key)
+        if hit is not None:
+            return hit
+        base = self._phase_a(swaps)
+        _, _, op, jobs = self._write_cost
+        ops_a = np.array(ops, dtype=np.int64)
+        par = self.hw.write.parallel_arrays
+        if self.fine:
+            ws, we = simulate_writes(base.write_ready, jobs, ops_a, op, par)
+        else:
+            ws, we = schedule_writes(base.write_ready, jobs, ops_a * op, par)
+        spans = base.spans.copy()
+        spans[:, WRITE] = we - ws
+        cycles = max(base.cycles, int(we.max()))
+        if len(self._writes) >= MAX_DISTINCT:
+            self._writes.clear()
+        self._writes[key] = (cycles, spans)
+        return cycles, spans
+
+    def _phase_a(self, swaps: tuple[int, ...]) -> IterationResult:
+        if swaps not in self._base:
+            work = [LayerWork(timing=t, swaps=s) for t, s in zip(self.timings, swaps)]
+            e = self.hw.engine
+            res = simulate_iteration(work, self.reprogram_cycles, self.fine, e.pipeline,
+                                     self.hw.gradient.units, self.hw.gradient.storage)
+            self.events += res.events
+            if len(self._base) >= MAX_DISTINCT:
+                self._base.clear()
+            self._base[swaps] = res
+        return self._base[swaps]
 
     def _count_distinct(self, sig: np.ndarray) -> None:
         if self._seen is None:
@@ -131,54 +168,28 @@ class Engine:
         if len(self._seen) > MAX_DISTINCT:
             self._seen = None                 # too many to count; reported as null
 
-    def _busy_matrix(self, res: IterationResult) -> np.ndarray:
-        return np.array([[b[ph] for ph in PHASES] for b in res.busy], dtype=np.int64)
-
-    def _accumulate(self, res: IterationResult) -> None:
-        self.total_cycles += res.cycles
-        self.busy += self._busy_matrix(res)
-
-    def _work(self, key: tuple[int, ...], writes: bool = True) -> list[LayerWork]:
-        L = len(self.timings)
-        ops, swaps = key[:L], key[L:]
-        dense, dense_ops, op = self._write_cost
-        return [LayerWork(timing=t, rows=m.rows,
-                          write_ops=(int(dense_ops[i]) if dense[i] else ops[i]) if writes else 0,
-                          write_op_cycles=int(op[i]), swaps=swaps[i])
-                for i, (t, m) in enumerate(zip(self.timings, self.mapping.layers))]
-
-    def _base_result(self, swaps: tuple[int, ...]) -> IterationResult:
-        if swaps not in self._base:
-            key = tuple([0] * len(swaps)) + swaps
-            self._base[swaps] = simulate_iteration(self._work(key, writes=False),
-                                                   self.reprogram_cycles, False)
-            self.events += self._base[swaps].events
-        return self._base[swaps]
-
-    def _full(self, key: tuple[int, ...]) -> IterationResult:
-        if key not in self._cache:
-            res = simulate_iteration(self._work(key), self.reprogram_cycles, True)
-            self.events += res.events
-            if len(self._cache) >= MAX_DISTINCT:
-                self._cache.clear()
-            self._cache[key] = res
-        return self._cache[key]
+    def set_activity(self, activity: dict[str, float | None]) -> None:
+        """Input-bit activity measured during a live run (energy only; timing is unchanged)."""
+        layers = tuple(m if activity.get(m.name) is None
+                       else dataclasses.replace(m, activity=float(activity[m.name]))
+                       for m in self.mapping.layers)
+        self.mapping = dataclasses.replace(self.mapping, layers=layers)
 
     def execution(self) -> dict:
         """How the engine got there (depends on resumes; not a result): for report["run"]."""
-        return {"engine_simulated_iterations": len(self._base) + len(self._cache),
+        return {"engine_simulated_iterations": len(self._base),
                 "engine_events": self.events,
                 "engine_events_per_s": self.events / self.wall_s if self.wall_s > 0 else None}
 
     def state(self) -> dict:
         """Accumulated timing, for checkpoints."""
-        return {"total_cycles": self.total_cycles, "busy": self.busy.tolist(),
+        return {"total_cycles": self.total_cycles, "spans": self.spans.tolist(),
                 "iterations": self.iterations, "events": self.events,
                 "seen": None if self._seen is None else sorted(self._seen)}
 
     def load_state(self, st: dict) -> None:
         self.total_cycles = int(st["total_cycles"])
-        self.busy = np.array(st["busy"], dtype=np.int64)
+        self.spans = np.array(st["spans"], dtype=np.int64)
         self.iterations = int(st["iterations"])
         self.events = int(st["events"])
         self._seen = None if st["seen"] is None else set(st["seen"])
@@ -187,9 +198,9 @@ class Engine:
         """The report's ``cycles`` section (and ``seconds``)."""
         names = [m.name for m in self.mapping.layers]
         start = time.perf_counter()
-        by_layer_phase = {n: {ph: int(self.busy[i, j]) for j, ph in enumerate(PHASES)}
+        by_layer_phase = {n: {ph: int(self.spans[i, j]) for j, ph in enumerate(PHASES)}
                           for i, n in enumerate(names)}
-        by_phase = {ph: int(self.busy[:, j].sum()) for j, ph in enumerate(PHASES)}
+        by_phase = {ph: int(self.spans[:, j].sum()) for j, ph in enumerate(PHASES)}
         if not self.mapping.multiplexed:
             by_phase.pop("reprogram")
             for v in by_layer_phase.values():
@@ -204,5 +215,6 @@ class Engine:
             "by_layer_phase": by_layer_phase,
             "distinct_signatures": None if self._seen is None else len(self._seen),
             "mode": "fine" if self.fine else "fast",
+            "pipeline": self.hw.engine.pipeline,
             "clock_hz": self.hw.clock.frequency_hz,
         }

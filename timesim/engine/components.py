@@ -1,139 +1,173 @@
-"""simpy components of one layer of TIME (one class per component, ``env`` first).
+"""simpy components of the chip (one class per component, ``env`` first).
 
-Time is integer cycles. One event per operation: a layer's forward MVMs, a gradient row (fine
-mode) or all of a layer's rows (fast mode), a write, an ARS pass. Statistics are numpy-free
-integers per component; nothing grows with the number of iterations.
+Time is integer cycles. One event per operation: a wave's transfer stage or computation, a
+gradient row (fine mode) or all of a layer's rows, an ARS pass. Statistics are numpy arrays of
+fixed size; nothing grows with the number of iterations.
+
+Shared, chip-wide resources that processes queue on (``Chip``): the global buffer, the
+interconnect root, the DRAM interface, the weight-gradient units and (``writes``) the arrays that
+may be programmed at once. Per layer (``Crossbars``): the layer's arrays with their DACs, ADCs
+and shift-add, one capacity-1 resource (an MVM pass, a write and an ARS pass never overlap on
+the same arrays, and forward and backward share the ADCs).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import simpy
 
+from .costs import Transfer
+
 PHASES = ("forward", "backward", "gradient", "select", "write", "ars", "reprogram")
+PH = {p: i for i, p in enumerate(PHASES)}
+
+
+class Spans:
+    """First start and last end of each (layer, phase) in one iteration."""
+
+    def __init__(self, layers: int):
+        self.start = np.full((layers, len(PHASES)), np.iinfo(np.int64).max, dtype=np.int64)
+        self.end = np.full((layers, len(PHASES)), -1, dtype=np.int64)
+
+    def mark(self, layer: int, phase: str, start: int, end: int) -> None:
+        j = PH[phase]
+        if start < self.start[layer, j]:
+            self.start[layer, j] = start
+        if end > self.end[layer, j]:
+            self.end[layer, j] = end
+
+    def lengths(self) -> np.ndarray:
+        """Cycles from first start to last end; 0 where the phase did not happen."""
+        return np.where(self.end >= 0, self.end - self.start, 0)
+
+
+class Chip:
+    """The chip-wide resources every layer shares."""
+
+    def __init__(self, env: simpy.Environment, gradient_units: int):
+        self.env = env
+        self.global_buffer = simpy.Resource(env, capacity=1)
+        self.interconnect = simpy.Resource(env, capacity=1)
+        self.dram = simpy.Resource(env, capacity=1)
+        self.gradient = simpy.Resource(env, capacity=gradient_units)
+
+    def _hold(self, res: simpy.Resource, cycles: int):
+        if cycles <= 0:
+            return
+        with res.request() as req:
+            yield req
+            yield self.env.timeout(cycles)
+
+    def load(self, t: Transfer):
+        """Global buffer -> interconnect -> the layer's tile buffers (store and forward)."""
+        yield from self._hold(self.dram, t.dram)
+        yield from self._hold(self.global_buffer, t.global_buffer)
+        yield from self._hold(self.interconnect, t.interconnect)
+        if t.tile:
+            yield self.env.timeout(t.tile)
+
+    def store(self, t: Transfer):
+        """The layer's tile buffers -> interconnect -> global buffer (-> DRAM)."""
+        if t.tile:
+            yield self.env.timeout(t.tile)
+        yield from self._hold(self.interconnect, t.interconnect)
+        yield from self._hold(self.global_buffer, t.global_buffer)
+        yield from self._hold(self.dram, t.dram)
 
 
 class Crossbars:
-    """The crossbars holding one layer's weights: forward and backward MVMs, writes, ARS.
+    """The crossbars holding one layer's weights (all copies), with their converters."""
 
-    A capacity-1 resource: an MVM pass, a write and an ARS pass never overlap on the same arrays.
-    """
-
-    def __init__(self, env: simpy.Environment, name: str, busy: dict[str, int]):
+    def __init__(self, env: simpy.Environment, index: int, spans: Spans):
         self.env = env
-        self.name = name
+        self.index = index
         self.arrays = simpy.Resource(env, capacity=1)
-        self.busy = busy
+        self.spans = spans
 
-    def run(self, phase: str, cycles: int, after=()):
-        """Occupy the arrays for ``cycles`` once every event in ``after`` has happened."""
-        for ev in after:
-            yield ev
+    def run(self, phase: str, cycles: int):
+        """Occupy the arrays for ``cycles``."""
         if cycles <= 0:
             return
         with self.arrays.request() as req:
             yield req
+            t0 = int(self.env.now)
             yield self.env.timeout(cycles)
-            self.busy[phase] += cycles
-
-
-class ComparingElement:
-    """Comparator tree + global tracker (sgs), or a top-k unit (topk), fed row by row.
-
-    Rows arrive on a bounded store; each is compared while the next row is being produced
-    (the gradient row time already covers the tree's per-row passes, see costs.py), so the
-    selection is known ``drain`` cycles after the last row, or ``topk`` cycles after it.
-    """
-
-    def __init__(self, env: simpy.Environment, rows: int, drain: int, topk: int,
-                 busy: dict[str, int]):
-        self.env = env
-        self.rows = rows
-        self.drain = drain
-        self.topk = topk
-        self.busy = busy
-        self.inbox = simpy.Store(env, capacity=2)
-        self.done = env.event()
-        env.process(self._run())
-
-    def _run(self):
-        received = 0
-        while received < self.rows:
-            received += yield self.inbox.get()      # items are row counts
-        tail = self.drain + self.topk
-        if tail:
-            yield self.env.timeout(tail)
-            self.busy["select"] += tail
-        self.done.succeed()
+            self.spans.mark(self.index, phase, t0, int(self.env.now))
 
 
 class GradientUnit:
-    """Row-serial weight-gradient output: one row per step, all columns in parallel.
+    """Weight-gradient units, shared by all layers: a layer's gradient holds one unit from
+    its first wave to its last (the unit accumulates the batch's gradient of one layer)."""
 
-    ``fine``: one event per row into the CE's bounded store. Otherwise one event for the
-    whole matrix, then the CE learns all rows at once: identical cycle counts, fewer events.
+    def __init__(self, env: simpy.Environment, chip: Chip, index: int, spans: Spans):
+        self.env = env
+        self.chip = chip
+        self.index = index
+        self.spans = spans
+
+    def run(self, waves, ready):
+        """``ready[w]``: the event that wave w's output error is known."""
+        yield ready[0]
+        with self.chip.gradient.request() as req:
+            yield req
+            t0 = int(self.env.now)
+            for w, wave in enumerate(waves):
+                yield ready[w]
+                yield from self.chip.load(wave.wg_in)
+                if wave.wg_compute:
+                    yield self.env.timeout(wave.wg_compute)
+                yield from self.chip.store(wave.wg_store)
+            self.spans.mark(self.index, "gradient", t0, int(self.env.now))
+
+
+class ComparingElement:
+    """Residual accumulator + comparator tree + tracker (sgs) or top-k unit (topk), fed the
+    layer's gradient rows one by one once the batch's gradient is complete.
+
+    ``fine``: one event per row through a bounded store; otherwise one event for all rows
+    (identical cycles).
     """
 
-    def __init__(self, env: simpy.Environment, rows: int, row_cycles: int,
-                 ce: ComparingElement, busy: dict[str, int], fine: bool):
+    def __init__(self, env: simpy.Environment, index: int, rows: int, row_cycles: int,
+                 drain: int, topk: int, spans: Spans, fine: bool):
         self.env = env
+        self.index = index
         self.rows = rows
         self.row_cycles = row_cycles
-        self.ce = ce
-        self.busy = busy
+        self.tail = drain + topk
+        self.spans = spans
         self.fine = fine
 
     def run(self, after):
         yield after
-        if self.fine:
-            for _ in range(self.rows):
-                yield self.env.timeout(self.row_cycles)
-                self.busy["gradient"] += self.row_cycles
-                yield self.ce.inbox.put(1)
+        t0 = int(self.env.now)
+        if self.fine and self.row_cycles:
+            inbox = simpy.Store(self.env, capacity=2)
+            self.env.process(self._rows(inbox))
+            received = 0
+            while received < self.rows:
+                received += yield inbox.get()
         else:
-            total = self.rows * self.row_cycles
-            yield self.env.timeout(total)
-            self.busy["gradient"] += total
-            yield self.ce.inbox.put(self.rows)
+            yield self.env.timeout(self.rows * self.row_cycles)
+        if self.tail:
+            yield self.env.timeout(self.tail)
+        if int(self.env.now) > t0:
+            self.spans.mark(self.index, "select", t0, int(self.env.now))
 
-
-class WriteDriver:
-    """Programs the selected rows or cells once the selection is known and the arrays are free.
-
-    ``ops`` write operations of ``op_cycles`` each, one after another (fine mode: one event per
-    operation, fast mode: one event for all of them).
-    """
-
-    def __init__(self, env: simpy.Environment, crossbars: Crossbars, fine: bool):
-        self.env = env
-        self.crossbars = crossbars
-        self.fine = fine
-        self.start = -1                 # cycle at which programming could begin
-
-    def run(self, ops: int, op_cycles: int, after):
-        for ev in after:
-            yield ev
-        with self.crossbars.arrays.request() as req:
-            yield req
-            self.start = int(self.env.now)
-            if ops <= 0 or op_cycles <= 0:
-                return
-            if self.fine:
-                for _ in range(ops):
-                    yield self.env.timeout(op_cycles)
-            else:
-                yield self.env.timeout(ops * op_cycles)
-            self.crossbars.busy["write"] += ops * op_cycles
+    def _rows(self, inbox: simpy.Store):
+        for _ in range(self.rows):
+            yield self.env.timeout(self.row_cycles)
+            yield inbox.put(1)
 
 
 class ArsController:
     """Aging-aware row swapping at the start of an iteration: per swap, read two rows and
     rewrite them (paper Sec. 4.2), one swap after another on the layer's arrays."""
 
-    def __init__(self, env: simpy.Environment, crossbars: Crossbars, row_read: int,
-                 row_write: int):
-        self.env = env
+    def __init__(self, crossbars: Crossbars, row_read: int, row_write: int):
         self.crossbars = crossbars
         self.per_swap = 2 * row_read + 2 * row_write
 
-    def run(self, swaps: int, after=()):
-        yield from self.crossbars.run("ars", swaps * self.per_swap, after)
+    def run(self, swaps: int, after):
+        yield after
+        yield from self.crossbars.run("ars", swaps * self.per_swap)

@@ -2,8 +2,14 @@
 
 Latencies are integer cycles (⌈seconds × clock⌉ per primitive); energies are joules per action.
 Formulas and their sources are in docs/architecture.md; this module is the only place that turns
-hwconfig numbers into per-action costs, so every reported number can be checked by hand against
-``actions.csv``.
+hwconfig numbers into per-action costs and per-layer work, so every reported number can be
+checked by hand against ``actions.csv``.
+
+The chip is a hierarchy (NeuroSim V2.1, ISAAC): crossbars with their DACs, ADCs and shift-add
+form tiles of ``chip.xbars_per_tile`` crossbars; each tile has a buffer, activation and pooling
+units and a port on the inter-tile network; the network's root is the global buffer, next to the
+weight-gradient unit(s) and the DRAM interface. A layer's copies occupy whole tiles
+(``LayerMapping.chip_tiles``).
 """
 
 from __future__ import annotations
@@ -24,36 +30,81 @@ def log2_ceil(n: int) -> int:
     return max(0, math.ceil(math.log2(n))) if n > 1 else 0
 
 
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 # (component, action) -> what one action is
 ACTIONS = {
-    ("crossbar", "cell_read"): "one cell read during a forward/backward MVM input slice",
-    ("gradient", "mac"): "one multiply-accumulate in the weight-gradient unit",
+    ("crossbar", "cell_read"): "one cell read whose input bit is 1 (forward/backward MVM slice)",
     ("dac", "conversion"): "one DAC conversion of one input slice on one line",
     ("adc", "conversion"): "one ADC conversion of one column (or row) output",
+    ("accumulation", "add"): "one shift-add or partial-sum addition",
+    ("activation", "op"): "one output activated (ReLU)",
+    ("pooling", "op"): "one input compared in max-pooling",
+    ("buffer", "read_byte"): "one byte read from a tile buffer",
+    ("buffer", "write_byte"): "one byte written to a tile buffer",
+    ("global_buffer", "read_byte"): "one byte read from the global buffer",
+    ("global_buffer", "write_byte"): "one byte written to the global buffer",
+    ("interconnect", "bit"): "one bit moved between the global buffer and a tile",
+    ("dram", "bit"): "one bit moved to or from off-chip DRAM",
+    ("gradient", "mac"): "one multiply-accumulate in the weight-gradient unit",
     ("ce", "compare"): "one magnitude comparison in the comparator tree or top-k unit",
-    ("write", "cell_pulse"): "one programming pulse on one physical cell",
+    ("write", "cell_pulse"): "one programming pulse on one physical cell (every copy)",
     ("write", "verify_read"): "one read-verify of one physical cell",
     ("counters", "update"): "one row write-counter increment",
     ("write", "ars_rewrite_pulse"): "one programming pulse rewriting a row swapped by ARS",
     ("ars", "cell_read"): "one cell read while swapping rows",
-    ("buffer", "read_byte"): "one byte read from the on-chip buffer",
-    ("buffer", "write_byte"): "one byte written to the on-chip buffer",
     ("multiplex", "cell_pulse"): "one pulse reprogramming a time-multiplexed crossbar",
 }
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Cycles one transfer holds each stage: the layer's tile buffers (its own), then the
+    global buffer and the interconnect (shared chip-wide, simpy resources)."""
+
+    tile: int = 0
+    global_buffer: int = 0
+    interconnect: int = 0
+    dram: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.tile + self.global_buffer + self.interconnect + self.dram
+
+
+@dataclass(frozen=True)
+class WaveCost:
+    """Cycles of one wave (``images`` samples of the batch) of one layer."""
+
+    images: int
+    fw_in: Transfer
+    fw_compute: int
+    fw_out: Transfer
+    bw_in: Transfer
+    bw_compute: int
+    bw_out: Transfer
+    wg_in: Transfer
+    wg_compute: int
+    wg_store: Transfer
 
 
 @dataclass(frozen=True)
 class LayerTiming:
     """Cycle counts of one layer's operations (see docs/architecture.md)."""
 
-    mvm: int                 # one input vector through the layer (forward or backward)
-    grad_row: int            # one gradient row out of the gradient unit, incl. CE and buffer
+    waves: tuple[WaveCost, ...]
+    mvm: int                 # one input vector through one copy (forward)
+    mvm_t: int               # one error vector through Wᵀ (backward)
+    select_row: int          # one gradient row through the accumulator and CE
     select_drain: int        # CE pipeline drain after the last row (sgs) or 0
     topk_select: int         # top-k unit cycles for the whole layer (topk only)
-    row_write: int           # program one row (all its cells, tiles in parallel)
-    cell_write: int          # program one weight (its cells in one tile)
+    row_write: int           # program one row of one crossbar (all its cells)
+    cell_write: int          # program one weight (its cells in one crossbar)
     row_read: int            # read one row out (ARS)
-    vectors: int             # input vectors per iteration
+    write_jobs: int          # crossbars programmed per write operation group
+    rows: int
 
 
 class CostTable:
@@ -68,49 +119,121 @@ class CostTable:
         self.dac = cycles(hw.dac.latency_s, f)
         self.pulse = cycles(hw.write.pulse_latency_s, f)
         self.compare = max(1, cycles(hw.ce.compare_latency_s, f))
+        self.add = cycles(hw.accumulation.add_latency_s, f)
+        self.hop = cycles(hw.interconnect.hop_latency_s, f)
         self.slices_in = math.ceil(hw.dac.input_bits / hw.dac.bits)
+        self.input_bits = hw.dac.input_bits
         self.input_bytes = math.ceil(hw.dac.input_bits / 8)
         self.acc_bytes = math.ceil(hw.buffer.accumulator_bits / 8)
+        self.chip_tiles = max(1, hw.chip.crossbars // hw.chip.xbars_per_tile)
+        self.hops = max(1, log2_ceil(self.chip_tiles))
         x, w = hw.xbar, hw.write
         self.energy = {
             ("crossbar", "cell_read"): x.read_energy_j,
-            ("gradient", "mac"): hw.gradient.mac_energy_j,
             ("dac", "conversion"): hw.dac.energy_j,
             ("adc", "conversion"): hw.adc.energy_j,
+            ("accumulation", "add"): hw.accumulation.add_energy_j,
+            ("activation", "op"): hw.activation.energy_j,
+            ("pooling", "op"): hw.pooling.energy_j,
+            ("buffer", "read_byte"): hw.buffer.read_energy_j,
+            ("buffer", "write_byte"): hw.buffer.write_energy_j,
+            ("global_buffer", "read_byte"): hw.global_buffer.read_energy_j,
+            ("global_buffer", "write_byte"): hw.global_buffer.write_energy_j,
+            ("interconnect", "bit"): hw.interconnect.energy_per_bit_j,
+            ("dram", "bit"): hw.dram.energy_per_bit_j,
+            ("gradient", "mac"): hw.gradient.mac_energy_j,
             ("ce", "compare"): hw.ce.compare_energy_j,
             ("write", "cell_pulse"): w.pulse_energy_j,
             ("write", "verify_read"): x.read_energy_j,
             ("counters", "update"): hw.ce.counter_energy_j,
             ("write", "ars_rewrite_pulse"): w.pulse_energy_j,
             ("ars", "cell_read"): x.read_energy_j,
-            ("buffer", "read_byte"): hw.buffer.read_energy_j,
-            ("buffer", "write_byte"): hw.buffer.write_energy_j,
             ("multiplex", "cell_pulse"): w.pulse_energy_j,
         }
         # one input slice: DAC drive, array read, then the columns sharing an ADC one by one
         self.slice_cycles = self.dac + self.read + hw.adc.cols_per_adc * self.adc
-        self.row_write_group = w.phases * self.pulse
+        # a written cell takes pulses_per_phase pulses in the phase of its direction (SET or
+        # RESET); a row runs every phase, since its cells move both ways
+        self.pulses_per_cell = w.pulses_per_phase
+        self.row_write_group = w.phases * w.pulses_per_phase * self.pulse
         self.verify = w.verify_reads * self.read
 
+    # -- data volumes per sample (bits), NeuroSim V2.1's counting (Chip.cpp) --------------------
+
+    def bits_in(self, m: LayerMapping) -> int:
+        """Input activations of one sample: each input row is fetched once per kernel row
+        (a conv's window slides down reusing kh − 1 rows, as NeuroSim counts)."""
+        return cdiv(m.rows * self.input_bits * m.positions, m.kernel_rows)
+
+    def bits_out(self, m: LayerMapping) -> int:
+        """Output activations of one sample, after pooling."""
+        return cdiv(m.cols * self.input_bits * m.positions, m.pool)
+
+    def gradient_bits(self, m: LayerMapping) -> int:
+        """Weight-gradient traffic of one sample with ``gradient.storage: dram``: the layer's
+        partial gradient goes to DRAM and comes back to be accumulated (NeuroSim V2.1)."""
+        if self.hw.gradient.storage != "dram":
+            return 0
+        return 2 * m.rows * m.cols * self.hw.gradient.bits
+
+    def transfer(self, m: LayerMapping, bits: int, tile: bool = True) -> Transfer:
+        """``bits`` between the global buffer and the layer's tiles (or, ``tile=False``, the
+        global buffer and the weight-gradient unit next to it)."""
+        if bits <= 0:
+            return Transfer()
+        hw = self.hw
+        t = max(1, m.chip_tiles)
+        gb = cdiv(bits, hw.global_buffer.bits_per_cycle)
+        if not tile:
+            return Transfer(global_buffer=gb)
+        tb = cdiv(2 * bits, 8 * hw.buffer.bytes_per_cycle * t)     # written, then read
+        ic = cdiv(bits, hw.interconnect.bits_per_cycle * t) + self.hops * self.hop
+        return Transfer(tile=tb, global_buffer=gb, interconnect=ic)
+
+    # -- per-layer timing ---------------------------------------------------------------------
+
     def mvm_cycles(self, row_blocks: int) -> int:
-        """One input vector: every input slice, then the adder tree over the row blocks."""
-        return self.slices_in * self.slice_cycles + 1 + log2_ceil(row_blocks)
+        """One input vector: every input slice, then the shift-add and the adder tree over the
+        row blocks (pipelined: one stage per add latency)."""
+        return self.slices_in * self.slice_cycles + self.add * (1 + log2_ceil(row_blocks))
 
-    def grad_row_cycles(self, m: LayerMapping) -> int:
-        """One gradient row: all columns in parallel, each accumulating batch × positions
-        products, ``gradient.lanes`` per cycle (NeuroSim V2.1's separate gradient arrays)."""
-        return math.ceil(m.vectors / self.hw.gradient.lanes)
+    def _activation(self, m: LayerMapping, vectors: int) -> int:
+        t = max(1, m.chip_tiles)
+        c = cdiv(vectors * m.cols, self.hw.activation.values_per_cycle * t)
+        if m.pool > 1:
+            c += cdiv(vectors * m.cols, self.hw.pooling.values_per_cycle * t)
+        return c
 
-    def layer(self, m: LayerMapping, selection: str, k: int) -> LayerTiming:
+    def wave(self, m: LayerMapping, images: int, mvm: int, mvm_t: int) -> WaveCost:
+        hw = self.hw
+        v = m.positions * images
+        per_copy = cdiv(v, m.copies)
+        bi, bo = self.bits_in(m) * images, self.bits_out(m) * images
+        g = self.gradient_bits(m) * images
+        store = Transfer()
+        if g:
+            store = Transfer(global_buffer=cdiv(g, hw.global_buffer.bits_per_cycle),
+                             dram=cdiv(g, hw.dram.bits_per_cycle))
+        return WaveCost(
+            images=images,
+            fw_in=self.transfer(m, bi), fw_compute=per_copy * mvm + self._activation(m, v),
+            fw_out=self.transfer(m, bo),
+            bw_in=self.transfer(m, bo), bw_compute=per_copy * mvm_t,
+            bw_out=self.transfer(m, bi),
+            wg_in=self.transfer(m, bi + bo, tile=False),
+            wg_compute=cdiv(m.rows * m.cols * v, hw.gradient.macs_per_cycle),
+            wg_store=store)
+
+    def layer(self, m: LayerMapping, selection: str, k: int, batch: int) -> LayerTiming:
         hw = self.hw
         n_cols = m.cols
-        grad_mvm = self.grad_row_cycles(m)
         # the CE tree takes tree_width values per compare step; a wider row needs several passes
         ce_passes = math.ceil(n_cols / hw.ce.tree_width) * self.compare
         accumulates = selection != "dense"
+        # SGS and top-k read the residual row, add the gradient row and write it back
         buffer_rw = (math.ceil(2 * n_cols * self.acc_bytes / hw.buffer.bytes_per_cycle)
                      if accumulates else 0)
-        grad_row = max(grad_mvm, ce_passes if selection != "dense" else 0, buffer_rw)
+        select_row = max(ce_passes, buffer_rw) if accumulates else 0
         tree = log2_ceil(min(n_cols, hw.ce.tree_width)) + 1
         drain = tree * self.compare if selection in ("sgs-row", "sgs-element") else 0
         topk = 0
@@ -122,6 +245,18 @@ class CostTable:
         cell_write = (math.ceil(m.cells_per_weight / hw.write.drivers_per_xbar)
                       * self.row_write_group + self.verify)
         row_read = self.read + hw.adc.cols_per_adc * self.adc
-        return LayerTiming(mvm=self.mvm_cycles(m.row_blocks), grad_row=grad_row,
-                           select_drain=drain, topk_select=topk, row_write=row_write,
-                           cell_write=cell_write, row_read=row_read, vectors=m.vectors)
+        mvm = self.mvm_cycles(m.row_blocks)
+        mvm_t = self.mvm_cycles(m.col_tiles)
+        jobs = {"dense": m.tiles, "sgs-row": m.col_tiles}.get(selection, 1)
+        return LayerTiming(
+            waves=tuple(self.wave(m, b, mvm, mvm_t) for b in wave_sizes(batch, hw.engine.waves)),
+            mvm=mvm, mvm_t=mvm_t, select_row=select_row, select_drain=drain, topk_select=topk,
+            row_write=row_write, cell_write=cell_write, row_read=row_read, write_jobs=jobs,
+            rows=m.rows)
+
+
+def wave_sizes(batch: int, waves: int) -> list[int]:
+    """The batch split into ``waves`` near-equal groups of samples (larger groups first)."""
+    w = max(1, min(waves, batch))
+    q, r = divmod(batch, w)
+    return [q + (1 if i < r else 0) for i in range(w)]

@@ -1,98 +1,224 @@
-"""One training iteration on TIME as a simpy process network (DESIGN §1, paper Sec. 4).
+"""One training iteration on the chip as a simpy process network (DESIGN §1, paper Sec. 4).
 
-Order and overlap:
+The batch moves in ``engine.waves`` waves. Order and overlap:
 1. reprogramming of time-multiplexed crossbars (only when the network does not fit), then
    ARS on every layer whose controller swaps this iteration (start of the iteration, Sec. 4);
-2. forward MVMs layer by layer (layer l waits for layer l−1 and for its own ARS);
-3. backward MVMs in reverse (layer l propagates the error to layer l−1; layer 0 does not);
-4. each layer's gradient rows stream out as soon as its output error is known, overlapping the
-   backward pass of the earlier layers; its CE selects while the rows stream;
-5. each layer writes once its selection is known and its crossbars are free (its backward MVMs
-   are done). The iteration ends when the last write ends.
+2. forward, layer by layer: a wave is loaded from the global buffer over the interconnect into
+   the layer's tile buffers, computed on the layer's crossbars (copies in parallel), activated,
+   pooled and stored back. ``engine.pipeline: none`` (NeuroSim V2.1's layer-by-layer mode): a
+   layer starts once the previous layer finished every wave; ``layer`` (PipeLayer, ISAAC): a
+   layer starts a wave as soon as the previous layer stored it, through a bounded buffer of two
+   waves between layers;
+3. backward (activation gradient) in reverse order, the same way, through Wᵀ; layer 0 does not
+   propagate an error;
+4. weight gradient, per wave, on a shared weight-gradient unit, as soon as the layer's output
+   error of that wave is known (``gradient.storage: sram``), or, with ``dram``, after the whole
+   backward pass (NeuroSim V2.1 brings activations and errors back from DRAM); with ``dram``
+   every wave's partial gradient goes to DRAM and back;
+5. selection: the layer's gradient rows stream through the residual accumulator and the CE;
+6. writes (``schedule_writes``): once a layer's selection is known and its crossbars are free,
+   its arrays are programmed, at most ``write.parallel_arrays`` chip-wide at a time. Writes are
+   the last thing a layer does and block nothing else in the iteration, so steps 1-5 are
+   simulated once per distinct vector of ARS swaps and the writes are scheduled after.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import simpy
 
 from .components import (
     PHASES,
     ArsController,
+    Chip,
     ComparingElement,
     Crossbars,
     GradientUnit,
-    WriteDriver,
+    Spans,
 )
 from .costs import LayerTiming
+
+WRITE = PHASES.index("write")
 
 
 @dataclass(frozen=True)
 class LayerWork:
-    """What one layer does in one iteration: timing plus this iteration's write signature."""
+    """What one layer does in one iteration: timing plus this iteration's ARS swaps."""
 
     timing: LayerTiming
-    rows: int
-    write_ops: int          # rows (or cells) programmed one after another
-    write_op_cycles: int
     swaps: int
 
 
 @dataclass(frozen=True)
 class IterationResult:
-    cycles: int                              # makespan of the iteration
-    busy: tuple[dict[str, int], ...]         # per layer: cycles each phase kept its unit busy
-    events: int                              # simpy events scheduled
-    write_start: tuple[int, ...]             # per layer: cycle its write could begin
+    cycles: int                      # end of everything but the writes
+    spans: np.ndarray                # (layers, phases) cycles from first start to last end
+    events: int                      # simpy events scheduled
+    write_ready: tuple[int, ...]     # per layer: cycle its writes may begin
 
 
-def simulate_iteration(layers: list[LayerWork], reprogram_cycles: int = 0,
-                       fine: bool = False) -> IterationResult:
+def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
+                       fine: bool = False, pipeline: str = "none", gradient_units: int = 1,
+                       storage: str = "sram") -> IterationResult:
     env = simpy.Environment()
-    busy = [dict.fromkeys(PHASES, 0) for _ in layers]
-    xbars = [Crossbars(env, f"layer{i}", busy[i]) for i in range(len(layers))]
+    L = len(layers)
+    spans = Spans(L)
+    chip = Chip(env, gradient_units)
+    xbars = [Crossbars(env, i, spans) for i in range(L)]
+    W = len(layers[0].timing.waves)
+    cap = 2 if pipeline == "layer" else W
     start = env.event()
+
+    def reprogram():
+        yield env.timeout(reprogram_cycles)
+        spans.mark(0, "reprogram", 0, int(env.now))
+        start.succeed()
+
     if reprogram_cycles:
-        def reprogram():
-            yield env.timeout(reprogram_cycles)
-            busy[0]["reprogram"] += reprogram_cycles
-            start.succeed()
         env.process(reprogram())
     else:
         start.succeed()
+    ars_done = [env.process(ArsController(xb, w.timing.row_read, w.timing.row_write)
+                            .run(w.swaps, start)) for xb, w in zip(xbars, layers)]
 
-    ars_done = [env.process(ArsController(env, xb, w.timing.row_read, w.timing.row_write)
-                            .run(w.swaps, (start,)))
-                for xb, w in zip(xbars, layers)]
-    fwd = []
-    prev = start
-    for i, (xb, w) in enumerate(zip(xbars, layers)):
-        ev = env.process(xb.run("forward", w.timing.vectors * w.timing.mvm,
-                                (prev, ars_done[i])))
-        fwd.append(ev)
-        prev = ev
-    delta_ready = fwd[-1]                       # the loss gives the last layer's error
-    writes = []
-    drivers = []
-    for i in range(len(layers) - 1, -1, -1):
-        w, xb = layers[i], xbars[i]
-        ce = ComparingElement(env, w.rows, w.timing.select_drain, w.timing.topk_select, busy[i])
-        gu = GradientUnit(env, w.rows, w.timing.grad_row, ce, busy[i], fine)
-        env.process(gu.run(delta_ready))
-        if i > 0:
-            bwd = env.process(xb.run("backward", w.timing.vectors * w.timing.mvm,
-                                     (delta_ready,)))
-        else:
-            bwd = delta_ready
-        driver = WriteDriver(env, xb, fine)
-        drivers.append(driver)
-        writes.append(env.process(driver.run(w.write_ops, w.write_op_cycles, (ce.done, bwd))))
-        delta_ready = bwd
-    done = simpy.AllOf(env, writes)
-    env.run(until=done)
+    def stage(i: int, phase: str, inbox, outbox, after, waves, events=None):
+        """Layer i's forward or backward: take each wave from ``inbox`` (all of them first
+        without pipelining), load, compute, store, hand the wave on."""
+        yield after
+        if pipeline != "layer" and inbox is not None:
+            for _ in range(W):
+                yield inbox.get()
+        for w, wave in enumerate(waves):
+            if pipeline == "layer" and inbox is not None:
+                yield inbox.get()
+            t0 = int(env.now)
+            lin, comp, lout = wave
+            yield from chip.load(lin)
+            yield from xbars[i].run(phase, comp)
+            yield from chip.store(lout)
+            spans.mark(i, phase, t0, int(env.now))
+            if outbox is not None:
+                yield outbox.put(w)
+            if events is not None:
+                events[w].succeed()
+
+    # forward: store f[i] feeds layer i (none for layer 0)
+    fstore = [simpy.Store(env, capacity=cap) for _ in range(L)]
+    # error of wave w at the output of layer i is known: err[i][w]
+    err = [[env.event() for _ in range(W)] for _ in range(L)]
+    bstore = [simpy.Store(env, capacity=cap) for _ in range(L)]
+    fwd_done = []
+    for i, w in enumerate(layers):
+        waves = [(x.fw_in, x.fw_compute, x.fw_out) for x in w.timing.waves]
+        last = i == L - 1
+        outbox = (bstore[i] if i > 0 else None) if last else fstore[i + 1]
+        fwd_done.append(env.process(stage(
+            i, "forward", fstore[i] if i > 0 else None, outbox, ars_done[i], waves,
+            err[i] if last else None)))
+    bwd_done = [None] * L
+    for i in range(L - 1, 0, -1):
+        waves = [(x.bw_in, x.bw_compute, x.bw_out) for x in layers[i].timing.waves]
+        bwd_done[i] = env.process(stage(
+            i, "backward", bstore[i], bstore[i - 1] if i > 1 else None, ars_done[i], waves,
+            err[i - 1]))
+    everything_back = simpy.AllOf(env, [fwd_done[-1]] + [b for b in bwd_done if b is not None])
+
+    def gradient(i: int):
+        if storage == "dram":
+            yield everything_back
+        yield from GradientUnit(env, chip, i, spans).run(layers[i].timing.waves, err[i])
+
+    ready = []
+    for i, w in enumerate(layers):
+        t = w.timing
+        grad = env.process(gradient(i))
+        ce = ComparingElement(env, i, t.rows, t.select_row, t.select_drain, t.topk_select,
+                              spans, fine)
+        sel = env.process(ce.run(grad))
+        free = bwd_done[i] if bwd_done[i] is not None else fwd_done[i]
+        ready.append(simpy.AllOf(env, [sel, free]))
+    write_ready = [0] * L
+
+    def watch(i: int, ev):
+        yield ev
+        write_ready[i] = int(env.now)
+
+    for i, ev in enumerate(ready):
+        env.process(watch(i, ev))
+    env.run(until=simpy.AllOf(env, ready))
     # simpy numbers every scheduled event from one counter; its next value is the event count
     events = next(env._eid)
-    starts = tuple(d.start for d in reversed(drivers))
-    return IterationResult(cycles=int(env.now), busy=tuple(busy), events=events,
-                           write_start=starts)
+    return IterationResult(cycles=int(env.now), spans=spans.lengths(), events=events,
+                           write_ready=tuple(write_ready))
+
+
+def schedule_writes(ready: Sequence[int], jobs: Sequence[int], durations: Sequence[int],
+                    parallel: int) -> tuple[np.ndarray, np.ndarray]:
+    """List-schedule each layer's ``jobs[l]`` array writes of ``durations[l]`` cycles, released
+    at ``ready[l]``, on ``parallel`` write slots, first come first served (ties: lower layer
+    first): what a simpy Resource of that capacity does (``simulate_writes``). Returns per layer
+    (first start, last end); a layer with nothing to write has start = end = ready."""
+    L = len(ready)
+    start = np.array(ready, dtype=np.int64)
+    end = np.array(ready, dtype=np.int64)
+    slots = [0] * parallel
+    for l in sorted(range(L), key=lambda l: (ready[l], l)):
+        n, d, r = int(jobs[l]), int(durations[l]), int(ready[l])
+        if n <= 0 or d <= 0:
+            continue
+        first = None
+        last = r
+        if n >= parallel and all(s <= r for s in slots):
+            # all slots free at release: full rounds of ``parallel`` jobs back to back
+            rounds, rest = divmod(n, parallel)
+            first = r
+            if rest:
+                slots = [r + (rounds + 1) * d] * rest + [r + rounds * d] * (parallel - rest)
+            else:
+                slots = [r + rounds * d] * parallel
+            heapq.heapify(slots)
+            last = max(slots)
+        else:
+            for _ in range(n):
+                s = max(heapq.heappop(slots), r)
+                heapq.heappush(slots, s + d)
+                first = s if first is None else first
+                last = max(last, s + d)
+        start[l], end[l] = first, last
+    return start, end
+
+
+def simulate_writes(ready: Sequence[int], jobs: Sequence[int], ops: Sequence[int],
+                    op_cycles: Sequence[int], parallel: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same schedule as ``schedule_writes`` in simpy, one event per write operation: each
+    array write requests one of ``parallel`` slots of a chip-wide Resource (fine mode)."""
+    env = simpy.Environment()
+    slots = simpy.Resource(env, capacity=parallel)
+    L = len(ready)
+    start = np.array(ready, dtype=np.int64)
+    end = np.array(ready, dtype=np.int64)
+    first = [None] * L
+
+    def job(l: int):
+        yield env.timeout(int(ready[l]))
+        with slots.request() as req:
+            yield req
+            if first[l] is None:
+                first[l] = int(env.now)
+            for _ in range(int(ops[l])):
+                yield env.timeout(int(op_cycles[l]))
+            end[l] = max(end[l], int(env.now))
+
+    for l in sorted(range(L), key=lambda l: (ready[l], l)):
+        if jobs[l] > 0 and ops[l] * op_cycles[l] > 0:
+            for _ in range(int(jobs[l])):
+                env.process(job(l))
+    env.run()
+    for l in range(L):
+        if first[l] is not None:
+            start[l] = first[l]
+    return start, end

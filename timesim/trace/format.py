@@ -41,6 +41,8 @@ class LayerInfo:
     output_hw: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
     padding: tuple[int, int] | None = None
+    input_activity: float | None = None     # fraction of input bits that are 1 (optional)
+    pool: tuple[int, int] | None = None     # pooling window after the layer (optional)
 
     @property
     def cells(self) -> int:
@@ -136,6 +138,9 @@ def _layer(raw: Any, where: str) -> LayerInfo:
             raise TraceError(f"{where}: rows x cols = {rows} x {cols} does not match "
                              f"in_channels*kh*kw x out_channels = "
                              f"{geo['in_channels'] * kh * kw} x {geo['out_channels']}")
+        if raw.get("output_hw") is None:
+            raise TraceError(f"{where}.output_hw: missing (required for conv2d: the number of "
+                             f"output positions sets the layer's input vectors)")
         for key, lo in (("input_hw", 1), ("output_hw", 1), ("stride", 1), ("padding", 0)):
             if raw.get(key) is not None:
                 geo[key] = _pair(raw[key], f"{where}.{key}", lo)
@@ -143,6 +148,13 @@ def _layer(raw: Any, where: str) -> LayerInfo:
         for key in ("input_hw", "output_hw"):
             if raw.get(key) is not None:
                 geo[key] = _pair(raw[key], f"{where}.{key}", 1)
+    if raw.get("pool") is not None:
+        geo["pool"] = _pair(raw["pool"], f"{where}.pool", 1)
+    act = raw.get("input_activity")
+    if act is not None:
+        if isinstance(act, bool) or not isinstance(act, (int, float)) or not 0 <= act <= 1:
+            raise TraceError(f"{where}.input_activity: must be a fraction in [0, 1], got {act!r}")
+        geo["input_activity"] = float(act)
     return LayerInfo(name=name, kind=kind, rows=rows, cols=cols, **geo)
 
 
