@@ -87,16 +87,33 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _print_phases(r: dict, indent: int = 10) -> None:
+    """Per phase: cycles the layers spent in it and its energy, per iteration; chip area."""
+    c, e, T = r["cycles"], r["energy_j"], max(1, r["iterations"])
+    f = r["hwconfig"]["clock"]["frequency_hz"]
+    parts = [f"{ph} {c['by_phase'][ph] / T / f:.3g} s / {e['by_phase'][ph] / T:.3g} J"
+             for ph in c["by_phase"] if c["by_phase"][ph] or e["by_phase"].get(ph)]
+    print(f"{'phases':<{indent}}" + ", ".join(parts) + "  (per iteration)")
+    a = r.get("area_mm2")
+    if a:
+        top = max(a["by_component"], key=a["by_component"].get)
+        print(f"{'area':<{indent}}{a['total']:.4g} mm2 ({top} "
+              f"{a['by_component'][top] / a['total']:.0%})")
+
+
 def _print_estimate(r: dict, out: Path) -> None:
     c, e = r["cycles"], r["energy_j"]
     print(f"trace     {r['trace']['path']}  ({r['trace']['model']}, timing only, "
           f"{len(r['trace']['layers'])} layers)")
+    print(f"chip      {r['hwconfig']['name']}  {r['hwconfig']['xbar']['rows']}x"
+          f"{r['hwconfig']['xbar']['cols']} crossbars, pipeline {c['pipeline']}")
     print(f"policy    {r['policy']['selection']} + {r['policy']['wear_leveling']}")
     print(f"time      {c['per_iteration']:.4g} cycles per iteration "
           f"({c['per_iteration'] / r['hwconfig']['clock']['frequency_hz']:.4g} s)")
     print(f"energy    {e['total'] / r['iterations']:.4g} J per iteration")
+    _print_phases(r)
     print(f"note      {r['estimate']['assumptions']}")
-    print(f"wrote     {out}/report.json")
+    print(f"wrote     {out}/report.json, actions.csv")
 
 
 def _print_summary(r: dict, out: Path) -> None:
@@ -127,6 +144,7 @@ def _print_summary(r: dict, out: Path) -> None:
     print(f"energy                   {e['total'] / r['iterations']:.4g} J per iteration "
           f"({top} {e['by_component'][top] / e['total']:.0%}); ARS overhead "
           f"{e['ars_overhead'] / e['total']:.2%}")
+    _print_phases(r, 25)
     if p["wear_leveling"] != "none" and p["interval"] >= r["iterations"]:
         print(f"note: ARS interval {p['interval']} >= {r['iterations']} iterations, so no swap "
               f"could happen; try --trace 'synth:resnet20?iterations=16000'")
@@ -251,6 +269,20 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_hwconfigs(args) -> int:
+    from .config import bundled_hwconfig, presets
+
+    if args.show:
+        print(bundled_hwconfig(args.show).read_text(), end="")
+        return 0
+    for name in presets():
+        text = bundled_hwconfig(name).read_text().splitlines()
+        about = next((l.lstrip("# ").rstrip() for l in text if l.startswith("#")), "")
+        print(f"{name:<22}{about}")
+    print("use one with --hw NAME; print one with timesim hwconfigs --show NAME")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -268,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="simulate a trace on a chip and write a run folder")
-    run.add_argument("--hw", help="hwconfig YAML (default: the bundled TIME chip)")
+    run.add_argument("--hw", help="hwconfig YAML or a preset's name (timesim hwconfigs; "
+                                  "default: the bundled TIME chip)")
     run.add_argument("--trace", help="trace directory or synth:MODEL?iterations=N&seed=S "
                                      "(default: the bundled example trace)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -286,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="run a grid of hwconfig settings, in parallel")
-    sw.add_argument("--hw", help="hwconfig YAML (default: the bundled TIME chip)")
+    sw.add_argument("--hw", help="hwconfig YAML or a preset's name (default: the bundled "
+                                 "TIME chip)")
     sw.add_argument("--trace", required=True, help="trace directory or synth:MODEL?...")
     sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                     help="a swept hwconfig key and its values (repeatable: a full grid)")
@@ -332,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     seal = tsub.add_parser("seal", help="keep the complete chunks of an interrupted recording")
     seal.add_argument("trace")
     seal.set_defaults(func=cmd_trace_seal)
+
+    hwc = sub.add_parser("hwconfigs", help="list the bundled chips (presets for --hw NAME)")
+    hwc.add_argument("--show", metavar="NAME", help="print one preset's YAML")
+    hwc.set_defaults(func=cmd_hwconfigs)
 
     bench = sub.add_parser("bench", help="kernel throughput against same-run baselines")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")

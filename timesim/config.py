@@ -180,6 +180,8 @@ class Dram:
 class Accumulation:
     add_latency_s: float = _f("time", "nonneg", doc="one adder stage (shift-add, adder tree)")
     add_energy_j: float = _f("energy", "nonneg", doc="one addition of a partial sum")
+    bits: int = _f("int", "pos", doc="width of a layer's outputs as the crossbars' shift-add "
+                   "writes them to the tile buffer, before activation and pooling")
     area_m2: float = _f("area", "nonneg", doc="the shift-add of one ADC")
 
 

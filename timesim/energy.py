@@ -45,13 +45,13 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
         a["forward", "accumulation", "add"] = T * V * (S * PC * RB + PC * (RB - 1))
         a["forward", "activation", "op"] = T * V * m.cols
         a["forward", "pooling", "op"] = T * V * m.cols if m.pool > 1 else 0
-        _move(a, "forward", T, bi, bo)
+        _move(a, "forward", T, bi, bo, c.psum_bits(m) * B)
         if i > 0:                        # layer 0 propagates no error to the input
             a["backward", "crossbar", "cell_read"] = T * round(V * S * PC * R * m.activity)
             a["backward", "dac", "conversion"] = T * V * S * PC * RB
             a["backward", "adc", "conversion"] = T * V * S * R * CT
             a["backward", "accumulation", "add"] = T * V * (S * R * CT + R * (CT - 1))
-            _move(a, "backward", T, bo, bi)
+            _move(a, "backward", T, bo, bi, c.psum_bits(m, backward=True) * B)
         a["gradient", "gradient", "mac"] = T * n * V
         a["gradient", "global_buffer", "read_byte"] = T * _bytes(bi + bo)
         g = c.gradient_bits(m) * B
@@ -88,10 +88,11 @@ def _bytes(bits: int) -> int:
     return -(-bits // 8)
 
 
-def _move(a: dict, phase: str, T: int, bits_in: int, bits_out: int) -> None:
+def _move(a: dict, phase: str, T: int, bits_in: int, bits_out: int, psum: int) -> None:
     """Inputs from the global buffer over the interconnect into the tile buffers, outputs
-    back: every bit is written to and read from a tile buffer once."""
-    tb = _bytes(bits_in) + _bytes(bits_out)
+    back: every input bit and every partial-sum bit of the outputs is written to and read
+    from a tile buffer once; activated (pooled) outputs cross the interconnect."""
+    tb = _bytes(bits_in) + _bytes(psum)
     a[phase, "buffer", "write_byte"] = T * tb
     a[phase, "buffer", "read_byte"] = T * tb
     a[phase, "global_buffer", "read_byte"] = T * _bytes(bits_in)

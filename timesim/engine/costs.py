@@ -169,6 +169,15 @@ class CostTable:
         """Output activations of one sample, after pooling."""
         return cdiv(m.cols * self.input_bits * m.positions, m.pool)
 
+    def psum_bits(self, m: LayerMapping, backward: bool = False) -> int:
+        """A layer's outputs of one sample as its shift-add writes them to the tile buffer, at
+        ``accumulation.bits``, before activation and pooling (errors, backward: one per input
+        row, counted as the inputs are)."""
+        acc = self.hw.accumulation.bits
+        if backward:
+            return cdiv(m.rows * acc * m.positions, m.kernel_rows)
+        return m.cols * acc * m.positions
+
     def gradient_bits(self, m: LayerMapping) -> int:
         """Weight-gradient traffic of one sample with ``gradient.storage: dram``: the layer's
         partial gradient goes to DRAM and comes back to be accumulated (NeuroSim V2.1)."""
@@ -176,18 +185,28 @@ class CostTable:
             return 0
         return 2 * m.rows * m.cols * self.hw.gradient.bits
 
-    def transfer(self, m: LayerMapping, bits: int, tile: bool = True) -> Transfer:
+    def transfer(self, m: LayerMapping, bits: int, tile: bool = True, done: int = 0,
+                 tile_bits: tuple[int, int] | None = None) -> Transfer:
         """``bits`` between the global buffer and the layer's tiles (or, ``tile=False``, the
-        global buffer and the weight-gradient unit next to it)."""
+        global buffer and the weight-gradient unit next to it), after ``done`` bits of the same
+        stream: each stage's cycles are the difference of its cumulative whole cycles, so a
+        stream cut into waves costs what it costs in one piece (plus one hop latency a wave).
+        ``tile_bits`` = (bits, done) through the tile buffer when they differ (outputs are
+        written there as partial sums)."""
         if bits <= 0:
             return Transfer()
         hw = self.hw
         t = max(1, m.chip_tiles)
-        gb = cdiv(bits, hw.global_buffer.bits_per_cycle)
+
+        def part(per_cycle: int, factor: int = 1, n: int = bits, before: int = done) -> int:
+            return cdiv(factor * (before + n), per_cycle) - cdiv(factor * before, per_cycle)
+
+        gb = part(hw.global_buffer.bits_per_cycle)
         if not tile:
             return Transfer(global_buffer=gb)
-        tb = cdiv(2 * bits, 8 * hw.buffer.bytes_per_cycle * t)     # written, then read
-        ic = cdiv(bits, hw.interconnect.bits_per_cycle * t) + self.hops * self.hop
+        tn, td = tile_bits if tile_bits is not None else (bits, done)
+        tb = part(8 * hw.buffer.bytes_per_cycle * t, 2, tn, td)   # written, then read
+        ic = part(hw.interconnect.bits_per_cycle * t) + self.hops * self.hop
         return Transfer(tile=tb, global_buffer=gb, interconnect=ic)
 
     # -- per-layer timing ---------------------------------------------------------------------
@@ -204,25 +223,45 @@ class CostTable:
             c += cdiv(vectors * m.cols, self.hw.pooling.values_per_cycle * t)
         return c
 
-    def wave(self, m: LayerMapping, images: int, mvm: int, mvm_t: int) -> WaveCost:
+    def waves(self, m: LayerMapping, batch: int, mvm: int, mvm_t: int) -> tuple[WaveCost, ...]:
+        """Each wave's share of the layer's work. The copies work through the layer's vectors
+        as one stream, so a wave's cycles are the difference of whole cycles after it and
+        before it: the waves add up to the layer's work in one piece."""
         hw = self.hw
-        v = m.positions * images
-        per_copy = cdiv(v, m.copies)
-        bi, bo = self.bits_in(m) * images, self.bits_out(m) * images
-        g = self.gradient_bits(m) * images
-        store = Transfer()
-        if g:
-            store = Transfer(global_buffer=cdiv(g, hw.global_buffer.bits_per_cycle),
-                             dram=cdiv(g, hw.dram.bits_per_cycle))
-        return WaveCost(
-            images=images,
-            fw_in=self.transfer(m, bi), fw_compute=per_copy * mvm + self._activation(m, v),
-            fw_out=self.transfer(m, bo),
-            bw_in=self.transfer(m, bo), bw_compute=per_copy * mvm_t,
-            bw_out=self.transfer(m, bi),
-            wg_in=self.transfer(m, bi + bo, tile=False),
-            wg_compute=cdiv(m.rows * m.cols * v, hw.gradient.macs_per_cycle),
-            wg_store=store)
+        out = []
+        done = 0
+        for images in wave_sizes(batch, hw.engine.waves):
+            v0, v1 = m.positions * done, m.positions * (done + images)
+
+            def diff(f, v0=v0, v1=v1):
+                return f(v1) - f(v0)
+
+            per_copy = diff(lambda v: cdiv(v, m.copies))
+            bi, bo = self.bits_in(m), self.bits_out(m)
+            po, pb = self.psum_bits(m), self.psum_bits(m, backward=True)
+            g = self.gradient_bits(m)
+            store = Transfer()
+            if g:
+                store = Transfer(
+                    global_buffer=(cdiv(g * (done + images), hw.global_buffer.bits_per_cycle)
+                                   - cdiv(g * done, hw.global_buffer.bits_per_cycle)),
+                    dram=(cdiv(g * (done + images), hw.dram.bits_per_cycle)
+                          - cdiv(g * done, hw.dram.bits_per_cycle)))
+            out.append(WaveCost(
+                images=images,
+                fw_in=self.transfer(m, bi * images, done=bi * done),
+                fw_compute=per_copy * mvm + diff(lambda v: self._activation(m, v)),
+                fw_out=self.transfer(m, bo * images, done=bo * done,
+                                     tile_bits=(po * images, po * done)),
+                bw_in=self.transfer(m, bo * images, done=bo * done),
+                bw_compute=per_copy * mvm_t,
+                bw_out=self.transfer(m, bi * images, done=bi * done,
+                                     tile_bits=(pb * images, pb * done)),
+                wg_in=self.transfer(m, (bi + bo) * images, tile=False, done=(bi + bo) * done),
+                wg_compute=diff(lambda v: cdiv(m.rows * m.cols * v, hw.gradient.macs_per_cycle)),
+                wg_store=store))
+            done += images
+        return tuple(out)
 
     def layer(self, m: LayerMapping, selection: str, k: int, batch: int) -> LayerTiming:
         hw = self.hw
@@ -249,7 +288,7 @@ class CostTable:
         mvm_t = self.mvm_cycles(m.col_tiles)
         jobs = {"dense": m.tiles, "sgs-row": m.col_tiles}.get(selection, 1)
         return LayerTiming(
-            waves=tuple(self.wave(m, b, mvm, mvm_t) for b in wave_sizes(batch, hw.engine.waves)),
+            waves=self.waves(m, batch, mvm, mvm_t),
             mvm=mvm, mvm_t=mvm_t, select_row=select_row, select_drain=drain, topk_select=topk,
             row_write=row_write, cell_write=cell_write, row_read=row_read, write_jobs=jobs,
             rows=m.rows)

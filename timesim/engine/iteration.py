@@ -100,9 +100,9 @@ def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
             yield from chip.load(lin)
             yield from xbars[i].run(phase, comp)
             yield from chip.store(lout)
-            spans.mark(i, phase, t0, int(env.now))
-            if outbox is not None:
+            if outbox is not None:          # a full inter-layer buffer holds the layer up
                 yield outbox.put(w)
+            spans.mark(i, phase, t0, int(env.now))
             if events is not None:
                 events[w].succeed()
 
