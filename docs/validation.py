@@ -176,7 +176,7 @@ def compare(report: dict) -> dict:
     ep = report["energy_j"]["by_layer_phase"]
     out = {"phases": [], "layers": [], "total": {}, "area": {}}
     for ns_name, ph in PHASES:
-        lat = report["cycles"]["by_phase"][ph] / f
+        lat = report["cycles"]["by_phase_layer_sum"][ph] / f
         en = report["energy_j"]["by_phase"][ph]
         out["phases"].append({
             "phase": ns_name, "ns_latency": t[f"latency_{ns_name}(s)"], "ts_latency": lat,

@@ -55,7 +55,10 @@ def test_hand_computed_cycles_and_energy(tmp_path):
               "write": 3 * 100, "ars": 0},
         "b": {"forward": 3 * 251, "backward": 3 * 249, "gradient": 3 * 3, "select": 3 * 6,
               "write": 3 * 100, "ars": 0}}
-    assert c["by_phase"]["forward"] == 3 * (254 + 251)
+    # a phase on the chip lasts from its first start in any layer to its last end
+    assert c["by_phase"] == {"forward": 3 * 505, "backward": 3 * 249, "gradient": 3 * 251,
+                             "select": 3 * 257, "write": 3 * 111, "ars": 0}
+    assert c["by_phase_layer_sum"]["forward"] == 3 * (254 + 251)
     assert c["by_layer"] == {"a": 3 * (254 + 2 + 9 + 100), "b": 3 * (251 + 249 + 3 + 6 + 100)}
     assert r["seconds"] == pytest.approx(3 * 865e-9)
     # energy: weights are 8 bits in 5-bit cells -> 2 slices x differential pair = 4 cells each;
@@ -97,8 +100,9 @@ def test_doubling_pulse_latency_changes_only_write_phases(tmp_path):
     assert base["ars"]["swaps"] > 0
     for ph in ("forward", "backward", "gradient", "select"):
         assert slow["cycles"]["by_phase"][ph] == base["cycles"]["by_phase"][ph]
-    assert slow["cycles"]["by_phase"]["write"] == 2 * base["cycles"]["by_phase"]["write"]
-    assert slow["cycles"]["by_phase"]["ars"] > base["cycles"]["by_phase"]["ars"]
+    s, b = slow["cycles"]["by_phase_layer_sum"], base["cycles"]["by_phase_layer_sum"]
+    assert s["write"] == 2 * b["write"]
+    assert s["ars"] > b["ars"]
     assert slow["energy_j"] == base["energy_j"]
 
 
@@ -126,7 +130,7 @@ def test_write_work_per_policy(tmp_path, selection, cells, rows_written):
     per_cell = 100               # 4 cells of one weight <= 8 drivers: one group, 2 phases
     want = sum(T * rows_written(l) * (per_row if selection != "sgs-element" else per_cell)
                for l in TWO)
-    assert r["cycles"]["by_phase"]["write"] == want
+    assert r["cycles"]["by_phase_layer_sum"]["write"] == want
 
 
 def test_ars_adds_exactly_its_reads_and_rewrites(tmp_path):
@@ -148,9 +152,10 @@ def test_ars_adds_exactly_its_reads_and_rewrites(tmp_path):
     assert ars["energy_j"]["ars_overhead"] == pytest.approx(de["ars"] + de["write"] +
                                                             de["counters"])
     # per swap: read two rows (10 + 4 ADC cycles each) and rewrite them (100 each)
-    assert ars["cycles"]["by_phase"]["ars"] == swaps * (2 * 14 + 2 * 100)
+    assert ars["cycles"]["by_phase_layer_sum"]["ars"] == swaps * (2 * 14 + 2 * 100)
     for ph in ("forward", "backward", "gradient", "select", "write"):
-        assert ars["cycles"]["by_phase"][ph] == none["cycles"]["by_phase"][ph]
+        assert (ars["cycles"]["by_phase_layer_sum"][ph]
+                == none["cycles"]["by_phase_layer_sum"][ph])
 
 
 WIDE = [LayerInfo(name="c1", kind="conv2d", rows=18, cols=5, kernel=(3, 3), in_channels=2,
@@ -167,7 +172,7 @@ def test_fine_mode_equals_fast_path(tmp_path, selection, wl):
             "controller.topk_density=0.1"]
     fast = run(tmp_path, sets, T=11, layers=WIDE)
     fine = run(tmp_path, sets, T=11, layers=WIDE, fine=True)
-    for k in ("total", "by_phase", "by_layer"):
+    for k in ("total", "by_phase", "by_phase_layer_sum", "by_layer"):
         assert fine["cycles"][k] == fast["cycles"][k]
     assert fast["cycles"]["total"] > 0
 

@@ -225,7 +225,7 @@ def test_area_counts_units_times_unit_area():
     a = area_report(hw)
     # ISAAC chip: 168 tiles of 96 crossbars; 2 x 16 ADCs per 128x128 crossbar
     assert a["units"] == {"crossbars": 16128, "tiles": 168, "adcs": 16128 * 32}
-    assert a["by_component"]["adc"] == pytest.approx(16128 * 32 * 0.0012)
+    assert a["by_component"]["adc"] == pytest.approx(16128 * 32 * 0.0003)
     assert a["by_component"]["crossbar"] == pytest.approx(16128 * 25e-6)
     assert a["by_component"]["buffer"] == pytest.approx(168 * 0.083)
     assert a["total"] == pytest.approx(sum(a["by_component"].values()))

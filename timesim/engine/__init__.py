@@ -58,6 +58,7 @@ class Engine:
         self.iterations = 0
         self.total_cycles = 0
         self.spans = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
+        self.chip_spans = np.zeros(len(PHASES), dtype=np.int64)
         self.events = 0
         self._seen: set[int] | None = set()
         self._add_wall = 0.0
@@ -121,12 +122,13 @@ class Engine:
         L = ops.shape[1]
         for row, count in zip(uniq, counts):
             key = tuple(int(v) for v in row)
-            cycles, spans = self._iteration(key[:L], key[L:])
+            cycles, spans, chip = self._iteration(key[:L], key[L:])
             self.total_cycles += cycles * int(count)
             self.spans += spans * int(count)
+            self.chip_spans += chip * int(count)
 
     def _iteration(self, ops: tuple[int, ...], swaps: tuple[int, ...]
-                   ) -> tuple[int, np.ndarray]:
+                   ) -> tuple[int, np.ndarray, np.ndarray]:
         key = ops + swaps
         hit = self._writes.get(key)
         if hit is not None:
@@ -141,11 +143,18 @@ class Engine:
             ws, we = schedule_writes(base.write_ready, jobs, ops_a * op, par)
         spans = base.spans.copy()
         spans[:, WRITE] = we - ws
+        start, end = base.start.copy(), base.end.copy()
+        wrote = we > ws
+        start[:, WRITE] = np.where(wrote, ws, np.iinfo(np.int64).max)
+        end[:, WRITE] = np.where(wrote, we, -1)
+        # each phase on the chip: from its first start in any layer to its last end
+        happened = (end >= 0).any(axis=0)
+        chip = np.where(happened, end.max(axis=0) - start.min(axis=0), 0)
         cycles = max(base.cycles, int(we.max()))
         if len(self._writes) >= MAX_DISTINCT:
             self._writes.clear()
-        self._writes[key] = (cycles, spans)
-        return cycles, spans
+        self._writes[key] = (cycles, spans, chip)
+        return cycles, spans, chip
 
     def _phase_a(self, swaps: tuple[int, ...]) -> IterationResult:
         if swaps not in self._base:
@@ -184,12 +193,14 @@ class Engine:
     def state(self) -> dict:
         """Accumulated timing, for checkpoints."""
         return {"total_cycles": self.total_cycles, "spans": self.spans.tolist(),
+                "chip_spans": self.chip_spans.tolist(),
                 "iterations": self.iterations, "events": self.events,
                 "seen": None if self._seen is None else sorted(self._seen)}
 
     def load_state(self, st: dict) -> None:
         self.total_cycles = int(st["total_cycles"])
         self.spans = np.array(st["spans"], dtype=np.int64)
+        self.chip_spans = np.array(st["chip_spans"], dtype=np.int64)
         self.iterations = int(st["iterations"])
         self.events = int(st["events"])
         self._seen = None if st["seen"] is None else set(st["seen"])
@@ -200,9 +211,11 @@ class Engine:
         start = time.perf_counter()
         by_layer_phase = {n: {ph: int(self.spans[i, j]) for j, ph in enumerate(PHASES)}
                           for i, n in enumerate(names)}
-        by_phase = {ph: int(self.spans[:, j].sum()) for j, ph in enumerate(PHASES)}
+        by_phase = {ph: int(self.chip_spans[j]) for j, ph in enumerate(PHASES)}
+        layer_sum = {ph: int(self.spans[:, j].sum()) for j, ph in enumerate(PHASES)}
         if not self.mapping.multiplexed:
             by_phase.pop("reprogram")
+            layer_sum.pop("reprogram")
             for v in by_layer_phase.values():
                 v.pop("reprogram")
         T = max(1, self.iterations)
@@ -211,6 +224,7 @@ class Engine:
             "total": self.total_cycles,
             "per_iteration": self.total_cycles / T,
             "by_phase": by_phase,
+            "by_phase_layer_sum": layer_sum,
             "by_layer": {n: sum(v.values()) for n, v in by_layer_phase.items()},
             "by_layer_phase": by_layer_phase,
             "distinct_signatures": None if self._seen is None else len(self._seen),

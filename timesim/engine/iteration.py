@@ -57,6 +57,8 @@ class LayerWork:
 class IterationResult:
     cycles: int                      # end of everything but the writes
     spans: np.ndarray                # (layers, phases) cycles from first start to last end
+    start: np.ndarray                # (layers, phases) first start (int64 max: did not happen)
+    end: np.ndarray                  # (layers, phases) last end (-1: did not happen)
     events: int                      # simpy events scheduled
     write_ready: tuple[int, ...]     # per layer: cycle its writes may begin
 
@@ -152,7 +154,8 @@ def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
     env.run(until=simpy.AllOf(env, ready))
     # simpy numbers every scheduled event from one counter; its next value is the event count
     events = next(env._eid)
-    return IterationResult(cycles=int(env.now), spans=spans.lengths(), events=events,
+    return IterationResult(cycles=int(env.now), spans=spans.lengths(), start=spans.start,
+                           end=spans.end, events=events,
                            write_ready=tuple(write_ready))
 
 
