@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -49,7 +51,7 @@ class RefLayer:
     """One layer under one policy, iteration by iteration, with Python loops where clearer."""
 
     def __init__(self, rows, cols, selection, *, rct=128, density=0.001, wear_leveling="none",
-                 interval=1024, R=32, block_rows=128, seed=0, layer=0):
+                 interval=1024, R=32, block_rows=128, seed=0, layer=0, scale=0.0):
         if selection == "sgs":
             selection = "sgs-element" if rows < rct else "sgs-row"
         self.rows, self.cols, self.selection = rows, cols, selection
@@ -66,6 +68,20 @@ class RefLayer:
         self.ars_cells = 0
         self.selected = []
         self.t = 0
+        self.scale = scale          # write.pulses=delta: levels per unit of written value
+        self.pulses = 0
+        self.slots = []
+
+    def _p(self, v):
+        return int(math.ceil(abs(float(v)) * self.scale))
+
+    def _phases(self, values):
+        """max SET pulses (v < 0) + max RESET pulses (v >= 0) over a written row's values."""
+        ps = [self._p(v) for v in values]
+        self.pulses += sum(ps)
+        up = max([p for p, v in zip(ps, values) if v < 0], default=0)
+        down = max([p for p, v in zip(ps, values) if v >= 0], default=0)
+        return up + down
 
     def _ars(self, t):
         for start in range(0, self.rows, self.block_rows):
@@ -100,11 +116,18 @@ class RefLayer:
             self.writes += 1
             self.counters += 1
             self.policy_cells += n
+            if self.scale:
+                per_row = [self._phases(list(np.asarray(G, np.float32)[r]))
+                           for r in range(self.rows)]
+                self.slots.append(max(sum(per_row[b:b + self.block_rows])
+                                      for b in range(0, self.rows, self.block_rows)))
             return
         self.A += np.asarray(G, np.float32)
         mag = np.abs(self.A)
         if self.selection == "sgs-row":
             r = int(np.argmax(mag.max(axis=1)))           # argmax: first (lowest) on ties
+            if self.scale:
+                self.slots.append(self._phases(list(self.A[r])))
             p = self.l2p[r]
             self.writes[p, :] += 1
             self.counters[p] += 1
@@ -114,6 +137,8 @@ class RefLayer:
         elif self.selection == "sgs-element":
             j = int(np.argmax(mag))                       # row-major, first on ties
             r, c = divmod(j, self.cols)
+            if self.scale:
+                self.slots.append(self._phases([self.A[r, c]]))
             p = self.l2p[r]
             self.writes[p, c] += 1
             self.counters[p] += 1
@@ -124,6 +149,11 @@ class RefLayer:
             k = min(n, max(1, round(self.density * n)))
             flat = mag.ravel()
             order = sorted(range(n), key=lambda j: (-flat[j], j))[:k]
+            if self.scale:
+                by_row = {}
+                for j in sorted(order):
+                    by_row.setdefault(j // self.cols, []).append(self.A.ravel()[j])
+                self.slots.append(sum(self._phases(v) for v in by_row.values()))
             rows_hit = set()
             for j in order:
                 r, c = divmod(j, self.cols)

@@ -107,7 +107,7 @@ def test_write_schedule_equals_simpy(seed):
     ready, jobs, ops, op = random_writes(rng, L)
     par = int(rng.integers(1, 5))
     s1, e1 = schedule_writes(ready, jobs, ops * op, par)
-    s2, e2 = simulate_writes(ready, jobs, ops, op, par)
+    s2, e2 = simulate_writes(ready, jobs, ops, ops * op, par)
     assert list(s1) == list(s2) and list(e1) == list(e2)
 
 
@@ -137,20 +137,22 @@ def meta(layers=WIDE, batch=5):
 @pytest.mark.parametrize("pipeline", ["none", "layer"])
 @pytest.mark.parametrize("storage", ["sram", "dram"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fast_path_equals_fine_simulation_on_random_signatures(pipeline, storage, seed):
+@pytest.mark.parametrize("pulses", ["fixed", "delta"])
+def test_fast_path_equals_fine_simulation_on_random_signatures(pipeline, storage, seed, pulses):
     hw = timesim.load_hwconfig(bundled_hwconfig("tiny"), [
         f"engine.pipeline={pipeline}", f"gradient.storage={storage}", "engine.waves=3",
         "write.parallel_arrays=2", "gradient.macs_per_cycle=3", "mapping.duplicate=2",
-        "chip.xbars_per_tile=4", "chip.crossbars=400"])
+        "chip.xbars_per_tile=4", "chip.crossbars=400", f"write.pulses={pulses}"])
     sels = ["topk", "sgs-row", "dense", "sgs-element"]
     ks = [4, 0, 0, 0]
     rng = np.random.default_rng(seed)
     ops = np.stack([rng.integers(1, 5, 30), np.ones(30, int), np.full(30, 18),
                     np.ones(30, int)], axis=1)
     swaps = rng.integers(0, 3, (30, 4)) * (rng.random((30, 1)) < 0.3)
+    slots = rng.integers(0, 9, (30, 4)) if pulses == "delta" else None
     fast, fine = Engine(hw, meta(), sels, ks), Engine(hw, meta(), sels, ks, fine=True)
-    fast.add(ops, swaps)
-    fine.add(ops, swaps)
+    fast.add(ops, swaps, slots)
+    fine.add(ops, swaps, slots)
     assert fast.total_cycles == fine.total_cycles > 0
     assert (fast.spans == fine.spans).all()
     # the fast path simulated each distinct swap vector once

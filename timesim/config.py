@@ -138,6 +138,13 @@ class Write:
     verify_reads: int = _f("int", "nonneg", doc="read-verify steps after each write")
     parallel_arrays: int = _f("int", "pos", doc="arrays programmed at once, chip-wide (copies "
                               "of a layer take the same data and count once)")
+    pulses: str = _f("str", choices=("fixed", "delta"), doc="fixed: every written cell takes "
+                     "pulses_per_phase pulses; delta: ⌈|Δw| / step⌉, Δw = learning_rate x the "
+                     "written (accumulated) gradient, step = weight_range / (2^weight_bits - 1)")
+    learning_rate: float = _f("float", "pos", doc="write.pulses=delta: the optimizer's learning "
+                              "rate that turns a written gradient into Δw")
+    weight_range: float = _f("float", "pos", doc="write.pulses=delta: the largest |w| the "
+                             "cells hold (the conductance range)")
 
 
 @dataclass(frozen=True)

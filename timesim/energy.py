@@ -66,7 +66,10 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
         if p.selection != "dense":       # residual accumulator: read, add, write back
             a["select", "buffer", "read_byte"] = T * c.acc_bytes * n
             a["select", "buffer", "write_byte"] = T * c.acc_bytes * n
-        pulses = p.policy_cell_writes * m.cells_per_weight * c.pulses_per_cell * m.copies
+        if hw.write.pulses == "delta":      # each cell of a written weight: ⌈|Δw| / step⌉
+            pulses = p.weight_pulses * m.cells_per_weight * m.copies
+        else:
+            pulses = p.policy_cell_writes * m.cells_per_weight * c.pulses_per_cell * m.copies
         a["write", "write", "cell_pulse"] = pulses
         a["write", "write", "verify_read"] = pulses * hw.write.verify_reads
         a["write", "counters", "update"] = p.row_writes if ars_on else 0

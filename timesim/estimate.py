@@ -33,11 +33,18 @@ class _Work:
     policy_cell_writes: int
     row_writes: int
     swaps: int
+    weight_pulses: int = 0
 
 
 def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None,
              actions_csv: Path | None = None) -> dict:
     start = time.perf_counter()
+    if hw.write.pulses == "delta":
+        from .errors import ConfigError
+
+        raise ConfigError(f"write.pulses: delta counts pulses from the gradients, and "
+                          f"{meta.source or 'this manifest'} is timing only (no gradients); "
+                          f"use write.pulses=fixed")
     T = iterations or meta.iterations
     c = hw.controller
     sels = [effective_selection(c.selection, l.rows, c.rct) for l in meta.layers]

@@ -51,7 +51,17 @@ class LayerPolicy:
             self._tau = np.zeros(1, dtype=np.int64)
         self.selected = np.empty(0, dtype=np.int64)
         self.swapped = np.empty(0, dtype=np.int64)
+        self.slots = np.empty(0, dtype=np.int64)
         self._last = 0
+        w = hw.write
+        # write.pulses=delta: a written weight moves by lr·|v| / step levels, one pulse a level
+        self.scale = (w.learning_rate / (w.weight_range / (2 ** hw.xbar.weight_bits - 1))
+                      if w.pulses == "delta" else 0.0)
+
+    @property
+    def needs_gradients(self) -> bool:
+        """Dense writes every cell whatever the gradient; only pulse counting needs it."""
+        return self.selection != "dense" or self.scale > 0
 
     def process(self, chunk: np.ndarray, t0: int) -> None:
         """Apply iterations t0 .. t0+n-1; ``chunk`` is float32 (n, rows, cols)."""
@@ -59,10 +69,14 @@ class LayerPolicy:
             raise ValueError(f"layer {self.layer.name}: expected iteration {self.iterations}, "
                              f"got {t0}")
         n = chunk.shape[0]
+        if self.slots.shape[0] < n:
+            self.slots = np.zeros(n, dtype=np.int64)
         if self.selection == "dense":
             # Every row gets one write operation per iteration, so all counters stay equal and
             # ARS (which swaps only where counter(hot) > counter(cold)) never swaps: the write
             # matrix is exactly `iterations` everywhere, applied lazily in finish().
+            if self.scale > 0:
+                self._dense_pulses(chunk)
             self._dense_pending += n
             self.iterations += n
             self._last = n
@@ -73,18 +87,40 @@ class LayerPolicy:
             self.swapped = np.empty(n, dtype=np.int64)
         args = (self.A, self.A.view(np.int32), chunk, np.int64(t0), self.l2p, self.p2l,
                 self.writes, self.counters, self.stats, self.block_rows, self.half,
-                self.interval, self.ars_on, self.rkey)
+                self.interval, self.ars_on, self.rkey, np.float64(self.scale))
         if self.selection == "sgs-row":
-            bad = K._run_sgs_row(*args, self.selected, self.swapped)
+            bad = K._run_sgs_row(*args, self.selected, self.swapped, self.slots)
         elif self.selection == "sgs-element":
-            bad = K._run_sgs_element(*args, self.selected, self.swapped)
+            bad = K._run_sgs_element(*args, self.selected, self.swapped, self.slots)
         else:
             bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.selected,
-                              self.swapped)
+                              self.swapped, self.slots)
         if bad >= 0:
             raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
                              f"gradient or accumulator (NaN or Inf)")
         self.iterations += n
+
+    def _dense_pulses(self, chunk: np.ndarray) -> None:
+        """write.pulses=delta on a dense update: every weight moves by lr·|g| / step levels;
+        a row's SET and RESET phases last as long as their longest cell, the rows of a row
+        block are written one after another and the row blocks in parallel: the iteration's
+        pulse slots are the largest row block's sum."""
+        g = np.asarray(chunk, dtype=np.float64)
+        if not np.isfinite(g).all():
+            bad = int(np.argmin(np.isfinite(g).reshape(g.shape[0], -1).all(axis=1)))
+            raise TraceError(f"layer {self.layer.name}: iteration {self.iterations + bad}: "
+                             f"non-finite gradient (NaN or Inf)")
+        p = np.minimum(np.ceil(np.abs(g) * self.scale), K._MAX_PULSES).astype(np.int64)
+        self.stats[K.PULSES] += int(p.sum())
+        mset = np.where(g < 0, p, 0).max(axis=2)
+        mres = np.where(g >= 0, p, 0).max(axis=2)
+        per_row = mset + mres                                  # (n, rows)
+        n, rows = per_row.shape
+        X = self.block_rows
+        blocks = -(-rows // X)
+        pad = np.zeros((n, blocks * X), dtype=np.int64)
+        pad[:, :rows] = per_row
+        self.slots[:n] = pad.reshape(n, blocks, X).sum(axis=2).max(axis=1)
 
     _STATE = ("A", "writes", "counters", "l2p", "p2l", "stats")
 
@@ -109,9 +145,13 @@ class LayerPolicy:
         if self.selection == "topk":
             self._tau[...] = state["tau"]
 
-    def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray) -> None:
-        """Per iteration of the last chunk: write operations and ARS swaps (for the engine)."""
+    def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray,
+                        out_slots: np.ndarray | None = None) -> None:
+        """Per iteration of the last chunk: write operations and ARS swaps (for the engine);
+        with write.pulses=delta, ``out_slots`` the pulse slots of the iteration's writes."""
         n = self._last
+        if out_slots is not None:
+            out_slots[:n] = self.slots[:n] if self.scale > 0 else 0
         if self.selection == "dense":
             out_ops[:n] = self.layer.rows
             out_swaps[:n] = 0
@@ -148,6 +188,11 @@ class LayerPolicy:
     @property
     def ars_cells(self) -> int:
         return int(self.stats[K.ARS_CELLS])
+
+    @property
+    def weight_pulses(self) -> int:
+        """write.pulses=delta: Σ over written weights of their pulses."""
+        return int(self.stats[K.PULSES])
 
     @property
     def row_writes(self) -> int:

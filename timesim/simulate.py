@@ -44,6 +44,7 @@ class Simulation:
                              [p.k for p in self.policies], fine=fine)
         self._ops = np.empty((0, len(self.policies)), dtype=np.int64)
         self._swaps = np.empty_like(self._ops)
+        self._slots = np.empty_like(self._ops)
         self._scratch = np.empty(0, dtype=np.float32)
         self.iterations = 0
         total = expected_iterations or meta.iterations
@@ -64,7 +65,7 @@ class Simulation:
              dtype: str = "float32") -> None:
         """Iterations t0 .. t0+n-1: ``arrays[layer]`` is (n, rows, cols) in ``dtype`` storage."""
         for policy in self.policies:
-            if policy.selection == "dense":
+            if not policy.needs_gradients:
                 # dense writes every cell whatever the gradient: do not even generate it
                 policy.process(np.empty((n, 0, 0), dtype=np.float32), t0)
             else:
@@ -72,9 +73,11 @@ class Simulation:
         if self._ops.shape[0] < n:
             self._ops = np.empty((n, len(self.policies)), dtype=np.int64)
             self._swaps = np.empty_like(self._ops)
+            self._slots = np.empty_like(self._ops)
         for j, policy in enumerate(self.policies):
-            policy.write_signature(self._ops[:, j], self._swaps[:, j])
-        self.engine.add(self._ops[:n], self._swaps[:n])
+            policy.write_signature(self._ops[:, j], self._swaps[:, j], self._slots[:, j])
+        delta = self.hw.write.pulses == "delta"
+        self.engine.add(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
         self.iterations = t0 + n
         if self.iterations >= self._next_mark:
             self.hist_t.append(self.iterations)

@@ -83,64 +83,79 @@ class Engine:
         excess = max(0, m.crossbars_needed - m.crossbars_available)
         return excess * self.hw.xbar.rows * self.hw.xbar.cols
 
-    def _compute_write_cost(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _compute_write_cost(self) -> tuple[np.ndarray, ...]:
         """Per layer: (is dense, dense write operations per array, cycles per write operation,
-        arrays written per iteration). Copies take the same data at the same time (broadcast)
-        and count once toward ``write.parallel_arrays``."""
-        dense, dense_ops, op, jobs = [], [], [], []
+        arrays written per iteration, cycles per pulse slot of one operation, verify cycles
+        per operation). Copies take the same data at the same time (broadcast) and count once
+        toward ``write.parallel_arrays``."""
+        dense, dense_ops, op, jobs, slot, verify = [], [], [], [], [], []
+        c = self.costs
         for t, m, sel in zip(self.timings, self.mapping.layers, self.selections):
             dense.append(sel == "dense")
             # dense: every row of every array, rows of an array one by one
             dense_ops.append(min(self.hw.xbar.rows, m.rows))
             # sgs-row: one row (in each column tile); sgs-element: one weight; topk: one
             # operation per touched row, one after another
-            op.append(t.row_write if sel in ("sgs-row", "dense") else t.cell_write)
+            row = sel in ("sgs-row", "dense")
+            op.append(t.row_write if row else t.cell_write)
             jobs.append(t.write_jobs)
-        return (np.array(dense), np.array(dense_ops, dtype=np.int64),
-                np.array(op, dtype=np.int64), np.array(jobs, dtype=np.int64))
+            cells = min(self.hw.xbar.cols, m.phys_cols) if row else m.cells_per_weight
+            slot.append(-(-cells // self.hw.write.drivers_per_xbar) * c.pulse)
+            verify.append(c.verify)
+        return tuple(np.array(x, dtype=np.int64) if i else np.array(x)
+                     for i, x in enumerate((dense, dense_ops, op, jobs, slot, verify)))
 
-    def add(self, ops: np.ndarray, swaps: np.ndarray) -> None:
-        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays. Memory does
-        not grow with the number of iterations."""
+    def add(self, ops: np.ndarray, swaps: np.ndarray, slots: np.ndarray | None = None) -> None:
+        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays; with
+        write.pulses=delta ``slots`` too (the pulse slots of each layer's writes: a write's
+        SET and RESET phases last as long as their longest cell). Memory does not grow with
+        the number of iterations."""
         n = ops.shape[0]
         if n == 0:
             return
         t_start = time.perf_counter()
-        self._add(ops, swaps, n)
+        self._add(ops, swaps, slots, n)
         self._add_wall += time.perf_counter() - t_start
 
-    def _add(self, ops: np.ndarray, swaps: np.ndarray, n: int) -> None:
+    def _add(self, ops: np.ndarray, swaps: np.ndarray, slots: np.ndarray | None, n: int
+             ) -> None:
         self.iterations += n
-        dense, dense_ops, _, _ = self._write_cost
+        dense, dense_ops = self._write_cost[:2]
         ops = np.where(dense[None, :], dense_ops[None, :], ops)
-        sig = np.concatenate([ops, swaps], axis=1)
+        L = ops.shape[1]
+        if slots is None:
+            slots = np.full_like(ops, -1)          # fixed pulses: from the cost table
+        sig = np.concatenate([ops, swaps, slots], axis=1)
         self._count_distinct(sig)
         if (sig == sig[0]).all():
             uniq, counts = sig[:1], np.array([n])
         else:
             uniq, counts = np.unique(sig, axis=0, return_counts=True)
-        L = ops.shape[1]
         for row, count in zip(uniq, counts):
             key = tuple(int(v) for v in row)
-            cycles, spans, chip = self._iteration(key[:L], key[L:])
+            cycles, spans, chip = self._iteration(key[:L], key[L:2 * L], key[2 * L:])
             self.total_cycles += cycles * int(count)
             self.spans += spans * int(count)
             self.chip_spans += chip * int(count)
 
-    def _iteration(self, ops: tuple[int, ...], swaps: tuple[int, ...]
+    def _iteration(self, ops: tuple[int, ...], swaps: tuple[int, ...], slots: tuple[int, ...]
                    ) -> tuple[int, np.ndarray, np.ndarray]:
-        key = ops + swaps
+        key = ops + swaps + slots
         hit = self._writes.get(key)
         if hit is not None:
             return hit
         base = self._phase_a(swaps)
-        _, _, op, jobs = self._write_cost
+        _, _, op, jobs, slot, verify = self._write_cost
         ops_a = np.array(ops, dtype=np.int64)
+        slots_a = np.array(slots, dtype=np.int64)
+        # a job's cycles: fixed pulses, ops x (cycles of one operation); delta, the pulse slots
+        # its operations take (the cycles of one slot each) plus their verify reads
+        durations = np.where(slots_a < 0, ops_a * op, slots_a * slot + ops_a * verify)
         par = self.hw.write.parallel_arrays
         if self.fine:
-            ws, we = simulate_writes(base.write_ready, jobs, ops_a, op, par)
+            ws, we = simulate_writes(base.write_ready, jobs, ops_a, durations, par)
         else:
-            ws, we = schedule_writes(base.write_ready, jobs, ops_a * op, par)
+            ws, we = schedule_writes(base.write_ready, jobs, durations, par)
         spans = base.spans.copy()
         spans[:, WRITE] = we - ws
         start, end = base.start.copy(), base.end.copy()

@@ -196,9 +196,10 @@ def schedule_writes(ready: Sequence[int], jobs: Sequence[int], durations: Sequen
 
 
 def simulate_writes(ready: Sequence[int], jobs: Sequence[int], ops: Sequence[int],
-                    op_cycles: Sequence[int], parallel: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same schedule as ``schedule_writes`` in simpy, one event per write operation: each
-    array write requests one of ``parallel`` slots of a chip-wide Resource (fine mode)."""
+                    durations: Sequence[int], parallel: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same schedule as ``schedule_writes`` in simpy, one event per write operation (a
+    job's ``durations[l]`` cycles split over its ``ops[l]`` operations): each array write
+    requests one of ``parallel`` slots of a chip-wide Resource (fine mode)."""
     env = simpy.Environment()
     slots = simpy.Resource(env, capacity=parallel)
     L = len(ready)
@@ -212,12 +213,13 @@ def simulate_writes(ready: Sequence[int], jobs: Sequence[int], ops: Sequence[int
             yield req
             if first[l] is None:
                 first[l] = int(env.now)
-            for _ in range(int(ops[l])):
-                yield env.timeout(int(op_cycles[l]))
+            n, d = max(1, int(ops[l])), int(durations[l])
+            for q in range(n):
+                yield env.timeout(d // n + (d % n if q == n - 1 else 0))
             end[l] = max(end[l], int(env.now))
 
     for l in sorted(range(L), key=lambda l: (ready[l], l)):
-        if jobs[l] > 0 and ops[l] * op_cycles[l] > 0:
+        if jobs[l] > 0 and durations[l] > 0:
             for _ in range(int(jobs[l])):
                 env.process(job(l))
     env.run()

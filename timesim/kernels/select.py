@@ -20,7 +20,9 @@ SWAPS = 1             # ARS row swaps (pairs)
 ARS_CELLS = 2         # cells rewritten by ARS
 MAX_WRITES = 3        # running max of the physical write-count matrix
 ROW_WRITES = 4        # write operations (a row's cells written in one iteration count once)
-N_STATS = 5
+PULSES = 5            # write.pulses=delta: Σ over written weights of ⌈|Δw| / step⌉
+N_STATS = 6
+_MAX_PULSES = 1 << 20  # a pulse count beyond this is a runaway gradient; counted as this
 
 _ABS = np.int32(0x7FFFFFFF)
 _NONFINITE = np.int32(0x7F800000)
@@ -121,6 +123,34 @@ def _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t):
                 stats[ARS_CELLS] += 2 * writes.shape[1]
 
 
+@njit(cache=True, inline="always")
+def _pulses(v, scale):
+    """Pulses that move a weight by v·scale levels: ⌈|v|·scale⌉ (write.pulses=delta)."""
+    x = abs(np.float64(v)) * scale
+    if x >= _MAX_PULSES:
+        return np.int64(_MAX_PULSES)
+    return np.int64(np.ceil(x))
+
+
+@njit(cache=True)
+def _row_pulses(row, scale, stats):
+    """A written row's SET and RESET phases (v < 0 moves the weight up: SET; v > 0: RESET)
+    last as long as their longest cell: returns max SET + max RESET pulses; adds every cell's
+    pulses to stats[PULSES]."""
+    mset = np.int64(0)
+    mres = np.int64(0)
+    total = np.int64(0)
+    for c in range(row.shape[0]):
+        p = _pulses(row[c], scale)
+        total += p
+        if row[c] < 0:
+            mset = max(mset, p)
+        else:
+            mres = max(mres, p)
+    stats[PULSES] += total
+    return mset + mres
+
+
 @njit(cache=True)
 def _accumulate_argmax_row(A, Ai, G):
     """A += G; return (r*, max |A[r*, :]|) with the max as a sign-cleared int32 bit pattern.
@@ -147,10 +177,11 @@ def _accumulate_argmax_row(A, Ai, G):
 
 @njit(cache=True)
 def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                 interval, ars_on, rkey, selected, swapped):
+                 interval, ars_on, rkey, scale, selected, swapped, slots):
     """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1.
 
-    ``selected[i]`` gets iteration i's row, ``swapped[i]`` the ARS swaps at its start.
+    ``selected[i]`` gets iteration i's row, ``swapped[i]`` the ARS swaps at its start;
+    with ``scale`` > 0 (write.pulses=delta) ``slots[i]`` the row's SET + RESET pulse slots.
     """
     rows, cols = A.shape
     for i in range(chunk.shape[0]):
@@ -163,6 +194,8 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
         rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
         if best >= _NONFINITE:
             return i
+        if scale > 0:
+            slots[i] = _row_pulses(A[rbest], scale, stats)
         A[rbest, :] = 0.0
         p = l2p[rbest]
         _bump_row(writes, p, stats)
@@ -175,7 +208,7 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
 
 @njit(cache=True)
 def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                     interval, ars_on, rkey, selected, swapped):
+                     interval, ars_on, rkey, scale, selected, swapped, slots):
     """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
     rows, cols = A.shape
     for i in range(chunk.shape[0]):
@@ -194,6 +227,9 @@ def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_
             if (Air[c] & _ABS) == best:
                 cbest = c
                 break
+        if scale > 0:
+            slots[i] = _pulses(A[rbest, cbest], scale)
+            stats[PULSES] += slots[i]
         A[rbest, cbest] = 0.0
         p = l2p[rbest]
         writes[p, cbest] += 1
@@ -242,7 +278,7 @@ def _topk_threshold(keys, k, guess, limit):
 
 @njit(cache=True)
 def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-              interval, ars_on, rkey, k, keys, cand, tau_state, selected, swapped):
+              interval, ars_on, rkey, scale, k, keys, cand, tau_state, selected, swapped, slots):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
     ``selected[i]`` gets the number of distinct rows written in iteration i. Selection is
@@ -289,11 +325,25 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
         touched = 0
         last_row = -1
         mx = stats[MAX_WRITES]
+        mset = np.int64(0)
+        mres = np.int64(0)
+        nslots = np.int64(0)
         for q in range(k):
             j = chosen[q]
             r = j // cols
             c = j - r * cols
             p = l2p[r]
+            if scale > 0:
+                if r != last_row:            # a new row: the last one's phases are done
+                    nslots += mset + mres
+                    mset = np.int64(0)
+                    mres = np.int64(0)
+                pj = _pulses(flat[j], scale)
+                stats[PULSES] += pj
+                if flat[j] < 0:
+                    mset = max(mset, pj)
+                else:
+                    mres = max(mres, pj)
             flat[j] = 0.0
             writes[p, c] += 1
             mx = max(mx, writes[p, c])
@@ -305,4 +355,6 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
         stats[POLICY_CELLS] += k
         stats[ROW_WRITES] += touched
         selected[i] = touched
+        if scale > 0:
+            slots[i] = nslots + mset + mres
     return -1
