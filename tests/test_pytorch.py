@@ -192,3 +192,48 @@ def test_crossbar_forward_matches_the_model_and_applies_faults():
         net.conv.weight.copy_(w)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
     assert not net.conv._forward_hooks                   # hooks removed
+
+
+def _bits_one(x: np.ndarray, bits: int = 8) -> tuple[int, int]:
+    """Independent count: |x| scaled to 0..2^bits-1 over its range, bits that are 1."""
+    a = np.abs(x.astype(np.float64))
+    q = np.rint(a * ((2 ** bits - 1) / a.max())).astype(np.int64)
+    ones = sum(bin(int(v)).count("1") for v in q.ravel())
+    return ones, q.size * bits
+
+
+def test_recorder_measures_input_activity(tmp_path):
+    torch.manual_seed(0)
+    net = Net()
+    seen = {"conv": [0, 0], "head.2": [0, 0]}
+
+    def grab(name):
+        def hook(mod, inputs, out):
+            o, n = _bits_one(inputs[0].detach().numpy())
+            seen[name][0] += o
+            seen[name][1] += n
+        return hook
+
+    net.conv.register_forward_hook(grab("conv"))
+    net.head[2].register_forward_hook(grab("head.2"))
+    with TraceRecorder(net, tmp_path / "t", chunk_iterations=2) as rec:
+        for it in range(3):
+            x, y = batch(it)
+            net.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            rec.step()
+        with torch.no_grad():
+            net(batch(9)[0])             # an evaluation pass after the last step: not counted
+    layers = {l.name: l for l in open_trace(str(tmp_path / "t")).meta.layers}
+    # the reference hooks also saw the evaluation pass: take it back out
+    x9 = batch(9)[0]
+    c = net.conv                         # computed without the module: no hook fires
+    with torch.no_grad():
+        h9 = torch.relu(nn.functional.conv2d(x9, c.weight, c.bias, c.stride, c.padding))
+    h9 = h9.flatten(1)
+    for name, inp in (("conv", x9), ("head.2", h9)):
+        o, n = _bits_one(inp.numpy())
+        want = (seen[name][0] - o) / (seen[name][1] - n)
+        assert layers[name].input_activity == pytest.approx(want, abs=1e-6)
+    # a ReLU output is half zeros: its activity is lower than the raw input's
+    assert layers["head.2"].input_activity < layers["conv"].input_activity
