@@ -264,3 +264,16 @@ def test_numbers_in_exponent_notation(text, value):
 def test_bad_new_keys_are_named(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
         timesim.load_hwconfig(None, [bad])
+
+
+def test_cli_lists_presets_and_runs_one_by_name(tmp_path, capsys, monkeypatch):
+    from timesim.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["hwconfigs"]) == 0
+    out = capsys.readouterr().out
+    assert "neurosim-v2.1-rram" in out and "time-default" in out
+    assert main(["run", "--hw", "neurosim-v2.1-rram", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "phases" in out and "area" in out
+    assert main(["hwconfigs", "--show", "nope"]) == 2
