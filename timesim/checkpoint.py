@@ -28,7 +28,18 @@ def fingerprint(hw_dict: dict, trace_label: str, meta_dict: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def save(out: Path, sim, trace, fp: str) -> Path:
+def saved_fingerprint(out: Path) -> str | None:
+    """The fingerprint of ``out``'s checkpoint, or None when there is none (or it is
+    unreadable)."""
+    try:
+        with np.load(Path(out) / NAME, allow_pickle=False) as z:
+            return json.loads(z["info"].tobytes().decode()).get("fingerprint")
+    except Exception:
+        return None
+
+
+def save(out: Path, sim, trace, fp: str, extra: dict | None = None) -> Path:
+    """``extra``: JSON-able state of the caller (trace position, non-finite counters)."""
     arrays: dict[str, np.ndarray] = {}
     for i, policy in enumerate(sim.policies):
         for k, v in policy.state().items():
@@ -38,7 +49,7 @@ def save(out: Path, sim, trace, fp: str) -> Path:
     info = {"format": FORMAT, "fingerprint": fp, "iterations": sim.iterations,
             "engine": sim.engine.state(),
             "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
-            "next_mark": sim._next_mark}
+            "next_mark": sim._next_mark, "extra": extra or {}}
     arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
     out.mkdir(parents=True, exist_ok=True)
     path = out / NAME
@@ -51,8 +62,9 @@ def save(out: Path, sim, trace, fp: str) -> Path:
     return path
 
 
-def load(out: Path, sim, trace, fp: str) -> int:
-    """Restore ``sim`` (and the trace generator) from ``out``'s checkpoint; return iterations."""
+def load(out: Path, sim, trace, fp: str) -> dict:
+    """Restore ``sim`` (and the trace generator) from ``out``'s checkpoint; return the caller's
+    ``extra`` state as saved, with ``iterations`` (simulated) added."""
     path = out / NAME
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -80,4 +92,4 @@ def load(out: Path, sim, trace, fp: str) -> int:
     sim.iterations = info["iterations"]
     sim.hist_t, sim.hist_max = info["hist_t"], info["hist_max"]
     sim._step, sim._next_mark = info["step"], info["next_mark"]
-    return sim.iterations
+    return {**info.get("extra", {}), "iterations": sim.iterations}

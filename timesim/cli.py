@@ -63,6 +63,10 @@ def cmd_run(args) -> int:
     from .trace import open_trace
 
     hw = load_hwconfig(args.hw, args.set or ())
+    if args.plots:
+        from .plots import require_matplotlib
+
+        require_matplotlib()
     trace = open_trace(args.trace if args.trace else bundled_trace())
     if args.resume and not args.out:
         raise ConfigError("--resume: needs the --out of the run to continue")
@@ -72,7 +76,7 @@ def cmd_run(args) -> int:
     try:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
-                          nonfinite=args.nonfinite)
+                          nonfinite=args.nonfinite, faults=args.faults)
     finally:
         if bar is not None:
             bar.close()
@@ -229,6 +233,10 @@ def cmd_sweep(args) -> int:
     from .sweep import METRICS, parse_grid, run_sweep
 
     grid = parse_grid(args.grid)
+    if args.plots:
+        from .plots import require_matplotlib
+
+        require_matplotlib()
     n = 1
     for _, vals in grid:
         n *= len(vals)
@@ -308,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a hwconfig key, e.g. controller.interval=512 (repeatable)")
     run.add_argument("--out", help="run folder (default: runs/run-DATE-TIME)")
     run.add_argument("--plots", action="store_true", help="also write PNG figures")
+    run.add_argument("--faults", action="store_true",
+                     help="also measure each worn layer's analog MVM error (report faults; "
+                          "with --plots, faults.png); the failed fractions are always there")
     run.add_argument("--checkpoint-every", type=_nonneg_int, default=10000, metavar="N",
                      help="save the full state into --out every N iterations (0: never; "
                           "default 10000)")

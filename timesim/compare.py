@@ -41,7 +41,25 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _plot_path(plot: str) -> Path:
+    """``--plot`` checked before any work: a .png (added when there is no suffix) in an
+    existing folder."""
+    p = Path(plot)
+    if p.suffix == "":
+        p = p.with_suffix(".png")
+    if p.suffix.lower() != ".png":
+        raise TimesimError(f"--plot {plot}: expected a .png file name, got {p.suffix!r}")
+    if not p.parent.is_dir():
+        raise TimesimError(f"--plot {plot}: folder {p.parent} does not exist")
+    return p
+
+
 def compare_runs(runs, plot: str | None = None) -> list[dict]:
+    if plot:
+        from .plots import require_matplotlib
+
+        require_matplotlib("--plot")
+        plot_path = _plot_path(plot)
     rows = [summarize(run, load_report(run)) for run in runs]
     widths = [max(len(c), *(len(_cell(r[c])) for r in rows)) for c in COLUMNS]
     print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
@@ -50,6 +68,6 @@ def compare_runs(runs, plot: str | None = None) -> list[dict]:
     if plot:
         from .plots import compare_plot
 
-        compare_plot(rows, Path(plot))
-        print(f"wrote {plot}")
+        compare_plot(rows, plot_path)
+        print(f"wrote {plot_path}")
     return rows

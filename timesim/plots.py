@@ -19,11 +19,18 @@ from .errors import SimulationError
 MAX_HEATMAP_PIXELS = 1 << 20     # bigger layers are max-pooled down for display
 
 
-def _pyplot():
+def require_matplotlib(what: str = "--plots") -> None:
+    """Fail before any work when the plots extra is missing (one line naming the extra)."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
-        raise SimulationError("--plots needs matplotlib: pip install 'timesim[plots]'") from None
+        raise SimulationError(f"{what} needs matplotlib: pip install 'timesim[plots]'") from None
+
+
+def _pyplot():
+    require_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -105,16 +112,16 @@ def max_writes_plot(plt, history: Path, policy: str, path: Path, dense_T: int) -
 
 
 def breakdown_plot(plt, report: dict, path: Path) -> None:
-    """Cycles by phase (busy cycles, summed over layers) and energy by component."""
-    T = report["iterations"]
+    """Cycles by phase (how long each phase lasted on the chip) and energy by component."""
+    T = max(1, report["iterations"])
     phases = {k: v / T for k, v in report["cycles"]["by_phase"].items() if v > 0}
     comps = {k: v / T for k, v in report["energy_j"]["by_component"].items() if v > 0}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax1.bar(list(phases), list(phases.values()), color="tab:blue")
     ax1.set_yscale("log")
-    ax1.set_ylabel("busy cycles per iteration (log scale)")
+    ax1.set_ylabel("cycles per iteration (log scale)")
     ax1.set_title(f"Cycles by phase (makespan {report['cycles']['per_iteration']:.3g} "
-                  f"cycles/iteration;\nphases overlap, so busy cycles add up to more)")
+                  f"cycles/iteration;\nphases may overlap)")
     ax2.bar(list(comps), list(comps.values()), color="tab:orange")
     ax2.set_yscale("log")
     ax2.set_ylabel("energy per iteration (J, log scale)")
@@ -130,6 +137,9 @@ def write_plots(out: str | Path, report: dict) -> list[Path]:
     """Write the figures of a finished run folder; returns their paths."""
     plt = _pyplot()
     out = Path(out)
+    if "estimate" in report:               # timing only: no write counts to draw
+        breakdown_plot(plt, report, out / "breakdown.png")
+        return [out / "breakdown.png"]
     p = report["policy"]
     label = p["selection"] + (f" + {p['wear_leveling']} (SI={p['interval']}, R={p['rows']})"
                               if p["wear_leveling"] != "none" else "")
@@ -195,15 +205,21 @@ def compare_plot(rows: list[dict], path: Path) -> None:
     plt = _pyplot()
     labels = [f"{Path(r['run']).name}\n{r['policy']}" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(max(9, 2.2 * len(rows) + 3), 4.5))
-    for ax, key, title, log in ((axes[0], "extension", "lifetime extension (x)", True),
-                                (axes[1], "cycles/iter", "cycles per iteration", True),
-                                (axes[2], "energy J/iter", "energy per iteration (J)", True)):
+    for ax, key, title in ((axes[0], "extension", "lifetime extension (x)"),
+                           (axes[1], "cycles/iter", "cycles per iteration"),
+                           (axes[2], "energy J/iter", "energy per iteration (J)")):
         vals = [r[key] or 0 for r in rows]
-        ax.bar(range(len(rows)), vals, color="tab:blue")
+        bars = ax.bar(range(len(rows)), vals, color="tab:blue")
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
         ax.set_title(title)
-        if log and all(v > 0 for v in vals):
+        # a log axis only when the values span more than a decade; linear from zero otherwise,
+        # so that a 1e-7 relative difference does not look like a factor of ten
+        pos = [v for v in vals if v > 0]
+        if pos and len(pos) == len(vals) and max(pos) / min(pos) > 10:
             ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, max(vals) * 1.15 if max(vals, default=0) > 0 else 1)
+        ax.bar_label(bars, labels=[f"{v:.4g}" for v in vals], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -217,8 +233,8 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
     from .faults import layer_endurance
     from .lifetime import failure_iterations
 
-    if "faults" not in report:
-        return None
+    if not report.get("faults", {}).get("probe"):
+        return None                        # the analog probe was not asked for (--faults)
     plt = _pyplot()
     hw = load_hwconfig(out / "hwconfig.yaml")
     T = report["iterations"]

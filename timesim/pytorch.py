@@ -17,8 +17,14 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:                    # one clear line naming the extra
+    raise ModuleNotFoundError(
+        "timesim.pytorch needs PyTorch: pip install 'timesim[torch]' (torch==2.13.0)",
+        name="torch") from exc
 
 from .config import HwConfig, load_hwconfig
 from .errors import TraceError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -16,6 +17,23 @@ from .config import HwConfig
 from .errors import SimulationError
 from .lifetime import lifetime_report
 from .policies import LayerPolicy
+
+
+def trace_fingerprint(trace) -> str:
+    """What identifies a trace's content: its manifest (shapes, geometry, batch, iterations,
+    per-chunk checksums when the writer recorded them) and, for a synthetic stream, its
+    generator, seed and parameters; not where it lies on disk."""
+    meta = trace.meta.to_dict()
+    synth = getattr(trace, "label", "") if not hasattr(trace, "path") else ""
+    blob = json.dumps({"meta": meta, "synth": synth}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def hwconfig_hash(hw: HwConfig) -> str:
+    """The resolved chip (every key, SI values; the name and source file excluded)."""
+    d = hw.to_dict()
+    d.pop("name", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 def writes_summary(w: np.ndarray, policy_cells: int, T: int) -> dict:
@@ -57,6 +75,35 @@ def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
         "wall_s": wall_s,
     }
     return report
+
+
+RUN_FILES = ("report.json", "actions.csv", "max_writes_history.csv", "hwconfig.yaml",
+             "writes_boxplot.png", "max_writes.png", "breakdown.png", "faults.png")
+RUN_DIRS = ("writes", "rowmap")
+
+
+def clear_run_folder(out: str | Path) -> bool:
+    """Remove what an earlier run wrote into ``out`` (report, CSVs, arrays, figures), so a new
+    run never sits next to stale results; anything else in the folder is left alone. Returns
+    whether there was an earlier run."""
+    out = Path(out)
+    if not out.is_dir():
+        return False
+    earlier = (out / "report.json").exists()
+    try:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for png in out.glob("heatmap_*.png"):
+            png.unlink()
+        for d in RUN_DIRS:
+            if (out / d).is_dir():
+                for f in (out / d).glob("*.npy"):
+                    f.unlink()
+                if not any((out / d).iterdir()):
+                    (out / d).rmdir()
+    except OSError as exc:
+        raise SimulationError(f"{out}: cannot clear the earlier run: {exc}") from None
+    return earlier
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

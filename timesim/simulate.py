@@ -22,7 +22,13 @@ from .engine import Engine
 from .faults import faults_report
 from .kernels.convert import to_float32
 from .policies import LayerPolicy
-from .report import build_report, write_run
+from .report import (
+    build_report,
+    clear_run_folder,
+    hwconfig_hash,
+    trace_fingerprint,
+    write_run,
+)
 from .trace import open_trace
 from .trace.format import TraceMeta
 
@@ -35,8 +41,9 @@ class Simulation:
     """Per-layer policy state, the engine's signature counts and the max-writes history."""
 
     def __init__(self, hw: HwConfig, meta: TraceMeta, fine: bool = False,
-                 expected_iterations: int | None = None):
+                 expected_iterations: int | None = None, faults: bool = False):
         self.hw = hw
+        self.faults = faults
         self.meta = meta
         self.start = time.perf_counter()
         self.policies = [LayerPolicy(layer, hw, i) for i, layer in enumerate(meta.layers)]
@@ -87,7 +94,8 @@ class Simulation:
                 self._step *= 2
             self._next_mark = (self.iterations // self._step + 1) * self._step
 
-    def finish(self, out=None, trace_label: str | None = None) -> dict:
+    def finish(self, out=None, trace_label: str | None = None,
+               fingerprint: str | None = None) -> dict:
         """Build the report (and the run folder when ``out``) from everything fed so far."""
         from .errors import SimulationError
 
@@ -104,6 +112,8 @@ class Simulation:
         meta = dataclasses.replace(self.meta, iterations=T)
         label = trace_label if trace_label is not None else self.meta.source
         report = build_report(self.hw, _Label(meta, label), self.policies, T, 0.0)
+        report["trace"]["fingerprint"] = fingerprint or trace_fingerprint(_Label(meta, label))
+        report["hwconfig_hash"] = hwconfig_hash(self.hw)
         report["cycles"] = cycles
         report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
         report["energy_j"] = energy_report(self.engine, counts)
@@ -114,7 +124,7 @@ class Simulation:
         rewrite = sum(a.get(("write", "ars_rewrite_pulse"), 0) for a in counts.values())
         row = np.mean([m.phys_cols for m in self.engine.mapping.layers])
         report["ars"]["normalized_write_energy"] = rewrite / T / row
-        report["faults"] = faults_report(self.hw, self.policies, T)
+        report["faults"] = faults_report(self.hw, self.policies, T, probe=self.faults)
         if self.nonfinite is not None:
             report["nonfinite"] = self.nonfinite
         wall = time.perf_counter() - self.start
@@ -165,10 +175,16 @@ class _Label:
     label: str
 
 
+def run_fingerprint(hw: HwConfig, trace_fp: str, nonfinite: str = "error") -> str:
+    """What must not change between a run and its resume: the chip, the trace's content and
+    how non-finite gradients are handled."""
+    return checkpoint.fingerprint(hw.to_dict(), trace_fp, {"nonfinite": nonfinite})
+
+
 def simulate(hw: HwConfig, trace, out=None,
              progress: Callable[[int], None] | None = None, fine: bool = False,
              checkpoint_every: int = 0, resume: bool = False,
-             nonfinite: str = "error") -> dict:
+             nonfinite: str = "error", faults: bool = False) -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
@@ -178,12 +194,22 @@ def simulate(hw: HwConfig, trace, out=None,
     ``nonfinite``: a NaN/Inf gradient is an error naming layer and iteration (``error``), or
     its iteration is dropped for every layer (``skip``, as a loss scaler skips a step), or the
     values are replaced by 0 (``zero``); both opt-ins are counted in the report.
+    ``faults``: also measure each worn layer's analog MVM error (report ``faults``; seconds
+    per large network, so opt-in; the failed fractions are always there).
     """
     if nonfinite not in ("error", "skip", "zero"):
         from .errors import ConfigError
 
         raise ConfigError(f"nonfinite: must be error, skip or zero, got {nonfinite!r}")
     trace = open_trace(trace)
+    fp_trace = trace_fingerprint(trace)
+    if out is not None and not resume:
+        if clear_run_folder(out):
+            log.warning("%s: replacing the earlier run in this folder", out)
+        if (Path(out) / checkpoint.NAME).is_file():
+            log.warning("%s: discarding its checkpoint (pass --resume to continue from it)",
+                        out)
+            (Path(out) / checkpoint.NAME).unlink()
     if trace.meta.timing_only:
         from .estimate import estimate
         from .report import write_report_only
@@ -193,27 +219,37 @@ def simulate(hw: HwConfig, trace, out=None,
         report = estimate(hw, trace.meta,
                           actions_csv=Path(out) / "actions.csv" if out is not None else None)
         report["trace"]["path"] = getattr(trace, "label", report["trace"]["path"])
+        report["trace"]["fingerprint"] = fp_trace
+        report["hwconfig_hash"] = hwconfig_hash(hw)
         if out is not None:
             write_report_only(out, report)
         return report
     if hasattr(trace, "bind"):
         trace.bind(hw)
     label = getattr(trace, "label", str(getattr(trace, "path", "")))
-    sim = Simulation(hw, trace.meta, fine=fine)
+    sim = Simulation(hw, trace.meta, fine=fine, faults=faults)
     start_chunk = 0
     fp = ""
-    if out is not None and (checkpoint_every or resume):
-        out = Path(out)
-        fp = checkpoint.fingerprint(hw.to_dict(), label, trace.meta.to_dict())
-        if resume and (out / checkpoint.NAME).is_file():
-            done = checkpoint.load(out, sim, trace, fp)
-            start_chunk = done // trace.meta.chunk_iterations
-            log.info("resuming %s at iteration %d", out, done)
-    last_saved = sim.iterations
     dtype = trace.meta.dtype
     names = [layer.name for layer in trace.meta.layers]
     found = dict.fromkeys(names, 0)
     skipped = 0
+    if out is not None and (checkpoint_every or resume):
+        out = Path(out)
+        fp = run_fingerprint(hw, fp_trace, nonfinite)
+        if resume and (out / checkpoint.NAME).is_file():
+            state = checkpoint.load(out, sim, trace, fp)
+            # the trace position, not the iterations simulated: with --nonfinite skip they
+            # differ by the iterations dropped
+            pos = int(state.get("trace_pos", state["iterations"]))
+            start_chunk = pos // trace.meta.chunk_iterations
+            found.update(state.get("found", {}))
+            skipped = int(state.get("skipped", 0))
+            log.info("resuming %s at iteration %d", out, pos)
+        elif resume:
+            log.warning("%s: no checkpoint to resume from; starting from the beginning", out)
+            clear_run_folder(out)
+    last_saved = sim.iterations
     for chunk in trace.chunks(start_chunk):
         if nonfinite == "error":
             sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
@@ -232,13 +268,14 @@ def simulate(hw: HwConfig, trace, out=None,
             progress(chunk.t0 + chunk.n)
         if (checkpoint_every and out is not None and chunk.t0 + chunk.n < trace.meta.iterations
                 and sim.iterations // checkpoint_every > last_saved // checkpoint_every):
-            checkpoint.save(out, sim, trace, fp)
+            checkpoint.save(out, sim, trace, fp, {"trace_pos": chunk.t0 + chunk.n,
+                                                  "found": found, "skipped": skipped})
             last_saved = sim.iterations
     if nonfinite != "error":
         sim.nonfinite = {"policy": nonfinite, "iterations_skipped": skipped,
                          "values_zeroed": sum(found.values()) if nonfinite == "zero" else 0,
                          "by_layer": {k: v for k, v in found.items() if v}}
-    report = sim.finish(out, label)
+    report = sim.finish(out, label, fingerprint=fp_trace)
     if out is not None:
         (Path(out) / checkpoint.NAME).unlink(missing_ok=True)
     return report

@@ -4,7 +4,9 @@ Points run in parallel on local processes (``workers``) or on an existing Dask c
 (``scheduler``: dask.distributed's ``Client.get_executor()``, a concurrent.futures executor, so
 both paths share this code). Each point's run folder is written as it finishes
 (``OUT/points/<id>/report.json`` last); ``sweep.csv`` and ``sweep.json`` are rewritten after each
-point. An interrupted sweep rerun with the same arguments skips the finished points.
+point. An interrupted sweep rerun with the same arguments skips the finished points: a point
+counts as finished only when its run folder's report carries the same trace fingerprint and
+resolved hwconfig hash (a different trace or setting into the same ``--out`` reruns it).
 """
 
 from __future__ import annotations
@@ -69,23 +71,35 @@ def _get(report: dict, dotted: str):
 def run_point(hw_path: str | None, base_sets: Sequence[str], trace: str,
               settings: dict[str, str], out: str, checkpoint_every: int) -> dict:
     """One point (runs in a worker process): the report of ``timesim run`` with these settings."""
-    from .simulate import simulate
+    from . import checkpoint
+    from .report import trace_fingerprint
+    from .simulate import run_fingerprint, simulate
+    from .trace import open_trace
 
     hw = load_hwconfig(hw_path, [*base_sets, *(f"{k}={v}" for k, v in settings.items())])
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     (out_p / "point.json").write_text(json.dumps(settings, sort_keys=True))
-    report = simulate(hw, trace, out=out_p, checkpoint_every=checkpoint_every,
-                      resume=checkpoint_every > 0)
+    tr = open_trace(trace)
+    # continue only from a checkpoint of this very point (same chip and trace content)
+    resume = (checkpoint_every > 0 and checkpoint.saved_fingerprint(out_p)
+              == run_fingerprint(hw, trace_fingerprint(tr)))
+    report = simulate(hw, tr, out=out_p, checkpoint_every=checkpoint_every, resume=resume)
     return {k: _get(report, k) for k in METRICS}
 
 
-def _finished(folder: Path, settings: dict[str, str]) -> dict | None:
+def _finished(folder: Path, settings: dict[str, str], trace_fp: str, hw_hash: str
+              ) -> dict | None:
+    """The metrics of a point already run with these settings, this chip and this trace's
+    content (the run folder's own fingerprints decide), else None."""
     try:
         if json.loads((folder / "point.json").read_text()) != settings:
             return None
         report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError):
+        return None
+    if (_get(report, "trace.fingerprint") != trace_fp
+            or report.get("hwconfig_hash") != hw_hash):
         return None
     return {k: _get(report, k) for k in METRICS}
 
@@ -110,10 +124,11 @@ def run_sweep(hw_path: str | None, trace: str, grid: list[tuple[str, list[str]]]
               scheduler: str | None = None, checkpoint_every: int = 0,
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Run every grid point not finished yet; return all rows (point order)."""
+    from .report import hwconfig_hash, trace_fingerprint
     from .trace import open_trace
 
     load_hwconfig(hw_path, base_sets)                 # bad inputs fail here, before any work
-    open_trace(trace)
+    trace_fp = trace_fingerprint(open_trace(trace))
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     keys = [k for k, _ in grid]
@@ -122,7 +137,8 @@ def run_sweep(hw_path: str | None, trace: str, grid: list[tuple[str, list[str]]]
         pid = point_id(i, settings)
         folder = out_p / "points" / pid
         row = {"point": pid, **settings}
-        got = _finished(folder, settings)
+        hw = load_hwconfig(hw_path, [*base_sets, *(f"{k}={v}" for k, v in settings.items())])
+        got = _finished(folder, settings, trace_fp, hwconfig_hash(hw))
         if got is not None:
             rows.append({**row, **got})
         else:
