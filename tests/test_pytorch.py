@@ -237,3 +237,87 @@ def test_recorder_measures_input_activity(tmp_path):
         assert layers[name].input_activity == pytest.approx(want, abs=1e-6)
     # a ReLU output is half zeros: its activity is lower than the raw input's
     assert layers["head.2"].input_activity < layers["conv"].input_activity
+
+
+class Mixed(nn.Module):
+    """A frozen stem, a depthwise conv, a Conv1d and attention next to mappable layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.stem.weight.requires_grad_(False)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.body = nn.Conv2d(4, 6, 3, padding=1)
+        self.seq = nn.Conv1d(6, 6, 3, padding=1)
+        self.att = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.head = nn.Linear(6, 7)
+
+    def forward(self, x):
+        h = self.body(self.dw(self.stem(x)))            # (n, 6, 8, 9)
+        s = self.seq(h.flatten(2))                      # (n, 6, 72)
+        a, _ = self.att(s.transpose(1, 2), s.transpose(1, 2), s.transpose(1, 2))
+        return self.head(a.mean(1))
+
+
+def test_recorder_records_what_maps_and_says_what_it_left_out(tmp_path, caplog):
+    import logging
+
+    torch.manual_seed(0)
+    net = Mixed()
+    with caplog.at_level(logging.WARNING, logger="timesim"):
+        with TraceRecorder(net, tmp_path / "t", chunk_iterations=2) as rec:
+            for it in range(3):
+                x, y = batch(it)
+                net.zero_grad()
+                nn.functional.cross_entropy(net(x), y).backward()
+                rec.step()
+    meta = open_trace(str(tmp_path / "t")).meta
+    assert [l.name for l in meta.layers] == ["body", "head"]
+    reasons = {d["name"]: d["reason"] for d in meta.skipped}
+    assert reasons["stem"].startswith("frozen") and reasons["dw"].startswith("grouped")
+    assert "Conv1d" in reasons["seq"] and "MultiheadAttention" in reasons["att"]
+    assert "att.out_proj" in reasons
+    assert "not mapped to crossbars" in caplog.text and "stem" in caplog.text
+    # exclude= and layers= choose
+    with TraceRecorder(net, tmp_path / "u", exclude=["head"]) as rec:
+        x, y = batch(0)
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        rec.step()
+    assert [l.name for l in open_trace(str(tmp_path / "u")).meta.layers] == ["body"]
+    with pytest.raises(timesim.TraceError, match="no module named 'nope'"):
+        TraceRecorder(net, tmp_path / "v", layers=["nope"])
+
+
+def test_recorder_memory_is_bounded_by_its_byte_budget(tmp_path):
+    net = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10))
+    weights = 256 * 512 + 512 * 10
+    rec = TraceRecorder(net, tmp_path / "t", chunk_iterations=64, max_buffer_bytes=1 << 20)
+    assert rec.chunk_iterations == (1 << 20) // (weights * 4) == 1
+    rec = TraceRecorder(net, tmp_path / "t", chunk_iterations=64, dtype="float16",
+                        max_buffer_bytes=1 << 22)
+    assert rec.chunk_iterations == (1 << 22) // (weights * 2)
+
+
+def test_sparse_update_without_model_refuses_convolutions():
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(timesim.TraceError, match="pass SparseUpdate"):
+        SparseUpdate(opt, None)
+    mlp = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    su = SparseUpdate(torch.optim.SGD(mlp.parameters(), lr=0.1), None, batch_size=16)
+    assert [n for n, _ in su.params] == ["param0", "param1"]
+
+
+def test_sparse_update_skips_what_the_recorder_skips():
+    torch.manual_seed(0)
+    net = Mixed()
+    su = SparseUpdate(torch.optim.SGD(net.parameters(), lr=0.1), None, model=net)
+    assert [n for n, _ in su.params] == ["body", "head"]
+    x, y = batch(0)
+    su.zero_grad()
+    nn.functional.cross_entropy(net(x), y).backward()
+    dw_before = net.dw.weight.detach().clone()
+    su.step()
+    # a left-out weight is updated densely by the optimizer (digital)
+    assert not torch.equal(dw_before, net.dw.weight.detach())

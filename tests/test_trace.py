@@ -198,7 +198,8 @@ def test_killed_trace_synth_leaves_nothing_valid(tmp_path):
     out = tmp_path / "big"
     proc = subprocess.Popen([sys.executable, "-m", "timesim", "trace", "synth", "--model",
                              "resnet20", "--iterations", "100000", "--chunk", "16", "--out",
-                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(out), "--no-space-check"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:                 # wait until chunks are being written
         if (out / "fc").is_dir() and len(list((out / "fc").iterdir())) >= 2:
@@ -211,3 +212,60 @@ def test_killed_trace_synth_leaves_nothing_valid(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "incomplete trace" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_only_the_last_chunk_may_be_short(tmp_path):
+    from timesim.errors import TraceError
+
+    layers = [LayerInfo(name="a", kind="linear", rows=3, cols=2)]
+    w = TraceWriter(tmp_path / "t", layers, model="m", source="s", chunk_iterations=4)
+    w.append_chunk({"a": np.zeros((2, 3, 2), np.float32)})        # short
+    with pytest.raises(TraceError, match="only the last chunk may be short"):
+        w.append_chunk({"a": np.zeros((4, 3, 2), np.float32)})
+    with pytest.raises(TraceError, match="only the last chunk may be short"):
+        w.append({"a": np.zeros((3, 2), np.float32)})
+    meta = w.close()
+    assert meta.iterations == 2
+
+
+def test_force_replaces_a_trace_but_never_another_folder(tmp_path):
+    from timesim.cli import main
+
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"meow")
+    assert main(["trace", "synth", "--model", "mlp-small", "--iterations", "3", "--out",
+                 str(other), "--force"]) == 2
+    assert (other / "cat.jpg").read_bytes() == b"meow"
+    t = tmp_path / "t"
+    assert main(["trace", "synth", "--model", "mlp-small", "--iterations", "3", "--out",
+                 str(t)]) == 0
+    assert main(["trace", "synth", "--model", "mlp-small", "--iterations", "5", "--out",
+                 str(t), "--force"]) == 0
+    assert open_trace(str(t)).meta.iterations == 5
+
+
+def test_trace_synth_prints_its_size_and_refuses_what_the_disk_cannot_hold(tmp_path, capsys):
+    from timesim.cli import main
+
+    assert main(["trace", "synth", "--model", "vgg16", "--iterations", "10000000", "--out",
+                 str(tmp_path / "big")]) == 2
+    captured = capsys.readouterr()
+    assert "writing" in captured.out and "TB" in captured.out
+    assert "--no-space-check" in captured.err
+    assert not (tmp_path / "big").exists()
+
+
+def test_conv2d_without_output_hw_is_refused(tmp_path):
+    import yaml
+
+    from timesim.errors import TraceError
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.yaml").write_text(yaml.safe_dump({
+        "format": "timesim-trace", "version": 1, "model": "m", "iterations": 1,
+        "chunk_iterations": 1, "dtype": "float32", "timing_only": True,
+        "layers": [{"name": "c", "kind": "conv2d", "rows": 27, "cols": 8, "kernel": [3, 3],
+                    "in_channels": 3, "out_channels": 8, "input_hw": [32, 32]}]}))
+    with pytest.raises(TraceError, match="output_hw: missing"):
+        open_trace(str(tmp_path / "m"))

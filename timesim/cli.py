@@ -10,7 +10,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
-from .errors import ConfigError, TimesimError
+from .errors import ConfigError, TimesimError, TraceError
 
 EXAMPLE_TRACE = "digits-lenet-sgs"
 
@@ -145,9 +145,10 @@ def _print_summary(r: dict, out: Path) -> None:
     top = max(e["by_component"], key=e["by_component"].get)
     print(f"time                     {c['per_iteration']:.4g} cycles per iteration, "
           f"{r['seconds']:.4g} s in all")
+    ars = (f"; ARS overhead {e['ars_overhead'] / e['total']:.2%}"
+           if p["wear_leveling"] != "none" else "")
     print(f"energy                   {e['total'] / r['iterations']:.4g} J per iteration "
-          f"({top} {e['by_component'][top] / e['total']:.0%}); ARS overhead "
-          f"{e['ars_overhead'] / e['total']:.2%}")
+          f"({top} {e['by_component'][top] / e['total']:.0%}){ars}")
     _print_phases(r, 25)
     if p["wear_leveling"] != "none" and p["interval"] >= r["iterations"]:
         print(f"note: ARS interval {p['interval']} >= {r['iterations']} iterations, so no swap "
@@ -158,12 +159,33 @@ def _print_summary(r: dict, out: Path) -> None:
     print(f"wrote     {out}/report.json, actions.csv, writes/, rowmap/")
 
 
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
 def cmd_trace_synth(args) -> int:
+    import shutil
+
     from .trace import TraceWriter
+    from .trace.format import STORAGE
     from .trace.synth import SynthTrace
 
     synth = SynthTrace(args.model, iterations=args.iterations, seed=args.seed, chunk=args.chunk)
     meta = synth.meta
+    size = meta.iterations * sum(l.cells for l in meta.layers) * STORAGE[args.dtype].itemsize
+    out = Path(args.out)
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    print(f"writing {_bytes(size)} to {out} ({meta.iterations} iterations of "
+          f"{len(meta.layers)} layers, {args.dtype}; {_bytes(free)} free there)")
+    if size > free and not args.no_space_check:
+        raise TraceError(f"{out}: the trace needs {_bytes(size)} and {probe} has {_bytes(free)} "
+                         f"free; use fewer --iterations, --dtype float16, a synth: trace "
+                         f"(never on disk), or --no-space-check")
     update, bar = _progress(meta.iterations, "writing")
     try:
         with TraceWriter(args.out, meta.layers, model=meta.model, source=meta.source,
@@ -206,7 +228,6 @@ def cmd_trace_info(args) -> int:
 
 
 def cmd_trace_validate(args) -> int:
-    from .errors import TraceError
     from .trace import TraceDir
 
     if isinstance(args.trace, str) and args.trace.startswith("synth:"):
@@ -365,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True)
     synth.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     synth.add_argument("--chunk", type=int, default=64, help="iterations per chunk file")
-    synth.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    synth.add_argument("--force", action="store_true",
+                       help="replace the trace already in --out (never another folder)")
+    synth.add_argument("--no-space-check", action="store_true",
+                       help="write even when the estimated size exceeds the free disk space")
     synth.set_defaults(func=cmd_trace_synth)
     info = tsub.add_parser("info", help="summarize a trace")
     info.add_argument("trace")

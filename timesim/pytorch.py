@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from .errors import TraceError
 from .simulate import Simulation
 from .trace.format import LayerInfo, TraceMeta
 from .trace.writer import TraceWriter
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TraceRecorder", "SparseUpdate", "timing_manifest", "crossbar_forward",
            "weight_to_matrix", "matrix_to_weight"]
@@ -52,18 +55,65 @@ def matrix_to_weight(g: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return t.to(dtype=like.dtype, device=like.device)
 
 
-def crossbar_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(module path, module) of every nn.Linear and nn.Conv2d, in registration order."""
-    out = []
+def _matches(name: str, patterns) -> bool:
+    """A module path equals a pattern or lies under it (``features`` covers ``features.3``)."""
+    return any(name == p or name.startswith(p + ".") for p in patterns)
+
+
+def select_layers(model: nn.Module, layers=None, exclude=()
+                  ) -> tuple[list[tuple[str, nn.Module]], list[dict[str, str]]]:
+    """The crossbar layers of ``model`` and the weight-bearing modules left out, with why.
+
+    Mapped: every nn.Linear and nn.Conv2d (groups = 1) whose weight trains, in registration
+    order, restricted to ``layers`` (module paths or their prefixes) and minus ``exclude``.
+    Left out, each with a reason (the manifest's ``skipped`` and a warning say so): excluded
+    or unlisted layers, frozen weights (requires_grad=False), grouped/depthwise convolutions
+    (not one crossbar matrix), and modules with weights timesim does not map (Conv1d, the
+    projections of nn.MultiheadAttention, embeddings, recurrent layers, ...).
+    """
+    out, skipped = [], []
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Linear, nn.Conv2d)):
-            if isinstance(mod, nn.Conv2d) and mod.groups != 1:
-                raise TraceError(f"layer {name}: grouped convolution (groups={mod.groups}) "
-                                 f"does not map to one crossbar matrix; not supported")
-            out.append((name or "model", mod))
+        name = name or "model"
+        own = [n for n, p in mod.named_parameters(recurse=False)
+               if p is not None and p.dim() >= 2]
+        if not own:
+            continue
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)) or type(mod).__name__ in (
+                "NonDynamicallyQuantizableLinear",):
+            if isinstance(mod, nn.Linear):      # MultiheadAttention's out_proj
+                reason = "inside nn.MultiheadAttention (its projections are not mapped)"
+            else:
+                reason = f"{type(mod).__name__} is not mapped to crossbars ({', '.join(own)})"
+            skipped.append({"name": name, "reason": reason})
+            continue
+        if layers is not None and not _matches(name, layers):
+            skipped.append({"name": name, "reason": "not in layers="})
+        elif _matches(name, exclude):
+            skipped.append({"name": name, "reason": "excluded"})
+        elif not mod.weight.requires_grad:
+            skipped.append({"name": name, "reason": "frozen (requires_grad=False)"})
+        elif isinstance(mod, nn.Conv2d) and mod.groups != 1:
+            skipped.append({"name": name, "reason": f"grouped convolution (groups="
+                                                    f"{mod.groups}): not one crossbar matrix"})
+        else:
+            out.append((name, mod))
+    if layers is not None:
+        missing = [p for p in layers if not any(_matches(n, [p]) for n, _ in model.named_modules())]
+        if missing:
+            raise TraceError(f"layers=: no module named {missing[0]!r} in the model")
     if not out:
-        raise TraceError("the model has no nn.Linear or nn.Conv2d layer to map to crossbars")
-    return out
+        why = "; ".join(f"{d['name']}: {d['reason']}" for d in skipped[:3])
+        raise TraceError("the model has no trainable nn.Linear or nn.Conv2d layer to map to "
+                         "crossbars" + (f" ({why})" if why else ""))
+    if skipped:
+        log.warning("not mapped to crossbars: %s",
+                    "; ".join(f"{d['name']} ({d['reason']})" for d in skipped))
+    return out, skipped
+
+
+def crossbar_layers(model: nn.Module, layers=None, exclude=()) -> list[tuple[str, nn.Module]]:
+    """(module path, module) of every mapped nn.Linear and nn.Conv2d (``select_layers``)."""
+    return select_layers(model, layers, exclude)[0]
 
 
 class _Probe:
@@ -154,20 +204,35 @@ class TraceRecorder:
 
     Chunks are written atomically and the manifest is checkpointed after each chunk
     (``complete: false``): a killed run keeps its finished chunks (``timesim trace seal``).
+
+    ``layers`` / ``exclude``: module paths (or their prefixes) to record / leave out; frozen and
+    grouped layers are left out by themselves; the manifest's ``skipped`` lists every
+    weight-bearing module not recorded, with why. Memory: the writer holds one chunk of every
+    layer, chunk_iterations x Σ weights x bytes per value; ``max_buffer_bytes`` (default 256 MB)
+    lowers chunk_iterations so that this stays bounded whatever the model.
     """
 
     def __init__(self, model: nn.Module, path: str | Path, dtype: str = "float32",
                  chunk_iterations: int = 64, dataset: str = "", model_name: str | None = None,
-                 overwrite: bool = False, input_bits: int = 8):
+                 overwrite: bool = False, input_bits: int = 8, layers=None, exclude=(),
+                 max_buffer_bytes: int = 256 << 20):
         self.model = model
         self.input_bits = input_bits
         self.path = Path(path)
         self.dtype = dtype
-        self.chunk_iterations = chunk_iterations
         self.dataset = dataset
         self.model_name = model_name or type(model).__name__
         self.overwrite = overwrite
-        self.layers = crossbar_layers(model)
+        self.layers, self.skipped = select_layers(model, layers, exclude)
+        from .trace.format import STORAGE
+
+        if dtype not in STORAGE:
+            raise TraceError(f"dtype: must be one of {'|'.join(STORAGE)}, got {dtype!r}")
+        per_iteration = sum(m.weight.numel() for _, m in self.layers) * STORAGE[dtype].itemsize
+        self.chunk_iterations = max(1, min(chunk_iterations, max_buffer_bytes // per_iteration))
+        if self.chunk_iterations < chunk_iterations:
+            log.info("chunk_iterations %d -> %d: one chunk of every layer stays under %d bytes",
+                     chunk_iterations, self.chunk_iterations, max_buffer_bytes)
         self.probe: _Probe | None = None
         self.writer: TraceWriter | None = None
 
@@ -185,10 +250,13 @@ class TraceRecorder:
                 dataset=self.dataset, batch_size=self.probe.batch, dtype=self.dtype,
                 chunk_iterations=self.chunk_iterations, overwrite=self.overwrite,
                 checkpoint=True)
+            self.writer.skipped = tuple(self.skipped)
         grads = {}
         for name, mod in self.layers:
             if mod.weight.grad is None:
-                raise TraceError(f"layer {name}: no gradient; call step() after backward()")
+                raise TraceError(f"layer {name}: no gradient this iteration: call step() after "
+                                 f"backward(), and make sure the layer is used in the loss (or "
+                                 f"leave it out: exclude=[{name!r}])")
             grads[name] = weight_to_matrix(mod.weight.grad)
         self.writer.append(grads)
         self.probe.mark()
@@ -202,6 +270,7 @@ class TraceRecorder:
             self.writer.layers = tuple(
                 dataclasses.replace(info, input_activity=self.probe.activity(info.name))
                 for info in self.writer.layers)
+            self.writer.skipped = tuple(self.skipped)
             self.writer.close()
 
 
@@ -215,28 +284,47 @@ class SparseUpdate:
     applied to the accumulated gradient. Biases and other 1-D parameters are digital and updated
     densely. ARS is a physical remap and changes nothing here.
 
-    ``model`` (optional) names the layers by module path and records conv geometry and batch
-    size for the engine; without it the weights are named ``param0, param1, ...``.
+    ``model`` names the layers by module path and records conv geometry, batch size and input
+    activity for the engine; ``layers`` / ``exclude`` as for ``TraceRecorder`` (left-out
+    weights are updated densely by the wrapped optimizer). Without ``model`` only Linear
+    weights can be mapped (a 4-D weight's geometry is unknown: pass ``model=``), they are named
+    ``param0, param1, ...``, and ``batch_size`` should be given.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, hw: HwConfig | str | Path | None = None,
                  model: nn.Module | None = None, model_name: str | None = None,
-                 dataset: str = ""):
+                 dataset: str = "", layers=None, exclude=(), batch_size: int | None = None):
         self.optimizer = optimizer
         self.hw = hw if isinstance(hw, HwConfig) else load_hwconfig(hw)
         names: dict[int, str] = {}
         self.probe = None
+        self.batch_size = batch_size
+        self.skipped: list[dict[str, str]] = []
         if model is not None:
-            layers = crossbar_layers(model)
-            names = {id(mod.weight): name for name, mod in layers}
-            self.probe = _Probe(layers, self.hw.dac.input_bits)
+            mapped, self.skipped = select_layers(model, layers, exclude)
+            names = {id(mod.weight): name for name, mod in mapped}
+            self.probe = _Probe(mapped, self.hw.dac.input_bits)
+        elif layers is not None or exclude:
+            raise TraceError("SparseUpdate: layers= and exclude= name modules: pass model= too")
         self.params: list[tuple[str, torch.nn.Parameter]] = []
         for group in optimizer.param_groups:
             for p in group["params"]:
-                if p.dim() in (2, 4) and (not names or id(p) in names):
-                    self.params.append((names.get(id(p), f"param{len(self.params)}"), p))
+                if model is not None:
+                    if id(p) in names:
+                        self.params.append((names[id(p)], p))
+                elif p.dim() == 4:
+                    raise TraceError(
+                        f"SparseUpdate: a 4-D (convolution) weight of shape {tuple(p.shape)} "
+                        f"without model=: its output positions, stride and groups are unknown "
+                        f"and the engine would time it as one input vector; pass "
+                        f"SparseUpdate(optimizer, hw, model=model)")
+                elif p.dim() == 2:
+                    self.params.append((f"param{len(self.params)}", p))
         if not self.params:
             raise TraceError("the optimizer has no 2-D or 4-D weight to map to crossbars")
+        if model is None and batch_size is None:
+            log.warning("SparseUpdate without model= or batch_size=: the batch size is unknown "
+                        "and the engine times one input vector per layer and iteration")
         self.model_name = model_name or (type(model).__name__ if model is not None else "model")
         self.dataset = dataset
         self.sim: Simulation | None = None
@@ -273,8 +361,9 @@ class SparseUpdate:
         return tuple(out)
 
     def _start(self) -> None:
+        batch = self.batch_size or (self.probe.batch if self.probe else 0)
         meta = TraceMeta(model=self.model_name, source=f"{_source()} live", dataset=self.dataset,
-                         batch_size=self.probe.batch if self.probe else 0, iterations=1,
+                         batch_size=batch, iterations=1,
                          chunk_iterations=1, dtype="float32", layers=self._layers())
         self.sim = Simulation(self.hw, meta)
 

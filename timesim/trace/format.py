@@ -68,6 +68,7 @@ class TraceMeta:
     checksums: dict[str, str] = field(default_factory=dict)
     complete: bool = True           # False: a writer checkpoint; the writer was still running
     timing_only: bool = False       # shapes and geometry, no gradient chunks
+    skipped: tuple = ()             # [{name, reason}]: modules with weights not recorded
 
     @property
     def n_chunks(self) -> int:
@@ -87,6 +88,8 @@ class TraceMeta:
             out["complete"] = False
         if self.timing_only:
             out["timing_only"] = True
+        if self.skipped:
+            out["skipped"] = [dict(d) for d in self.skipped]
         return out
 
 
@@ -168,7 +171,8 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
         raise TraceError(f"{where}: version: only version {VERSION} is known, "
                          f"got {raw.get('version')!r}")
     known = {"format", "version", "model", "source", "dataset", "batch_size", "iterations",
-             "chunk_iterations", "dtype", "layers", "checksums", "complete", "timing_only"}
+             "chunk_iterations", "dtype", "layers", "checksums", "complete", "timing_only",
+             "skipped"}
     unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise TraceError(f"{where}: {unknown[0]}: unknown key")
@@ -200,6 +204,11 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
             if not isinstance(raw[key], bool):
                 raise TraceError(f"{where}: {key}: must be true or false, got {raw[key]!r}")
             flags[key] = raw[key]
+    skipped = raw.get("skipped") or []
+    if not isinstance(skipped, list) or not all(
+            isinstance(d, dict) and set(d) <= {"name", "reason"} for d in skipped):
+        raise TraceError(f"{where}: skipped: must be a list of {{name, reason}}")
+    flags["skipped"] = tuple(skipped)
     return TraceMeta(model=raw.get("model") or "", source=raw.get("source") or "",
                      dataset=raw.get("dataset") or "", batch_size=batch, iterations=iterations,
                      chunk_iterations=chunk, dtype=dtype, layers=layers, checksums=checksums,

@@ -66,6 +66,8 @@ class TraceWriter:
         self._iterations = 0
         self._checksums: dict[str, str] = {}
         self._closed = False
+        self._short = False             # a short chunk was written: it must be the last
+        self.skipped: tuple[dict[str, str], ...] = ()   # modules not recorded, with why
         # checkpoint: after every chunk, a manifest marked `complete: false` that covers the
         # chunks on disk, so a killed recording keeps its finished chunks (`trace seal`)
         self.checkpoint = checkpoint
@@ -78,6 +80,10 @@ class TraceWriter:
             if not overwrite:
                 raise TraceError(f"{p}: directory exists and is not empty; choose another "
                                  f"output or remove it")
+            if not (p / "manifest.yaml").is_file():
+                # overwrite replaces a trace, never an arbitrary folder
+                raise TraceError(f"{p}: not a trace directory (no manifest.yaml); refusing to "
+                                 f"empty it, choose another output")
             # Drop the manifest first so the old trace stops being valid before chunks change.
             (p / "manifest.yaml").unlink(missing_ok=True)
             for child in p.iterdir():
@@ -92,8 +98,15 @@ class TraceWriter:
         except OSError as exc:
             raise TraceError(f"{p}: cannot create trace directory: {exc}") from None
 
+    def _check_open(self) -> None:
+        if self._short:
+            raise TraceError(f"{self.path}: a chunk of fewer than chunk_iterations = "
+                             f"{self.chunk_iterations} iterations was already written; only the "
+                             f"last chunk may be short")
+
     def append(self, grads: Mapping[str, np.ndarray]) -> None:
         """Add one iteration: ``grads[name]`` is the (rows, cols) gradient matrix of each layer."""
+        self._check_open()
         for layer in self.layers:
             g = grads.get(layer.name)
             if g is None:
@@ -111,6 +124,7 @@ class TraceWriter:
         """Add a block of iterations (n ≤ chunk_iterations, only when the buffer is empty)."""
         if self._fill:
             raise TraceError("append_chunk after a partial append: buffer not empty")
+        self._check_open()
         n = None
         for layer in self.layers:
             a = np.asarray(arrays[layer.name])
@@ -120,7 +134,9 @@ class TraceWriter:
                 raise TraceError(f"layer {layer.name}: chunk shape {a.shape} invalid")
             self._buffers[layer.name][:n] = to_storage(a, self.dtype)
         self._fill = n or 0
+        short = 0 < self._fill < self.chunk_iterations
         self._flush()
+        self._short = short
 
     def _flush(self) -> None:
         if not self._fill:
@@ -159,6 +175,7 @@ class TraceWriter:
     def _write_manifest(self, complete: bool) -> TraceMeta:
         meta = TraceMeta(iterations=self._iterations, chunk_iterations=self.chunk_iterations,
                          dtype=self.dtype, layers=self.layers, checksums=dict(self._checksums),
+                         skipped=tuple(self.skipped),
                          complete=complete, **self.info)
         doc = meta.to_dict()
         parse_manifest(doc, str(self.path / "manifest.yaml"))
