@@ -95,9 +95,16 @@ def _print_phases(r: dict, indent: int = 10) -> None:
     """Per phase: cycles the layers spent in it and its energy, per iteration; chip area."""
     c, e, T = r["cycles"], r["energy_j"], max(1, r["iterations"])
     f = r["hwconfig"]["clock"]["frequency_hz"]
-    parts = [f"{ph} {c['by_phase'][ph] / T / f:.3g} s / {e['by_phase'][ph] / T:.3g} J"
-             for ph in c["by_phase"] if c["by_phase"][ph] or e["by_phase"].get(ph)]
-    print(f"{'phases':<{indent}}" + ", ".join(parts) + "  (per iteration)")
+    parts = []
+    for ph, span in c["by_phase"].items():
+        if not (span or e["by_phase"].get(ph)):
+            continue
+        busy = c.get("by_phase_layer_sum", {}).get(ph, span)
+        # the phase's span on the chip; the layers' own durations when they differ much
+        extra = f" (layers {busy / T / f:.3g} s)" if abs(busy - span) > 0.01 * max(span, 1) else ""
+        parts.append(f"{ph} {span / T / f:.3g} s{extra} / {e['by_phase'][ph] / T:.3g} J")
+    print(f"{'phases':<{indent}}" + ", ".join(parts) + "  (per iteration; a phase lasts from "
+          "its first start to its last end, and phases overlap)")
     a = r.get("area_mm2")
     if a:
         top = max(a["by_component"], key=a["by_component"].get)
