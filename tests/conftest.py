@@ -42,3 +42,15 @@ def random_grads(rng, T, rows, cols, style="normal"):
     else:
         raise ValueError(style)
     return g.astype(np.float32)
+
+
+def timing_manifest(folder, layers, iterations=1, batch_size=1):
+    """A timing-only trace manifest (no gradient chunks) in ``folder``; returns its path."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.yaml").write_text(yaml.safe_dump({
+        "format": "timesim-trace", "version": 1, "model": "m", "iterations": iterations,
+        "chunk_iterations": 1, "dtype": "float32", "timing_only": True,
+        "batch_size": batch_size, "layers": layers}))
+    return str(folder)

@@ -183,14 +183,11 @@ def test_plot_paths_are_checked_before_any_work(tmp_path, small_trace):
 
 
 def test_plots_on_a_timing_only_manifest(tmp_path):
-    import yaml
+    from tests.conftest import timing_manifest
 
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "manifest.yaml").write_text(yaml.safe_dump({
-        "format": "timesim-trace", "version": 1, "model": "m", "iterations": 3,
-        "chunk_iterations": 1, "dtype": "float32", "timing_only": True, "batch_size": 2,
-        "layers": [{"name": "a", "kind": "linear", "rows": 40, "cols": 20}]}))
-    r = cli("run", "--trace", str(tmp_path / "m"), "--plots", "--out", str(tmp_path / "o"),
+    m = timing_manifest(tmp_path / "m", [{"name": "a", "kind": "linear", "rows": 40,
+                                          "cols": 20}], iterations=3, batch_size=2)
+    r = cli("run", "--trace", m, "--plots", "--out", str(tmp_path / "o"),
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "breakdown.png").exists()

@@ -220,11 +220,9 @@ def test_read_energy_follows_input_activity(tmp_path):
 
 
 def test_area_counts_units_times_unit_area():
-    hw = timesim.load_hwconfig()
-    a = timesim.area.area_report(hw) if hasattr(timesim, "area") else None
     from timesim.area import area_report
 
-    a = area_report(hw)
+    a = area_report(timesim.load_hwconfig())
     # ISAAC chip: 168 tiles of 96 crossbars; 2 x 16 ADCs per 128x128 crossbar
     assert a["units"] == {"crossbars": 16128, "tiles": 168, "adcs": 16128 * 32}
     assert a["by_component"]["adc"] == pytest.approx(16128 * 32 * 0.0003)

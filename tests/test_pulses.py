@@ -90,13 +90,8 @@ def test_fixed_and_delta_agree_when_every_move_is_one_pulse(tmp_path):
 
 
 def test_delta_needs_gradients(tmp_path):
-    import yaml
+    from tests.conftest import timing_manifest
 
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "manifest.yaml").write_text(yaml.safe_dump({
-        "format": "timesim-trace", "version": 1, "model": "m", "iterations": 1,
-        "chunk_iterations": 1, "dtype": "float32", "timing_only": True, "batch_size": 1,
-        "layers": [{"name": "a", "kind": "linear", "rows": 4, "cols": 2}]}))
+    m = timing_manifest(tmp_path / "m", [{"name": "a", "kind": "linear", "rows": 4, "cols": 2}])
     with pytest.raises(ConfigError, match="write.pulses"):
-        timesim.simulate(timesim.load_hwconfig(None, ["write.pulses=delta"]),
-                         str(tmp_path / "m"))
+        timesim.simulate(timesim.load_hwconfig(None, ["write.pulses=delta"]), m)
