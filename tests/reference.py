@@ -206,10 +206,12 @@ def ref_noise(seed, stream, batch, width):
     return (s.astype(np.float32) - np.float32(510.0)) * inv_sd
 
 
-def ref_mvm(x, w, hw, stuck=None, seed=None):
+def ref_mvm(x, w, hw, stuck=None, seed=None, steps=None):
     """Plain numpy twin of timesim.analog.mvm without programming variation (docs/analog.md).
 
-    With read noise, ``seed`` is the mvm's seed (noise from ``ref_noise``).
+    With read noise, ``seed`` is the mvm's seed (noise from ``ref_noise``). ``steps``: the ADC
+    step of each (input slice, weight slice), in level units; None: from a numeric
+    ``adc.range``.
     """
     x = np.asarray(x, np.float32)
     w = np.asarray(w, np.float32)
@@ -245,28 +247,32 @@ def ref_mvm(x, w, hw, stuck=None, seed=None):
     inv = (1.0 / x_scale32.astype(np.float64)).astype(np.float32)   # rounded once
     mag = np.rint(np.abs(x) * inv[:, None]).astype(np.int64)            # float32 product
     sgn = np.where(x >= 0, 1, -1).astype(np.int64)
-    full = X * (2**db - 1) * L1 * hw.adc.range
+    full = X * (2**db - 1) * L1                       # the largest column current
     M = 2 ** (hw.adc.bits - 1) - 1
-    step = full / M
-    inv_step = np.float32(1.0 / step)
-    noise_code = np.float32(hw.adc.read_noise * full / step)
+    n_in = -(-ib // db)
+    if steps is None:
+        steps = np.full((n_in, S), full * hw.adc.range / M)
     acc = np.zeros((B, cols))
     vsum = (mag * sgn).sum(axis=1)
     stream = 0
-    n_in = -(-ib // db)
     for k in range(n_in):
         v = ((mag // 2 ** (db * k)) % 2**db) * sgn
+        codes = np.zeros((S, B, cols))                  # Σ over row blocks, exact integers
         for r0 in range(0, rows, X):
             z = ref_noise(seed, stream, B, S * cols) if hw.adc.read_noise > 0 else None
             stream += 1
             for s in range(S):
+                step = float(steps[k, s])
+                inv_step = np.float32(1.0 / step)
+                noise_code = np.float32(hw.adc.read_noise * full / step)
                 current = (v[:, r0:r0 + X] @ d[s][r0:r0 + X]).astype(np.float32)  # exact
                 val = current * inv_step                                # float32, rounded
                 if z is not None:
                     val = val + noise_code * z[:, s * cols:(s + 1) * cols]
-                code = np.clip(np.rint(val), -M, M).astype(np.float64)
-                acc += 2.0 ** (db * k + cb * s) * code
-    y = acc * step
+                codes[s] += np.clip(np.rint(val), -M, M)
+        for s in range(S):                              # each code sum times its weight
+            acc += (2.0 ** (db * k + cb * s) * float(steps[k, s])) * codes[s]
+    y = acc
     if offset:
         y -= offset * vsum[:, None]
     return (y * x_scale[:, None] * w_scale).astype(np.float32)

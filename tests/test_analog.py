@@ -114,10 +114,52 @@ def test_programming_variation_and_read_noise_are_seeded():
 def test_programmed_crossbar_reuses_its_weights():
     r = np.random.default_rng(1)
     w = r.standard_normal((300, 20)).astype(np.float32)
-    p = program(w, hw())
-    assert p.blocks == 3 and p.slices == 2                     # 128-row blocks, 8b in 5b cells
     x = r.standard_normal((7, 300)).astype(np.float32)
-    np.testing.assert_array_equal(p.mvm(x), mvm(x, w, hw()))
+    p = program(w, hw(), calib=x)
+    assert p.blocks == 3 and p.slices == 2                     # 128-row blocks, 8b in 5b cells
+    np.testing.assert_array_equal(p.mvm(x), mvm(x, w, hw()))   # mvm calibrates on x itself
+    # programmed once (calibrated on the input model), it serves any input
+    q = program(w, hw())
+    np.testing.assert_array_equal(q.mvm(x[:3]), q.mvm(x)[:3])
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 5), rows=st.integers(1, 300), cols=st.integers(1, 20),
+       seed=st.integers(0, 2**31), pair=st.sampled_from([1, 2]), noisy=st.booleans(),
+       faults=st.booleans(), ab=st.integers(3, 9))
+def test_calibrated_adcs_match_the_reference_exactly(B, rows, cols, seed, pair, noisy, faults,
+                                                     ab):
+    h = hw("adc.range=auto", f"xbar.cells_per_weight={pair}", f"adc.bits={ab}",
+           f"adc.read_noise={0.001 if noisy else 0}")
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((B, rows)).astype(np.float32)
+    w = r.standard_normal((rows, cols)).astype(np.float32)
+    stuck = r.choice([0, 0, 0, SA0, SA1], size=(rows, cols)).astype(np.int8) if faults else None
+    p = program(w, h, stuck, seed % 1000, calib=x)
+    assert p.steps.shape == (8, 2)
+    np.testing.assert_array_equal(p.mvm(x, seed % 1000),
+                                  ref_mvm(x, w, h, stuck, seed % 1000, steps=p.steps))
+
+
+def test_calibration_picks_the_mse_optimal_clip():
+    from timesim.analog import _mse_step
+
+    r = np.random.default_rng(3)
+    cur = np.round(r.standard_normal(20000) * 40)
+    levels = 31
+    best = _mse_step(cur, levels)
+
+    def err(d):
+        return np.mean((np.clip(np.rint(cur / d), -levels, levels) * d - cur) ** 2)
+
+    # no step on a fine grid does better than the chosen one by more than the grid allows
+    grid = np.linspace(0.5, 10, 400)
+    assert err(best) <= min(err(d) for d in grid) * 1.02
+    # all-zero sums: any step; integer sums that fit: step 1 or finer converts them exactly
+    assert _mse_step(np.zeros(5), levels) == 1.0
+    small = np.array([-3.0, 0, 2, 5, 31])
+    d = _mse_step(small, levels)
+    assert np.array_equal(np.clip(np.rint(small / d), -levels, levels) * d, small)
 
 
 def test_wearout_faults_follow_writes_endurance_and_rowmap():
@@ -186,7 +228,7 @@ def test_the_parallel_path_is_taken_and_threads_do_not_change_results(monkeypatc
     run = analog._mvm_run
     monkeypatch.setattr(analog, "_mvm_run",
                         lambda *a: threads.append(numba.get_num_threads()) or run(*a))
-    h = hw("xbar.program_sigma=0.02", "adc.read_noise=0.001", "adc.bits=12", "adc.range=0.1")
+    h = hw("xbar.program_sigma=0.02", "adc.read_noise=0.0001", "adc.bits=12", "adc.range=0.1")
     r = np.random.default_rng(3)
     x = r.standard_normal((64, 512)).astype(np.float32)
     w = r.standard_normal((512, 520)).astype(np.float32)

@@ -16,8 +16,11 @@ MLP on faulted crossbars). The model, step by step (docs/analog.md):
    first); the sign sets the voltage polarity.
 4. each (row block, input slice, weight slice) gives column currents, sensed differentially
    (G+ − G−, or G − Gmin against a reference column); read noise adds
-   ``adc.read_noise`` × full scale (seeded); the ADC (``adc.bits``, bipolar, full scale =
-   ``adc.range`` × the largest possible current of a ``xbar.rows``-row tile) rounds and clips.
+   ``adc.read_noise`` × the largest possible current of a ``xbar.rows``-row column (absolute:
+   it does not shrink with the range; seeded); the ADC (``adc.bits``, bipolar) rounds and clips
+   at ± its full scale: ``adc.range`` × that largest current, or with ``adc.range: auto`` a full
+   scale per (input slice, weight slice) calibrated on the partial sums of calibration inputs
+   (``calibrate_steps``: the clip that minimizes the mean squared conversion error).
 5. digital shift-and-add of the codes over slices and row blocks, offset correction, rescale.
 
 Currents are computed in integer units of ΔV·ΔG, so without programming variation the result is
@@ -58,28 +61,37 @@ class Programmed:
     offset: int                          # 2^wb for an offset column, else 0
     edges: np.ndarray                    # column chunk boundaries, int64
     U: np.ndarray                        # (rows, slices · cols) float32
+    steps: np.ndarray                    # (input slices, weight slices) ADC step, level units
     blocks: int = field(init=False)      # row blocks of xbar.rows rows, the last one shorter
     n_in: int = field(init=False)        # input (DAC) slices
-    step: float = field(init=False)      # ADC step, in level units
 
     def __post_init__(self):
         hw = self.hw
         X, db, cb = hw.xbar.rows, hw.dac.bits, hw.xbar.cell_bits
         self.blocks = -(-self.rows // X)
         self.n_in = -(-hw.dac.input_bits // db)                 # input slices
-        fs = X * (2**db - 1) * (2**cb - 1) * hw.adc.range      # full scale in level units
+        full = full_scale(hw)
         levels = 2 ** (hw.adc.bits - 1) - 1
-        self.step = fs / levels
-        weights = np.array([[2.0 ** (db * k + cb * s) for s in range(self.slices)]
-                            for k in range(self.n_in)])
+        steps = np.asarray(self.steps, dtype=np.float64)
+        # each code weighs its significance times its ADC step (exact: powers of two)
+        weights = np.array([[2.0 ** (db * k + cb * s) * steps[k, s]
+                             for s in range(self.slices)] for k in range(self.n_in)])
         # the sums of codes over row blocks: float32 while exact in it
         tproto = np.empty(0, np.float32 if self.blocks * levels < 2**24 else np.float64)
         # _mvm_run's arguments after (x, ..., seed), and the work of one input row
         self._args = (self.n_in, db, np.float32(2**hw.dac.input_bits - 1),
-                      hw.adc.read_noise > 0, np.float32(hw.adc.read_noise * fs / self.step),
-                      np.float32(1.0 / self.step), np.float32(levels), weights, tproto,
-                      float(self.step), self.offset, float(self.w_scale))
+                      hw.adc.read_noise > 0,
+                      (hw.adc.read_noise * full / steps).astype(np.float32),
+                      (1.0 / steps).astype(np.float32), np.float32(levels), weights, tproto,
+                      1.0, self.offset, float(self.w_scale))
         self._row_work = self.rows * self.cols * self.slices * self.n_in
+
+    @property
+    def adc_full_scale(self) -> np.ndarray:
+        """Each (input slice, weight slice) ADC's full scale as a fraction of the largest
+        possible column current (what ``adc.range`` sets by hand)."""
+        levels = 2 ** (self.hw.adc.bits - 1) - 1
+        return self.steps * levels / full_scale(self.hw)
 
     def mvm(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
         """y (batch, cols) float32 for inputs x (batch, rows); y (cols,) for one vector x
@@ -159,8 +171,8 @@ def _mvm_numpy(x, p: Programmed, seed: int, y: np.ndarray) -> bool:
                 r0 = b * X
                 np.matmul(v[k, :, r0:r0 + X], U[r0:r0 + X, S * c0:S * c1], out=cur[b])
             _adc_accumulate(cur, keys[k * p.blocks:(k + 1) * p.blocks], U.shape[1], 0, c0,
-                           noisy, noise_code, inv_step, levels, weights[k], acc, t[0], t[1],
-                           k == 0, k == n_in - 1, fin)
+                           noisy, noise_code[k], inv_step[k], levels, weights[k], acc, t[0],
+                           t[1], k == 0, k == n_in - 1, fin)
     return True
 
 
@@ -171,9 +183,92 @@ def _chunk_edges(cols: int) -> np.ndarray:
     return np.array([cols * i // n for i in range(n + 1)], dtype=np.int64)
 
 
+def full_scale(hw: HwConfig) -> float:
+    """The largest possible column current of one row block, in level units (ΔV·ΔG)."""
+    x = hw.xbar
+    return float(x.rows * (2**hw.dac.bits - 1) * (2**x.cell_bits - 1))
+
+
+def input_digits(x: np.ndarray, hw: HwConfig) -> np.ndarray:
+    """The DAC's view of inputs x (batch, rows): signed digits (input slices, batch, rows) of
+    the magnitudes quantized per vector over their range (as the kernel does it)."""
+    ib, db = hw.dac.input_bits, hw.dac.bits
+    x = np.asarray(x, np.float32)
+    top = np.abs(x).max(axis=1)
+    top[top == 0] = 1.0
+    inv = (np.float32(2**ib - 1) / top).astype(np.float32)
+    mag = np.rint(np.abs(x) * inv[:, None]).astype(np.int64)
+    sgn = np.where(x >= 0, 1, -1)
+    n_in = -(-ib // db)
+    return np.stack([((mag >> (db * k)) & (2**db - 1)) * sgn for k in range(n_in)])
+
+
+CALIBRATION_ROWS = 64          # calibration input vectors used (the first ones)
+CALIBRATION_COLS = 256         # matrix columns sampled (seeded) for the partial sums
+
+
+def calibrate_steps(units: np.ndarray, cols: int, hw: HwConfig, x: np.ndarray | None,
+                    seed: int = 0) -> np.ndarray:
+    """``adc.range: auto``: per (input slice k, weight slice s), the ADC step whose clip
+    minimizes the mean squared error of converting the partial sums (column currents of every
+    row block) that calibration inputs ``x`` give; x None: the input model x ~ U(0, 1) (every
+    input bit 1 with probability 1/2: the widest sums a per-vector-scaled input gives).
+    ``units``: (rows, S·cols), weight slice s in columns [s·cols, (s+1)·cols)."""
+    rows = units.shape[0]
+    S = units.shape[1] // cols
+    rng = np.random.default_rng([seed, rows, cols, 0xCA11])
+    if x is None:
+        x = rng.random((CALIBRATION_ROWS, rows)).astype(np.float32)
+    x = np.asarray(x, np.float32)
+    if x.ndim not in (1, 2) or x.shape[-1] != rows:
+        raise SimulationError(f"mvm: x must be (batch, {rows}), got {x.shape}")
+    x = x.reshape(-1, rows)
+    if x.shape[0] > CALIBRATION_ROWS:               # evenly spaced vectors, deterministic
+        x = x[np.linspace(0, x.shape[0] - 1, CALIBRATION_ROWS).astype(np.int64)]
+    if not np.isfinite(x).all():
+        raise SimulationError("mvm: x has NaN or Inf values")
+    v = input_digits(x, hw).astype(np.float64)
+    pick = (np.sort(rng.choice(cols, CALIBRATION_COLS, replace=False))
+            if cols > CALIBRATION_COLS else np.arange(cols))
+    X = hw.xbar.rows
+    levels = 2 ** (hw.adc.bits - 1) - 1
+    steps = np.empty((v.shape[0], S))
+    for s in range(S):
+        us = units[:, s * cols + pick]
+        for k in range(v.shape[0]):
+            cur = np.concatenate([(v[k][:, r0:r0 + X] @ us[r0:r0 + X]).ravel()
+                                  for r0 in range(0, rows, X)])
+            steps[k, s] = _mse_step(cur, levels)
+    return steps
+
+
+def _mse_step(cur: np.ndarray, levels: int) -> float:
+    """The step Δ (clip at levels·Δ) minimizing mean((clip(rint(c/Δ), ±levels)·Δ − c)²): a
+    log-spaced search from the clip at the median |c| to the clip at the largest, then a finer
+    one around the best."""
+    a = np.abs(cur)
+    top = float(a.max()) if a.size else 0.0
+    if top == 0.0:
+        return 1.0
+    lo = max(float(np.quantile(a, 0.5)), top * 1e-3) / levels
+
+    def err(d):
+        return float(np.mean((np.clip(np.rint(cur / d), -levels, levels) * d - cur) ** 2))
+
+    grid = np.geomspace(lo, top / levels, 64) if top / levels > lo else np.array([lo])
+    errs = [err(d) for d in grid]
+    i = int(np.argmin(errs))
+    fine = np.geomspace(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)], 33)
+    cands = np.concatenate([grid, fine])
+    errs = errs + [err(d) for d in fine]
+    return float(cands[int(np.argmin(errs))])
+
+
 def program(w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,
-            seed: int = 0) -> Programmed:
-    """Map ``w`` (rows, cols) onto conductances (with variation and stuck cells)."""
+            seed: int = 0, calib: np.ndarray | None = None) -> Programmed:
+    """Map ``w`` (rows, cols) onto conductances (with variation and stuck cells). With
+    ``adc.range: auto`` the ADCs are calibrated on ``calib`` inputs (batch, rows), else on the
+    input model of ``calibrate_steps``."""
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2 or w.size == 0:
         raise SimulationError(f"mvm: w must be a non-empty (rows, cols) matrix, got {w.shape}")
@@ -213,15 +308,24 @@ def program(w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,
     order = np.concatenate([np.arange(S)[:, None] * cols + np.arange(c0, c1)[None, :]
                             for c0, c1 in zip(edges[:-1], edges[1:])], axis=None)
     U = np.ascontiguousarray(units[:, order], dtype=np.float32)
+    n_in = -(-hw.dac.input_bits // hw.dac.bits)
+    if hw.adc.range == "auto":
+        steps = calibrate_steps(units, cols, hw, calib, seed)
+    else:
+        steps = np.full((n_in, S), full_scale(hw) * hw.adc.range / (2 ** (hw.adc.bits - 1) - 1))
     return Programmed(hw=hw, rows=rows, cols=cols, slices=S, w_scale=w_scale, offset=offset,
-                      edges=edges, U=U)
+                      edges=edges, U=U, steps=steps)
 
 
 def mvm(x: np.ndarray, w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,
-        seed: int = 0) -> np.ndarray:
+        seed: int = 0, calib: np.ndarray | None = None) -> np.ndarray:
     """y = x @ w as the crossbars compute it: x (batch, rows), w (rows, cols), float32;
-    stuck: int8 (rows, cols), 0 ok, 1 SA0, 2 SA1. ``seed`` seeds variation and read noise."""
-    return program(w, hw, stuck, seed).mvm(x, seed)
+    stuck: int8 (rows, cols), 0 ok, 1 SA0, 2 SA1. ``seed`` seeds variation and read noise.
+    With ``adc.range: auto`` the ADCs are calibrated on ``calib``, by default on x itself
+    (64 of its vectors, evenly spaced)."""
+    if hw.adc.range == "auto" and calib is None:
+        calib = x
+    return program(w, hw, stuck, seed, calib).mvm(x, seed)
 
 
 def wearout_faults(writes: np.ndarray, endurance: np.ndarray | float, rowmap: np.ndarray,

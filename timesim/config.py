@@ -94,10 +94,12 @@ class Dac:
 class Adc:
     bits: int = _f("int", "pos", doc="resolution")
     cols_per_adc: int = _f("int", "pos", doc="columns multiplexed onto one ADC")
-    range: float = _f("float", "unit", doc="ADC range as a fraction of the largest possible "
-                      "column current (< 1 clips)")
+    range: Any = _f("range", doc="auto: each ADC's full scale calibrated on the partial sums "
+                    "(per input and weight slice, mean-squared-error optimal clip); a number: "
+                    "the full scale as a fraction of the largest possible column current")
     read_noise: float = _f("float", "nonneg", doc="read noise: sigma of each column current, "
-                           "relative to the ADC range")
+                           "as a fraction of the largest possible column current (absolute: "
+                           "it does not shrink with the ADC range)")
     latency_s: float = _f("time", "nonneg", doc="one conversion")
     energy_j: float = _f("energy", "nonneg", doc="one conversion")
     area_m2: float = _f("area", "nonneg", doc="one ADC")
@@ -370,6 +372,14 @@ def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
     kind = f.metadata["kind"]
     if kind in ("int", "float"):
         value = _number_string(value)
+    if kind == "range":
+        value = _number_string(value)
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= 1:
+            raise ConfigError(f"{path}: must be auto or a fraction in (0, 1], got {value!r}")
+        return float(value)
     if kind == "dup":
         value = _number_string(value)
         if value in DUPLICATE:

@@ -60,7 +60,7 @@ def _matches(name: str, patterns) -> bool:
     return any(name == p or name.startswith(p + ".") for p in patterns)
 
 
-def select_layers(model: nn.Module, layers=None, exclude=()
+def select_layers(model: nn.Module, layers=None, exclude=(), frozen: bool = False
                   ) -> tuple[list[tuple[str, nn.Module]], list[dict[str, str]]]:
     """The crossbar layers of ``model`` and the weight-bearing modules left out, with why.
 
@@ -69,7 +69,8 @@ def select_layers(model: nn.Module, layers=None, exclude=()
     Left out, each with a reason (the manifest's ``skipped`` and a warning say so): excluded
     or unlisted layers, frozen weights (requires_grad=False), grouped/depthwise convolutions
     (not one crossbar matrix), and modules with weights timesim does not map (Conv1d, the
-    projections of nn.MultiheadAttention, embeddings, recurrent layers, ...).
+    projections of nn.MultiheadAttention, embeddings, recurrent layers, ...). ``frozen``:
+    map frozen weights too (inference: ``crossbar_forward``).
     """
     out, skipped = [], []
     for name, mod in model.named_modules():
@@ -90,7 +91,7 @@ def select_layers(model: nn.Module, layers=None, exclude=()
             skipped.append({"name": name, "reason": "not in layers="})
         elif _matches(name, exclude):
             skipped.append({"name": name, "reason": "excluded"})
-        elif not mod.weight.requires_grad:
+        elif not mod.weight.requires_grad and not frozen:
             skipped.append({"name": name, "reason": "frozen (requires_grad=False)"})
         elif isinstance(mod, nn.Conv2d) and mod.groups != 1:
             skipped.append({"name": name, "reason": f"grouped convolution (groups="
@@ -448,7 +449,9 @@ def crossbar_forward(model: nn.Module, x: torch.Tensor, hw: HwConfig | str | Pat
     ``stuck[layer name]`` an int8 (rows, cols) mask: 0 ok, 1 SA0, 2 SA1, e.g. from
     ``timesim.analog.wearout_faults`` on a run's write counts) and its inputs go through
     ``mvm``: convolutions as the crossbar computes them, one input vector per output position
-    (unfolded patches). Biases and everything else stay digital. For accuracy under wear.
+    (unfolded patches). With ``adc.range: auto`` each layer's ADCs are calibrated on the input
+    vectors the layer gets in this call (the recorded activations). Biases and everything else
+    stay digital. For accuracy under wear.
     """
     from torch.nn import functional as F
 
@@ -459,19 +462,20 @@ def crossbar_forward(model: nn.Module, x: torch.Tensor, hw: HwConfig | str | Pat
     handles = []
 
     def hook(name, mod):
-        xbar = program(weight_to_matrix(mod.weight), hw, stuck.get(name), seed)
-
         def run(_mod, inputs, output):
             inp = inputs[0].detach().to(torch.float32)
             if isinstance(mod, nn.Linear):
                 flat = inp.reshape(-1, mod.in_features).cpu().numpy()
-                y = torch.from_numpy(xbar.mvm(flat, seed)).reshape(output.shape)
             else:
                 n = inp.shape[0]
                 cols = F.unfold(inp, mod.kernel_size, dilation=mod.dilation,
                                 padding=mod.padding, stride=mod.stride)      # (N, rows, L)
                 flat = cols.transpose(1, 2).reshape(-1, cols.shape[1]).cpu().numpy()
-                y = torch.from_numpy(xbar.mvm(flat, seed))                    # (N·L, C_out)
+            xbar = program(weight_to_matrix(mod.weight), hw, stuck.get(name), seed, calib=flat)
+            y = torch.from_numpy(xbar.mvm(flat, seed))
+            if isinstance(mod, nn.Linear):
+                y = y.reshape(output.shape)
+            else:                                                             # (N·L, C_out)
                 y = y.reshape(n, -1, y.shape[1]).transpose(1, 2).reshape(output.shape)
             if mod.bias is not None:
                 shape = (1, -1) + (1,) * (output.dim() - 2)
@@ -480,7 +484,7 @@ def crossbar_forward(model: nn.Module, x: torch.Tensor, hw: HwConfig | str | Pat
 
         return run
 
-    for name, mod in crossbar_layers(model):
+    for name, mod in select_layers(model, frozen=True)[0]:
         if isinstance(mod, nn.Conv2d) and isinstance(mod.padding, str):
             raise TraceError(f"layer {name}: padding={mod.padding!r}: give explicit padding")
         handles.append(mod.register_forward_hook(hook(name, mod)))

@@ -179,7 +179,7 @@ def _adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, l
 
     cur (blocks, Bt, S·cc): column currents of every row block, weight slice s in columns
     [s·cc, (s+1)·cc). For each row block k, tile row b (batch row row0 + b), slice s and column
-    j: code = clip(rint(cur · inv_step + noise_code · z), ±levels) with z the normal at
+    j: code = clip(rint(cur · inv_step[s] + noise_code[s] · z), ±levels) with z the normal at
     (row0 + b, s·cols + col0 + j) of stream keys[k] (width = S·cols; row0 even), or no noise
     when ``noisy`` is false; then acc[b, j] += weights[s] · Σ_k code, acc being the tile's
     (Bt, cc) float64 accumulator (``first``: the first input slice, acc is not read). For the
@@ -199,6 +199,8 @@ def _adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, l
         b1 = min(b + 1, B - 1)
         for s in range(S):
             c0 = s * cc
+            inv_s = inv_step[s]
+            noise_s = noise_code[s]
             base = np.uint64(((row0 + b) >> 1) * width + s * (width // S) + col0)
             for j in range(cc):
                 t0[j] = 0
@@ -210,14 +212,14 @@ def _adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, l
                     key = keys[k]
                     for j in range(cc):
                         z0, z1 = _normal_pair(key, base + np.uint64(j))
-                        v0 = r0[c0 + j] * inv_step + noise_code * z0
-                        v1 = r1[c0 + j] * inv_step + noise_code * z1
+                        v0 = r0[c0 + j] * inv_s + noise_s * z0
+                        v1 = r1[c0 + j] * inv_s + noise_s * z1
                         t0[j] += min(max(np.rint(v0), lo), hi)
                         t1[j] += min(max(np.rint(v1), lo), hi)
                 else:
                     for j in range(cc):
-                        v0 = r0[c0 + j] * inv_step
-                        v1 = r1[c0 + j] * inv_step
+                        v0 = r0[c0 + j] * inv_s
+                        v1 = r1[c0 + j] * inv_s
                         t0[j] += min(max(np.rint(v0), lo), hi)
                         t1[j] += min(max(np.rint(v1), lo), hi)
             wt = weights[s]
@@ -273,8 +275,9 @@ def _mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step
             h = min(X, rows - r0)
             _call_sgemm(fn, ilp64, bt, w, h, pv + 4 * r0, rows, pu + 4 * r0 * width, width,
                        pc + 4 * blk * bt * w, w)
-        _adc_accumulate(cur, keys[k * nblk:(k + 1) * nblk], width, row0, c0, noisy, noise_code,
-                       inv_step, levels, weights[k], acc, t0, t1, k == 0, k == n_in - 1, fin)
+        _adc_accumulate(cur, keys[k * nblk:(k + 1) * nblk], width, row0, c0, noisy,
+                       noise_code[k], inv_step[k], levels, weights[k], acc, t0, t1, k == 0,
+                       k == n_in - 1, fin)
 
 
 def tiles(batch: int, edges: np.ndarray) -> int:
