@@ -330,3 +330,64 @@ def test_blas_symbols_are_trusted_only_where_their_integer_width_is_known():
     site = os.path.join(os.sep, "venv", "site-packages")
     assert _inside_numpy(os.path.join(site, "numpy.libs", "libscipy_openblas64_.so"), site)
     assert not _inside_numpy(os.path.join(site, "scipy.libs", "libscipy_openblas.so"), site)
+
+
+def _rel(y, ref):
+    return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_chip_computes_right(seed):
+    """Issue 12's cases on the default chip (calibrated ADCs) against x @ W in float64."""
+    r = np.random.default_rng(seed)
+    h = timesim.load_hwconfig()
+    assert h.adc.range == "auto"
+    w = (r.standard_normal((512, 512)) * 0.1).astype(np.float32)
+    x = r.random((128, 512)).astype(np.float32)
+    assert _rel(mvm(x, w, h), x.astype(np.float64) @ w) <= 0.05
+    w = (r.standard_normal((300, 70)) * 0.1).astype(np.float32)
+    x = r.uniform(-1, 1, (128, 300)).astype(np.float32)
+    assert _rel(mvm(x, w, h), x.astype(np.float64) @ w) <= 0.05
+    # the first round's single full-scale range: most codes round to 0
+    assert _rel(mvm(x, w, hw("adc.range=1.0")), x.astype(np.float64) @ w) > 0.5
+
+
+def test_default_chip_keeps_digits_accuracy():
+    torch = pytest.importorskip("torch")
+    from torch.nn import functional as F
+
+    from timesim.examples.digits import MLP, LeNet, load_digits_split
+    from timesim.pytorch import crossbar_forward
+
+    torch.manual_seed(0)
+    x_tr, y_tr, x_te, y_te = load_digits_split(0)
+    for cls in (MLP, LeNet):
+        model = cls()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(1500):
+            idx = torch.randint(0, len(y_tr), (32,), generator=g)
+            opt.zero_grad()
+            F.cross_entropy(model(x_tr[idx]), y_tr[idx]).backward()
+            opt.step()
+        digital = float((model(x_te).argmax(1) == y_te).float().mean())
+        analog = float((crossbar_forward(model, x_te, timesim.load_hwconfig()).argmax(1)
+                        == y_te).float().mean())
+        assert digital > 0.9 and analog >= digital - 0.01, (cls.__name__, digital, analog)
+
+
+def test_read_noise_is_absolute():
+    """adc.read_noise is a fraction of the largest column current: with the same noise, a
+    narrower ADC range sees more codes of noise, not fewer."""
+    r = np.random.default_rng(4)
+    w = (r.standard_normal((128, 32)) * 0.1).astype(np.float32)
+    x = r.random((64, 128)).astype(np.float32)
+    ref = x.astype(np.float64) @ w
+    err = {}
+    for rng_ in (1.0, 0.1):
+        clean = mvm(x, w, hw(f"adc.range={rng_}", "adc.bits=12"))
+        noisy = mvm(x, w, hw(f"adc.range={rng_}", "adc.bits=12", "adc.read_noise=0.001"),
+                    seed=2)
+        err[rng_] = _rel(noisy, clean)
+    assert err[0.1] == pytest.approx(err[1.0], rel=0.5)       # same noise, whatever the range
+    assert _rel(mvm(x, w, hw("adc.bits=12", "adc.range=0.1")), ref) < 0.05
