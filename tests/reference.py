@@ -234,11 +234,20 @@ def ref_mvm(x, w, hw, stuck=None, seed=None, steps=None):
             m = m // (L1 + 1)
         return out
 
-    if diff:
+    def pin(levels, st):                 # a stuck cell reads its bound: SA0 Gmin, SA1 Gmax
+        return np.where(st == 1, 0, np.where(st == 2, L1, levels))
+
+    if stuck is not None and np.ndim(stuck) == 3:            # per cell: (sides·S, rows, cols)
+        if diff:
+            pos, neg = digits(np.maximum(q, 0)), digits(np.maximum(-q, 0))
+            d = [pin(pos[s], stuck[s]) - pin(neg[s], stuck[S + s]) for s in range(S)]
+        else:
+            d = [pin(di, stuck[s]) for s, di in enumerate(digits(q + offset))]
+    elif diff:
         d = [p - n for p, n in zip(digits(np.maximum(q, 0)), digits(np.maximum(-q, 0)))]
     else:
         d = digits(q + offset)
-    if stuck is not None:
+    if stuck is not None and np.ndim(stuck) == 2:            # per weight: every cell
         d = [np.where(stuck == 1, 0, np.where(stuck == 2, 0 if diff else L1, di)) for di in d]
     xmax = np.abs(x).max(axis=1)
     xmax[xmax == 0] = 1.0

@@ -11,7 +11,8 @@ from timesim.lifetime import cell_endurance, lifetime_report
 
 
 def endurance(cycles, sigma, seed):
-    return Endurance(cycles=cycles, sigma=sigma, seed=seed, sa1_fraction=0.84, failed_bound=0.1)
+    return Endurance(cycles=cycles, sigma=sigma, seed=seed, sa1_fraction=0.84, failed_bound=0.1,
+                     mode="stuck", gradual_onset=0.1)
 
 
 def test_hand_computed_fixed_endurance():

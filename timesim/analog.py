@@ -41,9 +41,73 @@ from .config import HwConfig
 from .errors import SimulationError
 from .kernels.blas import sgemm_handle
 from .kernels.mvm import _adc_accumulate, _mvm_run, _quantize_inputs, _stream_key, tiles
+from .lifetime import physical_cell_endurance
 from .mapping import weight_slices
 
 OK, SA0, SA1 = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Wear:
+    """The state of every physical cell of a layer (logical row order): ``stuck`` (cells per
+    weight, rows, cols) int8, 0 working, 1 stuck at Gmin (SA0), 2 stuck at Gmax (SA1); with
+    ``endurance.mode: gradual``, ``window`` (2, cells, rows, cols) float: the lowest and
+    highest conductance a working cell still reaches, in ΔG units above Gmin (its fresh
+    window is [0, 2^cell_bits − 1]). Cell c of a weight: side c // slices (G+ then G− of a
+    differential pair; one side for an offset column), bit slice c % slices (least
+    significant first)."""
+
+    stuck: np.ndarray
+    window: np.ndarray | None = None
+
+    @property
+    def failed_fraction(self) -> float:
+        return float((self.stuck != OK).mean())
+
+
+def cells_per_weight(hw: HwConfig) -> tuple[int, int]:
+    """(sides, slices): 2 sides for a differential pair, 1 for an offset column."""
+    return (2 if hw.xbar.cells_per_weight == 2 else 1), weight_slices(hw)
+
+
+def cell_wear(writes: np.ndarray, hw: HwConfig, layer: int, rowmap: np.ndarray | None = None,
+              scale: float = 1.0) -> Wear:
+    """Faults of every physical cell from a layer's write counts (physical row order).
+
+    Every cell of a written weight is programmed (the write and energy model's assumption: a
+    weight update rewrites its whole bit-sliced pair), so each cell has the weight's write
+    count (× ``scale``: to look at an earlier or later point of the same run). Each cell has its
+    own endurance (lognormal per cell when ``endurance.sigma`` > 0, drawn from (seed, layer,
+    cell)) and its own stuck value: SA1 with probability ``endurance.sa1_fraction``, else SA0
+    (drawn from (seed, layer, cell, 0xFA17)). So the two cells of a pair fail apart: a stuck G+
+    at Gmax with a working G− pins the weight near +max. ``endurance.mode: gradual``: before it
+    fails, a cell past ``gradual_onset`` × its endurance E has its window narrowed with the
+    power law of Lammie et al. (2021): R_on(x) = r_on·(x/x₀)^a, R_off(x) = r_off·(x/x₀)^(−b),
+    x₀ = onset·E, the exponents such that both reach R_c = (r_on + r_off)/2 at x = E."""
+    e, xb = hw.endurance, hw.xbar
+    sides, S = cells_per_weight(hw)
+    C = sides * S
+    w = np.asarray(writes, dtype=np.float64) * scale
+    if rowmap is not None:
+        w = w[np.asarray(rowmap)]                  # logical row r sits on physical rowmap[r]
+    shape = (C,) + w.shape
+    end = physical_cell_endurance(e, layer, shape)
+    failed = w[None] > end
+    sa1 = np.random.default_rng([e.seed, layer, 0xFA17]).random(shape) < e.sa1_fraction
+    stuck = np.where(failed, np.where(sa1, SA1, SA0), OK).astype(np.int8)
+    window = None
+    if e.mode == "gradual":
+        L1 = 2**xb.cell_bits - 1
+        gmin, gmax = 1.0 / xb.r_off_ohm, 1.0 / xb.r_on_ohm
+        dg = (gmax - gmin) / L1
+        rc = (xb.r_on_ohm + xb.r_off_ohm) / 2
+        x0 = e.gradual_onset * end
+        span = np.log(np.maximum(end / x0, 1.0 + 1e-12))
+        t = np.clip(np.log(np.maximum(w[None] / x0, 1.0)) / span, 0.0, 1.0)   # 0 .. 1 at E
+        r_on = xb.r_on_ohm * (rc / xb.r_on_ohm) ** t
+        r_off = xb.r_off_ohm * (rc / xb.r_off_ohm) ** t
+        window = np.stack([(1.0 / r_off - gmin) / dg, (1.0 / r_on - gmin) / dg])
+    return Wear(stuck=stuck, window=window)
 
 
 @dataclass
@@ -287,10 +351,17 @@ def program(w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,
     sides = [np.maximum(q, 0), np.maximum(-q, 0)] if diff else [q + offset]
     gmin, gmax = 1.0 / x.r_off_ohm, 1.0 / x.r_on_ohm
     g0 = gmin / ((gmax - gmin) / L1)            # Gmin in units of ΔG
+    window = None
+    if isinstance(stuck, Wear):
+        stuck, window = stuck.stuck, stuck.window
+    nsides = len(sides)
     if stuck is not None:
         stuck = np.asarray(stuck)
-        if stuck.shape != w.shape or not np.isin(stuck, (OK, SA0, SA1)).all():
-            raise SimulationError(f"mvm: stuck must be int8 {w.shape} of 0 (ok), 1 (SA0), "
+        if stuck.shape == w.shape:                  # per weight: every cell of it
+            stuck = np.broadcast_to(stuck, (nsides * S,) + w.shape)
+        if stuck.shape != (nsides * S,) + w.shape or not np.isin(stuck, (OK, SA0, SA1)).all():
+            raise SimulationError(f"mvm: stuck must be int8 {w.shape} (per weight) or "
+                                  f"{(nsides * S,) + w.shape} (per cell) of 0 (ok), 1 (SA0), "
                                   f"2 (SA1)")
     rng = np.random.default_rng([seed, 0x5EED]) if x.program_sigma > 0 else None
     units = np.zeros((rows, S * cols), dtype=np.float64)
@@ -301,8 +372,12 @@ def program(w: np.ndarray, hw: HwConfig, stuck: np.ndarray | None = None,
             if rng is not None:
                 g = (g0 + level) * (1.0 + x.program_sigma * rng.standard_normal(level.shape))
                 level = np.clip(g, g0, g0 + L1) - g0
+            c = side * S + s
+            if window is not None:                  # a worn cell's narrowed window
+                level = np.clip(level, window[0, c], window[1, c])
             if stuck is not None:
-                level = np.where(stuck == SA0, 0.0, np.where(stuck == SA1, float(L1), level))
+                st = stuck[c]
+                level = np.where(st == SA0, 0.0, np.where(st == SA1, float(L1), level))
             units[:, s * cols:(s + 1) * cols] += sgn * level
     edges = _chunk_edges(cols)
     order = np.concatenate([np.arange(S)[:, None] * cols + np.arange(c0, c1)[None, :]

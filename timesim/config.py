@@ -219,6 +219,11 @@ class Endurance:
                              "Gmax (SA1); the rest stick at Gmin (SA0)")
     failed_bound: float = _f("float", "unit", doc="failed-cell fraction that counts as a "
                              "layer's end of life")
+    mode: str = _f("str", choices=("stuck", "gradual"), doc="stuck: a cell works until its "
+                   "endurance, then sticks at Gmin or Gmax; gradual: its conductance window "
+                   "also narrows before (Lammie et al. 2021 power law)")
+    gradual_onset: float = _f("float", "unit", doc="endurance.mode=gradual: the fraction of its "
+                              "endurance after which a cell's window starts to narrow")
 
 
 @dataclass(frozen=True)

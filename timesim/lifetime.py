@@ -26,6 +26,17 @@ def cell_endurance(e: Endurance, layer_index: int, shape: tuple[int, int]) -> np
     return np.exp(mu + e.sigma * rng.standard_normal(shape))
 
 
+def physical_cell_endurance(e: Endurance, layer_index: int, shape: tuple[int, ...]
+                            ) -> np.ndarray:
+    """Endurance of every physical cell (cells per weight, rows, cols) of one layer: fixed, or
+    lognormal per cell with mean ``cycles`` from the stream (seed, layer, 0xCE11)."""
+    if e.sigma == 0:
+        return np.full(shape, float(e.cycles))
+    mu = math.log(e.cycles) - e.sigma**2 / 2
+    rng = np.random.default_rng([e.seed, layer_index, 0xCE11])
+    return np.exp(mu + e.sigma * rng.standard_normal(shape))
+
+
 def failure_iterations(writes: np.ndarray, endurance: np.ndarray | float, T: int) -> np.ndarray:
     """Iteration at which each cell fails, extrapolating its measured rate writes/T linearly.
 

@@ -228,9 +228,9 @@ def compare_plot(rows: list[dict], path: Path) -> None:
 def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
     """Failed-cell fraction and relative MVM error vs iteration (extrapolating each cell's
     measured write rate), for the layers that fail first."""
-    from .analog import layer_probe, program, relative_error, wearout_faults
+    from .analog import cell_wear, layer_probe, program, relative_error
     from .config import load_hwconfig
-    from .faults import layer_endurance
+    from .faults import _endurance
     from .lifetime import failure_iterations
 
     if not report.get("faults", {}).get("probe"):
@@ -243,12 +243,12 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
     firsts = []
     for i, l in enumerate(layers):
         w = np.load(out / "writes" / f"{l['name']}.npy", allow_pickle=False)
-        end = layer_endurance(hw, i, w.shape)
-        t = failure_iterations(w, end, T)
+        end = _endurance(hw, i, w.shape)
+        t = failure_iterations(w[None], end, T)
         firsts.append((float(t.min()), i, w, end, t))
     firsts.sort(key=lambda f: f[0])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for first, i, w, end, times in firsts[:max_layers]:
+    for first, i, w, _end, times in firsts[:max_layers]:
         if not np.isfinite(first):
             continue
         name = layers[i]["name"]
@@ -260,10 +260,14 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
         ref = x.astype(np.float64) @ wt.astype(np.float64)
         errs = []
         for t in grid:
-            stuck = wearout_faults(w * (t / T), end, rowmap, e.sa1_fraction, e.seed, i)
-            errs.append(relative_error(program(wt, hw, stuck, e.seed).mvm(x, e.seed), ref))
+            wear = cell_wear(w, hw, i, rowmap, scale=t / T)
+            errs.append(relative_error(program(wt, hw, wear, e.seed, calib=x).mvm(x, e.seed),
+                                       ref))
+        clean = relative_error(program(wt, hw, None, e.seed, calib=x).mvm(x, e.seed), ref)
         ax1.plot(grid, frac, marker="o", label=name)
-        ax2.plot(grid, errs, marker="o", label=name)
+        line = ax2.plot(grid, errs, marker="o", label=f"{name} worn")[0]
+        ax2.axhline(clean, color=line.get_color(), ls=":", lw=1,
+                    label=f"{name} fault-free {clean:.3f}")
     bound = report["faults"]["bound"]
     ax1.axhline(bound, color="k", ls="--", lw=1, label=f"bound {bound:.0%}")
     for ax, ylabel in ((ax1, "failed cell fraction"), (ax2, "relative MVM error")):
@@ -272,7 +276,8 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     ax1.set_title("Worn-out cells vs iteration")
-    ax2.set_title("MVM error of a random layer on the worn crossbars")
+    ax2.set_title("MVM error of a random layer on the worn crossbars\n(dotted: the same "
+                  "chip without faults)")
     fig.tight_layout()
     path = out / "faults.png"
     fig.savefig(path, dpi=100)
