@@ -195,3 +195,23 @@ def test_failed_fraction_counts_cells_past_their_endurance(tmp_path):
     for name in ("a", "b"):
         w = np.load(out / "writes" / f"{name}.npy")
         assert r["faults"]["failed_fraction"][name] == pytest.approx((w > 3).mean())
+
+
+def test_faults_evaluate_the_traces_model_on_the_worn_chip(tmp_path):
+    pytest.importorskip("torch")
+    from timesim.cli import bundled_trace
+
+    trace = bundled_trace()                      # digits LeNet, recorded with its weights
+    hw = timesim.load_hwconfig(None, ["endurance.cycles=40"])
+    r = timesim.simulate(hw, trace, faults=True)
+    a = r["faults"]["accuracy"]
+    assert a["model"] == "digits-lenet" and a["test_images"] == 360
+    assert len(a["iterations"]) == len(a["accuracy"]) == len(a["failed_fraction"])
+    assert a["iterations"] == sorted(a["iterations"])
+    # before any cell fails the worn chip is the fault-free chip; wear only takes accuracy away
+    for f, acc in zip(a["failed_fraction"], a["accuracy"]):
+        if f == 0:
+            assert acc == a["fault_free"]
+    assert a["failed_fraction"][-1] > 0.01
+    assert a["accuracy"][-1] < a["fault_free"]
+    assert timesim.simulate(hw, trace)["faults"]["accuracy"] is None      # opt-in

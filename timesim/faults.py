@@ -73,3 +73,57 @@ def faults_report(hw: HwConfig, policies, T: int, probe: bool = False) -> dict:
         t = float(times[k - 1])
         out["iterations_to_bound"][name] = t if math.isfinite(t) else None
     return out
+
+
+EVAL_POINTS = 8
+
+
+def model_accuracy(hw: HwConfig, policies, T: int, model_name: str, weights) -> dict | None:
+    """Accuracy of the worn chip on the trace's model vs iteration (``timesim run --faults``):
+    the model of a trace recorded from the bundled digits examples (manifest ``model``
+    digits-mlp or digits-lenet) with the weights ``TraceRecorder`` saved (weights.npz),
+    evaluated on the digits test set through ``crossbar_forward`` with every layer's cells worn
+    as its measured write rates give at each iteration (``analog.cell_wear``, write counts ×
+    t / T). None when the model is not one timesim can rebuild or torch is missing."""
+    try:
+        import torch
+
+        from .analog import cell_wear
+        from .examples.digits import MODELS, load_digits_split
+        from .pytorch import crossbar_forward, load_weights
+    except ImportError:
+        return None
+    key = model_name.removeprefix("digits-")
+    if key not in MODELS or not model_name.startswith("digits-"):
+        return None
+    model = load_weights(MODELS[key](), weights).eval()
+    _, _, x_te, y_te = load_digits_split(0)
+    names = [p.layer.name for p in policies]
+
+    def accuracy(out) -> float:
+        return float((out.argmax(1) == y_te).float().mean())
+
+    with torch.no_grad():
+        digital = accuracy(model(x_te))
+    fault_free = accuracy(crossbar_forward(model, x_te, hw))
+    # from the run's length to the iteration its first layer reaches the failed bound (x 4)
+    ends = []
+    for i, p in enumerate(policies):
+        e = _endurance(hw, i, p.writes.shape)
+        t = np.sort(failure_iterations(p.writes[None], e, T).ravel())
+        k = max(1, math.ceil(hw.endurance.failed_bound * t.size))
+        if math.isfinite(float(t[k - 1])):
+            ends.append(float(t[k - 1]))
+    last = 4 * min(ends) if ends else 4.0 * T
+    grid = np.unique(np.geomspace(max(1.0, min(T, last / 100)), max(last, T + 1.0),
+                                  EVAL_POINTS).round())
+    acc, failed = [], []
+    for t in grid:
+        wear = {n: cell_wear(p.writes, hw, i, p.l2p, scale=float(t) / T)
+                for i, (n, p) in enumerate(zip(names, policies))}
+        acc.append(accuracy(crossbar_forward(model, x_te, hw, wear)))
+        cells = sum(w.stuck.size for w in wear.values())
+        failed.append(sum(float((w.stuck != 0).sum()) for w in wear.values()) / cells)
+    return {"model": model_name, "test_images": int(len(y_te)), "digital": digital,
+            "fault_free": fault_free, "iterations": [float(t) for t in grid],
+            "failed_fraction": failed, "accuracy": acc}

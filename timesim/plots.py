@@ -247,7 +247,21 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
         t = failure_iterations(w[None], end, T)
         firsts.append((float(t.min()), i, w, end, t))
     firsts.sort(key=lambda f: f[0])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    accuracy = report["faults"].get("accuracy")
+    if accuracy:
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
+        ax3.plot(accuracy["iterations"], accuracy["accuracy"], marker="o", label="worn chip")
+        ax3.axhline(accuracy["fault_free"], color="tab:green", ls=":",
+                    label=f"fault-free chip {accuracy['fault_free']:.3f}")
+        ax3.axhline(accuracy["digital"], color="k", ls="--", lw=1,
+                    label=f"digital {accuracy['digital']:.3f}")
+        ax3.set_xscale("log")
+        ax3.set_xlabel("training iteration (log scale; measured write rates extrapolated)")
+        ax3.set_ylabel("test accuracy")
+        ax3.set_title(f"{accuracy['model']} on the worn chip")
+        ax3.legend(fontsize=7)
+    else:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for first, i, w, _end, times in firsts[:max_layers]:
         if not np.isfinite(first):
             continue

@@ -117,6 +117,27 @@ def crossbar_layers(model: nn.Module, layers=None, exclude=()) -> list[tuple[str
     return select_layers(model, layers, exclude)[0]
 
 
+WEIGHTS = "weights.npz"       # a trace's trained weights (its model's state_dict, no pickle)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """The model's state_dict as a plain .npz (float32), written atomically: with it,
+    ``timesim run --faults`` evaluates the worn chip on the trace's model."""
+    arrays = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in
+              model.state_dict().items() if v.is_floating_point()}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    tmp.replace(path)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    with np.load(path, allow_pickle=False) as z:
+        state = {k: torch.from_numpy(z[k]) for k in z.files}
+    model.load_state_dict(state, strict=False)
+    return model
+
+
 class _Probe:
     """Forward hooks that record each layer's geometry and the batch size on the first pass."""
 
@@ -216,8 +237,9 @@ class TraceRecorder:
     def __init__(self, model: nn.Module, path: str | Path, dtype: str = "float32",
                  chunk_iterations: int = 64, dataset: str = "", model_name: str | None = None,
                  overwrite: bool = False, input_bits: int = 8, layers=None, exclude=(),
-                 max_buffer_bytes: int = 256 << 20):
+                 max_buffer_bytes: int = 256 << 20, save_weights: bool = True):
         self.model = model
+        self.save_weights = save_weights
         self.input_bits = input_bits
         self.path = Path(path)
         self.dtype = dtype
@@ -273,6 +295,8 @@ class TraceRecorder:
                 for info in self.writer.layers)
             self.writer.skipped = tuple(self.skipped)
             self.writer.close()
+            if self.save_weights:
+                save_weights(self.model, self.path / WEIGHTS)
 
 
 class SparseUpdate:

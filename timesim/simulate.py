@@ -44,6 +44,7 @@ class Simulation:
                  expected_iterations: int | None = None, faults: bool = False):
         self.hw = hw
         self.faults = faults
+        self.weights: Path | None = None      # the trace's trained weights (weights.npz)
         self.meta = meta
         self.start = time.perf_counter()
         self.policies = [LayerPolicy(layer, hw, i) for i, layer in enumerate(meta.layers)]
@@ -125,6 +126,12 @@ class Simulation:
         row = np.mean([m.phys_cols for m in self.engine.mapping.layers])
         report["ars"]["normalized_write_energy"] = rewrite / T / row
         report["faults"] = faults_report(self.hw, self.policies, T, probe=self.faults)
+        report["faults"]["accuracy"] = None
+        if self.faults and self.weights is not None:
+            from .faults import model_accuracy
+
+            report["faults"]["accuracy"] = model_accuracy(self.hw, self.policies, T,
+                                                          self.meta.model, self.weights)
         if self.nonfinite is not None:
             report["nonfinite"] = self.nonfinite
         wall = time.perf_counter() - self.start
@@ -228,6 +235,8 @@ def simulate(hw: HwConfig, trace, out=None,
         trace.bind(hw)
     label = getattr(trace, "label", str(getattr(trace, "path", "")))
     sim = Simulation(hw, trace.meta, fine=fine, faults=faults)
+    if faults and hasattr(trace, "path") and (Path(trace.path) / "weights.npz").is_file():
+        sim.weights = Path(trace.path) / "weights.npz"
     start_chunk = 0
     fp = ""
     dtype = trace.meta.dtype
