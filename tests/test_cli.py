@@ -163,11 +163,11 @@ def test_bench_reports_ratios_against_same_run_baselines():
         assert x["distinct_signatures"] == 1 and x["events"] > 0
         assert x["engine_seconds_per_signature"] == pytest.approx(x["engine_seconds"])
     a = res["analog_mvm"]
+    # the slices each case's settings imply: 8-bit DAC one slice, 1-bit DAC eight; 8-bit
+    # weights in one 8-bit cell or two 5-bit cells (the default chip: 8 x 2)
     assert [(c["input_slices"], c["weight_slices"]) for c in a["cases"]] == [(1, 1), (1, 2),
-                                                                             (8, 1)]
-    for c in a["cases"]:
-        assert c["ratio_to_blas"] == pytest.approx(c["ms"] / a["blas_ms"])
-        assert c["ratio_per_input_slice"] == pytest.approx(c["ratio_to_blas"] / c["input_slices"])
+                                                                             (8, 1), (8, 2)]
+    assert all(c["ms"] > 0 and c["warmup_s"] >= 0 for c in a["cases"]) and a["blas_ms"] > 0
 
 
 def test_plot_paths_are_checked_before_any_work(tmp_path, small_trace):
