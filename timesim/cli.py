@@ -163,6 +163,17 @@ def _print_summary(r: dict, out: Path) -> None:
     print(f"endurance {lt['endurance']:.3g}: first cell fails after "
           f"{lt['iterations_to_failure']:.3g} iterations ({lt['trainings_to_failure']:.3g} "
           f"trainings of this length)")
+    f = r.get("faults", {})
+    if f.get("probe"):
+        worst = max(f["mvm_rel_error"], key=lambda k: f["mvm_rel_error"][k] or 0)
+        print(f"faults    failed cells {max(f['failed_fraction'].values()):.2%} (worst layer); "
+              f"MVM error {f['mvm_rel_error'][worst]:.3f} on {worst} (fault-free "
+              f"{f['mvm_rel_error_fault_free'][worst]:.3f})")
+    a = f.get("accuracy")
+    if a:
+        pts = ", ".join(f"{t:.3g}: {acc:.3f}" for t, acc in zip(a["iterations"], a["accuracy"]))
+        print(f"accuracy  {a['model']} on the worn chip by iteration: {pts} (digital "
+              f"{a['digital']:.3f}, fault-free chip {a['fault_free']:.3f})")
     print(f"wrote     {out}/report.json, actions.csv, writes/, rowmap/")
 
 
