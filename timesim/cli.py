@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
     try:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
-                          nonfinite=args.nonfinite, faults=args.faults)
+                          nonfinite=args.nonfinite, faults=args.faults, threads=args.threads)
     finally:
         if bar is not None:
             bar.close()
@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a hwconfig key, e.g. controller.interval=512 (repeatable)")
     run.add_argument("--out", help="run folder (default: runs/run-DATE-TIME)")
     run.add_argument("--plots", action="store_true", help="also write PNG figures")
+    run.add_argument("--threads", type=_pos_int, metavar="N",
+                     help="process layers on N threads (default: all cores; results are the "
+                          "same for every N)")
     run.add_argument("--faults", action="store_true",
                      help="also measure each worn layer's analog MVM error (report faults; "
                           "with --plots, faults.png); the failed fractions are always there")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,9 +43,13 @@ class Simulation:
     """Per-layer policy state, the engine's signature counts and the max-writes history."""
 
     def __init__(self, hw: HwConfig, meta: TraceMeta, fine: bool = False,
-                 expected_iterations: int | None = None, faults: bool = False):
+                 expected_iterations: int | None = None, faults: bool = False,
+                 threads: int = 1):
         self.hw = hw
         self.faults = faults
+        self.threads = max(1, int(threads))
+        self._pool = None
+        self._local = threading.local()
         self.weights: Path | None = None      # the trace's trained weights (weights.npz)
         self.meta = meta
         self.start = time.perf_counter()
@@ -65,19 +71,58 @@ class Simulation:
     def _float32(self, arr: np.ndarray, dtype: str) -> np.ndarray:
         if dtype == "float32":
             return arr
-        if self._scratch.size < arr.size:
-            self._scratch = np.empty(arr.size, dtype=np.float32)
-        return to_float32(arr, dtype, self._scratch[:arr.size].reshape(arr.shape))
+        scratch = getattr(self._local, "scratch", self._scratch[:0])
+        if scratch.size < arr.size:
+            scratch = self._local.scratch = np.empty(arr.size, dtype=np.float32)
+        return to_float32(arr, dtype, scratch[:arr.size].reshape(arr.shape))
 
-    def feed(self, arrays: Mapping[str, np.ndarray], t0: int, n: int,
-             dtype: str = "float32") -> None:
-        """Iterations t0 .. t0+n-1: ``arrays[layer]`` is (n, rows, cols) in ``dtype`` storage."""
-        for policy in self.policies:
+    def _process(self, group, arrays, t0: int, n: int, dtype: str) -> None:
+        for policy in group:
             if not policy.needs_gradients:
                 # dense writes every cell whatever the gradient: do not even generate it
                 policy.process(np.empty((n, 0, 0), dtype=np.float32), t0)
             else:
                 policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
+
+    def _groups(self) -> list[list[LayerPolicy]]:
+        """Layers split over the threads, largest first onto the least loaded (by cells):
+        every layer is independent in the policy path (DESIGN §2)."""
+        k = min(self.threads, len(self.policies))
+        groups: list[list[LayerPolicy]] = [[] for _ in range(k)]
+        load = [0] * k
+        for p in sorted(self.policies, key=lambda p: -p.layer.cells):
+            i = load.index(min(load))
+            groups[i].append(p)
+            load[i] += p.layer.cells
+        return [g for g in groups if g]
+
+    def feed(self, arrays: Mapping[str, np.ndarray], t0: int, n: int,
+             dtype: str = "float32") -> None:
+        """Iterations t0 .. t0+n-1: ``arrays[layer]`` is (n, rows, cols) in ``dtype`` storage.
+        With ``threads`` > 1 the layers run on that many threads (the kernels release the
+        GIL); the results do not depend on it."""
+        groups = self._groups() if self.threads > 1 else [self.policies]
+        if len(groups) == 1:
+            self._process(groups[0], arrays, t0, n, dtype)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=len(groups),
+                                                thread_name_prefix="timesim-layers")
+            futures = [self._pool.submit(self._process, g, arrays, t0, n, dtype)
+                       for g in groups]
+            errors = []
+            for f in futures:
+                try:
+                    f.result()
+                except Exception as exc:          # the first layer's error, deterministically
+                    errors.append(exc)
+            if errors:
+                order = {p.layer.name: i for i, p in enumerate(self.policies)}
+                raise min(errors, key=lambda e: min(
+                    (order[name] for name in order if f"layer {name}:" in str(e)),
+                    default=len(order)))
         if self._ops.shape[0] < n:
             self._ops = np.empty((n, len(self.policies)), dtype=np.int64)
             self._swaps = np.empty_like(self._ops)
@@ -108,6 +153,9 @@ class Simulation:
             self.hist_max.append([p.max_writes for p in self.policies])
         for policy in self.policies:
             policy.finish()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         cycles = self.engine.report()
         counts = action_counts(self.engine, self.policies, T)
         meta = dataclasses.replace(self.meta, iterations=T)
@@ -191,7 +239,8 @@ def run_fingerprint(hw: HwConfig, trace_fp: str, nonfinite: str = "error") -> st
 def simulate(hw: HwConfig, trace, out=None,
              progress: Callable[[int], None] | None = None, fine: bool = False,
              checkpoint_every: int = 0, resume: bool = False,
-             nonfinite: str = "error", faults: bool = False) -> dict:
+             nonfinite: str = "error", faults: bool = False,
+             threads: int | None = None) -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
@@ -203,6 +252,8 @@ def simulate(hw: HwConfig, trace, out=None,
     values are replaced by 0 (``zero``); both opt-ins are counted in the report.
     ``faults``: also measure each worn layer's analog MVM error (report ``faults``; seconds
     per large network, so opt-in; the failed fractions are always there).
+    ``threads``: layers processed on that many threads (default: all cores); results are
+    identical for every count.
     """
     if nonfinite not in ("error", "skip", "zero"):
         from .errors import ConfigError
@@ -234,7 +285,13 @@ def simulate(hw: HwConfig, trace, out=None,
     if hasattr(trace, "bind"):
         trace.bind(hw)
     label = getattr(trace, "label", str(getattr(trace, "path", "")))
-    sim = Simulation(hw, trace.meta, fine=fine, faults=faults)
+    if threads is None:
+        threads = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"threads: must be a positive integer, got {threads!r}")
+    sim = Simulation(hw, trace.meta, fine=fine, faults=faults, threads=threads)
     if faults and hasattr(trace, "path") and (Path(trace.path) / "weights.npz").is_file():
         sim.weights = Path(trace.path) / "weights.npz"
     start_chunk = 0

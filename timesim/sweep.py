@@ -84,7 +84,9 @@ def run_point(hw_path: str | None, base_sets: Sequence[str], trace: str,
     # continue only from a checkpoint of this very point (same chip and trace content)
     resume = (checkpoint_every > 0 and checkpoint.saved_fingerprint(out_p)
               == run_fingerprint(hw, trace_fingerprint(tr)))
-    report = simulate(hw, tr, out=out_p, checkpoint_every=checkpoint_every, resume=resume)
+    # one thread per point: the points themselves run in parallel
+    report = simulate(hw, tr, out=out_p, checkpoint_every=checkpoint_every, resume=resume,
+                      threads=1)
     return {k: _get(report, k) for k in METRICS}
 
 

@@ -11,13 +11,13 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bf16_to_f32_bits(src, dst):
     for i in range(src.shape[0]):
         dst[i] = np.uint32(src[i]) << np.uint32(16)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _f16_to_f32_bits(src, dst):
     for i in range(src.shape[0]):
         h = np.uint32(src[i])

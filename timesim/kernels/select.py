@@ -175,7 +175,7 @@ def _accumulate_argmax_row(A, Ai, G):
     return rbest, best
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
                  interval, ars_on, rkey, scale, selected, swapped, slots):
     """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1.
@@ -206,7 +206,7 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
                      interval, ars_on, rkey, scale, selected, swapped, slots):
     """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
@@ -276,7 +276,7 @@ def _topk_threshold(keys, k, guess, limit):
         g = ng
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
               interval, ars_on, rkey, scale, k, keys, cand, tau_state, selected, swapped, slots):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).

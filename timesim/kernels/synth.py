@@ -54,7 +54,7 @@ def _normal_row(key, start, out):
         out[i] = (np.float32(np.int64(s) + 2) * _INV16 - np.float32(2.0)) * _SQRT3
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gradient_chunk(out, seed, layer, t0, mean, row_scale, col_scale):
     """out[i, r, c] = mean[r, c] + row_scale[r] * col_scale[c] * z(seed, layer, t0 + i, r, c)."""
     n, rows, cols = out.shape

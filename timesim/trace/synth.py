@@ -13,6 +13,7 @@ write maps of the paper's Fig. 2. Everything is a pure function of (seed, layer 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from urllib.parse import parse_qsl
 
@@ -27,7 +28,8 @@ from .reader import Chunk
 PARAMS = {
     "iterations": (int, "training iterations (default: the paper's count for the model)"),
     "seed": (int, "seed of importances and noise (default 0)"),
-    "chunk": (int, "iterations generated per chunk (default 8)"),
+    "chunk": (int, "iterations generated per chunk (default: 8 to 64, as many as keep the "
+                   "largest layer's chunk under 64 MB)"),
     "row_sigma": (float, "lognormal sigma of row importance (default 0.3)"),
     "col_sigma": (float, "lognormal sigma of column importance (default 0.15)"),
     "bias": (float, "persistent mean gradient relative to the noise (default 0.02)"),
@@ -38,8 +40,9 @@ PARAMS = {
 class _LazyLayers(Mapping):
     """Generates one layer's chunk on access into a buffer reused across layers and chunks.
 
-    Each access overwrites the array returned by the previous one: use (or copy) one layer's
-    array before asking for the next, as the simulator and TraceWriter.append_chunk do.
+    Each access overwrites the array returned by the previous one in the same thread: use (or
+    copy) one layer's array before asking for the next, as the simulator and
+    TraceWriter.append_chunk do. Threads have buffers of their own.
     """
 
     def __init__(self, trace: SynthTrace, t0: int, n: int):
@@ -58,7 +61,8 @@ class _LazyLayers(Mapping):
 class SynthTrace:
     """A generated trace that never touches disk; same interface as a trace directory."""
 
-    def __init__(self, model: str, iterations: int | None = None, seed: int = 0, chunk: int = 8,
+    def __init__(self, model: str, iterations: int | None = None, seed: int = 0,
+                 chunk: int | None = None,
                  row_sigma: float = 0.3, col_sigma: float = 0.15, bias: float = 0.02,
                  row: int = 0):
         if model not in MODELS:
@@ -66,6 +70,12 @@ class SynthTrace:
                              f"{', '.join(MODELS)}")
         build, default_iterations, dataset = MODELS[model]
         iterations = default_iterations if iterations is None else iterations
+        layers = tuple(build())
+        if chunk is None:
+            # fewer, larger chunks cost less per-chunk overhead (and let threads run longer);
+            # the results do not depend on the chunking
+            biggest = max(layer.cells for layer in layers)
+            chunk = int(min(64, max(8, (64 << 20) // (4 * biggest))))
         where = f"synth:{model}"
         for key, value, lo, hi in (("iterations", iterations, 1, MAX_ITERATIONS),
                                    ("seed", seed, 0, 2**63 - 1), ("chunk", chunk, 1, 1 << 20)):
@@ -77,7 +87,6 @@ class SynthTrace:
         self.model, self.seed = model, seed
         self.params = dict(iterations=iterations, seed=seed, chunk=chunk, row_sigma=row_sigma,
                            col_sigma=col_sigma, bias=bias)
-        layers = tuple(build())
         self.hammer = model.startswith("hammer")
         if self.hammer:
             if not 0 <= row < layers[0].rows:
@@ -91,8 +100,8 @@ class SynthTrace:
                               chunk_iterations=chunk, dtype="float32", layers=layers)
         self.index = {layer.name: i for i, layer in enumerate(layers)}
         self._structure: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        biggest = max(layer.cells for layer in layers)
-        self._buffer = np.empty(chunk * biggest, dtype=np.float32)
+        self._biggest = max(layer.cells for layer in layers)
+        self._local = threading.local()      # one generation buffer per thread
 
     @property
     def label(self) -> str:
@@ -112,8 +121,14 @@ class SynthTrace:
         return self._structure[li]
 
     def generate(self, li: int, t0: int, n: int) -> np.ndarray:
+        """Layer ``li``'s iterations t0 .. t0+n-1 in this thread's buffer (overwritten by the
+        thread's next call)."""
         layer = self.meta.layers[li]
-        out = self._buffer[: n * layer.cells].reshape(n, layer.rows, layer.cols)
+        buf = getattr(self._local, "buffer", None)
+        if buf is None:
+            buf = self._local.buffer = np.empty(self.meta.chunk_iterations * self._biggest,
+                                                dtype=np.float32)
+        out = buf[: n * layer.cells].reshape(n, layer.rows, layer.cols)
         if self.hammer:
             return self._hammer(layer, t0, out)
         mean, row, col = self.structure(li)
