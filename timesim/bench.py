@@ -7,6 +7,7 @@ A: 12 bytes per float32 element). JIT warm-up (compile or cache load) is reporte
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -116,6 +117,15 @@ def bench_end_to_end(iterations: int) -> dict:
     out = {"model": "resnet20", "iterations": iterations, "policy_seconds": policy_s,
            "generation_seconds": gen, "iterations_per_s": iterations / policy_s,
            "projected_64000_s": policy_s * 64000 / iterations}
+    # both cores in one run: layers split over threads, against one thread, same run
+    cores = os.cpu_count() or 1
+    timed = {}
+    for th in sorted({1, cores}):
+        t = time.perf_counter()
+        simulate(hw, SynthTrace("resnet20", iterations=iterations), threads=th)
+        timed[th] = time.perf_counter() - t
+    out["threads"] = {"cores": cores, "seconds": {str(k): v for k, v in timed.items()},
+                      "speedup": timed[1] / timed[cores]}
     # the engine simulates each distinct ARS signature once: at 64000 iterations with SI 1024
     # that is 63 of them; project its time from the seconds per simulated signature
     full = 64000 // hw.controller.interval + 1
@@ -173,6 +183,9 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
     say(f"end to end: resnet20 sgs+ars {e['iterations_per_s']:.0f} it/s "
         f"(generation {e['generation_seconds'] / e['policy_seconds']:.0%} of the time); "
         f"64000 iterations ~ {e['projected_64000_s']:.1f} s")
+    th = e["threads"]
+    say(f"threads: {th['cores']} threads {th['seconds'][str(th['cores'])]:.2f} s vs one "
+        f"{th['seconds']['1']:.2f} s: {th['speedup']:.2f}x")
     for pipeline in ("none", "layer"):
         x = e[pipeline]
         say(f"engine (pipeline {pipeline}): +{x['engine_overhead']:.1%} over the policy path "
