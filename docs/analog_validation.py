@@ -30,30 +30,19 @@ def rel(y, ref) -> float:
     return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
 
 
-def train(model_cls, iterations: int = 3000):
-    import torch
-    from torch.nn import functional as F
-
+def train(name: str, iterations: int = 3000):
+    """A digits model trained with SGD (timesim.examples.digits.train), and the test set."""
     from timesim.examples.digits import load_digits_split
+    from timesim.examples.digits import train as fit
 
-    torch.manual_seed(0)
-    x_tr, y_tr, x_te, y_te = load_digits_split(0)
-    model = model_cls()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(iterations):
-        idx = torch.randint(0, len(y_tr), (32,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x_tr[idx]), y_tr[idx]).backward()
-        opt.step()
-    return model, x_te, y_te
+    _, _, x_te, y_te = load_digits_split(0)
+    return fit(name, iterations=iterations).net, x_te, y_te
 
 
 def cases():
     """(name, x, W) of every measured layer."""
     import torch
 
-    from timesim.examples.digits import MLP
     from timesim.pytorch import weight_to_matrix
 
     r = np.random.default_rng(0)
@@ -61,7 +50,7 @@ def cases():
             (r.standard_normal((512, 512)) * 0.1).astype(np.float32)),
            ("300x70, x in [-1, 1]", r.uniform(-1, 1, (128, 300)).astype(np.float32),
             (r.standard_normal((300, 70)) * 0.1).astype(np.float32))]
-    model, x_te, _ = train(MLP)
+    model, x_te, _ = train("mlp")
     h = x_te[:128].flatten(1)
     for name in ("fc1", "fc2"):
         mod = getattr(model, name)
@@ -77,7 +66,6 @@ def cases():
 def table() -> str:
     import timesim
     from timesim.analog import mvm
-    from timesim.examples.digits import MLP, LeNet
     from timesim.pytorch import crossbar_forward
 
     auto = timesim.load_hwconfig()
@@ -99,8 +87,8 @@ def table() -> str:
               "| model | digital | timesim default chip | one full-scale range "
               "| aihwkit defaults |",
               "|---|---|---|---|---|"]
-    for label, cls in (("MLP", MLP), ("CNN", LeNet)):
-        model, x_te, y_te = train(cls)
+    for label, name in (("MLP", "mlp"), ("CNN", "lenet")):
+        model, x_te, y_te = train(name)
 
         def acc(out, y=y_te):
             return float((out.argmax(1) == y).float().mean())

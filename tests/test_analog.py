@@ -352,36 +352,24 @@ def test_default_chip_computes_right(seed):
     assert _rel(mvm(x, w, hw("adc.range=1.0")), x.astype(np.float64) @ w) > 0.5
 
 
-def _trained_digits(cls, iterations=1500):
-    torch = pytest.importorskip("torch")
-    from torch.nn import functional as F
+def _trained_digits(name, iterations=1500):
+    pytest.importorskip("torch")
+    from timesim.examples.digits import load_digits_split, train
 
-    from timesim.examples.digits import load_digits_split
-
-    torch.manual_seed(0)
-    x_tr, y_tr, x_te, y_te = load_digits_split(0)
-    model = cls()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(iterations):
-        idx = torch.randint(0, len(y_tr), (32,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(model(x_tr[idx]), y_tr[idx]).backward()
-        opt.step()
-    return model, x_te, y_te
+    _, _, x_te, y_te = load_digits_split(0)
+    return train(name, iterations=iterations).net, x_te, y_te
 
 
 def test_default_chip_keeps_digits_accuracy():
     pytest.importorskip("torch")
-    from timesim.examples.digits import MLP, LeNet
     from timesim.pytorch import crossbar_forward
 
-    for cls in (MLP, LeNet):
+    for cls in ("mlp", "lenet"):
         model, x_te, y_te = _trained_digits(cls)
         digital = float((model(x_te).argmax(1) == y_te).float().mean())
         analog = float((crossbar_forward(model, x_te, timesim.load_hwconfig()).argmax(1)
                         == y_te).float().mean())
-        assert digital > 0.9 and analog >= digital - 0.01, (cls.__name__, digital, analog)
+        assert digital > 0.9 and analog >= digital - 0.01, (cls, digital, analog)
 
 
 def test_read_noise_is_absolute():
@@ -490,10 +478,9 @@ def test_worn_cells_pin_weights_and_gradual_wear_costs_accuracy_before_failures(
     with gradual wear the accuracy drops before any cell has failed."""
     pytest.importorskip("torch")
     from timesim.analog import cell_wear, cells_per_weight
-    from timesim.examples.digits import MLP
     from timesim.pytorch import crossbar_forward, weight_to_matrix
 
-    model, x_te, y_te = _trained_digits(MLP)
+    model, x_te, y_te = _trained_digits("mlp")
     h = timesim.load_hwconfig()
 
     def acc(out):

@@ -70,6 +70,7 @@ class Result:
     iterations: int
     test_accuracy: float
     report: dict | None
+    net: nn.Module | None = None        # the trained model
 
 
 def train(model_name: str = "mlp", iterations: int = 2000, hw=None, batch: int = 32,
@@ -114,4 +115,4 @@ def train(model_name: str = "mlp", iterations: int = 2000, hw=None, batch: int =
         acc = (model(x_te).argmax(1) == y_te).float().mean().item()
     report = sparse.report(out) if sparse is not None else None
     policy = "dense-sgd" if hw is None else hw.controller.selection
-    return Result(model_name, policy, iterations, acc, report)
+    return Result(model_name, policy, iterations, acc, report, model)
