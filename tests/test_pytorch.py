@@ -33,6 +33,15 @@ def batch(seed, n=4):
     return torch.randn(n, 3, 8, 9, generator=g), torch.randint(0, 7, (n,), generator=g)
 
 
+def record_steps(net, rec, steps=3):
+    """``steps`` training iterations (no optimizer step), each recorded."""
+    for it in range(steps):
+        x, y = batch(it)
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        rec.step()
+
+
 def test_recorder_orientation_and_geometry_match_torch(tmp_path):
     torch.manual_seed(0)
     net = Net()
@@ -217,11 +226,7 @@ def test_recorder_measures_input_activity(tmp_path):
     net.conv.register_forward_hook(grab("conv"))
     net.head[2].register_forward_hook(grab("head.2"))
     with TraceRecorder(net, tmp_path / "t", chunk_iterations=2) as rec:
-        for it in range(3):
-            x, y = batch(it)
-            net.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            rec.step()
+        record_steps(net, rec)
         with torch.no_grad():
             net(batch(9)[0])             # an evaluation pass after the last step: not counted
     layers = {l.name: l for l in open_trace(str(tmp_path / "t")).meta.layers}
@@ -266,11 +271,7 @@ def test_recorder_records_what_maps_and_says_what_it_left_out(tmp_path, caplog):
     net = Mixed()
     with caplog.at_level(logging.WARNING, logger="timesim"):
         with TraceRecorder(net, tmp_path / "t", chunk_iterations=2) as rec:
-            for it in range(3):
-                x, y = batch(it)
-                net.zero_grad()
-                nn.functional.cross_entropy(net(x), y).backward()
-                rec.step()
+            record_steps(net, rec)
     meta = open_trace(str(tmp_path / "t")).meta
     assert [l.name for l in meta.layers] == ["body", "head"]
     reasons = {d["name"]: d["reason"] for d in meta.skipped}
