@@ -32,3 +32,12 @@ def test_big_layers_are_pooled_for_display():
     img, f = _pool(w)
     assert img.size <= MAX_HEATMAP_PIXELS and f == 2
     assert img[0, 0] == w[:2, :2].max()
+
+
+def test_compare_axes_do_not_magnify_tiny_differences():
+    from timesim.plots import value_scale
+
+    assert value_scale([107.6, 107.6000001]) == "linear"
+    assert value_scale([103.9, 107.6]) == "linear"
+    assert value_scale([1.0, 184.0]) == "log"
+    assert value_scale([0.0, 5.0]) == "linear"

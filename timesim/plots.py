@@ -201,6 +201,13 @@ def sweep_plots(out: Path, keys: list[str], rows: list[dict]) -> list[Path]:
     return made
 
 
+def value_scale(vals) -> str:
+    """A log axis only when the values are all positive and span more than a decade; linear
+    from zero otherwise, so that a 1e-7 relative difference does not look like a factor of 10."""
+    pos = [v for v in vals if v > 0]
+    return "log" if pos and len(pos) == len(vals) and max(pos) / min(pos) > 10 else "linear"
+
+
 def compare_plot(rows: list[dict], path: Path) -> None:
     plt = _pyplot()
     labels = [f"{Path(r['run']).name}\n{r['policy']}" for r in rows]
@@ -212,10 +219,7 @@ def compare_plot(rows: list[dict], path: Path) -> None:
         bars = ax.bar(range(len(rows)), vals, color="tab:blue")
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
         ax.set_title(title)
-        # a log axis only when the values span more than a decade; linear from zero otherwise,
-        # so that a 1e-7 relative difference does not look like a factor of ten
-        pos = [v for v in vals if v > 0]
-        if pos and len(pos) == len(vals) and max(pos) / min(pos) > 10:
+        if value_scale(vals) == "log":
             ax.set_yscale("log")
         else:
             ax.set_ylim(0, max(vals) * 1.15 if max(vals, default=0) > 0 else 1)
