@@ -1,5 +1,6 @@
 """Accuracy under wear: the digits MLP trained under SGS for 8000 iterations (SparseUpdate,
-co-simulated live), then evaluated on crossbars whose cells wore out at a given endurance.
+co-simulated live), then evaluated on the default chip (calibrated ADCs) whose physical cells
+wore out at a given endurance (timesim.analog.cell_wear: faults per cell).
 
     python traces/digits_wear.py        # ~30 s; the numbers of docs/results.md
 """
@@ -9,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 import timesim
-from timesim.analog import wearout_faults
+from timesim.analog import cell_wear
 from timesim.examples.digits import MLP, load_digits_split
 from timesim.pytorch import SparseUpdate, crossbar_forward
 
@@ -19,8 +20,7 @@ def main() -> None:
     torch.set_num_threads(1)
     x_tr, y_tr, x_te, y_te = load_digits_split(0)
     model = MLP()
-    hw = timesim.load_hwconfig(None, ["controller.selection=sgs", "adc.bits=8",
-                                      "adc.range=0.25"])
+    hw = timesim.load_hwconfig(None, ["controller.selection=sgs"])
     opt = SparseUpdate(torch.optim.SGD(model.parameters(), lr=0.1), hw, model=model)
     g = torch.Generator().manual_seed(0)
     for _ in range(8000):
@@ -35,11 +35,12 @@ def main() -> None:
 
     print(f"digital: accuracy {acc(model(x_te).detach()):.3f}")
     print(f"crossbars, no faults: accuracy {acc(crossbar_forward(model, x_te, hw)):.3f}")
-    for endurance in (40, 20, 10, 5):
-        stuck = {p.layer.name: wearout_faults(p.writes, endurance, p.l2p, 0.84, 0, i)
-                 for i, p in enumerate(opt.sim.policies)}
-        failed = np.mean([(s != 0).mean() for s in stuck.values()])
-        out = crossbar_forward(model, x_te, hw, stuck)
+    for endurance in (160, 80, 40, 20, 10):
+        worn = hw.replace(endurance={"cycles": endurance})
+        wear = {p.layer.name: cell_wear(p.writes, worn, i, p.l2p)
+                for i, p in enumerate(opt.sim.policies)}
+        failed = np.mean([w.failed_fraction for w in wear.values()])
+        out = crossbar_forward(model, x_te, hw, wear)
         print(f"endurance {endurance}: failed {failed:.3f}, accuracy {acc(out):.3f}")
 
 
