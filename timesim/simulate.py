@@ -76,13 +76,18 @@ class Simulation:
             scratch = self._local.scratch = np.empty(arr.size, dtype=np.float32)
         return to_float32(arr, dtype, scratch[:arr.size].reshape(arr.shape))
 
-    def _process(self, group, arrays, t0: int, n: int, dtype: str) -> None:
+    def _process(self, group, arrays, t0: int, n: int, dtype: str):
+        """The layers of ``group`` over one chunk; the first failure as (layer index, error)."""
         for policy in group:
-            if not policy.needs_gradients:
-                # dense writes every cell whatever the gradient: do not even generate it
-                policy.process(np.empty((n, 0, 0), dtype=np.float32), t0)
-            else:
-                policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
+            try:
+                if not policy.needs_gradients:
+                    # dense writes every cell whatever the gradient: do not even generate it
+                    policy.process(np.empty((n, 0, 0), dtype=np.float32), t0)
+                else:
+                    policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
+            except Exception as exc:
+                return self.policies.index(policy), exc
+        return None
 
     def _groups(self) -> list[list[LayerPolicy]]:
         """Layers split over the threads, largest first onto the least loaded (by cells):
@@ -94,7 +99,9 @@ class Simulation:
             i = load.index(min(load))
             groups[i].append(p)
             load[i] += p.layer.cells
-        return [g for g in groups if g]
+        # each group in layer order: its first failure is its lowest failing layer
+        order = {id(p): i for i, p in enumerate(self.policies)}
+        return [sorted(g, key=lambda p: order[id(p)]) for g in groups if g]
 
     def feed(self, arrays: Mapping[str, np.ndarray], t0: int, n: int,
              dtype: str = "float32") -> None:
@@ -103,7 +110,7 @@ class Simulation:
         GIL); the results do not depend on it."""
         groups = self._groups() if self.threads > 1 else [self.policies]
         if len(groups) == 1:
-            self._process(groups[0], arrays, t0, n, dtype)
+            failures = [self._process(groups[0], arrays, t0, n, dtype)]
         else:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -112,17 +119,10 @@ class Simulation:
                                                 thread_name_prefix="timesim-layers")
             futures = [self._pool.submit(self._process, g, arrays, t0, n, dtype)
                        for g in groups]
-            errors = []
-            for f in futures:
-                try:
-                    f.result()
-                except Exception as exc:          # the first layer's error, deterministically
-                    errors.append(exc)
-            if errors:
-                order = {p.layer.name: i for i, p in enumerate(self.policies)}
-                raise min(errors, key=lambda e: min(
-                    (order[name] for name in order if f"layer {name}:" in str(e)),
-                    default=len(order)))
+            failures = [f.result() for f in futures]
+        failures = [f for f in failures if f is not None]
+        if failures:                     # the first layer's error, whatever the threads
+            raise min(failures, key=lambda f: f[0])[1]
         if self._ops.shape[0] < n:
             self._ops = np.empty((n, len(self.policies)), dtype=np.int64)
             self._swaps = np.empty_like(self._ops)

@@ -34,6 +34,13 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def part(before: int, n: int, per: int) -> int:
+    """Whole cycles that n more units of a stream take at ``per`` units a cycle, after
+    ``before`` units: the difference of cumulative whole cycles, so that a stream cut into
+    pieces costs what it costs in one."""
+    return cdiv(before + n, per) - cdiv(before, per)
+
+
 # (component, action) -> what one action is
 ACTIONS = {
     ("crossbar", "cell_read"): "one cell read whose input bit is 1 (forward/backward MVM slice)",
@@ -197,16 +204,12 @@ class CostTable:
             return Transfer()
         hw = self.hw
         t = max(1, m.chip_tiles)
-
-        def part(per_cycle: int, factor: int = 1, n: int = bits, before: int = done) -> int:
-            return cdiv(factor * (before + n), per_cycle) - cdiv(factor * before, per_cycle)
-
-        gb = part(hw.global_buffer.bits_per_cycle)
+        gb = part(done, bits, hw.global_buffer.bits_per_cycle)
         if not tile:
             return Transfer(global_buffer=gb)
         tn, td = tile_bits if tile_bits is not None else (bits, done)
-        tb = part(8 * hw.buffer.bytes_per_cycle * t, 2, tn, td)   # written, then read
-        ic = part(hw.interconnect.bits_per_cycle * t) + self.hops * self.hop
+        tb = part(2 * td, 2 * tn, 8 * hw.buffer.bytes_per_cycle * t)   # written, then read
+        ic = part(done, bits, hw.interconnect.bits_per_cycle * t) + self.hops * self.hop
         return Transfer(tile=tb, global_buffer=gb, interconnect=ic)
 
     # -- per-layer timing ---------------------------------------------------------------------
@@ -228,29 +231,24 @@ class CostTable:
         as one stream, so a wave's cycles are the difference of whole cycles after it and
         before it: the waves add up to the layer's work in one piece."""
         hw = self.hw
+        bi, bo = self.bits_in(m), self.bits_out(m)
+        po, pb = self.psum_bits(m), self.psum_bits(m, backward=True)
+        g = self.gradient_bits(m)
         out = []
         done = 0
         for images in wave_sizes(batch, hw.engine.waves):
-            v0, v1 = m.positions * done, m.positions * (done + images)
-
-            def diff(f, v0=v0, v1=v1):
-                return f(v1) - f(v0)
-
-            per_copy = diff(lambda v: cdiv(v, m.copies))
-            bi, bo = self.bits_in(m), self.bits_out(m)
-            po, pb = self.psum_bits(m), self.psum_bits(m, backward=True)
-            g = self.gradient_bits(m)
+            v0, v = m.positions * done, m.positions * images          # vectors before, in it
+            per_copy = part(v0, v, m.copies)
+            act = self._activation(m, v0 + v) - self._activation(m, v0)
             store = Transfer()
             if g:
-                store = Transfer(
-                    global_buffer=(cdiv(g * (done + images), hw.global_buffer.bits_per_cycle)
-                                   - cdiv(g * done, hw.global_buffer.bits_per_cycle)),
-                    dram=(cdiv(g * (done + images), hw.dram.bits_per_cycle)
-                          - cdiv(g * done, hw.dram.bits_per_cycle)))
+                store = Transfer(global_buffer=part(g * done, g * images,
+                                                    hw.global_buffer.bits_per_cycle),
+                                 dram=part(g * done, g * images, hw.dram.bits_per_cycle))
             out.append(WaveCost(
                 images=images,
                 fw_in=self.transfer(m, bi * images, done=bi * done),
-                fw_compute=per_copy * mvm + diff(lambda v: self._activation(m, v)),
+                fw_compute=per_copy * mvm + act,
                 fw_out=self.transfer(m, bo * images, done=bo * done,
                                      tile_bits=(po * images, po * done)),
                 bw_in=self.transfer(m, bo * images, done=bo * done),
@@ -258,7 +256,8 @@ class CostTable:
                 bw_out=self.transfer(m, bi * images, done=bi * done,
                                      tile_bits=(pb * images, pb * done)),
                 wg_in=self.transfer(m, (bi + bo) * images, tile=False, done=(bi + bo) * done),
-                wg_compute=diff(lambda v: cdiv(m.rows * m.cols * v, hw.gradient.macs_per_cycle)),
+                wg_compute=part(m.rows * m.cols * v0, m.rows * m.cols * v,
+                                hw.gradient.macs_per_cycle),
                 wg_store=store))
             done += images
         return tuple(out)
