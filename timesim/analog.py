@@ -42,7 +42,7 @@ from .errors import SimulationError
 from .kernels.blas import sgemm_handle
 from .kernels.mvm import _adc_accumulate, _mvm_run, _quantize_inputs, _stream_key, tiles
 from .lifetime import physical_cell_endurance
-from .mapping import weight_slices
+from .mapping import cells_per_weight, weight_slices
 
 OK, SA0, SA1 = 0, 1, 2
 
@@ -63,11 +63,6 @@ class Wear:
     @property
     def failed_fraction(self) -> float:
         return float((self.stuck != OK).mean())
-
-
-def cells_per_weight(hw: HwConfig) -> tuple[int, int]:
-    """(sides, slices): 2 sides for a differential pair, 1 for an offset column."""
-    return (2 if hw.xbar.cells_per_weight == 2 else 1), weight_slices(hw)
 
 
 def cell_wear(writes: np.ndarray, hw: HwConfig, layer: int, rowmap: np.ndarray | None = None,

@@ -21,6 +21,7 @@ import numpy as np
 
 from .config import HwConfig
 from .lifetime import cell_endurance, failure_iterations, physical_cell_endurance
+from .mapping import cells_per_weight
 
 
 def layer_endurance(hw: HwConfig, index: int, shape) -> np.ndarray | float:
@@ -34,8 +35,6 @@ def _endurance(hw: HwConfig, index: int, shape) -> np.ndarray | float:
     e = hw.endurance
     if e.sigma == 0:
         return float(e.cycles)
-    from .analog import cells_per_weight
-
     sides, slices = cells_per_weight(hw)
     return physical_cell_endurance(e, index, (sides * slices,) + tuple(shape))
 

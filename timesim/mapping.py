@@ -101,6 +101,12 @@ def weight_slices(hw: HwConfig) -> int:
     return math.ceil(bits / x.cell_bits)
 
 
+def cells_per_weight(hw: HwConfig) -> tuple[int, int]:
+    """(sides, slices) of a weight's physical cells: 2 sides for a differential pair, 1 for an
+    offset column."""
+    return (2 if hw.xbar.cells_per_weight == 2 else 1), weight_slices(hw)
+
+
 def pool_after(layers: Sequence[LayerInfo], i: int) -> int:
     """Pooling window area after layer i: the manifest's ``pool``, else read off the geometry
     (the next conv layer's input is smaller than this layer's output by an integer factor,
