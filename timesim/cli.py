@@ -221,6 +221,39 @@ def cmd_trace_synth(args) -> int:
     return 0
 
 
+def cmd_trace_fit(args) -> int:
+    import time
+
+    from .trace.fit import fit_trace, write_model
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise TraceError(f"--out {args.out}: expected a .yaml file name (the importances go "
+                         f"beside it as {out.stem}.npz)")
+    if not out.parent.is_dir():
+        raise TraceError(f"--out {args.out}: folder {out.parent} does not exist")
+    t = time.perf_counter()
+    update, bar = _progress(1000, "fitting")
+    try:
+        doc, arrays = fit_trace(args.trace, windows=args.windows, start=args.start,
+                                progress=(lambda f: update(int(1000 * f))) if update else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    write_model(out, doc, arrays)
+    print(f"{'layer':<20}{'rows x cols':>13}{'bias':>7}{'tau_dir':>9}{'gate0 r/c':>11}"
+          f"{'imp R2':>8}{'kurt real/model':>17}")
+    for L in doc["layers"]:
+        info, f, g = L["layer"], L["fit"], L["gates"]
+        print(f"{info['name']:<20}{str(info['rows']) + ' x ' + str(info['cols']):>13}"
+              f"{L['bias']:>7.3f}{L['tau_direction']:>9.4g}"
+              f"{g['row_zero']:>6.2f}/{g['col_zero']:<4.2f}{f['importance_r2']:>8.3f}"
+              f"{f['kurtosis']:>9.3g}/{f['kurtosis_model']:<7.3g}")
+    print(f"wrote {out} and {out.with_suffix('.npz').name} in {time.perf_counter() - t:.1f} s; "
+          f"replay: timesim run --trace 'synth:fit?model={out}&iterations=N'")
+    return 0
+
+
 def cmd_trace_info(args) -> int:
     from .trace import open_trace
 
@@ -312,7 +345,7 @@ def _fmt(v) -> str:
 def cmd_compare(args) -> int:
     from .compare import compare_runs
 
-    compare_runs(args.runs, plot=args.plot)
+    compare_runs(args.runs, plot=args.plot, quantiles=args.quantiles, qq=args.qq)
     return 0
 
 
@@ -394,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="one table (and a plot) across run folders")
     cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--plot", metavar="FILE.png", help="also draw the comparison")
+    cmp_.add_argument("--quantiles", action="store_true",
+                      help="per-layer quantiles of the write counts, and the Wasserstein "
+                           "distance to the first run")
+    cmp_.add_argument("--qq", metavar="FILE.png",
+                      help="Q-Q plot of per-cell write counts per layer against the first run")
     cmp_.set_defaults(func=cmd_compare)
 
     tr = sub.add_parser("trace", help="make, inspect and check traces")
@@ -412,6 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-space-check", action="store_true",
                        help="write even when the estimated size exceeds the free disk space")
     synth.set_defaults(func=cmd_trace_synth)
+    fit = tsub.add_parser("fit", help="fit a synthetic workload to a recorded trace "
+                                      "(replay: synth:fit?model=MODEL.yaml&iterations=N)")
+    fit.add_argument("trace", help="a trace directory (a few hundred to a few thousand "
+                                   "iterations recorded with TraceRecorder)")
+    fit.add_argument("--out", required=True, metavar="MODEL.yaml",
+                     help="the fitted model (and MODEL.npz beside it)")
+    fit.add_argument("--start", type=float, default=0.5,
+                     help="statistics from this fraction of the trace on (default 0.5: the "
+                          "second half; the scale uses all of it)")
+    fit.add_argument("--windows", type=_pos_int, default=8,
+                     help="windows for the drift and direction statistics (default 8)")
+    fit.set_defaults(func=cmd_trace_fit)
     info = tsub.add_parser("info", help="summarize a trace")
     info.add_argument("trace")
     info.add_argument("--json", action="store_true")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .errors import TimesimError
+
+QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 
 COLUMNS = ("run", "policy", "max writes", "extension", "balanced", "cycles/iter", "energy J/iter")
 
@@ -54,12 +58,55 @@ def _plot_path(plot: str) -> Path:
     return p
 
 
-def compare_runs(runs, plot: str | None = None) -> list[dict]:
-    if plot:
+def load_writes(run: str | Path) -> dict[str, np.ndarray]:
+    """Per-layer physical write counts of a run folder (``writes/LAYER.npy``), in the order of
+    its report's layers."""
+    r = load_report(run)
+    out = {}
+    for layer in r.get("trace", {}).get("layers", []):
+        p = Path(run) / "writes" / f"{layer['name']}.npy"
+        if not p.is_file():
+            raise TimesimError(f"{run}: writes/{layer['name']}.npy is missing (a run written "
+                               f"without write counts?)")
+        out[layer["name"]] = np.load(p)
+    return out
+
+
+def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
+    """W1 distance between two samples of per-cell write counts: ∫ |F_a(x) − F_b(x)| dx over
+    their empirical CDFs (for equal sizes, the mean |difference| of the sorted samples)."""
+    a = np.sort(np.ravel(a)).astype(np.float64)
+    b = np.sort(np.ravel(b)).astype(np.float64)
+    allv = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(a, allv[:-1], side="right") / a.size
+    fb = np.searchsorted(b, allv[:-1], side="right") / b.size
+    return float((np.abs(fa - fb) * np.diff(allv)).sum())
+
+
+def distribution_rows(runs) -> list[dict]:
+    """Per run and layer: write-count quantiles, and against the first run (the reference)
+    the W1 distance normalised by the reference's mean."""
+    data = [(str(run), load_writes(run)) for run in runs]
+    ref = data[0][1]
+    rows = []
+    for i, (run, writes) in enumerate(data):
+        for name, w in writes.items():
+            row = {"run": run, "layer": name, "mean": float(w.mean()),
+                   **{f"q{q:g}": float(np.quantile(w, q)) for q in QUANTILES}}
+            if i > 0 and name in ref and ref[name].mean() > 0:
+                row["w1/mean"] = wasserstein(w, ref[name]) / float(ref[name].mean())
+            rows.append(row)
+    return rows
+
+
+def compare_runs(runs, plot: str | None = None, quantiles: bool = False,
+                 qq: str | None = None) -> list[dict]:
+    if plot or qq:
         from .plots import require_matplotlib
 
-        require_matplotlib("--plot")
-        plot_path = _plot_path(plot)
+        require_matplotlib("--plot" if plot else "--qq")
+    plot_path = _plot_path(plot) if plot else None
+    qq_path = _plot_path(qq) if qq else None
     rows = [summarize(run, load_report(run)) for run in runs]
     widths = [max(len(c), *(len(_cell(r[c])) for r in rows)) for c in COLUMNS]
     print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
@@ -70,4 +117,20 @@ def compare_runs(runs, plot: str | None = None) -> list[dict]:
 
         compare_plot(rows, plot_path)
         print(f"wrote {plot_path}")
+    if quantiles or qq:
+        dist = distribution_rows(runs)
+        if quantiles:
+            cols = ("run", "layer", "mean", *(f"q{q:g}" for q in QUANTILES), "w1/mean")
+            print()
+            print("write counts per cell (w1/mean: Wasserstein distance to the first run's "
+                  "layer, over its mean)")
+            widths = [max(len(c), *(len(_cell(r.get(c))) for r in dist)) for c in cols]
+            print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+            for r in dist:
+                print("  ".join(_cell(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
+        if qq:
+            from .plots import qq_plot
+
+            qq_plot([(str(run), load_writes(run)) for run in runs], qq_path)
+            print(f"wrote {qq_path}")
     return rows

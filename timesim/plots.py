@@ -229,6 +229,41 @@ def compare_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def qq_plot(runs: list[tuple[str, dict]], path: Path, max_layers: int = 8) -> None:
+    """Q–Q plot of per-cell write counts, one panel per layer: every run's quantiles against
+    the first run's (the diagonal is equality)."""
+    plt = _pyplot()
+    ref_name, ref = runs[0]
+    layers = [n for n in ref if all(n in w for _, w in runs[1:])][:max_layers]
+    if not layers:
+        from .errors import TimesimError
+
+        raise TimesimError("--qq: the runs have no layer in common")
+    cols = min(4, len(layers))
+    nrows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.2 * nrows), squeeze=False)
+    levels = np.concatenate([np.linspace(0, 0.99, 100), 1 - np.logspace(-2.3, -5, 12), [1.0]])
+    for ax, name in zip(axes.ravel(), layers):
+        x = np.quantile(ref[name], levels)
+        top = x.max()
+        for run, w in runs[1:]:
+            y = np.quantile(w[name], levels)
+            top = max(top, y.max())
+            ax.plot(x, y, ".-", ms=3, lw=0.8, label=Path(run).name)
+        ax.plot([0, top], [0, top], color="0.6", lw=0.8, ls="--")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"{Path(ref_name).name} writes", fontsize=8)
+        ax.set_ylabel("writes", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(layers):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle("per-cell write counts, quantile against quantile", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
     """Failed-cell fraction and relative MVM error vs iteration (extrapolating each cell's
     measured write rate), for the layers that fail first."""

@@ -22,6 +22,12 @@ def topk_count(density: float, cells: int) -> int:
     return min(cells, max(1, round(density * cells)))
 
 
+_NO_CHUNK = np.zeros((1, 1, 1), dtype=np.float32)
+_F1 = np.zeros((1, 1), dtype=np.float32)
+# the generator arguments of an unfused call (never read)
+_NO_SOURCE = (False, np.int64(0), np.int64(0), _F1, _F1, _F1, _F1, _F1)
+
+
 class LayerPolicy:
     """Residual accumulator, physical write counts, row counters and row map of one layer."""
 
@@ -85,20 +91,60 @@ class LayerPolicy:
         if self.selected.shape[0] < n:
             self.selected = np.empty(n, dtype=np.int64)
             self.swapped = np.empty(n, dtype=np.int64)
-        args = (self.A, self.A.view(np.int32), chunk, np.int64(t0), self.l2p, self.p2l,
-                self.writes, self.counters, self.stats, self.block_rows, self.half,
-                self.interval, self.ars_on, self.rkey, np.float64(self.scale))
+        self._kernel(chunk, n, t0, 0, _NO_SOURCE)
+        self.iterations += n
+
+    def process_source(self, seed: int, layer: int, pieces, t0: int, n: int) -> None:
+        """Apply iterations t0 .. t0+n-1 of a synthetic layer, generated inside the policy
+        kernel (fused: no gradient chunk in memory). ``pieces``: consecutive (ta, m, M, P, Q,
+        U, V) covering the n iterations (kernels/select.py); the results are those of
+        ``process`` on the chunk the generator would write."""
+        if self.selection == "dense" and self.scale == 0:
+            self.process(np.empty((n, 0, 0), dtype=np.float32), t0)
+            return
+        if t0 != self.iterations:
+            raise ValueError(f"layer {self.layer.name}: expected iteration {self.iterations}, "
+                             f"got {t0}")
+        if self.selection == "dense":
+            # pulse counting on a dense update needs the values: generate them
+            out = np.empty((n, self.layer.rows, self.layer.cols), dtype=np.float32)
+            from .kernels.synth import gradient_chunk
+
+            for ta, m, *src in pieces:
+                gradient_chunk(out[ta - t0:ta - t0 + m], seed, layer, ta, *src)
+            self.process(out, t0)
+            return
+        if self.slots.shape[0] < n:
+            self.slots = np.zeros(n, dtype=np.int64)
+        if self.selected.shape[0] < n:
+            self.selected = np.empty(n, dtype=np.int64)
+            self.swapped = np.empty(n, dtype=np.int64)
+        self._last = n
+        done = 0
+        for ta, m, *src in pieces:
+            if ta != t0 + done:
+                raise ValueError(f"layer {self.layer.name}: pieces must be consecutive")
+            self._kernel(_NO_CHUNK, m, ta, done, (True, np.int64(seed), np.int64(layer), *src))
+            done += m
+        if done != n:
+            raise ValueError(f"layer {self.layer.name}: pieces cover {done} of {n} iterations")
+        self.iterations += n
+
+    def _kernel(self, chunk, n: int, t0: int, off: int, src) -> None:
+        """Run the policy kernel on iterations t0 .. t0+n-1 into signature slots off .. off+n-1."""
+        args = (self.A, self.A.view(np.int32), chunk, np.int64(n), np.int64(t0), self.l2p,
+                self.p2l, self.writes, self.counters, self.stats, self.block_rows, self.half,
+                self.interval, self.ars_on, self.rkey, np.float64(self.scale), *src)
+        out = (self.selected[off:off + n], self.swapped[off:off + n], self.slots[off:off + n])
         if self.selection == "sgs-row":
-            bad = K._run_sgs_row(*args, self.selected, self.swapped, self.slots)
+            bad = K._run_sgs_row(*args, *out)
         elif self.selection == "sgs-element":
-            bad = K._run_sgs_element(*args, self.selected, self.swapped, self.slots)
+            bad = K._run_sgs_element(*args, *out)
         else:
-            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.selected,
-                              self.swapped, self.slots)
+            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, *out)
         if bad >= 0:
             raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
                              f"gradient or accumulator (NaN or Inf)")
-        self.iterations += n
 
     def _dense_pulses(self, chunk: np.ndarray) -> None:
         """write.pulses=delta on a dense update: every weight moves by lr·|g| / step levels;

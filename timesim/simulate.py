@@ -48,6 +48,7 @@ class Simulation:
         self.hw = hw
         self.faults = faults
         self.threads = max(1, int(threads))
+        self.fused = True        # synthetic layers generated inside the policy kernels
         self._pool = None
         self._local = threading.local()
         self.weights: Path | None = None      # the trace's trained weights (weights.npz)
@@ -80,9 +81,14 @@ class Simulation:
         """The layers of ``group`` over one chunk; the first failure as (layer index, error)."""
         for policy in group:
             try:
+                source = (getattr(arrays, "source", None) if self.fused else None)
+                source = source(policy.layer.name) if source is not None else None
                 if not policy.needs_gradients:
                     # dense writes every cell whatever the gradient: do not even generate it
                     policy.process(np.empty((n, 0, 0), dtype=np.float32), t0)
+                elif source is not None:
+                    # a synthetic layer: the policy kernel generates it in registers
+                    policy.process_source(*source, t0, n)
                 else:
                     policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
             except Exception as exc:
@@ -240,7 +246,7 @@ def simulate(hw: HwConfig, trace, out=None,
              progress: Callable[[int], None] | None = None, fine: bool = False,
              checkpoint_every: int = 0, resume: bool = False,
              nonfinite: str = "error", faults: bool = False,
-             threads: int | None = None) -> dict:
+             threads: int | None = None, fused: bool = True) -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
@@ -254,6 +260,9 @@ def simulate(hw: HwConfig, trace, out=None,
     per large network, so opt-in; the failed fractions are always there).
     ``threads``: layers processed on that many threads (default: all cores); results are
     identical for every count.
+    ``fused``: a synthetic layer is generated inside its policy kernel (no gradient chunk in
+    memory); False generates each chunk first, as for a trace file (identical results; for
+    checks and benchmarks).
     """
     if nonfinite not in ("error", "skip", "zero"):
         from .errors import ConfigError
@@ -292,6 +301,7 @@ def simulate(hw: HwConfig, trace, out=None,
 
         raise ConfigError(f"threads: must be a positive integer, got {threads!r}")
     sim = Simulation(hw, trace.meta, fine=fine, faults=faults, threads=threads)
+    sim.fused = bool(fused)
     if faults and hasattr(trace, "path") and (Path(trace.path) / "weights.npz").is_file():
         sim.weights = Path(trace.path) / "weights.npz"
     start_chunk = 0

@@ -1,7 +1,22 @@
-"""Update-policy kernels (DESIGN §2): local accumulation, selection, physical writes, ARS.
+"""Update-policy kernels (DESIGN §2): local accumulation, selection, physical writes, ARS, and
+the synthetic gradient generator they can consume directly (fused generate-and-select).
 
 All kernels of the policy path live in this one file, so numba's on-disk cache never pairs a
 kernel with a stale copy of a helper from another file.
+
+Synthetic gradients: the splitmix64 finalizer (Steele et al., OOPSLA'14) of (stream key + counter
+· golden ratio) gives 64 random bits per element; its four 16-bit uniforms summed (Irwin-Hall,
+n = 4) and rescaled give an approximately standard normal z (kurtosis 2.7, truncated at ±√12 ≈
+3.46 σ). A layer's gradient at iteration t is
+
+    g[r, c] = (M[r, c] · P[r]) · Q[c] + (U[r] · V[c]) · z(seed, layer, t, r·cols + c)
+
+with a persistent (or slowly changing) cell field M and per-iteration row and column factors
+P, U (rows) and Q, V (cols): the stationary workloads have P = Q = 1 (exact in float32), the
+fitted ones put their drift and training-phase scale there (trace/synth.py, trace/fit.py).
+"Fused" kernels compute g in registers while accumulating it, so a synthetic run never writes
+a gradient chunk to memory; the unfused generator writes the same g, bit for bit (the same
+float32 operations in the same order, no FMA contraction without fastmath).
 
 Magnitude trick: for finite float32 values, the int32 bit pattern with the sign bit cleared orders
 exactly like |x|, and an integer max vectorizes where a float max does not. A cleared pattern
@@ -29,14 +44,106 @@ _NONFINITE = np.int32(0x7F800000)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
 _C2 = np.uint64(0x94D049BB133111EB)
+_SQRT3 = np.float32(np.sqrt(3.0))
+_INV16 = np.float32(1.0 / 65536.0)
+_M16 = np.uint64(0xFFFF)
 
 
 @njit(cache=True, inline="always")
 def _mix64(z):
-    # splitmix64 finalizer (kept here, not imported from synth.py: no cross-file jitted calls)
+    # splitmix64 finalizer: a bijection of 64-bit words with good avalanche
     z = (z ^ (z >> np.uint64(30))) * _C1
     z = (z ^ (z >> np.uint64(27))) * _C2
     return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def _stream_key(seed, layer, t):
+    """Key of one (seed, layer, iteration) stream of synthetic noise."""
+    k = _mix64(np.uint64(seed) + _GOLDEN)
+    k = _mix64(k ^ (np.uint64(layer) + _GOLDEN))
+    return _mix64(k ^ (np.uint64(t) * _GOLDEN))
+
+
+@njit(cache=True, inline="always")
+def _z(h):
+    """Approx. N(0, 1) from 64 random bits: sum of four 16-bit uniforms (mean 2, variance 1/3);
+    +2 centres the 16-bit grid (x + 0.5) / 65536."""
+    s = (h & _M16) + ((h >> np.uint64(16)) & _M16) + ((h >> np.uint64(32)) & _M16) \
+        + (h >> np.uint64(48))
+    return (np.float32(np.int64(s) + 2) * _INV16 - np.float32(2.0)) * _SQRT3
+
+
+@njit(cache=True, nogil=True)
+def _normal_row(key, start, out):
+    """out[i] = approx. N(0, 1) for element counters start .. start+len(out)-1 of stream ``key``."""
+    base = key + np.uint64(start) * _GOLDEN
+    for i in range(out.shape[0]):
+        out[i] = _z(_mix64(base + np.uint64(i) * _GOLDEN))
+
+
+@njit(cache=True, nogil=True)
+def _uniform_row(key, start, out):
+    """out[i] = uniform in (0, 1) (53 bits, never 0 or 1) for counters start .. of ``key``."""
+    base = key + np.uint64(start) * _GOLDEN
+    for i in range(out.shape[0]):
+        h = _mix64(base + np.uint64(i) * _GOLDEN)
+        out[i] = (np.float64(h >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, nogil=True)
+def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V):
+    """out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z(seed, layer, t0 + i, ...):
+    the unfused generator (for trace files and the tests of the fused kernels)."""
+    n, rows, cols = out.shape
+    for i in range(n):
+        key = _stream_key(seed, layer, t0 + i)
+        flat = out[i].reshape(rows * cols)
+        _normal_row(key, 0, flat)
+        Qi = Q[i]
+        Vi = V[i]
+        for r in range(rows):
+            row = out[i, r]
+            Mr = M[r]
+            p = P[i, r]
+            u = U[i, r]
+            for c in range(cols):
+                row[c] = (Mr[c] * p) * Qi[c] + (u * Vi[c]) * row[c]
+
+
+_ZBLOCK = 2048    # noise values generated per call: a long, vectorized loop; 8 KB stays in L1
+
+
+@njit(cache=True, inline="always")
+def _block_rows(cols):
+    """Rows generated together, so the hashing loop stays long even for 16-column layers."""
+    return max(1, _ZBLOCK // cols)
+
+
+@njit(cache=True, inline="always")
+def _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, zbuf):
+    """A[r0:r1] += iteration i's gradient rows: from the chunk, or generated (fused): first
+    the block's noise in one flat loop (vectorized hashing), then the factors, row by row."""
+    cols = A.shape[1]
+    if fused:
+        z = zbuf[:(r1 - r0) * cols]
+        _normal_row(key, r0 * cols, z)
+        Qi = Q[i]
+        Vi = V[i]
+        for r in range(r0, r1):
+            Ar = A[r]
+            Mr = M[r]
+            zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
+            p = P[i, r]
+            u = U[i, r]
+            for c in range(cols):
+                Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
+    else:
+        for r in range(r0, r1):
+            Ar = A[r]
+            Gr = chunk[i, r]
+            for c in range(cols):
+                Ar[c] += Gr[c]
 
 
 def ars_random_key(seed: int, layer: int) -> np.uint64:
@@ -152,46 +259,53 @@ def _row_pulses(row, scale, stats):
 
 
 @njit(cache=True)
-def _accumulate_argmax_row(A, Ai, G):
-    """A += G; return (r*, max |A[r*, :]|) with the max as a sign-cleared int32 bit pattern.
+def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, zbuf):
+    """A += G_i; return (r*, max |A[r*, :]|) with the max as a sign-cleared int32 bit pattern.
 
-    One call per iteration: each row is added, then its max taken while it is still in L1.
+    One call per iteration: each block of rows is added, then their maxima taken while they
+    are still in L1.
     """
     rows, cols = A.shape
     best = np.int32(-1)
     rbest = 0
-    for r in range(rows):
-        Ar = A[r]
-        Gr = G[r]
-        for c in range(cols):
-            Ar[c] += Gr[c]
-        Air = Ai[r]
-        m = np.int32(0)
-        for c in range(cols):
-            m = max(m, Air[c] & _ABS)
-        if m > best:
-            best = m
-            rbest = r
+    step = _block_rows(cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, zbuf)
+        for r in range(r0, r1):
+            Air = Ai[r]
+            m = np.int32(0)
+            for c in range(cols):
+                m = max(m, Air[c] & _ABS)
+            if m > best:
+                best = m
+                rbest = r
     return rbest, best
 
 
 @njit(cache=True, nogil=True)
-def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                 interval, ars_on, rkey, scale, selected, swapped, slots):
+def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_rows, half,
+                 interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V,
+                 selected, swapped, slots):
     """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1.
 
     ``selected[i]`` gets iteration i's row, ``swapped[i]`` the ARS swaps at its start;
     with ``scale`` > 0 (write.pulses=delta) ``slots[i]`` the row's SET + RESET pulse slots.
+    The n iterations come from ``chunk`` or, with ``fused``, from the generator
+    (seed, layer, M, P, Q, U, V) (module docstring); every kernel takes both the same way.
     """
     rows, cols = A.shape
-    for i in range(chunk.shape[0]):
+    zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
+    for i in range(n):
         t = t0 + i
         swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
             before = stats[SWAPS]
             _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
-        rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
+        key = _stream_key(seed, layer, t) if fused else np.uint64(0)
+        rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V,
+                                             zbuf)
         if best >= _NONFINITE:
             return i
         if scale > 0:
@@ -207,18 +321,22 @@ def _run_sgs_row(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows
 
 
 @njit(cache=True, nogil=True)
-def _run_sgs_element(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                     interval, ars_on, rkey, scale, selected, swapped, slots):
+def _run_sgs_element(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_rows,
+                     half, interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V,
+                     selected, swapped, slots):
     """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
     rows, cols = A.shape
-    for i in range(chunk.shape[0]):
+    zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
+    for i in range(n):
         t = t0 + i
         swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
             before = stats[SWAPS]
             _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
-        rbest, best = _accumulate_argmax_row(A, Ai, chunk[i])
+        key = _stream_key(seed, layer, t) if fused else np.uint64(0)
+        rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V,
+                                             zbuf)
         if best >= _NONFINITE:
             return i
         cbest = 0
@@ -277,8 +395,9 @@ def _topk_threshold(keys, k, guess, limit):
 
 
 @njit(cache=True, nogil=True)
-def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-              interval, ars_on, rkey, scale, k, keys, cand, tau_state, selected, swapped, slots):
+def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_rows, half,
+              interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V,
+              k, keys, cand, tau_state, selected, swapped, slots):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
     ``selected[i]`` gets the number of distinct rows written in iteration i. Selection is
@@ -290,16 +409,18 @@ def _run_topk(A, Ai, chunk, t0, l2p, p2l, writes, counters, stats, block_rows, h
     flat = A.reshape(n)
     flat_i = Ai.reshape(n)
     limit = 4 * k + 64             # window for the candidates: few probes, small sort
-    for i in range(chunk.shape[0]):
+    zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
+    for i in range(n_it):
         t = t0 + i
         swapped[i] = 0
         if ars_on and t >= 1 and t % interval == 0:
             before = stats[SWAPS]
             _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
-        g = chunk[i].reshape(n)
-        for j in range(n):
-            flat[j] += g[j]
+        key = _stream_key(seed, layer, t) if fused else np.uint64(0)
+        step = _block_rows(cols)
+        for r0 in range(0, rows, step):
+            _add_rows(A, chunk, i, r0, min(rows, r0 + step), fused, key, M, P, Q, U, V, zbuf)
         top = np.int32(0)
         for j in range(n):
             v = flat_i[j] & _ABS

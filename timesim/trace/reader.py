@@ -114,14 +114,43 @@ class TraceDir:
             raise TraceError(f"{where}: Fortran-ordered array; chunks must be C-ordered")
         return arr
 
-    def chunks(self, start_chunk: int = 0, verify: bool = True) -> Iterator[Chunk]:
+    def _load_all(self, index: int, verify: bool) -> dict[str, np.ndarray]:
+        """Every layer's chunk ``index``, its pages read in (checksums read the whole file;
+        without one the kernel is asked to read ahead)."""
+        arrays = {}
+        for i, layer in enumerate(self.meta.layers):
+            arrays[layer.name] = self.load_chunk(i, index, verify)
+            rel = f"{layer.name}/{chunk_name(index)}"
+            if not (verify and rel in self.meta.checksums) and hasattr(os, "posix_fadvise"):
+                fd = os.open(self.chunk_path(layer.name, index), os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
+        return arrays
+
+    def chunks(self, start_chunk: int = 0, verify: bool = True,
+               prefetch: bool = True) -> Iterator[Chunk]:
+        """Chunks in order. With ``prefetch`` a reader thread opens, checks and reads in the
+        next chunk while the caller works on this one (memory: the page cache of two
+        chunks; the mapped arrays stay the only copies)."""
         meta = self.meta
         if meta.timing_only:
             raise TraceError(f"{self.path}: timing-only manifest: it has no gradients to read")
-        for index in range(start_chunk, meta.n_chunks):
-            arrays = {layer.name: self.load_chunk(i, index, verify)
-                      for i, layer in enumerate(meta.layers)}
-            yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index), arrays)
+        if not prefetch or meta.n_chunks - start_chunk < 2:
+            for index in range(start_chunk, meta.n_chunks):
+                yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index),
+                            self._load_all(index, verify))
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="timesim-reader") as reader:
+            ahead = reader.submit(self._load_all, start_chunk, verify)
+            for index in range(start_chunk, meta.n_chunks):
+                arrays = ahead.result()          # a reader error surfaces here, in order
+                if index + 1 < meta.n_chunks:
+                    ahead = reader.submit(self._load_all, index + 1, verify)
+                yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index), arrays)
 
     def validate(self) -> dict:
         """Check every chunk (shape, dtype, checksum, finite values); raise on the first problem."""

@@ -51,6 +51,11 @@ class _LazyLayers(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         return self._trace.generate(self._trace.index[name], self._t0, self._n)
 
+    def source(self, name: str):
+        """(seed, layer index, pieces) for a policy kernel to generate this layer's chunk
+        itself (``LayerPolicy.process_source``), or None where it cannot (hammer)."""
+        return self._trace.source(self._trace.index[name], self._t0, self._n)
+
     def __iter__(self):
         return iter(self._trace.index)
 
@@ -100,6 +105,7 @@ class SynthTrace:
                               chunk_iterations=chunk, dtype="float32", layers=layers)
         self.index = {layer.name: i for i, layer in enumerate(layers)}
         self._structure: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._factors: dict[tuple[int, int], tuple] = {}
         self._biggest = max(layer.cells for layer in layers)
         self._local = threading.local()      # one generation buffer per thread
 
@@ -120,6 +126,26 @@ class SynthTrace:
             self._structure[li] = (mean, row, col)
         return self._structure[li]
 
+    def pieces(self, li: int, t0: int, n: int) -> list[tuple]:
+        """Generator arguments of layer ``li``'s iterations t0 .. t0+n-1 as consecutive pieces
+        (ta, m, M, P, Q, U, V) (kernels/select.py): stationary, so one piece with P = Q = 1,
+        U = row importance, V = column importance."""
+        key = (li, n)
+        if key not in self._factors:
+            layer = self.meta.layers[li]
+            _, row, col = self.structure(li)
+            self._factors[key] = (np.ones((n, layer.rows), np.float32),
+                                  np.ones((n, layer.cols), np.float32),
+                                  np.ascontiguousarray(np.broadcast_to(row, (n, layer.rows))),
+                                  np.ascontiguousarray(np.broadcast_to(col, (n, layer.cols))))
+        return [(t0, n, self.structure(li)[0], *self._factors[key])]
+
+    def source(self, li: int, t0: int, n: int):
+        """(seed, layer, pieces) for the fused kernels; None for the hammer models."""
+        if self.hammer:
+            return None
+        return self.seed, li, self.pieces(li, t0, n)
+
     def generate(self, li: int, t0: int, n: int) -> np.ndarray:
         """Layer ``li``'s iterations t0 .. t0+n-1 in this thread's buffer (overwritten by the
         thread's next call)."""
@@ -131,8 +157,8 @@ class SynthTrace:
         out = buf[: n * layer.cells].reshape(n, layer.rows, layer.cols)
         if self.hammer:
             return self._hammer(layer, t0, out)
-        mean, row, col = self.structure(li)
-        gradient_chunk(out, self.seed, li, t0, mean, row, col)
+        for ta, m, *src in self.pieces(li, t0, n):
+            gradient_chunk(out[ta - t0:ta - t0 + m], self.seed, li, ta, *src)
         return out
 
     def bind(self, hw) -> None:
@@ -158,8 +184,10 @@ class SynthTrace:
         row (one iteration late after each swap)."""
         n = out.shape[0]
         zeros = np.zeros((layer.rows, layer.cols), dtype=np.float32)
-        scale = np.full(layer.rows, 0.01, dtype=np.float32)
-        gradient_chunk(out, self.seed, 0, t0, zeros, scale, np.ones(layer.cols, np.float32))
+        ones_r = np.ones((n, layer.rows), np.float32)
+        ones_c = np.ones((n, layer.cols), np.float32)
+        gradient_chunk(out, self.seed, 0, t0, zeros, ones_r, ones_c,
+                       np.full((n, layer.rows), 0.01, np.float32), ones_c)
         for i in range(n):
             target = self.row
             if self._shadow is not None:
@@ -184,6 +212,8 @@ def parse_synth(source: str) -> SynthTrace:
     """``synth:MODEL[?iterations=N&seed=S&...]`` -> SynthTrace."""
     body = source[len("synth:"):]
     model, _, query = body.partition("?")
+    if model == "fit":
+        return _parse_fit(source, query)
     kwargs: dict = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if key not in PARAMS:
@@ -198,3 +228,30 @@ def parse_synth(source: str) -> SynthTrace:
         raise TraceError(f"{source}: cannot parse parameters {query!r}; "
                          f"expected synth:MODEL?iterations=N&seed=S")
     return SynthTrace(model, **kwargs)
+
+
+FIT_PARAMS = {
+    "model": (str, "the fitted model (YAML written by 'timesim trace fit')"),
+    "iterations": (int, "training iterations (default: the recorded trace's)"),
+    "seed": (int, "seed of the drifting fields and the noise (default 0)"),
+    "chunk": (int, "iterations generated per chunk (default: 8 to 64)"),
+}
+
+
+def _parse_fit(source: str, query: str):
+    """``synth:fit?model=MODEL.yaml[&iterations=N&seed=S&chunk=C]``."""
+    from .fit import FittedTrace
+
+    kwargs: dict = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in FIT_PARAMS:
+            raise TraceError(f"{source}: unknown parameter {key!r}; expected "
+                             f"{', '.join(FIT_PARAMS)}")
+        cast = FIT_PARAMS[key][0]
+        try:
+            kwargs[key] = cast(value)
+        except ValueError:
+            raise TraceError(f"{source}: {key}: expected {cast.__name__}, got {value!r}") from None
+    if "model" not in kwargs:
+        raise TraceError(f"{source}: model: required (synth:fit?model=MODEL.yaml&iterations=N)")
+    return FittedTrace(**kwargs)

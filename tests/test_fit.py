@@ -1,0 +1,167 @@
+"""Fitted workloads: the keyframe drift, the scale schedule, fitting a trace of known
+parameters back, replay determinism, the distribution view, and bad models."""
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+import timesim
+from timesim.cli import main
+from timesim.compare import wasserstein
+from timesim.errors import TraceError
+from timesim.trace import TraceWriter, open_trace
+from timesim.trace.fit import (
+    GATE_PROBS,
+    FittedTrace,
+    fit_trace,
+    keyframe_correlation,
+    load_model,
+    write_model,
+)
+
+
+def test_keyframe_process_against_monte_carlo():
+    """x(t) = cos(πf/2) K_j + sin(πf/2) K_{j+1}, simulated with numpy: unit variance at every
+    phase, and the correlation the fit uses."""
+    rng = np.random.default_rng(0)
+    tau, n = 50.0, 40000
+    frames = rng.standard_normal((n, 8))
+
+    def x(t):
+        j, f = int(t // tau), (t % tau) / tau
+        return (math.cos(math.pi * f / 2) * frames[:, j]
+                + math.sin(math.pi * f / 2) * frames[:, j + 1])
+
+    for t in (0, 12, 37, 99):
+        assert abs(x(t).var() - 1) < 0.03
+    for lag in (10, 40, 75, 120):
+        emp = np.mean([np.mean(x(t) * x(t + lag)) for t in np.arange(0, 100, 2.5)])
+        assert abs(emp - keyframe_correlation(lag, tau)) < 0.03, lag
+    assert keyframe_correlation(0, tau) == pytest.approx(1.0)
+    assert keyframe_correlation(2 * tau, tau) == 0.0
+
+
+def model_doc(rows=48, cols=32, bias=0.4, tau=1e9, drift=0.0, gamma=0.0):
+    return {"format": "timesim-fit", "version": 1, "model": "toy", "dataset": "", "batch_size": 8,
+            "source": {"trace": "", "iterations": 1000},
+            "layers": [{"layer": {"name": "w", "kind": "linear", "rows": rows, "cols": cols},
+                        "bias": bias, "bias_exponent": 0.0, "tau_direction": tau,
+                        "row_drift": drift, "col_drift": 0.0, "tau_importance": 200.0,
+                        "scale": {"knots": [[0, 1e-3], [1000, 1e-3]], "gamma": gamma}}]}
+
+
+def write_toy(path, rng, **kw):
+    doc = model_doc(**kw)
+    rows, cols = doc["layers"][0]["layer"]["rows"], doc["layers"][0]["layer"]["cols"]
+    row = np.exp(rng.standard_normal(rows)).astype(np.float32)
+    col = np.exp(0.5 * rng.standard_normal(cols)).astype(np.float32)
+    write_model(path, doc, {"w/row": row, "w/col": col})
+    return row, col
+
+
+def record(model_path, out, iterations):
+    synth = FittedTrace(str(model_path), iterations=iterations, seed=3)
+    with TraceWriter(out, synth.meta.layers, model="toy", source="test", dtype="float32",
+                     chunk_iterations=64) as w:
+        for ch in synth.chunks():
+            w.append_chunk(ch.arrays)
+    return out
+
+
+def test_sigma_schedule_by_hand(tmp_path):
+    doc = model_doc()
+    doc["layers"][0]["scale"] = {"knots": [[10, 1.0], [30, 4.0]], "gamma": 1.0}
+    write_model(tmp_path / "m.yaml", doc, {"w/row": np.ones(48, np.float32),
+                                            "w/col": np.ones(32, np.float32)})
+    layer = load_model(tmp_path / "m.yaml")[1][0]
+    s = layer.sigma(np.array([5.0, 20.0, 30.0, 61.0]))
+    assert s == pytest.approx([1.0, 2.0, 4.0, 4.0 * 31 / 62])
+
+
+def test_fit_recovers_known_parameters(tmp_path):
+    rng = np.random.default_rng(1)
+    row, col = write_toy(tmp_path / "true.yaml", rng, bias=0.4)
+    record(tmp_path / "true.yaml", tmp_path / "t", 1200)
+    doc, arrays = fit_trace(str(tmp_path / "t"), start=0.0)
+    L = doc["layers"][0]
+    assert L["bias"] == pytest.approx(0.4, rel=0.2)
+    assert abs(L["scale"]["gamma"]) < 0.2
+    assert L["row_drift"] < 0.15 and L["col_drift"] < 0.15
+    assert L["tau_direction"] > 5000                  # persistent direction
+    assert L["fit"]["importance_r2"] > 0.9
+    assert np.corrcoef(np.log(arrays["w/row"]), np.log(row))[0, 1] > 0.98
+    assert np.corrcoef(np.log(arrays["w/col"]), np.log(col))[0, 1] > 0.95
+    g = arrays["w/row_gate"]                          # no gating in the truth: gates ~ 1
+    assert g[0] > 0 and np.interp(0.5, GATE_PROBS, g) == pytest.approx(1.0, abs=0.2)
+    assert L["fit"]["kurtosis"] < 4
+
+
+def test_fit_sees_a_drifting_direction(tmp_path):
+    write_toy(tmp_path / "true.yaml", np.random.default_rng(2), bias=1.0, tau=300.0)
+    record(tmp_path / "true.yaml", tmp_path / "t", 1600)
+    L = fit_trace(str(tmp_path / "t"), start=0.0)[0]["layers"][0]
+    assert 150 < L["tau_direction"] < 600
+
+
+def test_replay_is_a_pure_function_of_seed_layer_iteration(tmp_path):
+    write_toy(tmp_path / "m.yaml", np.random.default_rng(4), tau=40.0, drift=0.3, gamma=0.5)
+    a = open_trace(f"synth:fit?model={tmp_path / 'm.yaml'}&iterations=150&chunk=64")
+    b = open_trace(f"synth:fit?model={tmp_path / 'm.yaml'}&iterations=150&chunk=7")
+    ga = np.concatenate([np.array(c.arrays["w"]) for c in a.chunks()])
+    gb = np.concatenate([np.array(c.arrays["w"]) for c in b.chunks(start_chunk=0)])
+    assert np.array_equal(ga, gb)
+    late = list(b.chunks(start_chunk=10))[0]          # straight to iteration 70
+    assert np.array_equal(np.array(late.arrays["w"]), ga[70:77])
+    hw = timesim.load_hwconfig(None, ["controller.interval=16"])
+    r1 = timesim.simulate(hw, a, fused=True)
+    r2 = timesim.simulate(hw, b, fused=False)
+    assert r1["writes"] == r2["writes"] and r1["ars"] == r2["ars"]
+
+
+def test_bad_models_are_one_line_errors(tmp_path, capsys):
+    write_toy(tmp_path / "m.yaml", np.random.default_rng(5))
+    (tmp_path / "m.npz").write_bytes((tmp_path / "m.npz").read_bytes() + b"x")
+    with pytest.raises(TraceError, match="sha256"):
+        load_model(tmp_path / "m.yaml")
+    write_toy(tmp_path / "m.yaml", np.random.default_rng(5))
+    doc = yaml.safe_load((tmp_path / "m.yaml").read_text())
+    doc["layers"][0]["bias"] = -1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(TraceError, match="layer w: bias: expected a number"):
+        load_model(tmp_path / "bad.yaml")
+    (tmp_path / "m.npz").unlink()
+    with pytest.raises(TraceError, match="m.npz is missing"):
+        load_model(tmp_path / "m.yaml")
+    assert main(["run", "--trace", f"synth:fit?model={tmp_path / 'none.yaml'}"]) == 2
+    assert main(["run", "--trace", "synth:fit?iterations=5"]) == 2
+    assert main(["trace", "fit", str(tmp_path), "--out", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("timesim: error:") for line in err)
+
+
+def test_trace_fit_cli_end_to_end(tmp_path, capsys):
+    write_toy(tmp_path / "true.yaml", np.random.default_rng(6), bias=0.3)
+    record(tmp_path / "true.yaml", tmp_path / "t", 256)
+    assert main(["trace", "fit", str(tmp_path / "t"), "--out", str(tmp_path / "fit.yaml")]) == 0
+    assert (tmp_path / "fit.npz").is_file()
+    out = capsys.readouterr().out
+    assert "bias" in out and "synth:fit?model=" in out
+    assert main(["run", "--trace", f"synth:fit?model={tmp_path / 'fit.yaml'}&iterations=300",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert main(["compare", str(tmp_path / "run"), str(tmp_path / "run"), "--quantiles"]) == 0
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1].split()
+    assert "w1/mean" in out and last[1] == "w" and float(last[-1]) == 0.0
+
+
+def test_wasserstein_against_hand_and_quantile_integral():
+    assert wasserstein(np.array([0, 0, 3]), np.array([1, 1, 1])) == pytest.approx(4 / 3)
+    assert wasserstein(np.array([5]), np.array([2, 8])) == pytest.approx(3.0)
+    rng = np.random.default_rng(7)
+    a, b = rng.poisson(20, 300), rng.poisson(25, 170)
+    u = (np.arange(200000) + 0.5) / 200000          # W1 = ∫ |F_a^-1(u) - F_b^-1(u)| du
+    qa = np.sort(a)[np.minimum((u * a.size).astype(int), a.size - 1)]
+    qb = np.sort(b)[np.minimum((u * b.size).astype(int), b.size - 1)]
+    assert wasserstein(a, b) == pytest.approx(np.abs(qa - qb).mean(), rel=1e-3)

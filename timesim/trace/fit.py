@@ -1,0 +1,623 @@
+"""Synthetic workloads fitted to a real trace (``timesim trace fit``, ``synth:fit?model=...``).
+
+The model of one layer's gradient at iteration t (docs/fidelity.md):
+
+    G_t[r, c] = σ(t) · s_r(t) · q_c(t) · (b · m_t[r, c] + z_t[r, c])
+
+- σ(t): the layer's gradient scale over training: the recorded trace's (smoothed) scale inside
+  the recorded iterations, a power law fitted to its second half beyond them;
+- s_r(t) = s_r · exp(δ_row · x_r(t)), q_c(t) = q_c · exp(δ_col · x_c(t)): row and column
+  importance, persistent (s, q: the trace's own, from a two-way fit of log per-cell RMS; rows
+  or columns that never get a gradient, such as dead ReLUs or blank border pixels, stay 0) with
+  a drifting part x of unit variance and correlation time τ_importance;
+- m_t: a unit-normal direction field of correlation time τ_direction, b its strength against
+  the fresh noise z (kernels/select.py).
+
+The drifting fields are *keyframe* processes: independent unit-normal keyframes K_j every τ
+iterations, x(t) = cos(π f / 2) · K_j + sin(π f / 2) · K_{j+1} with j = ⌊t / τ⌋, f = t / τ − j:
+unit variance at every t, correlation cos(π Δ / 2τ) inside a keyframe interval and 0 beyond
+two, and any t is computed from two keyframes, so the stream stays a pure function of
+(seed, layer, iteration) and a resumed run needs no history. The direction field changes
+every ``block`` iterations (a piece of the fused kernels); the importances every iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..errors import TraceError
+from ..kernels.synth import normal, uniform
+from .format import MAX_ITERATIONS, TraceMeta, _layer
+from .synth import SynthTrace
+
+FORMAT = "timesim-fit"
+VERSION = 1
+_DIRECTION, _ROW, _COL, _ROW_GATE, _COL_GATE = 1, 2, 3, 4, 5   # stream tags (above the layer)
+_EPS = 1e-30
+# probabilities at which a gate's quantile table is kept: uniform, then finer in the upper tail
+GATE_PROBS = np.unique(np.concatenate([np.linspace(0, 1, 97),
+                                       1 - np.logspace(-2, -5, 10)]))
+_HIST_LO, _HIST_HI, _HIST_BINS = -5.0, 3.0, 800        # log10 bins of the gate histograms
+
+
+def gate_table(hist: np.ndarray, zeros: int) -> np.ndarray:
+    """Quantiles (at GATE_PROBS) of a gate from its log10 histogram and its count of exact
+    zeros, scaled to E[gate²] = 1."""
+    edges = np.linspace(_HIST_LO, _HIST_HI, _HIST_BINS + 1)
+    total = zeros + hist.sum()
+    if total == 0 or hist.sum() == 0:
+        return np.ones_like(GATE_PROBS)
+    cum = zeros + np.cumsum(hist)                       # count at or below each bin's top
+    q = np.zeros_like(GATE_PROBS)
+    for i, p in enumerate(GATE_PROBS):
+        target = p * total
+        if zeros > 0 and target <= zeros:
+            continue                                    # inside the mass at exactly 0
+        target = max(target, zeros + 1e-9 * total)      # p = 0: the smallest non-zero value
+        b = min(int(np.searchsorted(cum, target)), _HIST_BINS - 1)  # first bin reaching it
+        below = cum[b] - hist[b]
+        f = (target - below) / hist[b] if hist[b] else 1.0
+        q[i] = 10 ** (edges[b] + min(max(f, 0.0), 1.0) * (edges[b + 1] - edges[b]))
+    q[-1] = q[-2]           # the sample maximum is one outlier: the table ends flat at 1 − 1e-5
+    return q / math.sqrt(gate_moments(q)[1])
+
+
+def gate_moments(table: np.ndarray) -> tuple[float, float, float]:
+    """E[g], E[g²], E[g⁴] of a gate drawn by inverse CDF from its quantile table."""
+    u = (np.arange(1 << 16) + 0.5) / (1 << 16)
+    g = np.interp(u, GATE_PROBS, table)
+    return float(g.mean()), float((g ** 2).mean()), float((g ** 4).mean())
+
+
+def keyframe_weights(t, tau: float):
+    """(j, cos, sin) of the keyframe process at iteration(s) t."""
+    u = np.asarray(t, dtype=np.float64) / tau
+    j = np.floor(u)
+    f = u - j
+    return j.astype(np.int64), np.cos(0.5 * np.pi * f), np.sin(0.5 * np.pi * f)
+
+
+def keyframe_correlation(lag: float, tau: float, phases: int = 256) -> float:
+    """corr(x(t), x(t + lag)) of the keyframe process, averaged over t (its phase)."""
+    t = (np.arange(phases) + 0.5) / phases * tau
+    j1, c1, s1 = keyframe_weights(t, tau)
+    j2, c2, s2 = keyframe_weights(t + lag, tau)
+    same = j2 == j1
+    next_ = j2 == j1 + 1
+    return float(np.mean(np.where(same, c1 * c2 + s1 * s2, np.where(next_, s1 * c2, 0.0))))
+
+
+# --------------------------------------------------------------------------------------------
+# fitting
+
+
+def _loglog_slope(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of log y on log t, and its R²."""
+    ok = (y > 0) & (t > 0)
+    if ok.sum() < 3:
+        return 0.0, 0.0
+    x, v = np.log(t[ok]), np.log(y[ok])
+    a, b = np.polyfit(x, v, 1)
+    res = v - (a * x + b)
+    tot = ((v - v.mean()) ** 2).sum()
+    return float(a), float(1 - (res ** 2).sum() / tot) if tot > 0 else 1.0
+
+
+def _fit_tau(lags: np.ndarray, rho: np.ndarray, horizon: float) -> tuple[float, float]:
+    """τ whose keyframe correlation best matches ρ at the lags (grid search in log τ); its RMSE.
+    τ is searched from one window to 64 × the recorded span."""
+    taus = np.exp(np.linspace(np.log(max(1.0, lags.min() / 2)), np.log(64 * horizon), 96))
+    best, err = taus[-1], np.inf
+    for tau in taus:
+        model = np.array([keyframe_correlation(lag, tau) for lag in lags])
+        e = float(np.sqrt(np.mean((model - rho) ** 2)))
+        if e < err:
+            best, err = tau, e
+    return float(best), err
+
+
+def _two_way(L: np.ndarray, ok: np.ndarray, sweeps: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """log R[r, c] ≈ α_r + β_c over the cells ``ok`` (alternating means)."""
+    rows, cols = L.shape
+    a = np.zeros(rows)
+    b = np.zeros(cols)
+    w = ok.astype(np.float64)
+    Lw = np.where(ok, L, 0.0)
+    nr = np.maximum(w.sum(1), 1)
+    nc = np.maximum(w.sum(0), 1)
+    for _ in range(sweeps):
+        a = (Lw - w * b[None, :]).sum(1) / nr
+        b = (Lw - w * a[:, None]).sum(0) / nc
+    m = b[nc > 0].mean() if (w.sum(0) > 0).any() else 0.0
+    return a + m, b - m
+
+
+def fit_trace(trace, windows: int = 8, start: float = 0.5,
+              progress=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Fit the model to every layer of a recorded trace (two streaming passes; memory: a few
+    arrays per layer, independent of the trace's length). Returns (YAML document, arrays).
+
+    ``start``: the statistics (importances, gates, direction, drift) come from the iterations
+    from that fraction of the trace on (default the second half: the latest behaviour is the
+    best guess of what follows; the first iterations of training move fastest); the scale
+    σ(t) from all of them."""
+    from ..kernels.convert import to_float32
+    from . import open_trace
+
+    trace = open_trace(trace)
+    meta = trace.meta
+    K = meta.iterations
+    if meta.timing_only:
+        raise TraceError(f"{trace.path}: a timing-only manifest has no gradients to fit")
+    if K < 64:
+        raise TraceError(f"{getattr(trace, 'path', meta.model)}: {K} iterations; the fit "
+                         f"needs at least 64 (a few hundred to a few thousand)")
+    if not 0 <= start <= 0.75:
+        raise TraceError(f"start: must be in [0, 0.75] (a fraction of the trace), got {start}")
+    t_first = int(start * K)
+    span = K - t_first
+    windows = int(max(4, min(windows, span // 8)))
+    wlen = span // windows                  # iterations per window (the tail is left out)
+    used = wlen * windows                   # statistics from t_first .. t_first + used - 1
+
+    def chunks():
+        for ch in trace.chunks():
+            for layer in meta.layers:
+                g = to_float32(np.asarray(ch.arrays[layer.name]), meta.dtype)
+                yield ch, layer, np.asarray(g, dtype=np.float64)
+
+    # pass 1: per-iteration scale and per-cell mean square of the scale-normalised gradient
+    sigma = {layer.name: np.zeros(K) for layer in meta.layers}
+    sq = {layer.name: np.zeros((layer.rows, layer.cols)) for layer in meta.layers}
+    for ch, layer, g in chunks():
+        s = np.sqrt((g ** 2).reshape(ch.n, -1).mean(1))
+        if not np.isfinite(s).all():
+            raise TraceError(f"{layer.name}: non-finite gradients in iterations {ch.t0}.."
+                             f"{ch.t0 + ch.n - 1}; fit a trace without them")
+        sigma[layer.name][ch.t0:ch.t0 + ch.n] = s
+        h = g / np.maximum(s, _EPS)[:, None, None]
+        keep = ch.t0 + np.arange(ch.n) >= t_first
+        sq[layer.name] += (h[keep] ** 2).sum(0)
+        if progress:
+            progress(0.5 * (ch.t0 + ch.n) / K)
+    imp = {}
+    row_ms = {k: v.mean(1) / span for k, v in sq.items()}
+    col_ms = {k: v.mean(0) / span for k, v in sq.items()}
+    for layer in meta.layers:
+        R = np.sqrt(sq[layer.name] / span)
+        live = R > 1e-6 * max(np.median(R[R > 0]) if (R > 0).any() else 1.0, _EPS)
+        L = np.log(np.maximum(R, _EPS))
+        a, b = _two_way(L, live)
+        dead_r = ~live.any(1)
+        dead_c = ~live.any(0)
+        res = (L - a[:, None] - b[None, :])[live]
+        tot = ((L[live] - L[live].mean()) ** 2).sum()
+        r2 = float(1 - (res ** 2).sum() / tot) if tot > 0 else 1.0
+        imp[layer.name] = (np.where(dead_r, 0.0, np.exp(a)), np.where(dead_c, 0.0, np.exp(b)),
+                           dead_r, dead_c, r2, live)
+
+    # pass 2: window means of h (direction), noise moments, row/col window RMS, gates
+    acc = {}
+    for layer in meta.layers:
+        acc[layer.name] = dict(
+            mean=np.zeros((windows, layer.rows, layer.cols)),
+            even=np.zeros((windows, layer.rows, layer.cols)),
+            m2=0.0, count=0, h4=np.zeros((layer.rows, layer.cols)),
+            row=np.zeros((2, windows, layer.rows)), col=np.zeros((2, windows, layer.cols)),
+            gate={"row": np.zeros(_HIST_BINS), "col": np.zeros(_HIST_BINS)},
+            gate_zeros={"row": 0, "col": 0})
+    for ch, layer, g in chunks():
+        s_r, q_c, dead_r, dead_c, _, live = imp[layer.name]
+        a = acc[layer.name]
+        sig = np.maximum(sigma[layer.name][ch.t0:ch.t0 + ch.n], _EPS)
+        h = g / sig[:, None, None]
+        t = ch.t0 + np.arange(ch.n)
+        inside = (t >= t_first) & (t < t_first + used)
+        if not inside.any():
+            continue
+        h, t = h[inside], t[inside] - t_first
+        # gates: each row's (column's) per-iteration RMS over its RMS across the trace
+        for axis, dim, ms_all in (("row", 2, row_ms[layer.name]), ("col", 1, col_ms[layer.name])):
+            alive = ms_all > 0
+            x = np.sqrt((h ** 2).mean(dim)[:, alive] / ms_all[alive])
+            # weighted by each row's (column's) power: the rows that carry the gradient
+            # set its shape; a rarely active row is spiky but holds little of it
+            wt = np.broadcast_to(ms_all[alive], x.shape)
+            a["gate_zeros"][axis] += float(wt[x == 0].sum())
+            lx = np.log10(x[x > 0])
+            a["gate"][axis] += np.histogram(np.clip(lx, _HIST_LO, _HIST_HI - 1e-9),
+                                            bins=_HIST_BINS, range=(_HIST_LO, _HIST_HI),
+                                            weights=wt[x > 0])[0]
+        for w in np.unique(t // wlen):
+            sel = (t // wlen) == w
+            hw = h[sel]
+            for parity in (0, 1):
+                hp = hw[t[sel] % 2 == parity]
+                a["row"][parity, w] += (hp ** 2).mean(2).sum(0)
+                a["col"][parity, w] += (hp ** 2).mean(1).sum(0)
+            # the direction is measured on h itself: weighted by power, as the policies see
+            # it (cells with little gradient matter little, whatever their mean)
+            a["mean"][w] += hw.sum(0)
+            a["even"][w] += hw[t[sel] % 2 == 0].sum(0)
+            a["m2"] += float((hw[:, live] ** 2).sum())
+            a["h4"] += (hw ** 4).sum(0)
+            a["count"] += int(live.sum()) * hw.shape[0]
+        if progress:
+            progress(0.5 + 0.5 * (ch.t0 + ch.n) / K)
+
+    layers_doc, arrays = [], {}
+    t_axis = np.arange(K)
+    for layer in meta.layers:
+        name = layer.name
+        s_r, q_c, dead_r, dead_c, r2, live = imp[name]
+        a = acc[name]
+        # direction strength b and correlation time, noise-corrected with the even/odd split
+        mean_w = a["mean"] / wlen                         # (W, rows, cols)
+        even_w = a["even"] / (wlen / 2)
+        odd_w = (a["mean"] - a["even"]) / (wlen / 2)
+        m2 = a["m2"] / max(a["count"], 1)
+        ms = (mean_w[:, live] ** 2).mean()
+        b2 = max(0.0, (ms - m2 / wlen) / max(m2 - ms, _EPS))
+        beta = _bias_exponent(mean_w, sq[name] / span, np.outer(s_r, q_c), live, wlen)
+        gates = {axis: gate_table(a["gate"][axis], a["gate_zeros"][axis])
+                 for axis in ("row", "col")}
+        g_row, g_col = gate_moments(gates["row"]), gate_moments(gates["col"])
+        # the mean part is gated too: what the windows see is E[gate_r]·E[gate_c]·b
+        bias = math.sqrt(b2) / max(g_row[0] * g_col[0], 1e-3)
+        half_rel = np.mean([_corr(even_w[w][live], odd_w[w][live]) for w in range(windows)])
+        rel = 2 * half_rel / (1 + half_rel)     # Spearman-Brown: a whole window's reliability
+        lags, rho = [], []
+        for lag in range(1, windows):
+            c = np.mean([_corr(mean_w[w][live], mean_w[w + lag][live])
+                         for w in range(windows - lag)])
+            lags.append(lag * wlen)
+            rho.append(c / rel if rel > 0.05 else 0.0)
+        tau_d, err_d = _fit_tau(np.array(lags, float), np.clip(rho, -1, 1), used)
+        # importance drift: deviations of each window's log mean square of a row (column)
+        # from its mean over windows, measured apart on even and odd iterations: their
+        # covariance is the drift's, without the sampling noise (independent between the two)
+        drift = {}
+        for axis in ("row", "col"):
+            ms = a[axis] / (wlen / 2)                      # (2, W, n)
+            ok = (ms > 0).all(axis=(0, 1))
+            if ok.sum() < 2:
+                drift[axis] = (0.0, float(used), 0.0)
+                continue
+            lm = 0.5 * np.log(ms[:, :, ok])
+            dev = lm - lm.mean(1, keepdims=True)
+            var = float(np.mean(dev[0] * dev[1]))
+            if var <= 0:
+                drift[axis] = (0.0, float(used), 0.0)
+                continue
+            rho_i = [float(np.mean([(dev[0, w] * dev[1, w + lag]).mean()
+                                    + (dev[1, w] * dev[0, w + lag]).mean()
+                                    for w in range(windows - lag)])) / (2 * var)
+                     for lag in range(1, windows)]
+            tau_i, err_i = _fit_tau(np.array(lags, float), np.clip(rho_i, -1, 1), used)
+            drift[axis] = (math.sqrt(var), tau_i, err_i)
+        # the importances' RMS over time includes exp(2δ²) from the drift: take it out
+        s_fit = s_r * math.exp(-drift["row"][0] ** 2)
+        q_fit = q_c * math.exp(-drift["col"][0] ** 2)
+        # scale: knots of the smoothed recorded scale, then a power law from the second half
+        sig = sigma[name]
+        kw = K // 16
+        knots_t = (np.arange(16) + 0.5) * kw
+        knots_s = np.array([np.exp(np.mean(np.log(np.maximum(sig[w * kw:(w + 1) * kw],
+                                                               _EPS))))
+                            for w in range(16)])
+        half = t_axis >= K // 2
+        slope, r2_scale = _loglog_slope(t_axis[half] + 1.0, sig[half])
+        # each cell's kurtosis E[h⁴] / E[h²]², averaged with weights E[h²] (power)
+        h2c = sq[name] / span
+        kurt = float((a["h4"][live] / used / np.maximum(h2c[live], _EPS)).sum()
+                     / max(h2c[live].sum(), _EPS))
+        layers_doc.append({
+            "layer": {k: v for k, v in layer.to_dict().items()},
+            "row_sigma": _r(np.log(s_fit[~dead_r]).std() if (~dead_r).sum() > 1 else 0.0),
+            "col_sigma": _r(np.log(q_fit[~dead_c]).std() if (~dead_c).sum() > 1 else 0.0),
+            "dead_rows": int(dead_r.sum()), "dead_cols": int(dead_c.sum()),
+            "bias": _r(bias), "bias_exponent": _r(beta),
+            "tau_direction": _r(tau_d),
+            "row_drift": _r(drift["row"][0]), "col_drift": _r(drift["col"][0]),
+            "tau_importance": _r(math.sqrt(drift["row"][1] * drift["col"][1])),
+            "scale": {"knots": [[_r(t), _r(s, 6)] for t, s in zip(knots_t, knots_s)],
+                      "gamma": _r(-slope)},
+            "fit": {"importance_r2": _r(r2), "scale_r2": _r(r2_scale),
+                    "direction_rmse": _r(err_d),
+                    "importance_rmse": _r(max(drift["row"][2], drift["col"][2])),
+                    "kurtosis": _r(kurt),
+                    "kurtosis_model": _r(_model_kurtosis(bias, g_row, g_col))},
+            "gates": {"row_zero": _r(float((gates["row"] == 0).mean())),
+                      "col_zero": _r(float((gates["col"] == 0).mean())),
+                      "row_m4": _r(g_row[2]), "col_m4": _r(g_col[2])},
+        })
+        arrays[f"{name}/row_gate"] = gates["row"].astype(np.float64)
+        arrays[f"{name}/col_gate"] = gates["col"].astype(np.float64)
+        arrays[f"{name}/row"] = s_fit.astype(np.float32)
+        arrays[f"{name}/col"] = q_fit.astype(np.float32)
+    doc = {"format": FORMAT, "version": VERSION, "model": meta.model, "dataset": meta.dataset,
+           "batch_size": meta.batch_size,
+           "source": {"trace": str(getattr(trace, "path", "")), "iterations": K,
+                      "statistics_from": t_first, "windows": windows},
+           "layers": layers_doc}
+    return doc, arrays
+
+
+def _bias_exponent(mean_w, h2, sq, live, wlen, bins: int = 8) -> float:
+    """β of b(cell) ∝ (s_r q_c)^(−β): how the persistent mean's share of a cell's gradient
+    falls (β > 0) with its power. Cells in quantile bins of s_r q_c; per bin the noise-corrected
+    mean square over the power; a power-weighted fit of log b on log s_r q_c."""
+    x = sq[live]
+    if x.size < 4 * bins:
+        return 0.0
+    edges = np.quantile(x, np.linspace(0, 1, bins + 1))
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+    m2 = (mean_w[:, live] ** 2).mean(0)
+    p = h2[live]
+    lx, lb, wt = [], [], []
+    for k in range(bins):
+        sel = idx == k
+        if not sel.any():
+            continue
+        pw = p[sel].mean()
+        b2 = (m2[sel].mean() - pw / wlen) / max(pw, _EPS)
+        if b2 > 0:
+            lx.append(np.log(x[sel].mean()))
+            lb.append(0.5 * np.log(b2))
+            wt.append(p[sel].sum())
+    if len(lx) < 3:
+        return 0.0
+    slope = np.polyfit(lx, lb, 1, w=np.sqrt(wt))[0]
+    return float(np.clip(-slope, 0.0, 1.0))
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    sx, sy = x.std(), y.std()
+    if sx == 0 or sy == 0:
+        return 0.0
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
+
+
+def _model_kurtosis(b: float, g_row, g_col) -> float:
+    """Kurtosis of gate_r · gate_c · (b·m + z) with m ~ N(0,1), z Irwin-Hall (kurtosis 2.7)
+    and unit-power gates: E[g⁴] of both times that of b·m + z."""
+    return g_row[2] * g_col[2] * (3 * b ** 4 + 6 * b ** 2 + 2.7) / (1 + b ** 2) ** 2
+
+
+def _r(x, digits: int = 4):
+    """A float rounded for a readable YAML."""
+    x = float(x)
+    return float(f"{x:.{digits}g}")
+
+
+def write_model(path: str | Path, doc: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """``path`` (YAML) and the per-row / per-column importances beside it (same stem, .npz)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    side = path.with_suffix(".npz")
+    np.savez_compressed(side, **arrays)
+    doc = dict(doc)
+    doc["importances"] = side.name
+    doc["importances_sha256"] = hashlib.sha256(side.read_bytes()).hexdigest()
+    path.write_text("# timesim fitted workload (timesim trace fit); docs/fidelity.md\n"
+                    + yaml.safe_dump(doc, sort_keys=False, width=100))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# replay
+
+
+class FittedLayer:
+    """One layer's parameters and the generator arguments of its pieces."""
+
+    def __init__(self, index: int, raw: dict, row: np.ndarray, col: np.ndarray,
+                 gates: tuple[np.ndarray, np.ndarray], where: str):
+        self.index = index
+        self.info = _layer(raw.get("layer"), f"{where}: layers[{index}].layer")
+        name = self.info.name
+        w = f"{where}: layer {name}"
+        if row.shape != (self.info.rows,) or col.shape != (self.info.cols,):
+            raise TraceError(f"{w}: importances {row.shape}/{col.shape}, expected "
+                             f"({self.info.rows},)/({self.info.cols},)")
+        self.row, self.col = row.astype(np.float64), col.astype(np.float64)
+        for g in gates:
+            if g.shape != GATE_PROBS.shape or not np.isfinite(g).all() or (g < 0).any() \
+                    or (np.diff(g) < 0).any():
+                raise TraceError(f"{w}: gate table: expected {GATE_PROBS.size} increasing "
+                                 f"non-negative quantiles")
+        self.row_gate, self.col_gate = gates
+        get = _Getter(raw, w)
+        self.bias = get.num("bias", 0, 100)
+        beta = get.num("bias_exponent", 0, 1) if "bias_exponent" in raw else 0.0
+        # per-cell strength b·(s_r q_c / ref)^(−β), with the power-weighted mean of b² kept
+        sq = np.outer(self.row, self.col)
+        live = sq > 0
+        rel = np.where(live, sq / np.sqrt((sq[live] ** 2).mean()) if live.any() else 1.0,
+                       1.0) ** -beta
+        norm = math.sqrt(((sq[live] ** 2) * rel[live] ** 2).sum() / (sq[live] ** 2).sum()) \
+            if live.any() else 1.0
+        self.cell_bias = (self.bias * rel / norm).astype(np.float64)
+        self.tau_d = get.num("tau_direction", 1, 1e15)
+        self.row_drift = get.num("row_drift", 0, 10)
+        self.col_drift = get.num("col_drift", 0, 10)
+        self.tau_i = get.num("tau_importance", 1, 1e15)
+        scale = raw.get("scale")
+        if not isinstance(scale, dict):
+            raise TraceError(f"{w}: scale: expected a mapping with knots and gamma")
+        knots = scale.get("knots")
+        try:
+            k = np.array(knots, dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            raise TraceError(f"{w}: scale.knots: expected a list of [iteration, sigma] "
+                             f"pairs") from None
+        if len(k) < 1 or not np.isfinite(k).all() or (k[:, 1] <= 0).any() \
+                or (np.diff(k[:, 0]) <= 0).any():
+            raise TraceError(f"{w}: scale.knots: expected increasing iterations with "
+                             f"positive finite sigmas")
+        self.knots_t, self.knots_log = k[:, 0], np.log(k[:, 1])
+        self.gamma = _Getter(scale, f"{w}: scale").num("gamma", -10, 10)
+        # the direction field changes every `block` iterations: fine against its time constant
+        self.block = int(max(1, min(256, self.tau_d // 32)))
+        self._frames: dict[tuple[int, int], np.ndarray] = {}
+
+    def sigma(self, t: np.ndarray) -> np.ndarray:
+        """σ(t): log-linear between knots, flat before the first, power law after the last."""
+        t = np.asarray(t, dtype=np.float64)
+        s = np.interp(t, self.knots_t, self.knots_log)
+        last = self.knots_t[-1]
+        beyond = t > last
+        s = np.where(beyond, self.knots_log[-1]
+                     - self.gamma * np.log(np.maximum(t + 1, 1) / (last + 1)), s)
+        return np.exp(s)
+
+    def _frame(self, seed: int, tag: int, j: int, size: int) -> np.ndarray:
+        key = (tag, j)
+        if key not in self._frames:
+            if len(self._frames) > 8:
+                self._frames.clear()
+            self._frames[key] = normal(seed, self.index + (tag << 32), j, size).astype(
+                np.float64)
+        return self._frames[key]
+
+    def _drift(self, seed: int, tag: int, t: np.ndarray, size: int) -> np.ndarray:
+        """Keyframe process values (len(t), size)."""
+        j, c, s = keyframe_weights(t, self.tau_i)
+        out = np.empty((len(t), size))
+        for i, (jj, cc, ss) in enumerate(zip(j, c, s)):
+            out[i] = (cc * self._frame(seed, tag, int(jj), size)
+                      + ss * self._frame(seed, tag, int(jj) + 1, size))
+        return out
+
+    def _gates(self, seed: int, tag: int, ts: np.ndarray, table: np.ndarray,
+               size: int) -> np.ndarray:
+        """Per-iteration gates (len(ts), size): iid draws from the fitted quantile table."""
+        u = np.stack([uniform(seed, self.index + (tag << 32), int(t), size) for t in ts])
+        return np.interp(u, GATE_PROBS, table)
+
+    def pieces(self, seed: int, t0: int, n: int) -> list[tuple]:
+        rows, cols = self.info.rows, self.info.cols
+        out = []
+        t = t0
+        while t < t0 + n:
+            end = min(t0 + n, (t // self.block + 1) * self.block)
+            ts = np.arange(t, end)
+            mid = (t // self.block + 0.5) * self.block
+            j, c, s = keyframe_weights(mid, self.tau_d)
+            m = (c * self._frame(seed, _DIRECTION, int(j), rows * cols)
+                 + s * self._frame(seed, _DIRECTION, int(j) + 1, rows * cols))
+            M = (self.cell_bias * m.reshape(rows, cols)).astype(np.float32)
+            P = self.sigma(ts)[:, None] * self.row[None, :]
+            if self.row_drift:
+                P = P * np.exp(self.row_drift * self._drift(seed, _ROW, ts, rows))
+            Q = np.broadcast_to(self.col, (len(ts), cols))
+            if self.col_drift:
+                Q = Q * np.exp(self.col_drift * self._drift(seed, _COL, ts, cols))
+            P = P * self._gates(seed, _ROW_GATE, ts, self.row_gate, rows)
+            Q = Q * self._gates(seed, _COL_GATE, ts, self.col_gate, cols)
+            P = np.ascontiguousarray(P, dtype=np.float32)
+            Q = np.ascontiguousarray(Q, dtype=np.float32)
+            out.append((t, len(ts), M, P, Q, P, Q))
+            t = end
+        return out
+
+
+class _Getter:
+    def __init__(self, raw: dict, where: str):
+        self.raw, self.where = raw, where
+
+    def num(self, key: str, lo: float, hi: float) -> float:
+        v = self.raw.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi \
+                or not math.isfinite(v):
+            raise TraceError(f"{self.where}: {key}: expected a number in [{lo:g}, {hi:g}], "
+                             f"got {v!r}")
+        return float(v)
+
+
+def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
+    """Parse and check a fitted model; (document, layers, sha256 of YAML + importances)."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TraceError(f"{where}: cannot read the fitted model ({exc.strerror})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TraceError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise TraceError(f"{where}: not a fitted model (expected format: {FORMAT}; made by "
+                         f"'timesim trace fit')")
+    if doc.get("version") != VERSION:
+        raise TraceError(f"{where}: version {doc.get('version')!r}; this timesim reads "
+                         f"version {VERSION}")
+    side = path.parent / str(doc.get("importances", ""))
+    if not side.is_file():
+        raise TraceError(f"{where}: importances: {side} is missing (it is written beside the "
+                         f"YAML by 'timesim trace fit')")
+    blob = side.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != doc.get("importances_sha256"):
+        raise TraceError(f"{where}: importances: {side.name} does not match this model "
+                         f"(sha256 differs; refit or restore the pair)")
+    raw_layers = doc.get("layers")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise TraceError(f"{where}: layers: expected a non-empty list")
+    with np.load(side) as z:
+        arrays = {k: z[k] for k in z.files}
+    layers = []
+    for i, raw in enumerate(raw_layers):
+        if not isinstance(raw, dict):
+            raise TraceError(f"{where}: layers[{i}]: expected a mapping")
+        name = (raw.get("layer") or {}).get("name") if isinstance(raw.get("layer"), dict) \
+            else None
+        if f"{name}/row" not in arrays or f"{name}/col" not in arrays:
+            raise TraceError(f"{where}: layer {name}: no importances in {side.name}")
+        gates = tuple(arrays.get(f"{name}/{axis}_gate", np.ones_like(GATE_PROBS))
+                      for axis in ("row", "col"))
+        layers.append(FittedLayer(i, raw, arrays[f"{name}/row"], arrays[f"{name}/col"], gates,
+                                  where))
+    digest = hashlib.sha256(text.encode() + blob).hexdigest()
+    return doc, layers, digest
+
+
+class FittedTrace(SynthTrace):
+    """``synth:fit?model=MODEL.yaml&iterations=N&seed=S``: the fitted workload, generated."""
+
+    def __init__(self, model: str, iterations: int | None = None, seed: int = 0,
+                 chunk: int | None = None):
+        doc, layers, digest = load_model(model)
+        self.fitted = layers
+        infos = tuple(layer.info for layer in layers)
+        iterations = int(doc["source"]["iterations"]) if iterations is None else iterations
+        biggest = max(layer.cells for layer in infos)
+        if chunk is None:
+            chunk = int(min(64, max(8, (64 << 20) // (4 * biggest))))
+        for key, value, lo, hi in (("iterations", iterations, 1, MAX_ITERATIONS),
+                                   ("seed", seed, 0, 2**63 - 1), ("chunk", chunk, 1, 1 << 20)):
+            if not lo <= value <= hi:
+                raise TraceError(f"synth:fit: {key}: must be in [{lo}, {hi}], got {value}")
+        self.model, self.seed, self.hammer, self.row = "fit", seed, False, 0
+        self.params = dict(model=str(model), iterations=iterations, seed=seed, chunk=chunk)
+        self._shadow = None
+        self.meta = TraceMeta(model=str(doc.get("model", "fit")),
+                              source=f"timesim-fit sha256={digest} seed={seed}",
+                              dataset=str(doc.get("dataset", "")),
+                              batch_size=int(doc.get("batch_size", 128)),
+                              iterations=iterations, chunk_iterations=chunk, dtype="float32",
+                              layers=infos)
+        self.index = {layer.name: i for i, layer in enumerate(infos)}
+        self._structure, self._factors = {}, {}
+        self._biggest = biggest
+        import threading
+
+        self._local = threading.local()
+
+    def pieces(self, li: int, t0: int, n: int) -> list[tuple]:
+        return self.fitted[li].pieces(self.seed, t0, n)
