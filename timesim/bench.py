@@ -100,32 +100,27 @@ def bench_synth(n: int, reps: int) -> dict:
 
 
 def bench_end_to_end(iterations: int) -> dict:
-    """Synthetic ResNet-20 with sgs + ars (the default chip): the policy path alone, then the
-    whole simulation with the engine, in the same run."""
+    """Synthetic ResNet-20 with sgs + ars (the default chip), whole runs in the same process:
+    generating each chunk first (unfused) against generating inside the policy kernels
+    (fused), on one thread and on all cores."""
     hw = load_hwconfig()
-    trace = SynthTrace("resnet20", iterations=iterations)
-    policies = [LayerPolicy(layer, hw) for layer in trace.meta.layers]
-    gen = 0.0
-    t = time.perf_counter()
-    for chunk in trace.chunks():
-        for p in policies:
-            t1 = time.perf_counter()
-            g = chunk.arrays[p.layer.name]
-            gen += time.perf_counter() - t1
-            p.process(g, chunk.t0)
-    policy_s = time.perf_counter() - t
-    out = {"model": "resnet20", "iterations": iterations, "policy_seconds": policy_s,
-           "generation_seconds": gen, "iterations_per_s": iterations / policy_s,
-           "projected_64000_s": policy_s * 64000 / iterations}
-    # both cores in one run: layers split over threads, against one thread, same run
     cores = os.cpu_count() or 1
+    simulate(hw, SynthTrace("resnet20", iterations=64), threads=1)      # JIT warm-up
     timed = {}
-    for th in sorted({1, cores}):
+    for label, fused, th in (("unfused_1", False, 1), ("fused_1", True, 1),
+                             (f"fused_{cores}", True, cores)):
         t = time.perf_counter()
-        simulate(hw, SynthTrace("resnet20", iterations=iterations), threads=th)
-        timed[th] = time.perf_counter() - t
-    out["threads"] = {"cores": cores, "seconds": {str(k): v for k, v in timed.items()},
-                      "speedup": timed[1] / timed[cores]}
+        simulate(hw, SynthTrace("resnet20", iterations=iterations), threads=th, fused=fused)
+        timed[label] = time.perf_counter() - t
+    best = timed[f"fused_{cores}"]
+    policy_s = timed["fused_1"]
+    out = {"model": "resnet20", "iterations": iterations, "seconds": timed,
+           "fused_speedup": timed["unfused_1"] / timed["fused_1"],
+           "iterations_per_s": iterations / best, "projected_64000_s": best * 64000 / iterations,
+           "policy_seconds": policy_s}
+    out["threads"] = {"cores": cores, "seconds": {"1": timed["fused_1"],
+                                                  str(cores): best},
+                      "speedup": timed["fused_1"] / best}
     # the engine simulates each distinct ARS signature once: at 64000 iterations with SI 1024
     # that is 63 of them; project its time from the seconds per simulated signature
     full = 64000 // hw.controller.interval + 1
@@ -144,6 +139,146 @@ def bench_end_to_end(iterations: int) -> dict:
             "distinct_signatures": report["cycles"]["distinct_signatures"],
             "events": run["engine_events"], "events_per_s": run["engine_events_per_s"]}
     return out
+
+
+def _pass_seconds(arrays: list[np.ndarray], threads: int, reps: int) -> float:
+    """One read + write pass over ``arrays`` (x += 1 in place, the accumulators' minimum
+    traffic per iteration), split over ``threads`` threads as the layers are."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups: list[list[np.ndarray]] = [[] for _ in range(threads)]
+    load = [0] * threads
+    for a in sorted(arrays, key=lambda a: -a.size):
+        i = load.index(min(load))
+        groups[i].append(a)
+        load[i] += a.size
+
+    def work(g):
+        for a in g:
+            np.add(a, np.float32(1.0), out=a)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return _best(lambda: list(pool.map(work, groups)), reps)
+
+
+def bench_floor(model: str, iterations: int, reps: int) -> dict:
+    """Seconds per iteration of the fused policy path (sgs + ars, all cores) on a synthetic
+    network against the memory floor measured in the same run: a read + write pass over the
+    float32 accumulators of every weight (8 bytes each), on the same cores."""
+    from .simulate import Simulation
+
+    hw = load_hwconfig()
+    cores = os.cpu_count() or 1
+    trace = SynthTrace(model, iterations=iterations, chunk=8)
+    cells = sum(layer.cells for layer in trace.meta.layers)
+    arrays = [np.zeros((layer.rows, layer.cols), np.float32) for layer in trace.meta.layers]
+    t_floor = _pass_seconds(arrays, cores, reps)
+    del arrays
+    out = {"model": model, "weights": cells, "floor_ms": t_floor * 1e3,
+           "floor_gb_per_s": 8 * cells / t_floor / 1e9}
+    for fused in (True, False):
+        sim = Simulation(hw, trace.meta, threads=cores)
+        sim.fused = fused
+        chunks = trace.chunks()
+        first = next(chunks)                       # warm-up: JIT, page faults of the state
+        sim.feed(first.arrays, first.t0, first.n)
+        t = time.perf_counter()
+        n = 0
+        for chunk in chunks:
+            sim.feed(chunk.arrays, chunk.t0, chunk.n)
+            n += chunk.n
+        per = (time.perf_counter() - t) / max(1, n)
+        key = "fused" if fused else "unfused"
+        out[f"{key}_ms"] = per * 1e3
+        out[f"{key}_ratio_to_floor"] = per / t_floor
+    return out
+
+
+def bench_replay(iterations: int, reps: int) -> dict:
+    """A trace directory replayed (sgs + ars, all cores, the reader thread prefetching)
+    against reading the same files sequentially, in the same run, page cache warm for both."""
+    import tempfile
+    from pathlib import Path
+
+    from .trace import TraceDir, TraceWriter
+
+    synth = SynthTrace("resnet20", iterations=iterations, chunk=64)
+    hw = load_hwconfig()
+    with tempfile.TemporaryDirectory(prefix="timesim-bench-") as tmp:
+        path = Path(tmp) / "t"
+        with TraceWriter(path, synth.meta.layers, model="resnet20", source="bench",
+                         dtype="float16", chunk_iterations=64) as w:
+            for chunk in synth.chunks():
+                w.append_chunk(chunk.arrays)
+        files = sorted(p for p in path.rglob("*.npy"))
+        nbytes = sum(p.stat().st_size for p in files)
+
+        def raw():
+            for p in files:
+                with open(p, "rb") as fh:
+                    while fh.read(1 << 22):
+                        pass
+
+        t_raw = _best(raw, reps)
+        simulate(hw, TraceDir(path))                       # warm-up (JIT, cache)
+        t_replay = _best(lambda: simulate(hw, TraceDir(path)), max(1, reps // 2))
+        t_plain = _best(lambda: simulate(hw, _NoPrefetch(TraceDir(path))), max(1, reps // 2))
+    return {"iterations": iterations, "bytes": nbytes, "raw_read_gb_per_s": nbytes / t_raw / 1e9,
+            "replay_gb_per_s": nbytes / t_replay / 1e9, "replay_s": t_replay,
+            "raw_read_s": t_raw, "ratio_to_raw_read": t_replay / t_raw,
+            "prefetch_speedup": t_plain / t_replay}
+
+
+def bench_fit(iterations: int, reps: int) -> dict:
+    """``synth:fit`` against ``synth:resnet20`` on the same layers (sgs + ars, all cores): a
+    fitted model with ResNet-20's shapes, drifting importances and direction, and gates."""
+    import tempfile
+    from pathlib import Path
+
+    from .trace.fit import GATE_PROBS, write_model
+    from .trace.models import resnet20
+
+    rng = np.random.default_rng(0)
+    layers, arrays = [], {}
+    gate = np.quantile(rng.lognormal(0, 0.5, 100000), GATE_PROBS)
+    for layer in resnet20():
+        layers.append({"layer": layer.to_dict(), "bias": 0.1, "bias_exponent": 0.2,
+                       "tau_direction": 2000.0, "row_drift": 0.2, "col_drift": 0.2,
+                       "tau_importance": 300.0,
+                       "scale": {"knots": [[0, 1e-3], [1000, 5e-4]], "gamma": 0.5}})
+        arrays[f"{layer.name}/row"] = np.exp(rng.standard_normal(layer.rows)).astype(np.float32)
+        arrays[f"{layer.name}/col"] = np.exp(rng.standard_normal(layer.cols)).astype(np.float32)
+        arrays[f"{layer.name}/row_gate"] = gate
+        arrays[f"{layer.name}/col_gate"] = gate
+    doc = {"format": "timesim-fit", "version": 1, "model": "resnet20-shaped", "dataset": "",
+           "batch_size": 128, "source": {"trace": "", "iterations": 1000}, "layers": layers}
+    hw = load_hwconfig()
+    with tempfile.TemporaryDirectory(prefix="timesim-bench-") as tmp:
+        model = Path(tmp) / "fit.yaml"
+        write_model(model, doc, arrays)
+        fit = f"synth:fit?model={model}&iterations={iterations}"
+        plain = f"synth:resnet20?iterations={iterations}"
+        simulate(hw, fit.replace(f"={iterations}", "=64"))               # warm-up
+        t_fit = t_plain = float("inf")
+        for _ in range(reps):                                           # alternating
+            t = time.perf_counter()
+            simulate(hw, plain)
+            t_plain = min(t_plain, time.perf_counter() - t)
+            t = time.perf_counter()
+            simulate(hw, fit)
+            t_fit = min(t_fit, time.perf_counter() - t)
+    return {"iterations": iterations, "fit_s": t_fit, "synth_s": t_plain,
+            "ratio": t_fit / t_plain}
+
+
+class _NoPrefetch:
+    """A trace directory read without the reader thread (for the benchmark's comparison)."""
+
+    def __init__(self, trace):
+        self.meta, self.path, self._t = trace.meta, trace.path, trace
+
+    def chunks(self, start_chunk: int = 0, verify: bool = True):
+        return self._t.chunks(start_chunk, verify, prefetch=False)
 
 
 def run_bench(quick: bool = False, progress: bool = True) -> dict:
@@ -180,12 +315,30 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
             f"its floor of {c['input_slices']} x {c['weight_slices']} matmuls)")
     e = bench_end_to_end(256 if quick else 2048)
     result["end_to_end"] = e
-    say(f"end to end: resnet20 sgs+ars {e['iterations_per_s']:.0f} it/s "
-        f"(generation {e['generation_seconds'] / e['policy_seconds']:.0%} of the time); "
-        f"64000 iterations ~ {e['projected_64000_s']:.1f} s")
+    sec = e["seconds"]
     th = e["threads"]
-    say(f"threads: {th['cores']} threads {th['seconds'][str(th['cores'])]:.2f} s vs one "
-        f"{th['seconds']['1']:.2f} s: {th['speedup']:.2f}x")
+    say(f"end to end: resnet20 sgs+ars {e['iterations']} iterations: unfused 1 thread "
+        f"{sec['unfused_1']:.2f} s, fused 1 thread {sec['fused_1']:.2f} s "
+        f"({e['fused_speedup']:.2f}x), fused {th['cores']} threads "
+        f"{th['seconds'][str(th['cores'])]:.2f} s ({th['speedup']:.2f}x one thread); "
+        f"64000 iterations ~ {e['projected_64000_s']:.1f} s")
+    f = bench_floor("resnet50", 17 if quick else 41, reps)
+    result["floor"] = f
+    say(f"floor: resnet50 sgs+ars per iteration fused {f['fused_ms']:.2f} ms, unfused "
+        f"{f['unfused_ms']:.2f} ms; read+write pass over the {f['weights'] / 1e6:.1f} M "
+        f"accumulators {f['floor_ms']:.2f} ms ({f['floor_gb_per_s']:.1f} GB/s): fused "
+        f"{f['fused_ratio_to_floor']:.2f}x the floor; 450450 iterations ~ "
+        f"{f['fused_ms'] * 450450 / 60000:.0f} min (floor {f['floor_ms'] * 450450 / 60000:.0f})")
+    ft = bench_fit(256 if quick else 1024, 2 if quick else 3)
+    result["fit"] = ft
+    say(f"synth:fit vs synth:resnet20 (same layers, sgs+ars, {ft['iterations']} iterations): "
+        f"{ft['fit_s']:.2f} s vs {ft['synth_s']:.2f} s = {ft['ratio']:.2f}x")
+    r = bench_replay(128 if quick else 512, reps)
+    result["replay"] = r
+    say(f"replay: resnet20 float16 trace, {r['bytes'] / 1e6:.0f} MB: {r['replay_gb_per_s']:.2f} "
+        f"GB/s replayed vs {r['raw_read_gb_per_s']:.2f} GB/s raw sequential read "
+        f"({r['ratio_to_raw_read']:.1f}x its time; reader thread {r['prefetch_speedup']:.2f}x "
+        f"over none)")
     for pipeline in ("none", "layer"):
         x = e[pipeline]
         say(f"engine (pipeline {pipeline}): +{x['engine_overhead']:.1%} over the policy path "

@@ -92,6 +92,13 @@ def _uniform_row(key, start, out):
 
 
 @njit(cache=True, nogil=True)
+def _uniform_block(seed, stream, t0, out):
+    """out[i] = the uniforms of stream (seed, stream, t0 + i), for every row i of ``out``."""
+    for i in range(out.shape[0]):
+        _uniform_row(_stream_key(seed, stream, t0 + i), 0, out[i])
+
+
+@njit(cache=True, nogil=True)
 def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V):
     """out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z(seed, layer, t0 + i, ...):
     the unfused generator (for trace files and the tests of the fused kernels)."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .select import _gradient_chunk, _normal_row, _stream_key, _uniform_row
+from .select import _gradient_chunk, _normal_row, _stream_key, _uniform_block, _uniform_row
 
-__all__ = ["_normal_row", "_stream_key", "fill_normal", "gradient_chunk", "normal", "uniform"]
+__all__ = ["_normal_row", "_stream_key", "fill_normal", "gradient_chunk", "normal", "uniform",
+           "uniform_block"]
 
 
 def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
@@ -25,6 +26,13 @@ def uniform(seed: int, stream: int, t: int, size: int) -> np.ndarray:
     """``size`` float64 uniforms in (0, 1) of stream (seed, stream, t)."""
     out = np.empty(size, dtype=np.float64)
     _uniform_row(np.uint64(_stream_key(np.int64(seed), np.int64(stream), np.int64(t))), 0, out)
+    return out
+
+
+def uniform_block(seed: int, stream: int, t0: int, n: int, size: int) -> np.ndarray:
+    """(n, size) uniforms: row i is ``uniform(seed, stream, t0 + i, size)``."""
+    out = np.empty((n, size), dtype=np.float64)
+    _uniform_block(np.int64(seed), np.int64(stream), np.int64(t0), out)
     return out
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from ..errors import TraceError
-from ..kernels.synth import normal, uniform
+from ..kernels.synth import normal, uniform_block
 from .format import MAX_ITERATIONS, TraceMeta, _layer
 from .synth import SynthTrace
 
@@ -442,7 +442,7 @@ class FittedLayer:
                        1.0) ** -beta
         norm = math.sqrt(((sq[live] ** 2) * rel[live] ** 2).sum() / (sq[live] ** 2).sum()) \
             if live.any() else 1.0
-        self.cell_bias = (self.bias * rel / norm).astype(np.float64)
+        self.cell_bias = (self.bias * rel / norm).astype(np.float32)
         self.tau_d = get.num("tau_direction", 1, 1e15)
         self.row_drift = get.num("row_drift", 0, 10)
         self.col_drift = get.num("col_drift", 0, 10)
@@ -462,9 +462,11 @@ class FittedLayer:
                              f"positive finite sigmas")
         self.knots_t, self.knots_log = k[:, 0], np.log(k[:, 1])
         self.gamma = _Getter(scale, f"{w}: scale").num("gamma", -10, 10)
-        # the direction field changes every `block` iterations: fine against its time constant
-        self.block = int(max(1, min(256, self.tau_d // 32)))
+        # the direction field changes every `block` iterations (τ/8: an eighth of a keyframe
+        # interval, 11° of the interpolation) and is computed once per block
+        self.block = int(max(16, min(512, self.tau_d // 8)))
         self._frames: dict[tuple[int, int], np.ndarray] = {}
+        self._M: tuple[int, np.ndarray] | None = None
 
     def sigma(self, t: np.ndarray) -> np.ndarray:
         """σ(t): log-linear between knots, flat before the first, power law after the last."""
@@ -477,28 +479,40 @@ class FittedLayer:
         return np.exp(s)
 
     def _frame(self, seed: int, tag: int, j: int, size: int) -> np.ndarray:
+        """Keyframe j of stream ``tag`` (float32; the last few kept per tag)."""
         key = (tag, j)
         if key not in self._frames:
-            if len(self._frames) > 8:
-                self._frames.clear()
-            self._frames[key] = normal(seed, self.index + (tag << 32), j, size).astype(
-                np.float64)
+            old = [k for k in self._frames if k[0] == tag and k[1] < j - 1]
+            for k in old:
+                del self._frames[k]
+            self._frames[key] = normal(seed, self.index + (tag << 32), j, size)
         return self._frames[key]
 
     def _drift(self, seed: int, tag: int, t: np.ndarray, size: int) -> np.ndarray:
-        """Keyframe process values (len(t), size)."""
+        """Keyframe process values (len(t), size) of stream ``tag``."""
         j, c, s = keyframe_weights(t, self.tau_i)
-        out = np.empty((len(t), size))
-        for i, (jj, cc, ss) in enumerate(zip(j, c, s)):
-            out[i] = (cc * self._frame(seed, tag, int(jj), size)
-                      + ss * self._frame(seed, tag, int(jj) + 1, size))
+        out = np.empty((len(t), size), dtype=np.float32)
+        for jj in np.unique(j):
+            sel = j == jj
+            out[sel] = (c[sel, None] * self._frame(seed, tag, int(jj), size)
+                        + s[sel, None] * self._frame(seed, tag, int(jj) + 1, size))
         return out
 
-    def _gates(self, seed: int, tag: int, ts: np.ndarray, table: np.ndarray,
+    def _gates(self, seed: int, tag: int, t0: int, n: int, table: np.ndarray,
                size: int) -> np.ndarray:
-        """Per-iteration gates (len(ts), size): iid draws from the fitted quantile table."""
-        u = np.stack([uniform(seed, self.index + (tag << 32), int(t), size) for t in ts])
+        """Per-iteration gates (n, size): iid draws from the fitted quantile table."""
+        u = uniform_block(seed, self.index + (tag << 32), t0, n, size)
         return np.interp(u, GATE_PROBS, table)
+
+    def _direction(self, seed: int, block: int) -> np.ndarray:
+        """b_rc · m at the middle of direction block ``block`` (cached for the next piece)."""
+        if self._M is None or self._M[0] != block:
+            rows, cols = self.info.rows, self.info.cols
+            j, c, s = keyframe_weights((block + 0.5) * self.block, self.tau_d)
+            m = (np.float32(c) * self._frame(seed, _DIRECTION, int(j), rows * cols)
+                 + np.float32(s) * self._frame(seed, _DIRECTION, int(j) + 1, rows * cols))
+            self._M = (block, self.cell_bias * m.reshape(rows, cols))
+        return self._M[1]
 
     def pieces(self, seed: int, t0: int, n: int) -> list[tuple]:
         rows, cols = self.info.rows, self.info.cols
@@ -507,19 +521,15 @@ class FittedLayer:
         while t < t0 + n:
             end = min(t0 + n, (t // self.block + 1) * self.block)
             ts = np.arange(t, end)
-            mid = (t // self.block + 0.5) * self.block
-            j, c, s = keyframe_weights(mid, self.tau_d)
-            m = (c * self._frame(seed, _DIRECTION, int(j), rows * cols)
-                 + s * self._frame(seed, _DIRECTION, int(j) + 1, rows * cols))
-            M = (self.cell_bias * m.reshape(rows, cols)).astype(np.float32)
+            M = self._direction(seed, t // self.block)
             P = self.sigma(ts)[:, None] * self.row[None, :]
             if self.row_drift:
                 P = P * np.exp(self.row_drift * self._drift(seed, _ROW, ts, rows))
             Q = np.broadcast_to(self.col, (len(ts), cols))
             if self.col_drift:
                 Q = Q * np.exp(self.col_drift * self._drift(seed, _COL, ts, cols))
-            P = P * self._gates(seed, _ROW_GATE, ts, self.row_gate, rows)
-            Q = Q * self._gates(seed, _COL_GATE, ts, self.col_gate, cols)
+            P = P * self._gates(seed, _ROW_GATE, t, len(ts), self.row_gate, rows)
+            Q = Q * self._gates(seed, _COL_GATE, t, len(ts), self.col_gate, cols)
             P = np.ascontiguousarray(P, dtype=np.float32)
             Q = np.ascontiguousarray(Q, dtype=np.float32)
             out.append((t, len(ts), M, P, Q, P, Q))
