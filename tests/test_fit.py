@@ -165,3 +165,19 @@ def test_wasserstein_against_hand_and_quantile_integral():
     qa = np.sort(a)[np.minimum((u * a.size).astype(int), a.size - 1)]
     qb = np.sort(b)[np.minimum((u * b.size).astype(int), b.size - 1)]
     assert wasserstein(a, b) == pytest.approx(np.abs(qa - qb).mean(), rel=1e-3)
+
+
+def test_gate_draws_are_numpy_interp_of_the_uniforms():
+    from timesim.kernels.synth import inverse_cdf_block, lookup_start, uniform_block
+
+    rng = np.random.default_rng(8)
+    table = np.sort(rng.lognormal(0, 1, GATE_PROBS.size))
+    table[:5] = 0.0                                    # a mass at exactly 0
+    got = inverse_cdf_block(3, 7, 10, 6, 500, GATE_PROBS, table, lookup_start(GATE_PROBS))
+    want = np.interp(uniform_block(3, 7, 10, 6, 500), GATE_PROBS, table)
+    assert np.allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-30)
+    scaled = inverse_cdf_block(3, 7, 10, 6, 500, GATE_PROBS, table, lookup_start(GATE_PROBS),
+                               np.arange(6.0))
+    assert np.allclose(scaled, got * np.arange(6.0)[:, None], rtol=1e-6)
+    u = uniform_block(1, 2, 3, 50, 2000)
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005

@@ -47,6 +47,8 @@ _C2 = np.uint64(0x94D049BB133111EB)
 _SQRT3 = np.float32(np.sqrt(3.0))
 _INV16 = np.float32(1.0 / 65536.0)
 _M16 = np.uint64(0xFFFF)
+_M16X2 = np.uint64(0x0000FFFF0000FFFF)
+_M32 = np.uint64(0xFFFFFFFF)
 
 
 @njit(cache=True, inline="always")
@@ -69,9 +71,9 @@ def _stream_key(seed, layer, t):
 def _z(h):
     """Approx. N(0, 1) from 64 random bits: sum of four 16-bit uniforms (mean 2, variance 1/3);
     +2 centres the 16-bit grid (x + 0.5) / 65536."""
-    s = (h & _M16) + ((h >> np.uint64(16)) & _M16) + ((h >> np.uint64(32)) & _M16) \
-        + (h >> np.uint64(48))
-    return (np.float32(np.int64(s) + 2) * _INV16 - np.float32(2.0)) * _SQRT3
+    a = (h & _M16X2) + ((h >> np.uint64(16)) & _M16X2)     # two sums of two fields (SWAR)
+    s = (a & _M32) + (a >> np.uint64(32))
+    return (np.float32(np.int32(s) + np.int32(2)) * _INV16 - np.float32(2.0)) * _SQRT3
 
 
 @njit(cache=True, nogil=True)
@@ -96,6 +98,26 @@ def _uniform_block(seed, stream, t0, out):
     """out[i] = the uniforms of stream (seed, stream, t0 + i), for every row i of ``out``."""
     for i in range(out.shape[0]):
         _uniform_row(_stream_key(seed, stream, t0 + i), 0, out[i])
+
+
+@njit(cache=True, nogil=True)
+def _gate_block(seed, stream, t0, probs, table, start, scale, u, out):
+    """out[i] = scale[i] · draws of stream (seed, stream, t0 + i) by inverse CDF from a quantile
+    table (``table`` at increasing ``probs`` from 0 to 1, linear in between); ``start[k]`` is
+    the last index with probs <= k / len(start), so a lookup scans a step or two. ``u``: a
+    scratch row of float64 uniforms."""
+    bins = start.shape[0]
+    last = probs.shape[0] - 2
+    for i in range(out.shape[0]):
+        _uniform_row(_stream_key(seed, stream, t0 + i), 0, u)
+        row = out[i]
+        for c in range(row.shape[0]):
+            x = u[c]
+            k = start[min(int(x * bins), bins - 1)]
+            while k < last and probs[k + 1] <= x:
+                k += 1
+            f = (x - probs[k]) / (probs[k + 1] - probs[k])
+            row[c] = scale[i] * (table[k] + f * (table[k + 1] - table[k]))
 
 
 @njit(cache=True, nogil=True)
@@ -283,7 +305,8 @@ def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, zbuf):
             Air = Ai[r]
             m = np.int32(0)
             for c in range(cols):
-                m = max(m, Air[c] & _ABS)
+                # the cast keeps the reduction in 32-bit lanes (numba widens & to int64)
+                m = max(m, np.int32(Air[c] & _ABS))
             if m > best:
                 best = m
                 rbest = r
@@ -430,7 +453,7 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
             _add_rows(A, chunk, i, r0, min(rows, r0 + step), fused, key, M, P, Q, U, V, zbuf)
         top = np.int32(0)
         for j in range(n):
-            v = flat_i[j] & _ABS
+            v = np.int32(flat_i[j] & _ABS)
             keys[j] = v
             top = max(top, v)
         if top >= _NONFINITE:

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .select import _gradient_chunk, _normal_row, _stream_key, _uniform_block, _uniform_row
+from .select import (
+    _gate_block,
+    _gradient_chunk,
+    _normal_row,
+    _stream_key,
+    _uniform_block,
+    _uniform_row,
+)
 
-__all__ = ["_normal_row", "_stream_key", "fill_normal", "gradient_chunk", "normal", "uniform",
-           "uniform_block"]
+__all__ = ["_normal_row", "_stream_key", "fill_normal", "gradient_chunk", "inverse_cdf_block",
+           "lookup_start", "normal", "uniform", "uniform_block"]
 
 
 def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
@@ -34,6 +41,23 @@ def uniform_block(seed: int, stream: int, t0: int, n: int, size: int) -> np.ndar
     out = np.empty((n, size), dtype=np.float64)
     _uniform_block(np.int64(seed), np.int64(stream), np.int64(t0), out)
     return out
+
+
+def inverse_cdf_block(seed: int, stream: int, t0: int, n: int, size: int, probs: np.ndarray,
+                      table: np.ndarray, start: np.ndarray,
+                      scale: np.ndarray | None = None) -> np.ndarray:
+    """(n, size) float32 draws by inverse CDF (``table`` at ``probs``, linear in between) from
+    the uniforms of ``uniform_block``, row i times ``scale[i]``; ``start``: ``lookup_start``."""
+    out = np.empty((n, size), dtype=np.float32)
+    scale = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
+    _gate_block(np.int64(seed), np.int64(stream), np.int64(t0), probs, table, start, scale,
+                np.empty(size, dtype=np.float64), out)
+    return out
+
+
+def lookup_start(probs: np.ndarray, bins: int = 1024) -> np.ndarray:
+    """start[k] = the last index i with probs[i] <= k / bins (for ``inverse_cdf_block``)."""
+    return (np.searchsorted(probs, np.arange(bins) / bins, side="right") - 1).astype(np.int64)
 
 
 def gradient_chunk(out: np.ndarray, seed: int, layer: int, t0: int, M: np.ndarray,

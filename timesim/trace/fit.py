@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from ..errors import TraceError
-from ..kernels.synth import normal, uniform_block
+from ..kernels.synth import inverse_cdf_block, lookup_start, normal
 from .format import MAX_ITERATIONS, TraceMeta, _layer
 from .synth import SynthTrace
 
@@ -42,6 +42,7 @@ _EPS = 1e-30
 # probabilities at which a gate's quantile table is kept: uniform, then finer in the upper tail
 GATE_PROBS = np.unique(np.concatenate([np.linspace(0, 1, 97),
                                        1 - np.logspace(-2, -5, 10)]))
+_GATE_START = lookup_start(GATE_PROBS)
 _HIST_LO, _HIST_HI, _HIST_BINS = -5.0, 3.0, 800        # log10 bins of the gate histograms
 
 
@@ -465,8 +466,12 @@ class FittedLayer:
         # the direction field changes every `block` iterations (τ/8: an eighth of a keyframe
         # interval, 11° of the interpolation) and is computed once per block
         self.block = int(max(16, min(512, self.tau_d // 8)))
+        # importance drift: held over blocks of τ_importance / 8 iterations
+        self.iblock = int(max(1, min(512, self.tau_i // 8)))
+        self.row32, self.col32 = self.row.astype(np.float32), self.col.astype(np.float32)
         self._frames: dict[tuple[int, int], np.ndarray] = {}
         self._M: tuple[int, np.ndarray] | None = None
+        self._imp: dict[int, tuple] = {}
 
     def sigma(self, t: np.ndarray) -> np.ndarray:
         """σ(t): log-linear between knots, flat before the first, power law after the last."""
@@ -488,21 +493,33 @@ class FittedLayer:
             self._frames[key] = normal(seed, self.index + (tag << 32), j, size)
         return self._frames[key]
 
-    def _drift(self, seed: int, tag: int, t: np.ndarray, size: int) -> np.ndarray:
-        """Keyframe process values (len(t), size) of stream ``tag``."""
-        j, c, s = keyframe_weights(t, self.tau_i)
-        out = np.empty((len(t), size), dtype=np.float32)
-        for jj in np.unique(j):
-            sel = j == jj
-            out[sel] = (c[sel, None] * self._frame(seed, tag, int(jj), size)
-                        + s[sel, None] * self._frame(seed, tag, int(jj) + 1, size))
-        return out
+    def _apply_importance(self, out: np.ndarray, seed: int, tag: int, t0: int, delta: float,
+                          base: np.ndarray) -> None:
+        """out[i] *= base · exp(δ · x(t0 + i)): the drifting importance, held constant over
+        blocks of ``iblock`` iterations (evaluated at each block's middle)."""
+        if not delta:
+            out *= base
+            return
+        size = base.shape[0]
+        t, end = t0, t0 + out.shape[0]
+        while t < end:
+            b = t // self.iblock
+            stop = min(end, (b + 1) * self.iblock)
+            key = (tag, b)
+            if self._imp.get(tag, (None,))[0] != key:
+                j, c, s = keyframe_weights((b + 0.5) * self.iblock, self.tau_i)
+                x = (np.float32(c) * self._frame(seed, tag, int(j), size)
+                     + np.float32(s) * self._frame(seed, tag, int(j) + 1, size))
+                self._imp[tag] = (key, (base * np.exp(delta * x)).astype(np.float32))
+            out[t - t0:stop - t0] *= self._imp[tag][1]
+            t = stop
 
     def _gates(self, seed: int, tag: int, t0: int, n: int, table: np.ndarray,
-               size: int) -> np.ndarray:
-        """Per-iteration gates (n, size): iid draws from the fitted quantile table."""
-        u = uniform_block(seed, self.index + (tag << 32), t0, n, size)
-        return np.interp(u, GATE_PROBS, table)
+               size: int, scale=None) -> np.ndarray:
+        """Per-iteration gates (n, size) float32, iid draws from the fitted quantile table,
+        row i times scale[i]."""
+        return inverse_cdf_block(seed, self.index + (tag << 32), t0, n, size, GATE_PROBS,
+                                 table, _GATE_START, scale)
 
     def _direction(self, seed: int, block: int) -> np.ndarray:
         """b_rc · m at the middle of direction block ``block`` (cached for the next piece)."""
@@ -522,16 +539,10 @@ class FittedLayer:
             end = min(t0 + n, (t // self.block + 1) * self.block)
             ts = np.arange(t, end)
             M = self._direction(seed, t // self.block)
-            P = self.sigma(ts)[:, None] * self.row[None, :]
-            if self.row_drift:
-                P = P * np.exp(self.row_drift * self._drift(seed, _ROW, ts, rows))
-            Q = np.broadcast_to(self.col, (len(ts), cols))
-            if self.col_drift:
-                Q = Q * np.exp(self.col_drift * self._drift(seed, _COL, ts, cols))
-            P = P * self._gates(seed, _ROW_GATE, t, len(ts), self.row_gate, rows)
-            Q = Q * self._gates(seed, _COL_GATE, t, len(ts), self.col_gate, cols)
-            P = np.ascontiguousarray(P, dtype=np.float32)
-            Q = np.ascontiguousarray(Q, dtype=np.float32)
+            P = self._gates(seed, _ROW_GATE, t, len(ts), self.row_gate, rows, self.sigma(ts))
+            self._apply_importance(P, seed, _ROW, t, self.row_drift, self.row32)
+            Q = self._gates(seed, _COL_GATE, t, len(ts), self.col_gate, cols)
+            self._apply_importance(Q, seed, _COL, t, self.col_drift, self.col32)
             out.append((t, len(ts), M, P, Q, P, Q))
             t = end
         return out
