@@ -76,7 +76,8 @@ def cmd_run(args) -> int:
     try:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
-                          nonfinite=args.nonfinite, faults=args.faults, threads=args.threads)
+                          nonfinite=args.nonfinite, faults=args.faults, threads=args.threads,
+                          scheduler=args.scheduler, shards=args.shards)
     finally:
         if bar is not None:
             bar.close()
@@ -402,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "or replace it by 0 (both counted in the report)")
     run.add_argument("--resume", action="store_true",
                      help="continue from --out's last checkpoint (same arguments)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="split the layers over a Dask cluster, e.g. tcp://10.0.0.5:8786 "
+                          "(the trace and --out on a filesystem every worker sees; "
+                          "docs/performance.md)")
+    run.add_argument("--shards", type=_pos_int, metavar="N",
+                     help="with --scheduler: layer groups (default: one per worker)")
     run.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="run a grid of hwconfig settings, in parallel")

@@ -101,6 +101,12 @@ def clear_run_folder(out: str | Path) -> bool:
                     f.unlink()
                 if not any((out / d).iterdir()):
                     (out / d).rmdir()
+        shards = out / "shards"                    # a distributed run's shard checkpoints
+        if shards.is_dir():
+            for f in shards.glob("shard-*.npz"):
+                f.unlink()
+            if not any(shards.iterdir()):
+                shards.rmdir()
     except OSError as exc:
         raise SimulationError(f"{out}: cannot clear the earlier run: {exc}") from None
     return earlier

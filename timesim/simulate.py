@@ -44,7 +44,11 @@ class Simulation:
 
     def __init__(self, hw: HwConfig, meta: TraceMeta, fine: bool = False,
                  expected_iterations: int | None = None, faults: bool = False,
-                 threads: int = 1):
+                 threads: int = 1, layers: list[int] | None = None,
+                 signature_sink: Callable | None = None):
+        """``layers``: simulate only these layer indices (a shard of a run split over
+        workers; shard.py) and hand each chunk's write signatures to ``signature_sink``
+        instead of timing them (the client times the merged signatures)."""
         self.hw = hw
         self.faults = faults
         self.threads = max(1, int(threads))
@@ -54,9 +58,12 @@ class Simulation:
         self.weights: Path | None = None      # the trace's trained weights (weights.npz)
         self.meta = meta
         self.start = time.perf_counter()
-        self.policies = [LayerPolicy(layer, hw, i) for i, layer in enumerate(meta.layers)]
-        self.engine = Engine(hw, meta, [p.selection for p in self.policies],
-                             [p.k for p in self.policies], fine=fine)
+        self.layer_indices = list(range(len(meta.layers))) if layers is None else list(layers)
+        self.policies = [LayerPolicy(meta.layers[i], hw, i) for i in self.layer_indices]
+        self.signature_sink = signature_sink
+        self.engine = (Engine(hw, meta, [p.selection for p in self.policies],
+                              [p.k for p in self.policies], fine=fine)
+                       if signature_sink is None else None)
         self._ops = np.empty((0, len(self.policies)), dtype=np.int64)
         self._swaps = np.empty_like(self._ops)
         self._slots = np.empty_like(self._ops)
@@ -136,7 +143,10 @@ class Simulation:
         for j, policy in enumerate(self.policies):
             policy.write_signature(self._ops[:, j], self._swaps[:, j], self._slots[:, j])
         delta = self.hw.write.pulses == "delta"
-        self.engine.add(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
+        if self.signature_sink is not None:
+            self.signature_sink(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
+        else:
+            self.engine.add(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
         self.iterations = t0 + n
         if self.iterations >= self._next_mark:
             self.hist_t.append(self.iterations)
@@ -246,7 +256,8 @@ def simulate(hw: HwConfig, trace, out=None,
              progress: Callable[[int], None] | None = None, fine: bool = False,
              checkpoint_every: int = 0, resume: bool = False,
              nonfinite: str = "error", faults: bool = False,
-             threads: int | None = None, fused: bool = True) -> dict:
+             threads: int | None = None, fused: bool = True, scheduler=None,
+             shards: int | None = None) -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
@@ -263,6 +274,9 @@ def simulate(hw: HwConfig, trace, out=None,
     ``fused``: a synthetic layer is generated inside its policy kernel (no gradient chunk in
     memory); False generates each chunk first, as for a trace file (identical results; for
     checks and benchmarks).
+    ``scheduler``: a Dask scheduler address (or a ``distributed.Client``): the layers are
+    split into ``shards`` (default: one per worker) simulated on the cluster, and merged
+    here into the same report (shard.py); ``threads`` is then per worker (default 1).
     """
     if nonfinite not in ("error", "skip", "zero"):
         from .errors import ConfigError
@@ -295,11 +309,24 @@ def simulate(hw: HwConfig, trace, out=None,
         trace.bind(hw)
     label = getattr(trace, "label", str(getattr(trace, "path", "")))
     if threads is None:
-        threads = os.cpu_count() or 1
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        threads = None if scheduler is not None else (os.cpu_count() or 1)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
         from .errors import ConfigError
 
         raise ConfigError(f"threads: must be a positive integer, got {threads!r}")
+    if scheduler is not None:
+        from .errors import ConfigError
+        from .shard import simulate_sharded
+
+        if nonfinite != "error" or fine or faults:
+            raise ConfigError("--scheduler: runs with --nonfinite skip/zero, fine timing or "
+                              "--faults are local only")
+        fp = run_fingerprint(hw, fp_trace, nonfinite) if out is not None else ""
+        return simulate_sharded(hw, trace, scheduler, out=out,
+                                checkpoint_every=checkpoint_every, resume=resume,
+                                shards=shards, fingerprint=fp, label=label,
+                                trace_fp=fp_trace, threads=threads or 1)
     sim = Simulation(hw, trace.meta, fine=fine, faults=faults, threads=threads)
     sim.fused = bool(fused)
     if faults and hasattr(trace, "path") and (Path(trace.path) / "weights.npz").is_file():

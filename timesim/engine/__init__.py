@@ -117,20 +117,43 @@ class Engine:
         self._add(ops, swaps, slots, n)
         self._add_wall += time.perf_counter() - t_start
 
+    def add_counts(self, ops: np.ndarray, swaps: np.ndarray, slots: np.ndarray | None,
+                   counts: np.ndarray) -> None:
+        """Time ``counts[k]`` iterations of signature k: the rows of ``ops``, ``swaps`` (and
+        ``slots``) as in ``add``. The engine's results depend only on how many iterations
+        have each signature, so this equals ``add`` on the iterations in any order (a run
+        split over workers merges their signatures this way)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.sum() == 0:
+            return
+        t_start = time.perf_counter()
+        self.iterations += int(counts.sum())
+        sig = self._signature(ops, swaps, slots)
+        uniq, inverse = np.unique(sig, axis=0, return_inverse=True)
+        merged = np.bincount(inverse.ravel(), weights=counts, minlength=len(uniq))
+        self._count_distinct(uniq)
+        self._accumulate(uniq, merged.astype(np.int64), sig.shape[1] // 3)
+        self._add_wall += time.perf_counter() - t_start
+
+    def _signature(self, ops, swaps, slots) -> np.ndarray:
+        dense, dense_ops = self._write_cost[:2]
+        ops = np.where(dense[None, :], dense_ops[None, :], ops)
+        if slots is None:
+            slots = np.full_like(ops, -1)          # fixed pulses: from the cost table
+        return np.concatenate([ops, swaps, slots], axis=1)
+
     def _add(self, ops: np.ndarray, swaps: np.ndarray, slots: np.ndarray | None, n: int
              ) -> None:
         self.iterations += n
-        dense, dense_ops = self._write_cost[:2]
-        ops = np.where(dense[None, :], dense_ops[None, :], ops)
-        L = ops.shape[1]
-        if slots is None:
-            slots = np.full_like(ops, -1)          # fixed pulses: from the cost table
-        sig = np.concatenate([ops, swaps, slots], axis=1)
+        sig = self._signature(ops, swaps, slots)
         self._count_distinct(sig)
         if (sig == sig[0]).all():
             uniq, counts = sig[:1], np.array([n])
         else:
             uniq, counts = np.unique(sig, axis=0, return_counts=True)
+        self._accumulate(uniq, counts, ops.shape[1])
+
+    def _accumulate(self, uniq: np.ndarray, counts: np.ndarray, L: int) -> None:
         for row, count in zip(uniq, counts):
             key = tuple(int(v) for v in row)
             cycles, spans, chip = self._iteration(key[:L], key[L:2 * L], key[2 * L:])

@@ -625,7 +625,9 @@ class FittedTrace(SynthTrace):
             if not lo <= value <= hi:
                 raise TraceError(f"synth:fit: {key}: must be in [{lo}, {hi}], got {value}")
         self.model, self.seed, self.hammer, self.row = "fit", seed, False, 0
-        self.params = dict(model=str(model), iterations=iterations, seed=seed, chunk=chunk)
+        # the absolute path: the label must open the same model from any working directory
+        self.params = dict(model=str(Path(model).resolve()), iterations=iterations, seed=seed,
+                           chunk=chunk)
         self._shadow = None
         self.meta = TraceMeta(model=str(doc.get("model", "fit")),
                               source=f"timesim-fit sha256={digest} seed={seed}",

@@ -114,11 +114,14 @@ class TraceDir:
             raise TraceError(f"{where}: Fortran-ordered array; chunks must be C-ordered")
         return arr
 
-    def _load_all(self, index: int, verify: bool) -> dict[str, np.ndarray]:
-        """Every layer's chunk ``index``, its pages read in (checksums read the whole file;
-        without one the kernel is asked to read ahead)."""
+    def _load_all(self, index: int, verify: bool,
+                  only: frozenset | None = None) -> dict[str, np.ndarray]:
+        """Every layer's chunk ``index`` (or the layers named in ``only``), its pages read in
+        (checksums read the whole file; without one the kernel is asked to read ahead)."""
         arrays = {}
         for i, layer in enumerate(self.meta.layers):
+            if only is not None and layer.name not in only:
+                continue
             arrays[layer.name] = self.load_chunk(i, index, verify)
             rel = f"{layer.name}/{chunk_name(index)}"
             if not (verify and rel in self.meta.checksums) and hasattr(os, "posix_fadvise"):
@@ -130,26 +133,28 @@ class TraceDir:
         return arrays
 
     def chunks(self, start_chunk: int = 0, verify: bool = True,
-               prefetch: bool = True) -> Iterator[Chunk]:
+               prefetch: bool = True, layers=None) -> Iterator[Chunk]:
         """Chunks in order. With ``prefetch`` a reader thread opens, checks and reads in the
         next chunk while the caller works on this one (memory: the page cache of two
-        chunks; the mapped arrays stay the only copies)."""
+        chunks; the mapped arrays stay the only copies). ``layers``: read only these layer
+        names (a shard of a distributed run)."""
         meta = self.meta
+        only = frozenset(layers) if layers is not None else None
         if meta.timing_only:
             raise TraceError(f"{self.path}: timing-only manifest: it has no gradients to read")
         if not prefetch or meta.n_chunks - start_chunk < 2:
             for index in range(start_chunk, meta.n_chunks):
                 yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index),
-                            self._load_all(index, verify))
+                            self._load_all(index, verify, only))
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="timesim-reader") as reader:
-            ahead = reader.submit(self._load_all, start_chunk, verify)
+            ahead = reader.submit(self._load_all, start_chunk, verify, only)
             for index in range(start_chunk, meta.n_chunks):
                 arrays = ahead.result()          # a reader error surfaces here, in order
                 if index + 1 < meta.n_chunks:
-                    ahead = reader.submit(self._load_all, index + 1, verify)
+                    ahead = reader.submit(self._load_all, index + 1, verify, only)
                 yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index), arrays)
 
     def validate(self) -> dict:
