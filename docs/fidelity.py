@@ -168,6 +168,47 @@ def tables(work: Path, models, fits: dict) -> str:
                       "iterations 1000–1999)", "", *params])
 
 
+def write_profile(work: Path, models, record: int, path: Path) -> None:
+    """The per-layer-kind profile (``synth:MODEL?profile=digits``): for each kind, the median
+    of every fitted layer of that kind over both models and the three methods' recordings;
+    gate tables averaged quantile by quantile."""
+    import numpy as np
+    import yaml
+
+    params = ("bias", "bias_exponent", "tau_direction", "row_drift", "col_drift",
+              "tau_importance", "row_sigma", "col_sigma")
+    kinds: dict = {}
+    for model in models:
+        for method in METHODS:
+            y = work / f"fit-{model}-{method}.yaml"
+            doc = yaml.safe_load(y.read_text())
+            with np.load(y.with_suffix(".npz")) as z:
+                for L in doc["layers"]:
+                    info = L["layer"]
+                    k = kinds.setdefault(info["kind"], {p: [] for p in params} | {
+                        "dead_rows": [], "dead_cols": [], "row_gate": [], "col_gate": [],
+                        "layers": []})
+                    for p in params:
+                        k[p].append(L[p])
+                    k["dead_rows"].append(L["dead_rows"] / info["rows"])
+                    k["dead_cols"].append(L["dead_cols"] / info["cols"])
+                    k["row_gate"].append(z[f"{info['name']}/row_gate"])
+                    k["col_gate"].append(z[f"{info['name']}/col_gate"])
+                    k["layers"].append(f"{model}/{method}/{info['name']}")
+    out = {}
+    for kind, k in kinds.items():
+        out[kind] = {p: float(f"{np.median(k[p]):.4g}") for p in (*params, "dead_rows",
+                                                                  "dead_cols")}
+        for g in ("row_gate", "col_gate"):
+            out[kind][g] = [float(f"{v:.5g}") for v in np.median(np.array(k[g]), axis=0)]
+        out[kind]["from"] = k["layers"]
+    head = ("# Per-layer-kind parameters of synthetic workloads (synth:MODEL?profile=digits):\n"
+            "# medians of `timesim trace fit` over every layer of that kind in the first\n"
+            f"# {record} iterations of the digits MLP and LeNet under dense SGD, top-k\n"
+            "# and SGS-ARS (docs/fidelity.py --write-profile; docs/fidelity.md).\n")
+    path.write_text(head + yaml.safe_dump({"kinds": out}, sort_keys=False, width=100))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/fidelity", help="folder for every run and trace")
@@ -179,6 +220,8 @@ def main() -> None:
                          "length, workload)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-docs", action="store_true", help="print the tables only")
+    ap.add_argument("--write-profile", action="store_true",
+                    help="also rewrite timesim/data/profiles/digits.yaml from these fits")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -196,6 +239,9 @@ def main() -> None:
             fits[(r["model"], r["method"])] = r["doc"]
             print(f"fitted {r['model']} {r['method']}: fit {r['fit_s']:.1f} s, synthetic "
                   f"run {r['synth_s']:.0f} s", flush=True)
+    if a.write_profile:
+        write_profile(work, models, a.record, ROOT / "timesim" / "data" / "profiles" /
+                      "digits.yaml")
     text = tables(work, models, fits)
     print(text)
     print(f"total {time.perf_counter() - t0:.0f} s")

@@ -14,6 +14,7 @@ from timesim.errors import TraceError
 from timesim.trace import TraceWriter, open_trace
 from timesim.trace.fit import (
     GATE_PROBS,
+    PROFILES,
     FittedTrace,
     fit_trace,
     keyframe_correlation,
@@ -181,3 +182,25 @@ def test_gate_draws_are_numpy_interp_of_the_uniforms():
     assert np.allclose(scaled, got * np.arange(6.0)[:, None], rtol=1e-6)
     u = uniform_block(1, 2, 3, 50, 2000)
     assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
+
+
+def test_profile_gives_the_papers_network_the_kind_parameters():
+    """synth:MODEL?profile=digits: the network's shapes, each layer with its kind's bundled
+    parameters; reproducible and resumable like every synthetic stream."""
+    prof = yaml.safe_load((PROFILES / "digits.yaml").read_text())["kinds"]
+    t = open_trace("synth:vgg11?profile=digits&iterations=40&chunk=16")
+    plain = open_trace("synth:vgg11").meta.layers
+    assert [(x.rows, x.cols) for x in t.meta.layers] == [(x.rows, x.cols) for x in plain]
+    for layer in t.fitted:
+        k = prof[layer.info.kind]
+        assert layer.bias == k["bias"] and layer.tau_d == k["tau_direction"]
+        assert np.array_equal(layer.row_gate, np.array(k["row_gate"]))
+        dead = (layer.row == 0).mean()
+        assert abs(dead - k["dead_rows"]) < 0.15 or layer.info.rows < 50
+    a = np.array(next(iter(t.chunks(start_chunk=1))).arrays["fc.2"])
+    b = open_trace("synth:vgg11?profile=digits&iterations=40&chunk=8")
+    assert np.array_equal(a[:8], np.array(next(iter(b.chunks(start_chunk=2))).arrays["fc.2"]))
+    with pytest.raises(TraceError, match="not with profile"):
+        open_trace("synth:vgg11?profile=digits&row_sigma=1")
+    with pytest.raises(TraceError, match="unknown"):
+        open_trace("synth:vgg11?profile=cifar")

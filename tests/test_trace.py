@@ -269,3 +269,26 @@ def test_conv2d_without_output_hw_is_refused(tmp_path):
                     "in_channels": 3, "out_channels": 8, "input_hw": [32, 32]}]}))
     with pytest.raises(TraceError, match="output_hw: missing"):
         open_trace(str(tmp_path / "m"))
+
+
+def test_prefetching_reader_gives_the_same_chunks_and_errors_in_order(tmp_path):
+    """The reader thread changes nothing: same arrays, the layer subset reads only its files,
+    and a corrupted chunk is reported when it is reached, after the earlier ones."""
+    from timesim.cli import main
+    from timesim.trace import TraceDir
+
+    assert main(["trace", "synth", "--model", "mlp-small", "--iterations", "40",
+                             "--chunk", "8", "--out", str(tmp_path / "t")]) == 0
+    t = TraceDir(tmp_path / "t")
+    a = [{k: np.array(v) for k, v in c.arrays.items()} for c in t.chunks(prefetch=True)]
+    b = [{k: np.array(v) for k, v in c.arrays.items()} for c in t.chunks(prefetch=False)]
+    assert len(a) == 5 and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    sub = next(iter(t.chunks(layers=["fc2"])))
+    assert list(sub.arrays) == ["fc2"]
+    bad = tmp_path / "t" / "fc1" / "000003.npy"
+    bad.write_bytes(bad.read_bytes()[:-4] + b"\0\0\0\1")
+    seen = []
+    with pytest.raises(TraceError, match="000003.npy: checksum mismatch"):
+        for c in TraceDir(tmp_path / "t").chunks():
+            seen.append(c.index)
+    assert seen == [0, 1, 2]

@@ -609,11 +609,19 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
 
 
 class FittedTrace(SynthTrace):
-    """``synth:fit?model=MODEL.yaml&iterations=N&seed=S``: the fitted workload, generated."""
+    """``synth:fit?model=MODEL.yaml&iterations=N&seed=S``: the fitted workload, generated;
+    or (``profile``) one of the paper's networks with the per-layer-kind parameters of a
+    bundled profile (``synth:vgg16?profile=digits``)."""
 
-    def __init__(self, model: str, iterations: int | None = None, seed: int = 0,
-                 chunk: int | None = None):
-        doc, layers, digest = load_model(model)
+    def __init__(self, model: str | None = None, iterations: int | None = None, seed: int = 0,
+                 chunk: int | None = None, profile: str | None = None,
+                 network: str | None = None):
+        if profile is not None:
+            doc, layers, digest = profile_model(network, profile, seed)
+            where = f"synth:{network}"
+        else:
+            doc, layers, digest = load_model(model)
+            where = "synth:fit"
         self.fitted = layers
         infos = tuple(layer.info for layer in layers)
         iterations = int(doc["source"]["iterations"]) if iterations is None else iterations
@@ -623,11 +631,16 @@ class FittedTrace(SynthTrace):
         for key, value, lo, hi in (("iterations", iterations, 1, MAX_ITERATIONS),
                                    ("seed", seed, 0, 2**63 - 1), ("chunk", chunk, 1, 1 << 20)):
             if not lo <= value <= hi:
-                raise TraceError(f"synth:fit: {key}: must be in [{lo}, {hi}], got {value}")
-        self.model, self.seed, self.hammer, self.row = "fit", seed, False, 0
-        # the absolute path: the label must open the same model from any working directory
-        self.params = dict(model=str(Path(model).resolve()), iterations=iterations, seed=seed,
-                           chunk=chunk)
+                raise TraceError(f"{where}: {key}: must be in [{lo}, {hi}], got {value}")
+        self.seed, self.hammer, self.row = seed, False, 0
+        if profile is not None:
+            self.model = network
+            self.params = dict(profile=profile, iterations=iterations, seed=seed, chunk=chunk)
+        else:
+            self.model = "fit"
+            # the absolute path: the label must open the same model from any working directory
+            self.params = dict(model=str(Path(model).resolve()), iterations=iterations,
+                               seed=seed, chunk=chunk)
         self._shadow = None
         self.meta = TraceMeta(model=str(doc.get("model", "fit")),
                               source=f"timesim-fit sha256={digest} seed={seed}",
@@ -644,3 +657,47 @@ class FittedTrace(SynthTrace):
 
     def pieces(self, li: int, t0: int, n: int) -> list[tuple]:
         return self.fitted[li].pieces(self.seed, t0, n)
+
+
+PROFILES = Path(__file__).resolve().parent.parent / "data" / "profiles"
+
+
+def profile_model(network: str, profile: str, seed: int) -> tuple[dict, list, str]:
+    """A fitted model of one of the paper's networks from a bundled per-layer-kind profile:
+    every layer takes its kind's parameters (conv2d or linear), lognormal row and column
+    importances of the kind's spread with its fraction of dead rows and columns (drawn from
+    ``seed``), the kind's gate tables, and a flat gradient scale (another network's training
+    schedule is not the profile's)."""
+    from .models import MODELS
+
+    path = PROFILES / f"{profile}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise TraceError(f"synth:{network}: profile {profile!r} unknown; expected one of "
+                         f"{', '.join(names)}")
+    raw = yaml.safe_load(path.read_text())
+    build, default_iterations, dataset = MODELS[network]
+    layers, docs = [], []
+    for i, info in enumerate(build()):
+        kind = raw["kinds"].get(info.kind)
+        if kind is None:
+            raise TraceError(f"{path}: no parameters for layer kind {info.kind}")
+        rng = np.random.default_rng([seed, i])
+        row = np.exp(kind["row_sigma"] * rng.standard_normal(info.rows))
+        col = np.exp(kind["col_sigma"] * rng.standard_normal(info.cols))
+        row[rng.random(info.rows) < kind["dead_rows"]] = 0.0
+        col[rng.random(info.cols) < kind["dead_cols"]] = 0.0
+        d = {"layer": info.to_dict(), "bias": kind["bias"],
+             "bias_exponent": kind["bias_exponent"], "tau_direction": kind["tau_direction"],
+             "row_drift": kind["row_drift"], "col_drift": kind["col_drift"],
+             "tau_importance": kind["tau_importance"],
+             "scale": {"knots": [[0, 1.0]], "gamma": 0.0}}
+        gates = (np.array(kind["row_gate"], dtype=np.float64),
+                 np.array(kind["col_gate"], dtype=np.float64))
+        layers.append(FittedLayer(i, d, row.astype(np.float32), col.astype(np.float32), gates,
+                                  str(path)))
+        docs.append(d)
+    doc = {"model": network, "dataset": dataset, "batch_size": 128,
+           "source": {"iterations": default_iterations}, "layers": docs}
+    digest = hashlib.sha256(path.read_bytes() + f"{network}:{seed}".encode()).hexdigest()
+    return doc, layers, digest

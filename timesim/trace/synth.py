@@ -34,6 +34,8 @@ PARAMS = {
     "col_sigma": (float, "lognormal sigma of column importance (default 0.15)"),
     "bias": (float, "persistent mean gradient relative to the noise (default 0.02)"),
     "row": (int, "hammer, hammer-chase: the attacked row (default 0)"),
+    "profile": (str, "per-layer-kind parameters fitted to real training instead of the "
+                     "hand-set ones (bundled: digits; docs/fidelity.md)"),
 }
 
 
@@ -227,6 +229,17 @@ def parse_synth(source: str) -> SynthTrace:
     if query and not kwargs:
         raise TraceError(f"{source}: cannot parse parameters {query!r}; "
                          f"expected synth:MODEL?iterations=N&seed=S")
+    if "profile" in kwargs:
+        from .fit import FittedTrace
+
+        other = set(kwargs) - {"profile", "iterations", "seed", "chunk"}
+        if other:
+            raise TraceError(f"{source}: {', '.join(sorted(other))}: not with profile (its "
+                             f"parameters come from the profile)")
+        if model not in MODELS or model.startswith("hammer"):
+            raise TraceError(f"{source}: profile: for the networks "
+                             f"{', '.join(m for m in MODELS if not m.startswith('hammer'))}")
+        return FittedTrace(network=model, **kwargs)
     return SynthTrace(model, **kwargs)
 
 
