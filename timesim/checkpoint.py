@@ -38,28 +38,48 @@ def saved_fingerprint(out: Path) -> str | None:
         return None
 
 
-def save(out: Path, sim, trace, fp: str, extra: dict | None = None) -> Path:
-    """``extra``: JSON-able state of the caller (trace position, non-finite counters)."""
+def state_arrays(policies, trace) -> dict[str, np.ndarray]:
+    """Every policy's state (``layer{i}/...``) and a stateful generator's (``trace/...``)."""
     arrays: dict[str, np.ndarray] = {}
-    for i, policy in enumerate(sim.policies):
+    for i, policy in enumerate(policies):
         for k, v in policy.state().items():
             arrays[f"layer{i}/{k}"] = v
     for k, v in (trace.state() if hasattr(trace, "state") else {}).items():
         arrays[f"trace/{k}"] = v
-    info = {"format": FORMAT, "fingerprint": fp, "iterations": sim.iterations,
-            "engine": sim.engine.state(),
-            "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
-            "next_mark": sim._next_mark, "extra": extra or {}}
-    arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / NAME
-    tmp = out / (NAME + ".tmp")
+    return arrays
+
+
+def load_state_arrays(arrays: dict[str, np.ndarray], policies, trace) -> None:
+    """The inverse of ``state_arrays``."""
+    for i, policy in enumerate(policies):
+        prefix = f"layer{i}/"
+        policy.load_state({k[len(prefix):]: v for k, v in arrays.items()
+                           if k.startswith(prefix)})
+    if hasattr(trace, "load_state"):
+        trace.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("trace/")})
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to ``path`` atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def save(out: Path, sim, trace, fp: str, extra: dict | None = None) -> Path:
+    """``extra``: JSON-able state of the caller (trace position, non-finite counters)."""
+    arrays = state_arrays(sim.policies, trace)
+    info = {"format": FORMAT, "fingerprint": fp, "iterations": sim.iterations,
+            "engine": sim.engine.state(),
+            "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
+            "next_mark": sim._next_mark, "extra": extra or {}}
+    arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
+    return write_npz(out / NAME, arrays)
 
 
 def load(out: Path, sim, trace, fp: str) -> dict:
@@ -80,12 +100,7 @@ def load(out: Path, sim, trace, fp: str) -> dict:
         raise SimulationError(f"{path}: made with other arguments (hwconfig, --set or trace "
                               f"differ); rerun with the same arguments or another --out")
     try:
-        for i, policy in enumerate(sim.policies):
-            prefix = f"layer{i}/"
-            policy.load_state({k[len(prefix):]: v for k, v in arrays.items()
-                               if k.startswith(prefix)})
-        if hasattr(trace, "load_state"):
-            trace.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("trace/")})
+        load_state_arrays(arrays, sim.policies, trace)
     except (KeyError, ValueError) as exc:
         raise SimulationError(f"{path}: checkpoint does not match this run ({exc})") from None
     sim.engine.load_state(info["engine"])

@@ -231,8 +231,6 @@ def cmd_trace_fit(args) -> int:
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise TraceError(f"--out {args.out}: expected a .yaml file name (the importances go "
                          f"beside it as {out.stem}.npz)")
-    if not out.parent.is_dir():
-        raise TraceError(f"--out {args.out}: folder {out.parent} does not exist")
     t = time.perf_counter()
     update, bar = _progress(1000, "fitting")
     try:

@@ -51,7 +51,6 @@ class _Runs:
     def __init__(self, starts=None, rows=None):
         self.starts: list[int] = list(starts) if starts is not None else []
         self.rows: list[np.ndarray] = list(rows) if rows is not None else []
-        self.t = int(self.starts[-1]) if self.starts else 0
 
     def add(self, t0: int, sig: np.ndarray) -> None:
         change = np.ones(len(sig), dtype=bool)
@@ -119,27 +118,20 @@ def run_shard(hw: HwConfig, source: str, layers: list[int], shard: int,
 
 
 def _save(path: Path, sim, runs: _Runs, trace, fp: str, layers: list[int], width: int) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    for i, p in enumerate(sim.policies):
-        for k, v in p.state().items():
-            arrays[f"layer{i}/{k}"] = v
-    for k, v in (trace.state() if hasattr(trace, "state") else {}).items():
-        arrays[f"trace/{k}"] = v
+    from .checkpoint import state_arrays, write_npz
+
+    arrays = state_arrays(sim.policies, trace)
     arrays["starts"], arrays["rows"] = runs.arrays(width)
     info = {"fingerprint": fp, "layers": layers, "iterations": sim.iterations,
             "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
             "next_mark": sim._next_mark}
     arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_npz(path, arrays)
 
 
 def _load(path: Path, sim, runs: _Runs, trace, fp: str, layers: list[int]) -> int:
+    from .checkpoint import load_state_arrays
+
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -151,11 +143,11 @@ def _load(path: Path, sim, runs: _Runs, trace, fp: str, layers: list[int]) -> in
         raise SimulationError(f"{path}: made with other arguments or another split of the "
                               f"layers; rerun with the same arguments and workers, or another "
                               f"--out")
-    for i, p in enumerate(sim.policies):
-        prefix = f"layer{i}/"
-        p.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-    if hasattr(trace, "load_state"):
-        trace.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("trace/")})
+    try:
+        load_state_arrays(arrays, sim.policies, trace)
+    except (KeyError, ValueError) as exc:
+        raise SimulationError(f"{path}: shard checkpoint does not match this run ({exc})") \
+            from None
     sim.iterations = info["iterations"]
     sim.hist_t, sim.hist_max = info["hist_t"], info["hist_max"]
     sim._step, sim._next_mark = info["step"], info["next_mark"]

@@ -101,23 +101,26 @@ def _uniform_block(seed, stream, t0, out):
 
 
 @njit(cache=True, nogil=True)
-def _gate_block(seed, stream, t0, probs, table, start, scale, u, out):
-    """out[i] = scale[i] · draws of stream (seed, stream, t0 + i) by inverse CDF from a quantile
-    table (``table`` at increasing ``probs`` from 0 to 1, linear in between); ``start[k]`` is
-    the last index with probs <= k / len(start), so a lookup scans a step or two. ``u``: a
-    scratch row of float64 uniforms."""
+def _gate_block(seed, stream, t0, probs, table, start, scale, imp, which, u, out):
+    """out[i, c] = scale[i] · imp[which[i], c] · g, g drawn from stream (seed, stream, t0 + i)
+    by inverse CDF from a quantile table (``table`` at increasing ``probs`` from 0 to 1, linear
+    in between; ``start[k]`` is the last index with probs <= k / len(start), so a lookup scans
+    a step or two). ``u``: a scratch row of float64 uniforms. The row and column factors of
+    the fitted workloads (trace/fit.py): gates times scale times drifting importance."""
     bins = start.shape[0]
     last = probs.shape[0] - 2
     for i in range(out.shape[0]):
         _uniform_row(_stream_key(seed, stream, t0 + i), 0, u)
         row = out[i]
+        base = imp[which[i]]
+        si = scale[i]
         for c in range(row.shape[0]):
             x = u[c]
             k = start[min(int(x * bins), bins - 1)]
             while k < last and probs[k + 1] <= x:
                 k += 1
             f = (x - probs[k]) / (probs[k + 1] - probs[k])
-            row[c] = scale[i] * (table[k] + f * (table[k + 1] - table[k]))
+            row[c] = si * base[c] * (table[k] + f * (table[k + 1] - table[k]))
 
 
 @njit(cache=True, nogil=True)

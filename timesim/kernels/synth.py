@@ -44,14 +44,18 @@ def uniform_block(seed: int, stream: int, t0: int, n: int, size: int) -> np.ndar
 
 
 def inverse_cdf_block(seed: int, stream: int, t0: int, n: int, size: int, probs: np.ndarray,
-                      table: np.ndarray, start: np.ndarray,
-                      scale: np.ndarray | None = None) -> np.ndarray:
+                      table: np.ndarray, start: np.ndarray, scale: np.ndarray | None = None,
+                      imp: np.ndarray | None = None,
+                      which: np.ndarray | None = None) -> np.ndarray:
     """(n, size) float32 draws by inverse CDF (``table`` at ``probs``, linear in between) from
-    the uniforms of ``uniform_block``, row i times ``scale[i]``; ``start``: ``lookup_start``."""
+    the uniforms of ``uniform_block``; row i times ``scale[i]`` and times ``imp[which[i]]``
+    (row vectors; default ones). ``start``: ``lookup_start(probs)``."""
     out = np.empty((n, size), dtype=np.float32)
     scale = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
+    if imp is None:
+        imp, which = np.ones((1, size), np.float32), np.zeros(n, np.int64)
     _gate_block(np.int64(seed), np.int64(stream), np.int64(t0), probs, table, start, scale,
-                np.empty(size, dtype=np.float64), out)
+                imp, which, np.empty(size, dtype=np.float64), out)
     return out
 
 

@@ -493,33 +493,34 @@ class FittedLayer:
             self._frames[key] = normal(seed, self.index + (tag << 32), j, size)
         return self._frames[key]
 
-    def _apply_importance(self, out: np.ndarray, seed: int, tag: int, t0: int, delta: float,
-                          base: np.ndarray) -> None:
-        """out[i] *= base · exp(δ · x(t0 + i)): the drifting importance, held constant over
-        blocks of ``iblock`` iterations (evaluated at each block's middle)."""
+    def _importance(self, seed: int, tag: int, t0: int, n: int, delta: float,
+                    base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The drifting importance base · exp(δ · x(t)) of iterations t0 .. t0+n-1, held
+        constant over blocks of ``iblock`` iterations (evaluated at each block's middle):
+        (one row per block spanned, the row of each iteration)."""
         if not delta:
-            out *= base
-            return
+            return base[None, :], np.zeros(n, dtype=np.int64)
         size = base.shape[0]
-        t, end = t0, t0 + out.shape[0]
-        while t < end:
-            b = t // self.iblock
-            stop = min(end, (b + 1) * self.iblock)
+        first, last = t0 // self.iblock, (t0 + n - 1) // self.iblock
+        rows = []
+        for b in range(first, last + 1):
             key = (tag, b)
             if self._imp.get(tag, (None,))[0] != key:
                 j, c, s = keyframe_weights((b + 0.5) * self.iblock, self.tau_i)
                 x = (np.float32(c) * self._frame(seed, tag, int(j), size)
                      + np.float32(s) * self._frame(seed, tag, int(j) + 1, size))
                 self._imp[tag] = (key, (base * np.exp(delta * x)).astype(np.float32))
-            out[t - t0:stop - t0] *= self._imp[tag][1]
-            t = stop
+            rows.append(self._imp[tag][1])
+        which = (t0 + np.arange(n)) // self.iblock - first
+        return np.stack(rows), which.astype(np.int64)
 
-    def _gates(self, seed: int, tag: int, t0: int, n: int, table: np.ndarray,
-               size: int, scale=None) -> np.ndarray:
-        """Per-iteration gates (n, size) float32, iid draws from the fitted quantile table,
-        row i times scale[i]."""
-        return inverse_cdf_block(seed, self.index + (tag << 32), t0, n, size, GATE_PROBS,
-                                 table, _GATE_START, scale)
+    def _factors(self, seed: int, gate_tag: int, tag: int, t0: int, n: int,
+                 table: np.ndarray, delta: float, base: np.ndarray, scale=None) -> np.ndarray:
+        """Row (or column) factors (n, size) float32 of iterations t0 .. t0+n-1: iid gates
+        from the fitted quantile table × the drifting importance (× the scale σ(t))."""
+        imp, which = self._importance(seed, tag, t0, n, delta, base)
+        return inverse_cdf_block(seed, self.index + (gate_tag << 32), t0, n, base.shape[0],
+                                 GATE_PROBS, table, _GATE_START, scale, imp, which)
 
     def _direction(self, seed: int, block: int) -> np.ndarray:
         """b_rc · m at the middle of direction block ``block`` (cached for the next piece)."""
@@ -532,17 +533,16 @@ class FittedLayer:
         return self._M[1]
 
     def pieces(self, seed: int, t0: int, n: int) -> list[tuple]:
-        rows, cols = self.info.rows, self.info.cols
         out = []
         t = t0
         while t < t0 + n:
             end = min(t0 + n, (t // self.block + 1) * self.block)
             ts = np.arange(t, end)
             M = self._direction(seed, t // self.block)
-            P = self._gates(seed, _ROW_GATE, t, len(ts), self.row_gate, rows, self.sigma(ts))
-            self._apply_importance(P, seed, _ROW, t, self.row_drift, self.row32)
-            Q = self._gates(seed, _COL_GATE, t, len(ts), self.col_gate, cols)
-            self._apply_importance(Q, seed, _COL, t, self.col_drift, self.col32)
+            P = self._factors(seed, _ROW_GATE, _ROW, t, len(ts), self.row_gate, self.row_drift,
+                              self.row32, self.sigma(ts))
+            Q = self._factors(seed, _COL_GATE, _COL, t, len(ts), self.col_gate, self.col_drift,
+                              self.col32)
             out.append((t, len(ts), M, P, Q, P, Q))
             t = end
         return out

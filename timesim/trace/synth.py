@@ -210,22 +210,29 @@ class SynthTrace:
             yield Chunk(index, t0, n, _LazyLayers(self, t0, n))
 
 
+def _parse_query(source: str, query: str, params: dict) -> dict:
+    """``key=value&...`` -> {key: value cast by ``params``}; one clear line on a bad key or
+    value."""
+    kwargs: dict = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key not in params:
+            raise TraceError(f"{source}: unknown parameter {key!r}; expected "
+                             f"{', '.join(params)}")
+        cast = params[key][0]
+        try:
+            kwargs[key] = cast(value)
+        except ValueError:
+            raise TraceError(f"{source}: {key}: expected {cast.__name__}, got {value!r}") from None
+    return kwargs
+
+
 def parse_synth(source: str) -> SynthTrace:
     """``synth:MODEL[?iterations=N&seed=S&...]`` -> SynthTrace."""
     body = source[len("synth:"):]
     model, _, query = body.partition("?")
     if model == "fit":
         return _parse_fit(source, query)
-    kwargs: dict = {}
-    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
-        if key not in PARAMS:
-            raise TraceError(f"{source}: unknown parameter {key!r}; expected "
-                             f"{', '.join(PARAMS)}")
-        cast = PARAMS[key][0]
-        try:
-            kwargs[key] = cast(value)
-        except ValueError:
-            raise TraceError(f"{source}: {key}: expected {cast.__name__}, got {value!r}") from None
+    kwargs = _parse_query(source, query, PARAMS)
     if query and not kwargs:
         raise TraceError(f"{source}: cannot parse parameters {query!r}; "
                          f"expected synth:MODEL?iterations=N&seed=S")
@@ -255,16 +262,7 @@ def _parse_fit(source: str, query: str):
     """``synth:fit?model=MODEL.yaml[&iterations=N&seed=S&chunk=C]``."""
     from .fit import FittedTrace
 
-    kwargs: dict = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in FIT_PARAMS:
-            raise TraceError(f"{source}: unknown parameter {key!r}; expected "
-                             f"{', '.join(FIT_PARAMS)}")
-        cast = FIT_PARAMS[key][0]
-        try:
-            kwargs[key] = cast(value)
-        except ValueError:
-            raise TraceError(f"{source}: {key}: expected {cast.__name__}, got {value!r}") from None
+    kwargs = _parse_query(source, query, FIT_PARAMS)
     if "model" not in kwargs:
         raise TraceError(f"{source}: model: required (synth:fit?model=MODEL.yaml&iterations=N)")
     return FittedTrace(**kwargs)
