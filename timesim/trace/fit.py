@@ -502,6 +502,9 @@ class FittedLayer:
             return base[None, :], np.zeros(n, dtype=np.int64)
         size = base.shape[0]
         first, last = t0 // self.iblock, (t0 + n - 1) // self.iblock
+        which = ((t0 + np.arange(n)) // self.iblock - first).astype(np.int64)
+        if first == last and self._imp.get(tag, (None,))[0] == (tag, first):
+            return self._imp[tag][2], which          # the block of the last call
         rows = []
         for b in range(first, last + 1):
             key = (tag, b)
@@ -509,10 +512,10 @@ class FittedLayer:
                 j, c, s = keyframe_weights((b + 0.5) * self.iblock, self.tau_i)
                 x = (np.float32(c) * self._frame(seed, tag, int(j), size)
                      + np.float32(s) * self._frame(seed, tag, int(j) + 1, size))
-                self._imp[tag] = (key, (base * np.exp(delta * x)).astype(np.float32))
+                vec = (base * np.exp(delta * x)).astype(np.float32)
+                self._imp[tag] = (key, vec, vec[None, :])
             rows.append(self._imp[tag][1])
-        which = (t0 + np.arange(n)) // self.iblock - first
-        return np.stack(rows), which.astype(np.int64)
+        return (rows[0][None, :] if len(rows) == 1 else np.stack(rows)), which
 
     def _factors(self, seed: int, gate_tag: int, tag: int, t0: int, n: int,
                  table: np.ndarray, delta: float, base: np.ndarray, scale=None) -> np.ndarray:
