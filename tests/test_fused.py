@@ -28,22 +28,27 @@ def ref_z(seed, layer, t, size):
     return out
 
 
-def factors(rng, n, rows, cols):
+def factors(rng, n, rows, cols, cellscale=False):
     f = lambda *s: rng.lognormal(0, 0.5, s).astype(np.float32)  # noqa: E731
+    W = f(rows, cols) if cellscale else np.zeros((0, 0), np.float32)
     return (rng.standard_normal((rows, cols)).astype(np.float32), f(n, rows), f(n, cols),
-            f(n, rows), f(n, cols))
+            f(n, rows), f(n, cols), W)
 
 
 def test_generator_is_the_formula_on_python_ints():
     rng = np.random.default_rng(3)
     n, rows, cols = 3, 4, 5
-    M, P, Q, U, V = factors(rng, n, rows, cols)
-    out = np.empty((n, rows, cols), np.float32)
-    gradient_chunk(out, 11, 2, 40, M, P, Q, U, V)
-    for i in range(n):
-        z = ref_z(11, 2, 40 + i, rows * cols).reshape(rows, cols)
-        want = (M * P[i][:, None]) * Q[i][None, :] + (U[i][:, None] * V[i][None, :]) * z
-        assert np.array_equal(out[i].view(np.int32), want.view(np.int32))
+    for cellscale in (False, True):
+        M, P, Q, U, V, W = factors(rng, n, rows, cols, cellscale)
+        out = np.empty((n, rows, cols), np.float32)
+        gradient_chunk(out, 11, 2, 40, M, P, Q, U, V, W)
+        for i in range(n):
+            z = ref_z(11, 2, 40 + i, rows * cols).reshape(rows, cols)
+            noise = U[i][:, None] * V[i][None, :]
+            if cellscale:
+                noise = noise * W
+            want = (M * P[i][:, None]) * Q[i][None, :] + noise * z
+            assert np.array_equal(out[i].view(np.int32), want.view(np.int32))
     assert np.array_equal(normal(11, 2, 40, rows * cols), ref_z(11, 2, 40, rows * cols))
 
 
@@ -67,7 +72,7 @@ def test_fused_kernels_equal_the_unfused_ones(selection, wl, pulses, rows, cols)
         bounds = [0, *cuts, n]
         pieces, chunk = [], np.empty((n, rows, cols), np.float32)
         for lo, hi in zip(bounds[:-1], bounds[1:]):
-            src = factors(rng, hi - lo, rows, cols)
+            src = factors(rng, hi - lo, rows, cols, cellscale=(lo % 2 == 1))
             pieces.append((t0 + lo, hi - lo, *src))
             gradient_chunk(chunk[lo:hi], 5, 1, t0 + lo, *src)
         a.process(chunk, t0)

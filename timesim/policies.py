@@ -25,7 +25,8 @@ def topk_count(density: float, cells: int) -> int:
 _NO_CHUNK = np.zeros((1, 1, 1), dtype=np.float32)
 _F1 = np.zeros((1, 1), dtype=np.float32)
 # the generator arguments of an unfused call (never read)
-_NO_SOURCE = (False, np.int64(0), np.int64(0), _F1, _F1, _F1, _F1, _F1)
+_NO_CELLSCALE = np.zeros((0, 0), dtype=np.float32)
+_NO_SOURCE = (False, np.int64(0), np.int64(0), _F1, _F1, _F1, _F1, _F1, _NO_CELLSCALE)
 
 
 class LayerPolicy:
@@ -97,7 +98,7 @@ class LayerPolicy:
     def process_source(self, seed: int, layer: int, pieces, t0: int, n: int) -> None:
         """Apply iterations t0 .. t0+n-1 of a synthetic layer, generated inside the policy
         kernel (fused: no gradient chunk in memory). ``pieces``: consecutive (ta, m, M, P, Q,
-        U, V) covering the n iterations (kernels/select.py); the results are those of
+        U, V, W) covering the n iterations (kernels/select.py); the results are those of
         ``process`` on the chunk the generator would write."""
         if self.selection == "dense" and self.scale == 0:
             self.process(np.empty((n, 0, 0), dtype=np.float32), t0)

@@ -14,6 +14,8 @@ n = 4) and rescaled give an approximately standard normal z (kurtosis 2.7, trunc
 with a persistent (or slowly changing) cell field M and per-iteration row and column factors
 P, U (rows) and Q, V (cols): the stationary workloads have P = Q = 1 (exact in float32), the
 fitted ones put their drift and training-phase scale there (trace/synth.py, trace/fit.py).
+A fitted workload may also give each cell its own noise scale W (rows × cols): the noise term
+is then ((U[r] · V[c]) · W[r, c]) · z; an empty W (shape (0, 0)) means none.
 "Fused" kernels compute g in registers while accumulating it, so a synthetic run never writes
 a gradient chunk to memory; the unfused generator writes the same g, bit for bit (the same
 float32 operations in the same order, no FMA contraction without fastmath).
@@ -124,10 +126,12 @@ def _gate_block(seed, stream, t0, probs, table, start, scale, imp, which, u, out
 
 
 @njit(cache=True, nogil=True)
-def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V):
-    """out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z(seed, layer, t0 + i, ...):
-    the unfused generator (for trace files and the tests of the fused kernels)."""
+def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V, W):
+    """out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z(seed, layer, t0 + i, ...)
+    (times W[r, c] in the noise term when W is not empty): the unfused generator (for trace
+    files and the tests of the fused kernels)."""
     n, rows, cols = out.shape
+    cellscale = W.shape[0] > 0
     for i in range(n):
         key = _stream_key(seed, layer, t0 + i)
         flat = out[i].reshape(rows * cols)
@@ -139,8 +143,13 @@ def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V):
             Mr = M[r]
             p = P[i, r]
             u = U[i, r]
-            for c in range(cols):
-                row[c] = (Mr[c] * p) * Qi[c] + (u * Vi[c]) * row[c]
+            if cellscale:
+                Wr = W[r]
+                for c in range(cols):
+                    row[c] = (Mr[c] * p) * Qi[c] + ((u * Vi[c]) * Wr[c]) * row[c]
+            else:
+                for c in range(cols):
+                    row[c] = (Mr[c] * p) * Qi[c] + (u * Vi[c]) * row[c]
 
 
 _ZBLOCK = 2048    # noise values generated per call: a long, vectorized loop; 8 KB stays in L1
@@ -153,7 +162,7 @@ def _block_rows(cols):
 
 
 @njit(cache=True, inline="always")
-def _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, zbuf):
+def _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf):
     """A[r0:r1] += iteration i's gradient rows: from the chunk, or generated (fused): first
     the block's noise in one flat loop (vectorized hashing), then the factors, row by row."""
     cols = A.shape[1]
@@ -162,14 +171,20 @@ def _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, zbuf):
         _normal_row(key, r0 * cols, z)
         Qi = Q[i]
         Vi = V[i]
+        cellscale = W.shape[0] > 0
         for r in range(r0, r1):
             Ar = A[r]
             Mr = M[r]
             zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
             p = P[i, r]
             u = U[i, r]
-            for c in range(cols):
-                Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
+            if cellscale:
+                Wr = W[r]
+                for c in range(cols):
+                    Ar[c] += (Mr[c] * p) * Qi[c] + ((u * Vi[c]) * Wr[c]) * zr[c]
+            else:
+                for c in range(cols):
+                    Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
     else:
         for r in range(r0, r1):
             Ar = A[r]
@@ -291,7 +306,7 @@ def _row_pulses(row, scale, stats):
 
 
 @njit(cache=True)
-def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, zbuf):
+def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf):
     """A += G_i; return (r*, max |A[r*, :]|) with the max as a sign-cleared int32 bit pattern.
 
     One call per iteration: each block of rows is added, then their maxima taken while they
@@ -303,7 +318,7 @@ def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, zbuf):
     step = _block_rows(cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, zbuf)
+        _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf)
         for r in range(r0, r1):
             Air = Ai[r]
             m = np.int32(0)
@@ -318,14 +333,14 @@ def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, zbuf):
 
 @njit(cache=True, nogil=True)
 def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-                 interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V,
+                 interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V, W,
                  selected, swapped, slots):
     """Row-wise SGS over one chunk; returns the index of a non-finite iteration, or -1.
 
     ``selected[i]`` gets iteration i's row, ``swapped[i]`` the ARS swaps at its start;
     with ``scale`` > 0 (write.pulses=delta) ``slots[i]`` the row's SET + RESET pulse slots.
     The n iterations come from ``chunk`` or, with ``fused``, from the generator
-    (seed, layer, M, P, Q, U, V) (module docstring); every kernel takes both the same way.
+    (seed, layer, M, P, Q, U, V, W) (module docstring); every kernel takes both the same way.
     """
     rows, cols = A.shape
     zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
@@ -337,7 +352,7 @@ def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_r
             _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
-        rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V,
+        rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W,
                                              zbuf)
         if best >= _NONFINITE:
             return i
@@ -355,7 +370,7 @@ def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_r
 
 @njit(cache=True, nogil=True)
 def _run_sgs_element(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_rows,
-                     half, interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V,
+                     half, interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V, W,
                      selected, swapped, slots):
     """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
     rows, cols = A.shape
@@ -368,7 +383,7 @@ def _run_sgs_element(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, blo
             _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
             swapped[i] = stats[SWAPS] - before
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
-        rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V,
+        rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W,
                                              zbuf)
         if best >= _NONFINITE:
             return i
@@ -429,7 +444,7 @@ def _topk_threshold(keys, k, guess, limit):
 
 @njit(cache=True, nogil=True)
 def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_rows, half,
-              interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V,
+              interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V, W,
               k, keys, cand, tau_state, selected, swapped, slots):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
@@ -453,7 +468,8 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
         step = _block_rows(cols)
         for r0 in range(0, rows, step):
-            _add_rows(A, chunk, i, r0, min(rows, r0 + step), fused, key, M, P, Q, U, V, zbuf)
+            _add_rows(A, chunk, i, r0, min(rows, r0 + step), fused, key, M, P, Q, U, V, W,
+                      zbuf)
         top = np.int32(0)
         for j in range(n):
             v = np.int32(flat_i[j] & _ABS)

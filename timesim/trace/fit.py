@@ -199,8 +199,10 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         res = (L - a[:, None] - b[None, :])[live]
         tot = ((L[live] - L[live].mean()) ** 2).sum()
         r2 = float(1 - (res ** 2).sum() / tot) if tot > 0 else 1.0
+        # what the row × column fit leaves: each cell's own noise scale (0 where no gradient)
+        cell = np.where(live, np.exp(L - a[:, None] - b[None, :]), 0.0)
         imp[layer.name] = (np.where(dead_r, 0.0, np.exp(a)), np.where(dead_c, 0.0, np.exp(b)),
-                           dead_r, dead_c, r2, live)
+                           dead_r, dead_c, r2, live, cell)
 
     # pass 2: window means of h (direction), noise moments, row/col window RMS, gates
     acc = {}
@@ -213,7 +215,7 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
             gate={"row": np.zeros(_HIST_BINS), "col": np.zeros(_HIST_BINS)},
             gate_zeros={"row": 0, "col": 0})
     for ch, layer, g in chunks():
-        s_r, q_c, dead_r, dead_c, _, live = imp[layer.name]
+        s_r, q_c, dead_r, dead_c, _, live, _ = imp[layer.name]
         a = acc[layer.name]
         sig = np.maximum(sigma[layer.name][ch.t0:ch.t0 + ch.n], _EPS)
         h = g / sig[:, None, None]
@@ -255,7 +257,7 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
     t_axis = np.arange(K)
     for layer in meta.layers:
         name = layer.name
-        s_r, q_c, dead_r, dead_c, r2, live = imp[name]
+        s_r, q_c, dead_r, dead_c, r2, live, cell = imp[name]
         a = acc[name]
         # direction strength b and correlation time, noise-corrected with the even/odd split
         mean_w = a["mean"] / wlen                         # (W, rows, cols)
@@ -320,6 +322,7 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         layers_doc.append({
             "layer": {k: v for k, v in layer.to_dict().items()},
             "row_sigma": _r(np.log(s_fit[~dead_r]).std() if (~dead_r).sum() > 1 else 0.0),
+            "cell_sigma": _r(np.log(cell[live]).std() if live.sum() > 1 else 0.0),
             "col_sigma": _r(np.log(q_fit[~dead_c]).std() if (~dead_c).sum() > 1 else 0.0),
             "dead_rows": int(dead_r.sum()), "dead_cols": int(dead_c.sum()),
             "bias": _r(bias), "bias_exponent": _r(beta),
@@ -340,6 +343,7 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         arrays[f"{name}/row_gate"] = gates["row"].astype(np.float64)
         arrays[f"{name}/col_gate"] = gates["col"].astype(np.float64)
         arrays[f"{name}/row"] = s_fit.astype(np.float32)
+        arrays[f"{name}/cell"] = cell.astype(np.float32)
         arrays[f"{name}/col"] = q_fit.astype(np.float32)
     doc = {"format": FORMAT, "version": VERSION, "model": meta.model, "dataset": meta.dataset,
            "batch_size": meta.batch_size,
@@ -418,7 +422,8 @@ class FittedLayer:
     """One layer's parameters and the generator arguments of its pieces."""
 
     def __init__(self, index: int, raw: dict, row: np.ndarray, col: np.ndarray,
-                 gates: tuple[np.ndarray, np.ndarray], where: str):
+                 gates: tuple[np.ndarray, np.ndarray], where: str,
+                 cell: np.ndarray | None = None):
         self.index = index
         self.info = _layer(raw.get("layer"), f"{where}: layers[{index}].layer")
         name = self.info.name
@@ -427,6 +432,12 @@ class FittedLayer:
             raise TraceError(f"{w}: importances {row.shape}/{col.shape}, expected "
                              f"({self.info.rows},)/({self.info.cols},)")
         self.row, self.col = row.astype(np.float64), col.astype(np.float64)
+        if cell is not None and (cell.shape != (self.info.rows, self.info.cols)
+                                 or not np.isfinite(cell).all() or (cell < 0).any()):
+            raise TraceError(f"{w}: cell scales: expected ({self.info.rows}, "
+                             f"{self.info.cols}) finite non-negative values")
+        self.cell = (cell.astype(np.float32) if cell is not None
+                     else np.zeros((0, 0), np.float32))
         for g in gates:
             if g.shape != GATE_PROBS.shape or not np.isfinite(g).all() or (g < 0).any() \
                     or (np.diff(g) < 0).any():
@@ -436,14 +447,16 @@ class FittedLayer:
         get = _Getter(raw, w)
         self.bias = get.num("bias", 0, 100)
         beta = get.num("bias_exponent", 0, 1) if "bias_exponent" in raw else 0.0
-        # per-cell strength b·(s_r q_c / ref)^(−β), with the power-weighted mean of b² kept
-        sq = np.outer(self.row, self.col)
+        # per-cell strength b·(power / ref)^(−β), with the power-weighted mean of b² kept; the
+        # mean follows a cell's own noise scale W too (the noise term is scaled by it)
+        w_cell = self.cell.astype(np.float64) if self.cell.size else 1.0
+        sq = np.outer(self.row, self.col) * w_cell
         live = sq > 0
         rel = np.where(live, sq / np.sqrt((sq[live] ** 2).mean()) if live.any() else 1.0,
                        1.0) ** -beta
         norm = math.sqrt(((sq[live] ** 2) * rel[live] ** 2).sum() / (sq[live] ** 2).sum()) \
             if live.any() else 1.0
-        self.cell_bias = (self.bias * rel / norm).astype(np.float32)
+        self.cell_bias = (self.bias * rel / norm * w_cell).astype(np.float32)
         self.tau_d = get.num("tau_direction", 1, 1e15)
         self.row_drift = get.num("row_drift", 0, 10)
         self.col_drift = get.num("col_drift", 0, 10)
@@ -546,7 +559,7 @@ class FittedLayer:
                               self.row32, self.sigma(ts))
             Q = self._factors(seed, _COL_GATE, _COL, t, len(ts), self.col_gate, self.col_drift,
                               self.col32)
-            out.append((t, len(ts), M, P, Q, P, Q))
+            out.append((t, len(ts), M, P, Q, P, Q, self.cell))
             t = end
         return out
 
@@ -606,7 +619,7 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
         gates = tuple(arrays.get(f"{name}/{axis}_gate", np.ones_like(GATE_PROBS))
                       for axis in ("row", "col"))
         layers.append(FittedLayer(i, raw, arrays[f"{name}/row"], arrays[f"{name}/col"], gates,
-                                  where))
+                                  where, arrays.get(f"{name}/cell")))
     digest = hashlib.sha256(text.encode() + blob).hexdigest()
     return doc, layers, digest
 

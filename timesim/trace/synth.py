@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from ..errors import TraceError
-from ..kernels.synth import gradient_chunk
+from ..kernels.synth import NO_CELLSCALE, gradient_chunk
 from .format import MAX_ITERATIONS, TraceMeta
 from .models import MODELS
 from .reader import Chunk
@@ -130,8 +130,8 @@ class SynthTrace:
 
     def pieces(self, li: int, t0: int, n: int) -> list[tuple]:
         """Generator arguments of layer ``li``'s iterations t0 .. t0+n-1 as consecutive pieces
-        (ta, m, M, P, Q, U, V) (kernels/select.py): stationary, so one piece with P = Q = 1,
-        U = row importance, V = column importance."""
+        (ta, m, M, P, Q, U, V, W) (kernels/select.py): stationary, so one piece with P = Q = 1,
+        U = row importance, V = column importance, no per-cell noise scale."""
         key = (li, n)
         if key not in self._factors:
             layer = self.meta.layers[li]
@@ -140,7 +140,7 @@ class SynthTrace:
                                   np.ones((n, layer.cols), np.float32),
                                   np.ascontiguousarray(np.broadcast_to(row, (n, layer.rows))),
                                   np.ascontiguousarray(np.broadcast_to(col, (n, layer.cols))))
-        return [(t0, n, self.structure(li)[0], *self._factors[key])]
+        return [(t0, n, self.structure(li)[0], *self._factors[key], NO_CELLSCALE)]
 
     def source(self, li: int, t0: int, n: int):
         """(seed, layer, pieces) for the fused kernels; None for the hammer models."""
