@@ -44,10 +44,9 @@ def test_generator_is_the_formula_on_python_ints():
         gradient_chunk(out, 11, 2, 40, M, P, Q, U, V, W)
         for i in range(n):
             z = ref_z(11, 2, 40 + i, rows * cols).reshape(rows, cols)
-            noise = U[i][:, None] * V[i][None, :]
             if cellscale:
-                noise = noise * W
-            want = (M * P[i][:, None]) * Q[i][None, :] + noise * z
+                z = W * z
+            want = (M * P[i][:, None]) * Q[i][None, :] + (U[i][:, None] * V[i][None, :]) * z
             assert np.array_equal(out[i].view(np.int32), want.view(np.int32))
     assert np.array_equal(normal(11, 2, 40, rows * cols), ref_z(11, 2, 40, rows * cols))
 

@@ -15,7 +15,7 @@ with a persistent (or slowly changing) cell field M and per-iteration row and co
 P, U (rows) and Q, V (cols): the stationary workloads have P = Q = 1 (exact in float32), the
 fitted ones put their drift and training-phase scale there (trace/synth.py, trace/fit.py).
 A fitted workload may also give each cell its own noise scale W (rows × cols): the noise term
-is then ((U[r] · V[c]) · W[r, c]) · z; an empty W (shape (0, 0)) means none.
+is then (U[r] · V[c]) · (W[r, c] · z); an empty W (shape (0, 0)) means none.
 "Fused" kernels compute g in registers while accumulating it, so a synthetic run never writes
 a gradient chunk to memory; the unfused generator writes the same g, bit for bit (the same
 float32 operations in the same order, no FMA contraction without fastmath).
@@ -127,15 +127,18 @@ def _gate_block(seed, stream, t0, probs, table, start, scale, imp, which, u, out
 
 @njit(cache=True, nogil=True)
 def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V, W):
-    """out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z(seed, layer, t0 + i, ...)
-    (times W[r, c] in the noise term when W is not empty): the unfused generator (for trace
-    files and the tests of the fused kernels)."""
+    """out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·(W[r, c]·z(seed, layer,
+    t0 + i, ...)), without W when it is empty: the unfused generator (for trace files and the
+    tests of the fused kernels)."""
     n, rows, cols = out.shape
-    cellscale = W.shape[0] > 0
     for i in range(n):
         key = _stream_key(seed, layer, t0 + i)
         flat = out[i].reshape(rows * cols)
         _normal_row(key, 0, flat)
+        if W.shape[0] > 0:
+            wflat = W.reshape(rows * cols)
+            for j in range(rows * cols):
+                flat[j] = wflat[j] * flat[j]
         Qi = Q[i]
         Vi = V[i]
         for r in range(rows):
@@ -143,13 +146,8 @@ def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V, W):
             Mr = M[r]
             p = P[i, r]
             u = U[i, r]
-            if cellscale:
-                Wr = W[r]
-                for c in range(cols):
-                    row[c] = (Mr[c] * p) * Qi[c] + ((u * Vi[c]) * Wr[c]) * row[c]
-            else:
-                for c in range(cols):
-                    row[c] = (Mr[c] * p) * Qi[c] + (u * Vi[c]) * row[c]
+            for c in range(cols):
+                row[c] = (Mr[c] * p) * Qi[c] + (u * Vi[c]) * row[c]
 
 
 _ZBLOCK = 2048    # noise values generated per call: a long, vectorized loop; 8 KB stays in L1
@@ -169,22 +167,20 @@ def _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf):
     if fused:
         z = zbuf[:(r1 - r0) * cols]
         _normal_row(key, r0 * cols, z)
+        if W.shape[0] > 0:                   # a per-cell noise scale (fitted workloads)
+            wflat = W.reshape(W.size)[r0 * cols:r1 * cols]
+            for j in range(z.shape[0]):
+                z[j] = wflat[j] * z[j]
         Qi = Q[i]
         Vi = V[i]
-        cellscale = W.shape[0] > 0
         for r in range(r0, r1):
             Ar = A[r]
             Mr = M[r]
             zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
             p = P[i, r]
             u = U[i, r]
-            if cellscale:
-                Wr = W[r]
-                for c in range(cols):
-                    Ar[c] += (Mr[c] * p) * Qi[c] + ((u * Vi[c]) * Wr[c]) * zr[c]
-            else:
-                for c in range(cols):
-                    Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
+            for c in range(cols):
+                Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
     else:
         for r in range(r0, r1):
             Ar = A[r]

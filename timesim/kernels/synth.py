@@ -71,8 +71,8 @@ def gradient_chunk(out: np.ndarray, seed: int, layer: int, t0: int, M: np.ndarra
                    P: np.ndarray, Q: np.ndarray, U: np.ndarray, V: np.ndarray,
                    W: np.ndarray = NO_CELLSCALE) -> None:
     """Fill ``out`` (n, rows, cols) float32 in place with iterations t0 .. t0+n-1 of one layer:
-    out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z, the noise term times
-    W[r, c] when W is given (select.py)."""
+    out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z, z times W[r, c] first
+    when W is given (select.py)."""
     _gradient_chunk(out, np.int64(seed), np.int64(layer), np.int64(t0), M, P, Q, U, V, W)
 
 
