@@ -63,7 +63,7 @@ def write_toy(path, rng, **kw):
 
 
 def record(model_path, out, iterations):
-    synth = FittedTrace(str(model_path), iterations=iterations, seed=3)
+    synth = FittedTrace(str(model_path), iterations=iterations, seed=3, chunk=64)
     with TraceWriter(out, synth.meta.layers, model="toy", source="test", dtype="float32",
                      chunk_iterations=64) as w:
         for ch in synth.chunks():
@@ -168,20 +168,32 @@ def test_wasserstein_against_hand_and_quantile_integral():
     assert wasserstein(a, b) == pytest.approx(np.abs(qa - qb).mean(), rel=1e-3)
 
 
-def test_gate_draws_are_numpy_interp_of_the_uniforms():
-    from timesim.kernels.synth import inverse_cdf_block, lookup_start, uniform_block
+def test_gate_draws_are_numpy_interp_of_python_uniforms():
+    """Gates: two 32-bit uniforms per splitmix64 hash (Python ints here), then np.interp on
+    the quantile table; scaled rows."""
+    from timesim.kernels.synth import inverse_cdf_block
+
+    from .reference import GOLDEN, M64, mix64
 
     rng = np.random.default_rng(8)
     table = np.sort(rng.lognormal(0, 1, GATE_PROBS.size))
     table[:5] = 0.0                                    # a mass at exactly 0
-    got = inverse_cdf_block(3, 7, 10, 6, 500, GATE_PROBS, table, lookup_start(GATE_PROBS))
-    want = np.interp(uniform_block(3, 7, 10, 6, 500), GATE_PROBS, table)
-    assert np.allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-30)
-    scaled = inverse_cdf_block(3, 7, 10, 6, 500, GATE_PROBS, table, lookup_start(GATE_PROBS),
-                               np.arange(6.0))
-    assert np.allclose(scaled, got * np.arange(6.0)[:, None], rtol=1e-6)
-    u = uniform_block(1, 2, 3, 50, 2000)
-    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
+    seed, stream, t0, n, size = 3, 7, 10, 4, 301
+    got = inverse_cdf_block(seed, stream, t0, n, size, GATE_PROBS, table, 96)
+    for i in range(n):
+        key = mix64((seed + GOLDEN) & M64)
+        key = mix64(key ^ ((stream + GOLDEN) & M64))
+        key = mix64(key ^ (((t0 + i) * GOLDEN) & M64))
+        u = np.empty(size)
+        for c in range(size):
+            h = mix64((key + (c >> 1) * GOLDEN) & M64)
+            u[c] = (((h >> 32) if c & 1 else (h & 0xFFFFFFFF)) + 0.5) / 2.0 ** 32
+        want = np.interp(u, GATE_PROBS, table)
+        assert np.allclose(got[i], want.astype(np.float32), rtol=1e-6, atol=1e-30)
+        assert 0 < u.min() and u.max() < 1
+    scaled = inverse_cdf_block(seed, stream, t0, n, size, GATE_PROBS, table, 96,
+                               np.arange(n, dtype=float))
+    assert np.allclose(scaled, got * np.arange(n)[:, None], rtol=1e-6)
 
 
 def test_profile_gives_the_papers_network_the_kind_parameters():

@@ -103,26 +103,42 @@ def _uniform_block(seed, stream, t0, out):
 
 
 @njit(cache=True, nogil=True)
-def _gate_block(seed, stream, t0, probs, table, start, scale, imp, which, u, out):
-    """out[i, c] = scale[i] · imp[which[i], c] · g, g drawn from stream (seed, stream, t0 + i)
-    by inverse CDF from a quantile table (``table`` at increasing ``probs`` from 0 to 1, linear
-    in between; ``start[k]`` is the last index with probs <= k / len(start), so a lookup scans
-    a step or two). ``u``: a scratch row of float64 uniforms. The row and column factors of
-    the fitted workloads (trace/fit.py): gates times scale times drifting importance."""
-    bins = start.shape[0]
+def _gate_block(seed, stream, t0, probs, table, slope, step, grid, scale, imp, which, u, out):
+    """out[i, c] = scale[i] · imp[which[i], c] · g, g drawn by inverse CDF from a quantile
+    table: ``table`` at increasing ``probs`` from 0 to 1, linear in between (``slope``: the
+    table's slope on each interval; ``step``: its rise on each interval of the grid).
+    ``probs`` starts with the uniform grid k / ``grid`` up to (grid - 1) / grid, so below that
+    an interval is found by one multiplication; the few values in the finer upper tail are
+    looked up by a scan. Uniforms: the two 32-bit halves of each splitmix64 hash of stream
+    (seed, stream, t0 + i), (x + 0.5) / 2^32. ``u``: a float64 scratch row. The row and column
+    factors of the fitted workloads (trace/fit.py)."""
     last = probs.shape[0] - 2
+    top = grid - 2                        # the last interval of the grid: [top, top + 1]
+    tail = probs[grid - 1]
+    cols = out.shape[1]
+    half = (cols + 1) >> 1
+    inv = 1.0 / 4294967296.0
     for i in range(out.shape[0]):
-        _uniform_row(_stream_key(seed, stream, t0 + i), 0, u)
+        key = _stream_key(seed, stream, t0 + i)
+        for c2 in range(half):
+            h = _mix64(key + np.uint64(c2) * _GOLDEN)
+            u[2 * c2] = (np.float64(h & _M32) + 0.5) * inv
+            u[2 * c2 + 1] = (np.float64(h >> np.uint64(32)) + 0.5) * inv
         row = out[i]
         base = imp[which[i]]
         si = scale[i]
-        for c in range(row.shape[0]):
+        for c in range(cols):
+            # on the grid: interval k = ⌊x·grid⌋, position x·grid − k inside it
+            y = u[c] * grid
+            k = min(int(y), top)
+            row[c] = si * base[c] * (table[k] + (y - k) * step[k])
+        for c in range(cols):              # the upper tail: probs finer than the grid
             x = u[c]
-            k = start[min(int(x * bins), bins - 1)]
-            while k < last and probs[k + 1] <= x:
-                k += 1
-            f = (x - probs[k]) / (probs[k + 1] - probs[k])
-            row[c] = si * base[c] * (table[k] + f * (table[k + 1] - table[k]))
+            if x >= tail:
+                k = grid - 1
+                while k < last and probs[k + 1] <= x:
+                    k += 1
+                row[c] = si * base[c] * (table[k] + (x - probs[k]) * slope[k])
 
 
 @njit(cache=True, nogil=True)

@@ -19,7 +19,7 @@ from .select import (
 )
 
 __all__ = ["_normal_row", "_stream_key", "fill_normal", "gradient_chunk", "inverse_cdf_block",
-           "lookup_start", "normal", "uniform", "uniform_block"]
+           "normal", "uniform", "uniform_block"]
 
 
 def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
@@ -44,24 +44,23 @@ def uniform_block(seed: int, stream: int, t0: int, n: int, size: int) -> np.ndar
 
 
 def inverse_cdf_block(seed: int, stream: int, t0: int, n: int, size: int, probs: np.ndarray,
-                      table: np.ndarray, start: np.ndarray, scale: np.ndarray | None = None,
-                      imp: np.ndarray | None = None,
-                      which: np.ndarray | None = None) -> np.ndarray:
-    """(n, size) float32 draws by inverse CDF (``table`` at ``probs``, linear in between) from
-    the uniforms of ``uniform_block``; row i times ``scale[i]`` and times ``imp[which[i]]``
-    (row vectors; default ones). ``start``: ``lookup_start(probs)``."""
+                      table: np.ndarray, grid: int, scale: np.ndarray | None = None,
+                      imp: np.ndarray | None = None, which: np.ndarray | None = None,
+                      slope: np.ndarray | None = None) -> np.ndarray:
+    """(n, size) float32 draws by inverse CDF (``table`` at ``probs``, linear in between;
+    ``probs`` begins with the uniform grid k / ``grid``) from two 32-bit uniforms per hash of
+    stream (seed, stream, t0 + i); row i times ``scale[i]`` and ``imp[which[i]]`` (row
+    vectors; default ones). ``slope``: the table's slope per interval, if precomputed."""
     out = np.empty((n, size), dtype=np.float32)
     scale = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
     if imp is None:
         imp, which = np.ones((1, size), np.float32), np.zeros(n, np.int64)
-    _gate_block(np.int64(seed), np.int64(stream), np.int64(t0), probs, table, start, scale,
-                imp, which, np.empty(size, dtype=np.float64), out)
+    if slope is None:
+        slope = np.diff(table) / np.diff(probs)
+    step = np.diff(table[:grid])
+    _gate_block(np.int64(seed), np.int64(stream), np.int64(t0), probs, table, slope, step,
+                np.int64(grid), scale, imp, which, np.empty(size + 1, dtype=np.float64), out)
     return out
-
-
-def lookup_start(probs: np.ndarray, bins: int = 1024) -> np.ndarray:
-    """start[k] = the last index i with probs[i] <= k / bins (for ``inverse_cdf_block``)."""
-    return (np.searchsorted(probs, np.arange(bins) / bins, side="right") - 1).astype(np.int64)
 
 
 NO_CELLSCALE = np.zeros((0, 0), dtype=np.float32)

@@ -31,9 +31,9 @@ import numpy as np
 import yaml
 
 from ..errors import TraceError
-from ..kernels.synth import inverse_cdf_block, lookup_start, normal
+from ..kernels.synth import inverse_cdf_block, normal
 from .format import MAX_ITERATIONS, TraceMeta, _layer
-from .synth import SynthTrace
+from .synth import SynthTrace, default_chunk
 
 FORMAT = "timesim-fit"
 VERSION = 1
@@ -42,7 +42,7 @@ _EPS = 1e-30
 # probabilities at which a gate's quantile table is kept: uniform, then finer in the upper tail
 GATE_PROBS = np.unique(np.concatenate([np.linspace(0, 1, 97),
                                        1 - np.logspace(-2, -5, 10)]))
-_GATE_START = lookup_start(GATE_PROBS)
+_GATE_GRID = 96                    # GATE_PROBS starts with the uniform grid k / 96
 _HIST_LO, _HIST_HI, _HIST_BINS = -5.0, 3.0, 800        # log10 bins of the gate histograms
 
 
@@ -77,6 +77,11 @@ def gate_moments(table: np.ndarray) -> tuple[float, float, float]:
 
 def keyframe_weights(t, tau: float):
     """(j, cos, sin) of the keyframe process at iteration(s) t."""
+    if np.ndim(t) == 0:                          # one time (the common case): no numpy
+        u = float(t) / tau
+        j = math.floor(u)
+        f = u - j
+        return j, math.cos(0.5 * math.pi * f), math.sin(0.5 * math.pi * f)
     u = np.asarray(t, dtype=np.float64) / tau
     j = np.floor(u)
     f = u - j
@@ -444,6 +449,7 @@ class FittedLayer:
                 raise TraceError(f"{w}: gate table: expected {GATE_PROBS.size} increasing "
                                  f"non-negative quantiles")
         self.row_gate, self.col_gate = gates
+        self._slopes = tuple(np.diff(g) / np.diff(GATE_PROBS) for g in gates)
         get = _Getter(raw, w)
         self.bias = get.num("bias", 0, 100)
         beta = get.num("bias_exponent", 0, 1) if "bias_exponent" in raw else 0.0
@@ -489,8 +495,10 @@ class FittedLayer:
     def sigma(self, t: np.ndarray) -> np.ndarray:
         """σ(t): log-linear between knots, flat before the first, power law after the last."""
         t = np.asarray(t, dtype=np.float64)
-        s = np.interp(t, self.knots_t, self.knots_log)
         last = self.knots_t[-1]
+        if t.size and t[0] > last:               # past the recording (most of a long run)
+            return np.exp(self.knots_log[-1] - self.gamma * np.log((t + 1) / (last + 1)))
+        s = np.interp(t, self.knots_t, self.knots_log)
         beyond = t > last
         s = np.where(beyond, self.knots_log[-1]
                      - self.gamma * np.log(np.maximum(t + 1, 1) / (last + 1)), s)
@@ -535,8 +543,9 @@ class FittedLayer:
         """Row (or column) factors (n, size) float32 of iterations t0 .. t0+n-1: iid gates
         from the fitted quantile table × the drifting importance (× the scale σ(t))."""
         imp, which = self._importance(seed, tag, t0, n, delta, base)
+        slope = self._slopes[0] if table is self.row_gate else self._slopes[1]
         return inverse_cdf_block(seed, self.index + (gate_tag << 32), t0, n, base.shape[0],
-                                 GATE_PROBS, table, _GATE_START, scale, imp, which)
+                                 GATE_PROBS, table, _GATE_GRID, scale, imp, which, slope)
 
     def _direction(self, seed: int, block: int) -> np.ndarray:
         """b_rc · m at the middle of direction block ``block`` (cached for the next piece)."""
@@ -643,7 +652,7 @@ class FittedTrace(SynthTrace):
         iterations = int(doc["source"]["iterations"]) if iterations is None else iterations
         biggest = max(layer.cells for layer in infos)
         if chunk is None:
-            chunk = int(min(64, max(8, (64 << 20) // (4 * biggest))))
+            chunk = default_chunk(biggest)
         for key, value, lo, hi in (("iterations", iterations, 1, MAX_ITERATIONS),
                                    ("seed", seed, 0, 2**63 - 1), ("chunk", chunk, 1, 1 << 20)):
             if not lo <= value <= hi:

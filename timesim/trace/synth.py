@@ -28,7 +28,7 @@ from .reader import Chunk
 PARAMS = {
     "iterations": (int, "training iterations (default: the paper's count for the model)"),
     "seed": (int, "seed of importances and noise (default 0)"),
-    "chunk": (int, "iterations generated per chunk (default: 8 to 64, as many as keep the "
+    "chunk": (int, "iterations generated per chunk (default: 8 to 256, as many as keep the "
                    "largest layer's chunk under 64 MB)"),
     "row_sigma": (float, "lognormal sigma of row importance (default 0.3)"),
     "col_sigma": (float, "lognormal sigma of column importance (default 0.15)"),
@@ -37,6 +37,14 @@ PARAMS = {
     "profile": (str, "per-layer-kind parameters fitted to real training instead of the "
                      "hand-set ones (bundled: digits; docs/fidelity.md)"),
 }
+
+
+def default_chunk(biggest: int) -> int:
+    """Iterations per generated chunk: 8 to 256, as many as keep the largest layer's chunk
+    under 64 MB (the unfused generator's buffer). Fewer, larger chunks cost less per-chunk
+    overhead (thread hand-offs, the engine's per-chunk work, a fitted model's per-piece
+    factors); the results do not depend on the chunking."""
+    return int(min(256, max(8, (64 << 20) // (4 * biggest))))
 
 
 class _LazyLayers(Mapping):
@@ -82,7 +90,7 @@ class SynthTrace:
             # fewer, larger chunks cost less per-chunk overhead (and let threads run longer);
             # the results do not depend on the chunking
             biggest = max(layer.cells for layer in layers)
-            chunk = int(min(64, max(8, (64 << 20) // (4 * biggest))))
+            chunk = default_chunk(biggest)
         where = f"synth:{model}"
         for key, value, lo, hi in (("iterations", iterations, 1, MAX_ITERATIONS),
                                    ("seed", seed, 0, 2**63 - 1), ("chunk", chunk, 1, 1 << 20)):
@@ -254,7 +262,7 @@ FIT_PARAMS = {
     "model": (str, "the fitted model (YAML written by 'timesim trace fit')"),
     "iterations": (int, "training iterations (default: the recorded trace's)"),
     "seed": (int, "seed of the drifting fields and the noise (default 0)"),
-    "chunk": (int, "iterations generated per chunk (default: 8 to 64)"),
+    "chunk": (int, "iterations generated per chunk (default: 8 to 256)"),
 }
 
 
