@@ -490,7 +490,6 @@ class FittedLayer:
         self.row32, self.col32 = self.row.astype(np.float32), self.col.astype(np.float32)
         self._frames: dict[tuple[int, int], np.ndarray] = {}
         self._M: tuple[int, np.ndarray] | None = None
-        self._imp: dict[int, tuple] = {}
 
     def sigma(self, t: np.ndarray) -> np.ndarray:
         """σ(t): log-linear between knots, flat before the first, power law after the last."""
@@ -518,25 +517,20 @@ class FittedLayer:
                     base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The drifting importance base · exp(δ · x(t)) of iterations t0 .. t0+n-1, held
         constant over blocks of ``iblock`` iterations (evaluated at each block's middle):
-        (one row per block spanned, the row of each iteration)."""
+        (one row per block spanned, the row of each iteration). Every block's row is computed
+        the same way whichever chunk asks for it."""
+        first, last = t0 // self.iblock, (t0 + n - 1) // self.iblock
+        which = ((t0 + np.arange(n)) // self.iblock - first).astype(np.int64)
         if not delta:
             return base[None, :], np.zeros(n, dtype=np.int64)
         size = base.shape[0]
-        first, last = t0 // self.iblock, (t0 + n - 1) // self.iblock
-        which = ((t0 + np.arange(n)) // self.iblock - first).astype(np.int64)
-        if first == last and self._imp.get(tag, (None,))[0] == (tag, first):
-            return self._imp[tag][2], which          # the block of the last call
-        rows = []
-        for b in range(first, last + 1):
-            key = (tag, b)
-            if self._imp.get(tag, (None,))[0] != key:
-                j, c, s = keyframe_weights((b + 0.5) * self.iblock, self.tau_i)
-                x = (np.float32(c) * self._frame(seed, tag, int(j), size)
-                     + np.float32(s) * self._frame(seed, tag, int(j) + 1, size))
-                vec = (base * np.exp(delta * x)).astype(np.float32)
-                self._imp[tag] = (key, vec, vec[None, :])
-            rows.append(self._imp[tag][1])
-        return (rows[0][None, :] if len(rows) == 1 else np.stack(rows)), which
+        j, c, s = keyframe_weights((np.arange(first, last + 1) + 0.5) * self.iblock, self.tau_i)
+        x = np.empty((len(j), size))
+        for jj in np.unique(j):
+            sel = j == jj
+            x[sel] = (c[sel, None] * self._frame(seed, tag, int(jj), size)
+                      + s[sel, None] * self._frame(seed, tag, int(jj) + 1, size))
+        return (base * np.exp(delta * x)).astype(np.float32), which
 
     def _factors(self, seed: int, gate_tag: int, tag: int, t0: int, n: int,
                  table: np.ndarray, delta: float, base: np.ndarray, scale=None) -> np.ndarray:
