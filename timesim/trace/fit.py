@@ -172,10 +172,16 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
     used = wlen * windows                   # statistics from t_first .. t_first + used - 1
 
     def chunks():
+        """(t0, n, layer, float64 gradients) in slices of at most ~8 M values (~64 MB), so
+        memory stays bounded whatever the recorded chunk size."""
         for ch in trace.chunks():
             for layer in meta.layers:
-                g = to_float32(np.asarray(ch.arrays[layer.name]), meta.dtype)
-                yield ch, layer, np.asarray(g, dtype=np.float64)
+                raw = np.asarray(ch.arrays[layer.name])
+                step = max(1, (8 << 20) // layer.cells)
+                for i in range(0, ch.n, step):
+                    part = to_float32(np.ascontiguousarray(raw[i:i + step]), meta.dtype)
+                    yield _Slice(ch.t0 + i, part.shape[0]), layer, np.asarray(part,
+                                                                            dtype=np.float64)
 
     # pass 1: per-iteration scale and per-cell mean square of the scale-normalised gradient
     sigma = {layer.name: np.zeros(K) for layer in meta.layers}
@@ -384,6 +390,15 @@ def _bias_exponent(mean_w, h2, sq, live, wlen, bins: int = 8) -> float:
         return 0.0
     slope = np.polyfit(lx, lb, 1, w=np.sqrt(wt))[0]
     return float(np.clip(-slope, 0.0, 1.0))
+
+
+class _Slice:
+    """Iterations t0 .. t0+n-1 of a chunk (what the fit's passes need of it)."""
+
+    __slots__ = ("t0", "n")
+
+    def __init__(self, t0: int, n: int):
+        self.t0, self.n = t0, n
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> float:
