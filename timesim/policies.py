@@ -72,12 +72,8 @@ class LayerPolicy:
 
     def process(self, chunk: np.ndarray, t0: int) -> None:
         """Apply iterations t0 .. t0+n-1; ``chunk`` is float32 (n, rows, cols)."""
-        if t0 != self.iterations:
-            raise ValueError(f"layer {self.layer.name}: expected iteration {self.iterations}, "
-                             f"got {t0}")
         n = chunk.shape[0]
-        if self.slots.shape[0] < n:
-            self.slots = np.zeros(n, dtype=np.int64)
+        self._reserve(t0, n)
         if self.selection == "dense":
             # Every row gets one write operation per iteration, so all counters stay equal and
             # ARS (which swaps only where counter(hot) > counter(cold)) never swaps: the write
@@ -89,11 +85,20 @@ class LayerPolicy:
             self._last = n
             return
         self._last = n
+        self._kernel(chunk, n, t0, 0, _NO_SOURCE)
+        self.iterations += n
+
+    def _reserve(self, t0: int, n: int) -> None:
+        """Check that iterations continue where they stopped; size the per-iteration
+        signature buffers for n."""
+        if t0 != self.iterations:
+            raise ValueError(f"layer {self.layer.name}: expected iteration {self.iterations}, "
+                             f"got {t0}")
+        if self.slots.shape[0] < n:
+            self.slots = np.zeros(n, dtype=np.int64)
         if self.selected.shape[0] < n:
             self.selected = np.empty(n, dtype=np.int64)
             self.swapped = np.empty(n, dtype=np.int64)
-        self._kernel(chunk, n, t0, 0, _NO_SOURCE)
-        self.iterations += n
 
     def process_source(self, seed: int, layer: int, pieces, t0: int, n: int) -> None:
         """Apply iterations t0 .. t0+n-1 of a synthetic layer, generated inside the policy
@@ -103,9 +108,7 @@ class LayerPolicy:
         if self.selection == "dense" and self.scale == 0:
             self.process(np.empty((n, 0, 0), dtype=np.float32), t0)
             return
-        if t0 != self.iterations:
-            raise ValueError(f"layer {self.layer.name}: expected iteration {self.iterations}, "
-                             f"got {t0}")
+        self._reserve(t0, n)
         if self.selection == "dense":
             # pulse counting on a dense update needs the values: generate them
             out = np.empty((n, self.layer.rows, self.layer.cols), dtype=np.float32)
@@ -115,11 +118,6 @@ class LayerPolicy:
                 gradient_chunk(out[ta - t0:ta - t0 + m], seed, layer, ta, *src)
             self.process(out, t0)
             return
-        if self.slots.shape[0] < n:
-            self.slots = np.zeros(n, dtype=np.int64)
-        if self.selected.shape[0] < n:
-            self.selected = np.empty(n, dtype=np.int64)
-            self.swapped = np.empty(n, dtype=np.int64)
         self._last = n
         done = 0
         for ta, m, *src in pieces:

@@ -87,22 +87,6 @@ def _normal_row(key, start, out):
 
 
 @njit(cache=True, nogil=True)
-def _uniform_row(key, start, out):
-    """out[i] = uniform in (0, 1) (53 bits, never 0 or 1) for counters start .. of ``key``."""
-    base = key + np.uint64(start) * _GOLDEN
-    for i in range(out.shape[0]):
-        h = _mix64(base + np.uint64(i) * _GOLDEN)
-        out[i] = (np.float64(h >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True, nogil=True)
-def _uniform_block(seed, stream, t0, out):
-    """out[i] = the uniforms of stream (seed, stream, t0 + i), for every row i of ``out``."""
-    for i in range(out.shape[0]):
-        _uniform_row(_stream_key(seed, stream, t0 + i), 0, out[i])
-
-
-@njit(cache=True, nogil=True)
 def _gate_block(seed, stream, t0, probs, table, slope, step, grid, scale, imp, which, u, out):
     """out[i, c] = scale[i] · imp[which[i], c] · g, g drawn by inverse CDF from a quantile
     table: ``table`` at increasing ``probs`` from 0 to 1, linear in between (``slope``: the

@@ -14,12 +14,10 @@ from .select import (
     _gradient_chunk,
     _normal_row,
     _stream_key,
-    _uniform_block,
-    _uniform_row,
 )
 
 __all__ = ["_normal_row", "_stream_key", "fill_normal", "gradient_chunk", "inverse_cdf_block",
-           "normal", "uniform", "uniform_block"]
+           "normal"]
 
 
 def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
@@ -29,28 +27,15 @@ def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
     return out
 
 
-def uniform(seed: int, stream: int, t: int, size: int) -> np.ndarray:
-    """``size`` float64 uniforms in (0, 1) of stream (seed, stream, t)."""
-    out = np.empty(size, dtype=np.float64)
-    _uniform_row(np.uint64(_stream_key(np.int64(seed), np.int64(stream), np.int64(t))), 0, out)
-    return out
-
-
-def uniform_block(seed: int, stream: int, t0: int, n: int, size: int) -> np.ndarray:
-    """(n, size) uniforms: row i is ``uniform(seed, stream, t0 + i, size)``."""
-    out = np.empty((n, size), dtype=np.float64)
-    _uniform_block(np.int64(seed), np.int64(stream), np.int64(t0), out)
-    return out
-
-
 def inverse_cdf_block(seed: int, stream: int, t0: int, n: int, size: int, probs: np.ndarray,
                       table: np.ndarray, grid: int, scale: np.ndarray | None = None,
                       imp: np.ndarray | None = None, which: np.ndarray | None = None,
                       slope: np.ndarray | None = None) -> np.ndarray:
     """(n, size) float32 draws by inverse CDF (``table`` at ``probs``, linear in between;
     ``probs`` begins with the uniform grid k / ``grid``) from two 32-bit uniforms per hash of
-    stream (seed, stream, t0 + i); row i times ``scale[i]`` and ``imp[which[i]]`` (row
-    vectors; default ones). ``slope``: the table's slope per interval, if precomputed."""
+    stream (seed, stream, t0 + i) (select._gate_block); row i times ``scale[i]`` and
+    ``imp[which[i]]`` (row vectors; default ones). ``slope``: the table's slope per interval,
+    if precomputed."""
     out = np.empty((n, size), dtype=np.float32)
     scale = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
     if imp is None:
