@@ -11,6 +11,7 @@ import timesim
 from timesim.analog import SA0, SA1, evaluate_model, mvm, program, wearout_faults
 from timesim.errors import SimulationError
 from timesim.kernels.mvm import noise as adc_noise
+from timesim.mapping import cells_per_weight
 
 from .reference import ref_mvm, ref_noise
 
@@ -212,6 +213,41 @@ def test_every_execution_path_matches_the_reference(monkeypatch, pair, ib, db):
     got["numpy"] = p.mvm(x, 5)
     for path, y in got.items():
         np.testing.assert_array_equal(y, want, err_msg=path)
+
+
+@pytest.mark.parametrize("sets,packed", [
+    ((), (4, 8192.0)),                                   # default: F = 128·1·31 = 3968
+    (("dac.input_bits=6",), (4, 8192.0)),                # 6 slices: groups of 4 and 2
+    (("xbar.cell_bits=8",), (1, 65536.0)),               # F = 32640: P = 3, not worth it
+    (("xbar.rows=1024", "xbar.cell_bits=8"), (1, 524288.0)),   # F·(1 + b + b²) > 2^53
+    (("xbar.program_sigma=0.02",), (1, 8192.0))])        # non-integer conductances
+def test_bit_serial_inputs_packed_into_float64_give_the_reference_bit_for_bit(monkeypatch, sets,
+                                                                              packed):
+    """Several 1-bit input slices ride in one float64 product (base 2^ceil(log2(2F + 1)), as
+    many slices P as keep F·(1 + base + ... + base^(P−1)) under 2^53): hand-computed P and
+    base, and the result equals the reference and the unpacked sgemm path bit for bit (odd
+    batch, several column chunks, a short last row block, read noise, per-cell faults)."""
+    import timesim.kernels.blas as blas
+
+    if blas.sgemm_handle() is None or not blas.sgemm_handle().dgemm:
+        pytest.skip("numpy's BLAS is not one kernels/blas.py can call")
+    h = hw(*sets, "adc.range=0.02", "adc.read_noise=0.003")
+    r = np.random.default_rng(len(sets) + 31)
+    rows = 200 if h.xbar.rows == 128 else 1100
+    x = r.standard_normal((131, rows)).astype(np.float32)
+    w = r.standard_normal((rows, 300)).astype(np.float32)
+    sides, slices = cells_per_weight(h)
+    stuck = r.choice([0] * 18 + [SA0, SA1], size=(sides * slices, rows, 300)).astype(np.int8)
+    p = program(w, h, stuck, seed=3)
+    assert (p.pack, p.pack_base) == packed
+    got = p.mvm(x, 6)
+    p.pack = 1
+    np.testing.assert_array_equal(p.mvm(x, 6), got)
+    if h.xbar.program_sigma == 0:
+        np.testing.assert_array_equal(got, ref_mvm(x, w, h, stuck, 6))
+        for B, n, m in ((1, 33, 2), (3, 128, 1), (2, 129, 3)):     # tiny BLAS calls too
+            xs, ws = x[:B, :n], w[:n, :m]
+            np.testing.assert_array_equal(program(ws, h).mvm(xs, 6), ref_mvm(xs, ws, h, None, 6))
 
 
 def test_the_parallel_path_is_taken_and_threads_do_not_change_results(monkeypatch):

@@ -12,6 +12,8 @@ numpy's own library is preferred. Only symbols whose integer width is known are 
 ``scipy_cblas_sgemm`` (32-bit: scipy's), and a plain ``cblas_sgemm`` only from an OpenBLAS not
 named *64* or an MKL in its default LP64 interface. The first use multiplies a small product
 and compares it with np.matmul; on any doubt the kernels fall back to np.matmul from Python.
+The same library's dgemm (same name with a d) is found and checked alongside: the MVM kernels
+use it for bit-serial inputs, several input slices packed into one float64 (kernels/mvm.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Sgemm:
     ilp64: int                       # 1: 64-bit BLAS integers
     get_threads: object              # () -> int, the library's thread count
     set_threads: object              # (int) -> None
+    dgemm: int = 0                   # the same library's cblas_dgemm (same integers), 0: none
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _users: int = 0
     _saved: int = 1
@@ -90,7 +93,13 @@ def _find() -> Sgemm | None:
                 continue
             get, set_ = _thread_calls(dll, lib)
             h = Sgemm(ctypes.cast(fn, ctypes.c_void_p).value, int(ilp64), get, set_)
-            return h if _works(h) else None
+            if not _works(h):
+                return None
+            d = getattr(dll, name.replace("sgemm", "dgemm"), None)
+            if d is not None:
+                h.dgemm = ctypes.cast(d, ctypes.c_void_p).value
+                h.dgemm = h.dgemm if _works(h, double=True) else 0
+            return h
     return None
 
 
@@ -123,11 +132,16 @@ def _thread_calls(dll, controller):
     return controller.get_num_threads, controller.set_num_threads
 
 
-def _works(h: Sgemm) -> bool:
-    from .mvm import _sgemm_probe
+def _works(h: Sgemm, double: bool = False) -> bool:
+    """A small product through the kernels' call equals np.matmul's (sgemm, or dgemm)."""
+    from .mvm import _dgemm_probe, _sgemm_probe
+    dtype = np.float64 if double else np.float32
     rng = np.random.default_rng(7)
-    a = rng.integers(-9, 10, (5, 7)).astype(np.float32)
-    b = rng.integers(-9, 10, (7, 3)).astype(np.float32)
-    c = np.zeros((5, 3), np.float32)
-    _sgemm_probe(h.address, h.ilp64, a, b, c)
+    a = rng.integers(-9, 10, (5, 7)).astype(dtype)
+    b = rng.integers(-9, 10, (7, 3)).astype(dtype)
+    c = np.zeros((5, 3), dtype)
+    if double:
+        _dgemm_probe(h.dgemm, h.ilp64, a, b, c)
+    else:
+        _sgemm_probe(h.address, h.ilp64, a, b, c)
     return bool(np.array_equal(c, a @ b))

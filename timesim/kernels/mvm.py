@@ -18,7 +18,9 @@ depend on how the columns are split between threads. ``noise`` returns them as a
 test suite checks it against a numpy implementation of the same hash.
 
 All kernels release the GIL; ``_mvm_run`` runs one MVM on numba's threads in tiles (batch rows ×
-column chunks), each calling numpy's sgemm single-threaded (kernels/blas.py).
+column chunks), each calling numpy's sgemm single-threaded (kernels/blas.py). Bit-serial inputs
+with integer conductances (the default chip) go P input slices at a time through one dgemm of
+packed inputs (``_mvm_tile``; analog.py's ``_packing`` chooses P), exactly.
 """
 
 from __future__ import annotations
@@ -72,45 +74,76 @@ def _normal_pair(key, p):
 _ROW_MAJOR, _NO_TRANS = 101, 111
 
 
+def _emit_gemm(context, builder, sig, args, ftype):
+    """A cblas_?gemm call (row-major, no transposes, alpha 1, beta 0) through a function
+    address; ftype: the element type (float for sgemm, double for dgemm). The matrices are
+    passed as arrays and element offsets, and the call gets pointers derived from the arrays'
+    own data pointers: the optimizer then knows the call reads A and B and writes C (given
+    addresses as integers, it dropped the stores that filled an array only BLAS read)."""
+    fn_, ilp, m, n, k, a, ao, la, b, bo, lb, c, co, lc = args
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    ptr = ir.IntType(8).as_pointer()
+
+    def at(i, off):                                     # &array[flat offset], as i8*
+        ary = context.make_array(sig.args[i])(context, builder, args[i])
+        return builder.bitcast(builder.gep(ary.data, [off]), ptr)
+
+    pa, pb, pc = at(5, ao), at(8, bo), at(11, co)
+
+    def emit(width):
+        it = ir.IntType(width)
+
+        def arg(v):
+            return v if width == 64 else builder.trunc(v, i32)
+
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, it, it, it, ftype, ptr, it, ptr,
+                                               it, ftype, ptr, it])
+        f = builder.inttoptr(fn_, fnty.as_pointer())
+        builder.call(f, [ir.Constant(i32, _ROW_MAJOR), ir.Constant(i32, _NO_TRANS),
+                         ir.Constant(i32, _NO_TRANS), arg(m), arg(n), arg(k),
+                         ir.Constant(ftype, 1.0), pa, arg(la), pb, arg(lb),
+                         ir.Constant(ftype, 0.0), pc, arg(lc)])
+
+    wide = builder.icmp_signed("!=", ilp, ir.Constant(i64, 0))
+    with builder.if_else(wide) as (then, otherwise):
+        with then:
+            emit(64)
+        with otherwise:
+            emit(32)
+    return context.get_dummy_value()
+
+
+def _sgemm_codegen(context, builder, sig, args):
+    return _emit_gemm(context, builder, sig, args, ir.FloatType())
+
+
+def _dgemm_codegen(context, builder, sig, args):
+    return _emit_gemm(context, builder, sig, args, ir.DoubleType())
+
+
+def _gemm_sig(dtype, a, b, c):
+    """The signature of a ?gemm intrinsic call, or None (numba then reports a typing error)
+    unless a, b and c are C-contiguous arrays of dtype."""
+    if not all(isinstance(t, types.Array) and t.dtype == dtype and t.layout == "C"
+               for t in (a, b, c)):
+        return None
+    i = types.int64
+    return types.void(i, i, i, i, i, a, i, i, b, i, i, c, i, i)
+
+
 @intrinsic
-def _call_sgemm(typingctx, fn, ilp64, M, N, K, a, lda, b, ldb, c, ldc):
+def _call_sgemm(typingctx, fn, ilp64, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc):
     """C (M×N, row stride ldc) = A (M×K, lda) @ B (K×N, ldb), row-major float32, through the
-    cblas_sgemm at address ``fn`` (all arguments int64; ilp64 != 0: 64-bit BLAS integers).
+    cblas_sgemm at address ``fn`` (ilp64 != 0: 64-bit BLAS integers); A starts at element a0
+    of the C-contiguous array a (flat), B at b0 of b, C at c0 of c; integers are int64.
     It lives here, not in blas.py, because numba caches the kernels that inline it per file."""
-    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
-                     types.int64, types.int64, types.int64, types.int64, types.int64,
-                     types.int64)
+    return _gemm_sig(types.float32, a, b, c), _sgemm_codegen
 
-    def codegen(context, builder, signature, args):
-        fn_, ilp, m, n, k, pa, la, pb, lb, pc, lc = args
-        i32 = ir.IntType(32)
-        f32 = ir.FloatType()
-        ptr = ir.IntType(8).as_pointer()
 
-        def emit(width):
-            it = ir.IntType(width)
-
-            def arg(v):
-                return v if width == 64 else builder.trunc(v, i32)
-
-            fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, it, it, it, f32, ptr, it, ptr,
-                                                   it, f32, ptr, it])
-            f = builder.inttoptr(fn_, fnty.as_pointer())
-            builder.call(f, [ir.Constant(i32, _ROW_MAJOR), ir.Constant(i32, _NO_TRANS),
-                             ir.Constant(i32, _NO_TRANS), arg(m), arg(n), arg(k),
-                             ir.Constant(f32, 1.0), builder.inttoptr(pa, ptr), arg(la),
-                             builder.inttoptr(pb, ptr), arg(lb), ir.Constant(f32, 0.0),
-                             builder.inttoptr(pc, ptr), arg(lc)])
-
-        wide = builder.icmp_signed("!=", ilp, ir.Constant(ir.IntType(64), 0))
-        with builder.if_else(wide) as (then, otherwise):
-            with then:
-                emit(64)
-            with otherwise:
-                emit(32)
-        return context.get_dummy_value()
-
-    return sig, codegen
+@intrinsic
+def _call_dgemm(typingctx, fn, ilp64, M, N, K, a, a0, lda, b, b0, ldb, c, c0, ldc):
+    """_call_sgemm in float64, through a cblas_dgemm."""
+    return _gemm_sig(types.float64, a, b, c), _dgemm_codegen
 
 
 @njit(cache=True, nogil=True)
@@ -172,8 +205,37 @@ def _quantize_inputs(x, top, db, v, scale, vsum):
 
 
 @njit(cache=True, nogil=True)
+def _pack_inputs(v, b, P, base, v64):
+    """Batch row b of the input slices v (n_in, B, rows) packed P to a float64:
+    v64[g, b, r] = Σ_i v[g·P + i, b, r] · base^i (the last group may have fewer slices);
+    exact: digits are small integers and base a power of two."""
+    n_in = v.shape[0]
+    for g in range(v64.shape[0]):
+        out = v64[g, b]
+        k0 = g * P
+        k1 = min(k0 + P, n_in)
+        top = v[k1 - 1, b]
+        for r in range(out.shape[0]):
+            out[r] = np.float64(top[r])
+        for k in range(k1 - 2, k0 - 1, -1):
+            src = v[k, b]
+            for r in range(out.shape[0]):
+                out[r] = out[r] * base + np.float64(src[r])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unpack_row(src, sc0, sc1, base, out):
+    """Digit i of packed sums T = Σ_i c_i·base^i (|c_i| < base/2 − 1/2, so each lower part is
+    under half a unit): c_i = rint(T·base^−i) − base·rint(T·base^−(i+1)), exact in float64
+    and in the float32 it is stored as."""
+    for j in range(out.shape[0]):
+        t = src[j]
+        out[j] = np.float32(np.rint(t * sc0) - base * np.rint(t * sc1))
+
+
+@njit(cache=True, nogil=True)
 def _adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, levels, weights,
-                   acc, t0, t1, first, last, fin):
+                   acc, t0, t1, first, last, fin, unpack):
     """The ADC stage for one input slice and one tile (batch rows row0 .., matrix columns
     col0 .. col0 + cc).
 
@@ -181,78 +243,108 @@ def _adc_accumulate(cur, keys, width, row0, col0, noisy, noise_code, inv_step, l
     [s·cc, (s+1)·cc). For each row block k, tile row b (batch row row0 + b), slice s and column
     j: code = clip(rint(cur · inv_step[s] + noise_code[s] · z), ±levels) with z the normal at
     (row0 + b, s·cols + col0 + j) of stream keys[k] (width = S·cols; row0 even), or no noise
-    when ``noisy`` is false; then acc[b, j] += weights[s] · Σ_k code, acc being the tile's
-    (Bt, cc) float64 accumulator (``first``: the first input slice, acc is not read). For the
-    ``last`` input slice the total goes to y instead (fin = (step, offset, vsum, x_scale,
-    w_scale, y)): y[row0 + b, col0 + j] = float32(((total · step − offset · vsum) · x_scale)
-    · w_scale), with vsum and x_scale of batch row row0 + b.
-    t0, t1: scratch of at least cc elements for the sums of codes over row blocks: float32
-    when they are exact in it (blocks × levels < 2^24), else float64 (exact to 2^53).
+    when ``noisy`` is false; then acc[b, j] += weights[s] · Σ_k code (slices in order), acc
+    being the tile's (Bt, cc) float64 accumulator (``first``: the first input slice, acc is not
+    read). For the ``last`` input slice the total goes to y instead (fin = (step, offset, vsum,
+    x_scale, w_scale, y)): y[row0 + b, col0 + j] = float32(((total · step − offset · vsum) ·
+    x_scale) · w_scale), with vsum and x_scale of batch row row0 + b.
+    t0, t1: scratch of at least S·cc elements for the sums of codes over row blocks of two
+    batch rows (0 + the first block's code, then the others in block order): float32 when
+    they are exact in it (blocks × levels < 2^24), else float64 (exact to 2^53). Rows go two
+    at a time (a read-noise hash gives both), every slice of a row block in one sweep of its
+    currents.
+    unpack = (packed, cur64, sc0, sc1, base, e0, e1): with ``packed`` the currents are digit i
+    of the packed float64 products cur64 (blocks, Bt, S·cc), sc0 = base^−i, sc1 = base^−(i+1)
+    (_unpack_row, into the scratch rows e0, e1 of S·cc float32); cur is then not read.
     """
-    nblk, B, w = cur.shape
+    packed, cur64, sc0, sc1, pbase, e0, e1 = unpack
+    nblk, B, w = cur64.shape if packed else cur.shape
     S = weights.shape[0]
     cc = w // S
     lo = np.float32(-levels)
     hi = np.float32(levels)
+    zero = np.float32(0.0)
     step, offset, vsum, x_scale, w_scale, y = fin
     for b in range(0, B, 2):
         b1 = min(b + 1, B - 1)
-        for s in range(S):
-            c0 = s * cc
-            inv_s = inv_step[s]
-            noise_s = noise_code[s]
-            base = np.uint64(((row0 + b) >> 1) * width + s * (width // S) + col0)
-            for j in range(cc):
-                t0[j] = 0
-                t1[j] = 0
-            for k in range(nblk):
+        for k in range(nblk):
+            if packed:
+                _unpack_row(cur64[k, b], sc0, sc1, pbase, e0)
+                _unpack_row(cur64[k, b1], sc0, sc1, pbase, e1)
+                r0 = e0
+                r1 = e1
+            else:
                 r0 = cur[k, b]
                 r1 = cur[k, b1]
+            for s in range(S):
+                c0 = s * cc
+                inv_s = inv_step[s]
                 if noisy:
                     key = keys[k]
+                    noise_s = noise_code[s]
+                    base = np.uint64(((row0 + b) >> 1) * width + s * (width // S) + col0)
                     for j in range(cc):
                         z0, z1 = _normal_pair(key, base + np.uint64(j))
-                        v0 = r0[c0 + j] * inv_s + noise_s * z0
-                        v1 = r1[c0 + j] * inv_s + noise_s * z1
-                        t0[j] += min(max(np.rint(v0), lo), hi)
-                        t1[j] += min(max(np.rint(v1), lo), hi)
+                        q0 = min(max(np.rint(r0[c0 + j] * inv_s + noise_s * z0), lo), hi)
+                        q1 = min(max(np.rint(r1[c0 + j] * inv_s + noise_s * z1), lo), hi)
+                        if k == 0:
+                            t0[c0 + j] = zero + q0
+                            t1[c0 + j] = zero + q1
+                        else:
+                            t0[c0 + j] += q0
+                            t1[c0 + j] += q1
+                elif k == 0:
+                    for j in range(cc):
+                        t0[c0 + j] = zero + min(max(np.rint(r0[c0 + j] * inv_s), lo), hi)
+                    if b1 != b:
+                        for j in range(cc):
+                            t1[c0 + j] = zero + min(max(np.rint(r1[c0 + j] * inv_s), lo), hi)
                 else:
                     for j in range(cc):
-                        v0 = r0[c0 + j] * inv_s
-                        v1 = r1[c0 + j] * inv_s
-                        t0[j] += min(max(np.rint(v0), lo), hi)
-                        t1[j] += min(max(np.rint(v1), lo), hi)
-            wt = weights[s]
-            fresh = first and s == 0
-            done = last and s == S - 1
-            for q in range(2 if b1 != b else 1):
-                bq = b + q
-                t = t0 if q == 0 else t1
-                a = acc[bq]
-                if done:
+                        t0[c0 + j] += min(max(np.rint(r0[c0 + j] * inv_s), lo), hi)
+                    if b1 != b:
+                        for j in range(cc):
+                            t1[c0 + j] += min(max(np.rint(r1[c0 + j] * inv_s), lo), hi)
+        for q in range(2 if b1 != b else 1):
+            bq = b + q
+            t = t0 if q == 0 else t1
+            a = acc[bq]
+            for s in range(S):
+                c0 = s * cc
+                wt = weights[s]
+                fresh = first and s == 0
+                if last and s == S - 1:
                     out = y[row0 + bq]
                     off = np.float64(offset) * np.float64(vsum[row0 + bq])
                     xs = np.float64(x_scale[row0 + bq])
                     for j in range(cc):
-                        tot = wt * np.float64(t[j]) if fresh else a[j] + wt * np.float64(t[j])
+                        tot = (wt * np.float64(t[c0 + j]) if fresh
+                               else a[j] + wt * np.float64(t[c0 + j]))
                         out[col0 + j] = np.float32((tot * step - off) * xs * w_scale)
                 elif fresh:
                     for j in range(cc):
-                        a[j] = wt * np.float64(t[j])
+                        a[j] = wt * np.float64(t[c0 + j])
                 else:
                     for j in range(cc):
-                        a[j] += wt * np.float64(t[j])
+                        a[j] += wt * np.float64(t[c0 + j])
 
 
 @njit(cache=True, nogil=True)
-def _mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
-             weights, tproto, fin):
+def _mvm_tile(i, fn, dfn, ilp64, v, v64, P, base, U, X, edges, S, keys, noisy, noise_code,
+             inv_step, levels, weights, tproto, fin):
     """Tile i of an analog MVM: batch rows [TILE_ROWS·(i // chunks), ..) times the matrix columns
     of chunk i % chunks (edges[c] .. edges[c+1]). For every input slice k, the currents of every
     row block (cblas_sgemm at ``fn``, see kernels/blas.py), then the ADC stage, the last one
     into y (_adc_accumulate). v (input slices, B, rows); U (rows, S·cols): chunk c's columns at
     [S·edges[c], S·edges[c+1]), weight slices side by side; weights (input slices, S); tproto:
-    an empty array with the dtype of the code sums."""
+    an empty array with the dtype of the code sums.
+
+    P > 1 (integer conductances, several input slices): the currents of P input slices come
+    from one float64 product (cblas_dgemm at ``dfn``) of the packed inputs v64 (groups, B,
+    rows; _pack_inputs) with the chunk's conductances in float64: every partial sum is an
+    integer under 2^53, so the product is exact in any summation order and each slice's
+    currents are recovered exactly (_unpack_row). Half the flops of sgemm per multiply-add and
+    P slices at once: P/2 times fewer cycles, the same result bit for bit."""
     n_in, B, rows = v.shape
     width = U.shape[1]
     nblk = (rows + X - 1) // X
@@ -262,22 +354,48 @@ def _mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step
     c0 = edges[i % nch]
     cc = edges[i % nch + 1] - c0
     w = S * cc
-    cur = np.empty((nblk, bt, w), np.float32)
+    packed = P > 1          # a run-time bool in both unpack tuples: one specialization (a
+    #                         literal True/False would make two, which numba's cache mixes up)
+    cur = np.empty((0 if packed else nblk, bt, w), np.float32)
+    cur64 = np.empty((nblk if packed else 0, bt, w), np.float64)
     acc = np.empty((bt, cc if n_in * S > 1 else 0), np.float64)     # unused for one (k, s)
-    t0 = np.empty(cc, tproto.dtype)
-    t1 = np.empty(cc, tproto.dtype)
-    pu = np.int64(U.ctypes.data) + 4 * S * c0
-    pc = np.int64(cur.ctypes.data)
+    t0 = np.empty(w, tproto.dtype)
+    t1 = np.empty(w, tproto.dtype)
+    e0 = np.empty(w if packed else 0, np.float32)
+    e1 = np.empty(w if packed else 0, np.float32)
+    if packed:
+        u64 = np.empty((rows, w), np.float64)           # the chunk's conductances in float64
+        for r in range(rows):
+            src = U[r, S * c0:S * c0 + w]
+            dst = u64[r]
+            for j in range(w):
+                dst[j] = np.float64(src[j])
+        for g in range((n_in + P - 1) // P):
+            pv = (g * B + row0) * rows
+            for blk in range(nblk):
+                r0 = blk * X
+                h = min(X, rows - r0)
+                _call_dgemm(dfn, ilp64, bt, w, h, v64, pv + r0, rows, u64, r0 * w, w,
+                            cur64, blk * bt * w, w)
+            sc0 = 1.0                                   # base^-d, exact (a power of two)
+            for k in range(g * P, min(g * P + P, n_in)):
+                unpack = (packed, cur64, sc0, sc0 / base, base, e0, e1)
+                sc0 /= base
+                _adc_accumulate(cur, keys[k * nblk:(k + 1) * nblk], width, row0, c0, noisy,
+                               noise_code[k], inv_step[k], levels, weights[k], acc, t0, t1,
+                               k == 0, k == n_in - 1, fin, unpack)
+        return
+    unpack = (packed, cur64, 1.0, 0.0, base, e0, e1)       # packed is false here
     for k in range(n_in):
-        pv = np.int64(v.ctypes.data) + 4 * (k * B + row0) * rows
+        pv = (k * B + row0) * rows
         for blk in range(nblk):
             r0 = blk * X
             h = min(X, rows - r0)
-            _call_sgemm(fn, ilp64, bt, w, h, pv + 4 * r0, rows, pu + 4 * r0 * width, width,
-                       pc + 4 * blk * bt * w, w)
+            _call_sgemm(fn, ilp64, bt, w, h, v, pv + r0, rows, U, S * c0 + r0 * width, width,
+                       cur, blk * bt * w, w)
         _adc_accumulate(cur, keys[k * nblk:(k + 1) * nblk], width, row0, c0, noisy,
                        noise_code[k], inv_step[k], levels, weights[k], acc, t0, t1, k == 0,
-                       k == n_in - 1, fin)
+                       k == n_in - 1, fin, unpack)
 
 
 def tiles(batch: int, edges: np.ndarray) -> int:
@@ -286,14 +404,16 @@ def tiles(batch: int, edges: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _mvm_run(fn, ilp64, x, U, X, edges, S, seed, n_in, db, top, noisy, noise_code, inv_step,
-            levels, weights, tproto, step, offset, w_scale, y):
+def _mvm_run(fn, dfn, ilp64, x, U, X, edges, S, seed, P, base, n_in, db, top, noisy,
+            noise_code, inv_step, levels, weights, tproto, step, offset, w_scale, y):
     """A whole analog MVM on numba's threads: the input rows into DAC slices (prange over the
-    batch), then every tile (prange; each writes its own block of y).
-    Returns False, leaving y unwritten, if x holds a NaN or an Inf."""
+    batch; packed P to a float64 when P > 1, see _mvm_tile), then every tile (prange; each
+    writes its own block of y). Returns False, leaving y unwritten, if x holds a NaN or an
+    Inf."""
     B, rows = x.shape
     nblk = (rows + X - 1) // X
     v = np.empty((n_in, B, rows), np.float32)
+    v64 = np.empty(((n_in + P - 1) // P if P > 1 else 0, B, rows), np.float64)
     x_scale = np.empty(B, np.float32)
     vsum = np.empty(B, np.int64)
     maxbits = np.empty(B, np.int32)
@@ -303,22 +423,31 @@ def _mvm_run(fn, ilp64, x, U, X, edges, S, seed, n_in, db, top, noisy, noise_cod
             bad += 1
     if bad:
         return False
+    if P > 1:
+        for b in prange(B):
+            _pack_inputs(v, b, P, base, v64)
     keys = np.empty(n_in * nblk, np.uint64)
     for i in range(n_in * nblk):
         keys[i] = _stream_key(seed, i)
     fin = (step, offset, vsum, x_scale, w_scale, y)
     for i in prange(((B + TILE_ROWS - 1) // TILE_ROWS) * (edges.shape[0] - 1)):
-        _mvm_tile(i, fn, ilp64, v, U, X, edges, S, keys, noisy, noise_code, inv_step, levels,
-                 weights, tproto, fin)
+        _mvm_tile(i, fn, dfn, ilp64, v, v64, P, base, U, X, edges, S, keys, noisy, noise_code,
+                 inv_step, levels, weights, tproto, fin)
     return True
 
 
 @njit(cache=True)
 def _sgemm_probe(fn, ilp64, a, b, c):
-    """c = a @ b through call_sgemm (kernels/blas.py checks the library once with it)."""
-    _call_sgemm(fn, ilp64, a.shape[0], b.shape[1], a.shape[1], np.int64(a.ctypes.data),
-               a.shape[1], np.int64(b.ctypes.data), b.shape[1], np.int64(c.ctypes.data),
-               c.shape[1])
+    """c = a @ b through _call_sgemm (kernels/blas.py checks the library once with it)."""
+    _call_sgemm(fn, ilp64, a.shape[0], b.shape[1], a.shape[1], a, 0, a.shape[1], b, 0,
+               b.shape[1], c, 0, c.shape[1])
+
+
+@njit(cache=True)
+def _dgemm_probe(fn, ilp64, a, b, c):
+    """_sgemm_probe in float64, through _call_dgemm."""
+    _call_dgemm(fn, ilp64, a.shape[0], b.shape[1], a.shape[1], a, 0, a.shape[1], b, 0,
+               b.shape[1], c, 0, c.shape[1])
 
 
 @njit(cache=True, nogil=True)
