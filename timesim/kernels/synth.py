@@ -30,19 +30,21 @@ def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
 def inverse_cdf_block(seed: int, stream: int, t0: int, n: int, size: int, probs: np.ndarray,
                       table: np.ndarray, grid: int, scale: np.ndarray | None = None,
                       imp: np.ndarray | None = None, which: np.ndarray | None = None,
-                      slope: np.ndarray | None = None) -> np.ndarray:
+                      slope: np.ndarray | None = None,
+                      step: np.ndarray | None = None) -> np.ndarray:
     """(n, size) float32 draws by inverse CDF (``table`` at ``probs``, linear in between;
     ``probs`` begins with the uniform grid k / ``grid``) from two 32-bit uniforms per hash of
     stream (seed, stream, t0 + i) (select._gate_block); row i times ``scale[i]`` and
-    ``imp[which[i]]`` (row vectors; default ones). ``slope``: the table's slope per interval,
-    if precomputed."""
+    ``imp[which[i]]`` (row vectors; default ones). ``slope``, ``step``: the table's slope per
+    interval and its rise per interval of the grid, if precomputed."""
     out = np.empty((n, size), dtype=np.float32)
     scale = np.ones(n) if scale is None else np.asarray(scale, dtype=np.float64)
     if imp is None:
         imp, which = np.ones((1, size), np.float32), np.zeros(n, np.int64)
     if slope is None:
         slope = np.diff(table) / np.diff(probs)
-    step = np.diff(table[:grid])
+    if step is None:
+        step = np.diff(table[:grid])
     _gate_block(np.int64(seed), np.int64(stream), np.int64(t0), probs, table, slope, step,
                 np.int64(grid), scale, imp, which, np.empty(size + 1, dtype=np.float64), out)
     return out

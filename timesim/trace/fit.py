@@ -43,6 +43,7 @@ _EPS = 1e-30
 GATE_PROBS = np.unique(np.concatenate([np.linspace(0, 1, 97),
                                        1 - np.logspace(-2, -5, 10)]))
 _GATE_GRID = 96                    # GATE_PROBS starts with the uniform grid k / 96
+_IMP_BLOCKS = 64                   # importance blocks computed at a time (≤ 2^18 values)
 _HIST_LO, _HIST_HI, _HIST_BINS = -5.0, 3.0, 800        # log10 bins of the gate histograms
 
 
@@ -465,6 +466,7 @@ class FittedLayer:
                                  f"non-negative quantiles")
         self.row_gate, self.col_gate = gates
         self._slopes = tuple(np.diff(g) / np.diff(GATE_PROBS) for g in gates)
+        self._steps = tuple(np.diff(g[:_GATE_GRID]) for g in gates)
         get = _Getter(raw, w)
         self.bias = get.num("bias", 0, 100)
         beta = get.num("bias_exponent", 0, 1) if "bias_exponent" in raw else 0.0
@@ -504,6 +506,7 @@ class FittedLayer:
         self.iblock = int(max(1, min(512, self.tau_i // 8)))
         self.row32, self.col32 = self.row.astype(np.float32), self.col.astype(np.float32)
         self._frames: dict[tuple[int, int], np.ndarray] = {}
+        self._imp: dict[int, tuple[int, np.ndarray]] = {}        # tag -> (first block, rows)
         self._M: tuple[int, np.ndarray] | None = None
 
     def sigma(self, t: np.ndarray) -> np.ndarray:
@@ -533,28 +536,36 @@ class FittedLayer:
         """The drifting importance base · exp(δ · x(t)) of iterations t0 .. t0+n-1, held
         constant over blocks of ``iblock`` iterations (evaluated at each block's middle):
         (one row per block spanned, the row of each iteration). Every block's row is computed
-        the same way whichever chunk asks for it."""
+        the same way (element by element) whichever chunk asks for it; rows are computed
+        for up to _IMP_BLOCKS blocks at a time and kept for the next pieces."""
         first, last = t0 // self.iblock, (t0 + n - 1) // self.iblock
         which = ((t0 + np.arange(n)) // self.iblock - first).astype(np.int64)
         if not delta:
             return base[None, :], np.zeros(n, dtype=np.int64)
-        size = base.shape[0]
-        j, c, s = keyframe_weights((np.arange(first, last + 1) + 0.5) * self.iblock, self.tau_i)
-        x = np.empty((len(j), size))
-        for jj in np.unique(j):
-            sel = j == jj
-            x[sel] = (c[sel, None] * self._frame(seed, tag, int(jj), size)
-                      + s[sel, None] * self._frame(seed, tag, int(jj) + 1, size))
-        return (base * np.exp(delta * x)).astype(np.float32), which
+        b0, rows = self._imp.get(tag, (first, None))
+        if rows is None or not (b0 <= first and last < b0 + len(rows)):
+            size = base.shape[0]
+            nb = max(last - first + 1, min(_IMP_BLOCKS, (1 << 18) // max(size, 1)))
+            j, c, s = keyframe_weights((np.arange(first, first + nb) + 0.5) * self.iblock,
+                                       self.tau_i)
+            x = np.empty((nb, size))
+            for jj in np.unique(j):
+                sel = j == jj
+                x[sel] = (c[sel, None] * self._frame(seed, tag, int(jj), size)
+                          + s[sel, None] * self._frame(seed, tag, int(jj) + 1, size))
+            b0, rows = first, (base * np.exp(delta * x)).astype(np.float32)
+            self._imp[tag] = (b0, rows)
+        return rows[first - b0:last - b0 + 1], which
 
     def _factors(self, seed: int, gate_tag: int, tag: int, t0: int, n: int,
                  table: np.ndarray, delta: float, base: np.ndarray, scale=None) -> np.ndarray:
         """Row (or column) factors (n, size) float32 of iterations t0 .. t0+n-1: iid gates
         from the fitted quantile table × the drifting importance (× the scale σ(t))."""
         imp, which = self._importance(seed, tag, t0, n, delta, base)
-        slope = self._slopes[0] if table is self.row_gate else self._slopes[1]
+        i = 0 if table is self.row_gate else 1
         return inverse_cdf_block(seed, self.index + (gate_tag << 32), t0, n, base.shape[0],
-                                 GATE_PROBS, table, _GATE_GRID, scale, imp, which, slope)
+                                 GATE_PROBS, table, _GATE_GRID, scale, imp, which,
+                                 self._slopes[i], self._steps[i])
 
     def _direction(self, seed: int, block: int) -> np.ndarray:
         """b_rc · m at the middle of direction block ``block`` (cached for the next piece)."""
