@@ -101,3 +101,22 @@ def test_fused_runs_equal_unfused_runs():
     ref = json.dumps({k: runs[0][k] for k in keys}, sort_keys=True)
     for r in runs[1:]:
         assert json.dumps({k: r[k] for k in keys}, sort_keys=True) == ref
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_synthetic_pieces_are_writeable_contiguous_float32_whatever_the_chunk(n):
+    """Every array a synthetic piece hands the kernels has one numba type: C-contiguous,
+    writeable float32. A read-only one (np.broadcast_to of one row passed through
+    ascontiguousarray, as a last chunk of 1 iteration gave) is another type, compiled again
+    on the first short chunk of a run (3 s per kernel on ResNet-50)."""
+    from timesim.trace.synth import SynthTrace
+
+    trace = SynthTrace("resnet20", iterations=64, chunk=8)
+    for li in (0, 5):
+        (t0, m, *arrays), = trace.pieces(li, 0, n)
+        assert (t0, m) == (0, n)
+        for a in arrays:
+            assert a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+        rows, cols = trace.meta.layers[li].rows, trace.meta.layers[li].cols
+        assert arrays[3].shape == (n, rows) and arrays[4].shape == (n, cols)
+        np.testing.assert_array_equal(arrays[3], np.tile(trace.structure(li)[1], (n, 1)))

@@ -144,10 +144,12 @@ class SynthTrace:
         if key not in self._factors:
             layer = self.meta.layers[li]
             _, row, col = self.structure(li)
+            # np.repeat copies: a broadcast view with n = 1 counts as contiguous and stays
+            # read-only, which numba types (and compiles) as a second kernel signature
             self._factors[key] = (np.ones((n, layer.rows), np.float32),
                                   np.ones((n, layer.cols), np.float32),
-                                  np.ascontiguousarray(np.broadcast_to(row, (n, layer.rows))),
-                                  np.ascontiguousarray(np.broadcast_to(col, (n, layer.cols))))
+                                  np.repeat(row[None, :], n, axis=0),
+                                  np.repeat(col[None, :], n, axis=0))
         return [(t0, n, self.structure(li)[0], *self._factors[key], NO_CELLSCALE)]
 
     def source(self, li: int, t0: int, n: int):
