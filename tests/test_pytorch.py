@@ -203,6 +203,25 @@ def test_crossbar_forward_matches_the_model_and_applies_faults():
     assert not net.conv._forward_hooks                   # hooks removed
 
 
+def test_crossbar_forward_on_sequences_and_unmapped_layers():
+    """Linear layers on (batch, tokens, features) inputs get their bias on the last axis; a
+    grouped convolution (not mapped) stays digital; ideal settings give the model's output."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=2, dilation=2),
+                               torch.nn.Conv2d(8, 8, 3, groups=2, padding=1),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5))
+    ideal = timesim.load_hwconfig(None, ["xbar.weight_bits=20", "xbar.cell_bits=20",
+                                         "dac.input_bits=20", "dac.bits=20", "adc.bits=48"])
+    from timesim.pytorch import crossbar_forward
+    for model, x in ((net, torch.randn(2, 9, 16)), (conv, torch.randn(3, 3, 6, 6))):
+        with torch.no_grad():
+            want = model(x)
+        got = crossbar_forward(model, x, ideal)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
 def _bits_one(x: np.ndarray, bits: int = 8) -> tuple[int, int]:
     """Independent count: |x| scaled to 0..2^bits-1 over its range, bits that are 1."""
     a = np.abs(x.astype(np.float64))

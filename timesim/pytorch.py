@@ -501,8 +501,8 @@ def crossbar_forward(model: nn.Module, x: torch.Tensor, hw: HwConfig | str | Pat
                 y = y.reshape(output.shape)
             else:                                                             # (N·L, C_out)
                 y = y.reshape(n, -1, y.shape[1]).transpose(1, 2).reshape(output.shape)
-            if mod.bias is not None:
-                shape = (1, -1) + (1,) * (output.dim() - 2)
+            if mod.bias is not None:          # a Linear's features are its input's last axis
+                shape = (-1,) if isinstance(mod, nn.Linear) else (1, -1, 1, 1)
                 y = y + mod.bias.detach().to(torch.float32).reshape(shape)
             return y.to(output.dtype).to(output.device)
 
