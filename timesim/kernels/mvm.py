@@ -354,8 +354,8 @@ def _mvm_tile(i, fn, dfn, ilp64, v, v64, P, base, U, X, edges, S, keys, noisy, n
     c0 = edges[i % nch]
     cc = edges[i % nch + 1] - c0
     w = S * cc
-    packed = P > 1          # a run-time bool in both unpack tuples: one specialization (a
-    #                         literal True/False would make two, which numba's cache mixes up)
+    packed = P > 1          # the same run-time bool in both unpack tuples: one compiled
+    #                         _adc_accumulate (literal True/False would type as two)
     cur = np.empty((0 if packed else nblk, bt, w), np.float32)
     cur64 = np.empty((nblk if packed else 0, bt, w), np.float64)
     acc = np.empty((bt, cc if n_in * S > 1 else 0), np.float64)     # unused for one (k, s)
