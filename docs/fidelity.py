@@ -150,8 +150,8 @@ def tables(work: Path, models, fits: dict) -> str:
         order_ok.append(f"{NAMES[model]}: real {' > '.join(real_order)}, fitted "
                         f"{' > '.join(fit_order)} ({kept})")
     params = ["| model | method | layer | bias | β | τ direction | row / col drift | τ importance "
-              "| γ | importance R² | kurtosis real / model |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| γ | importance R² | kurtosis real / model | variance ratio real / model |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, method), doc in sorted(fits.items()):
         for L in doc["layers"]:
             params.append(f"| {model} | {method} | {L['layer']['name']} | {L['bias']:.3f} | "
@@ -159,7 +159,9 @@ def tables(work: Path, models, fits: dict) -> str:
                           f"{L['row_drift']:.2f} / {L['col_drift']:.2f} | "
                           f"{L['tau_importance']:.4g} | {L['scale']['gamma']:.2f} | "
                           f"{L['fit']['importance_r2']:.3f} | {L['fit']['kurtosis']:.2f} / "
-                          f"{L['fit']['kurtosis_model']:.2f} |")
+                          f"{L['fit']['kurtosis_model']:.2f} | "
+                          f"{L['fit']['variance_ratio']['real']:.2f} / "
+                          f"{L['fit']['variance_ratio']['model']:.2f} |")
     return "\n".join(["### Whole network", "", *lines, "", "Ordering of the three methods by "
                       "max writes: " + "; ".join(order_ok) + ".", "",
                       "### Per layer (max writes and the distance between the write-count "

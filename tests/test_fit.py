@@ -106,6 +106,69 @@ def test_fit_sees_a_drifting_direction(tmp_path):
     assert 150 < L["tau_direction"] < 600
 
 
+def write_arrays(out, G, chunk=64):
+    """A one-layer float32 trace of the gradients G (iterations, rows, cols)."""
+    from timesim.trace.format import LayerInfo
+
+    info = LayerInfo(name="w", kind="linear", rows=G.shape[1], cols=G.shape[2])
+    with TraceWriter(out, [info], model="toy", source="test", dtype="float32",
+                     chunk_iterations=chunk) as w:
+        for t0 in range(0, len(G), chunk):
+            w.append_chunk({"w": G[t0:t0 + chunk].astype(np.float32)})
+    return out
+
+
+def test_fit_reads_no_direction_into_loud_batches_that_push_back(tmp_path):
+    """Near a minimum most batches push a weight one way and a few loud ones push it back: the
+    gradients sum to 0 (the weight stays put). Per cell a sign d; quiet iterations (90%)
+    g = z + 0.3 d, loud ones (10%, ten times the scale) g = 10 (z - 0.27 d): E[g] = 0 exactly.
+    Normalised by each iteration's own scale the quiet push survives (checked here with numpy);
+    the fit, which divides by the smoothed scale as its model does, must find no direction
+    (it found b ~ 0.2 when it normalised per iteration)."""
+    rng = np.random.default_rng(8)
+    T, rows, cols = 1200, 32, 24
+    d = np.where(rng.random((rows, cols)) < 0.5, -1.0, 1.0)
+    loud = rng.random(T) < 0.1
+    z = rng.standard_normal((T, rows, cols))
+    G = np.where(loud[:, None, None], 10 * (z - 0.27 * d), z + 0.3 * d)
+    s = np.sqrt((G ** 2).mean(axis=(1, 2)))
+    assert abs((G.mean(0) * d).mean()) < 0.05                      # no push in the raw sum
+    assert ((G / s[:, None, None]).mean(0) * d).mean() > 0.15      # per-iteration normalised
+    L = fit_trace(str(write_arrays(tmp_path / "t", G)), start=0.0)[0]["layers"][0]
+    assert L["bias"] < 0.05
+
+
+def test_fit_reads_no_direction_into_short_lag_correlation(tmp_path):
+    """Noise correlated over two iterations (an MA(2): ρ1 = 0.5, ρ2 = 0.2 of unit variance;
+    the variance of its sums grows 1 + 2(ρ1 + ρ2) = 2.4 times faster than of iid noise): no
+    direction, and the variance ratio over 128 iterations the hand-computed
+    (128 + 2·(127·ρ1 + 126·ρ2)) / 128."""
+    rng = np.random.default_rng(9)
+    T, rows, cols = 1200, 32, 24
+    e = rng.standard_normal((T + 2, rows, cols))
+    a, b = 0.6, 0.3            # e_t + a e_{t-1} + b e_{t-2}: ρ1 = (a + ab)/(1 + a² + b²), ...
+    G = (e[2:] + a * e[1:-1] + b * e[:-2]) / math.sqrt(1 + a * a + b * b)
+    r1, r2 = (a + a * b) / (1 + a * a + b * b), b / (1 + a * a + b * b)
+    L = fit_trace(str(write_arrays(tmp_path / "t", G)), start=0.0)[0]["layers"][0]
+    assert L["bias"] < 0.05
+    want = (128 + 2 * (127 * r1 + 126 * r2)) / 128
+    assert L["fit"]["variance_ratio"]["real"] == pytest.approx(want, rel=0.1)
+
+
+def test_variance_ratio_sees_gradients_that_revert(tmp_path):
+    """g_t = (z_t - z_{t-16}) / √2 (a cell's summed gradient stays bounded): the variance of a
+    sum over n ≥ 16 iterations is 16 / n times n's variance; the model, without reversion,
+    says 1."""
+    rng = np.random.default_rng(10)
+    T, rows, cols = 1200, 32, 24
+    z = rng.standard_normal((T + 16, rows, cols))
+    G = (z[16:] - z[:-16]) / math.sqrt(2)
+    L = fit_trace(str(write_arrays(tmp_path / "t", G)), start=0.0)[0]["layers"][0]
+    vr = L["fit"]["variance_ratio"]
+    assert vr["real"] == pytest.approx(16 / 128, abs=0.03)
+    assert vr["model"] == pytest.approx(1.0, abs=0.1)
+
+
 def test_replay_is_a_pure_function_of_seed_layer_iteration(tmp_path):
     write_toy(tmp_path / "m.yaml", np.random.default_rng(4), tau=40.0, drift=0.3, gamma=0.5)
     a = open_trace(f"synth:fit?model={tmp_path / 'm.yaml'}&iterations=150&chunk=64")

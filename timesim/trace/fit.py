@@ -115,6 +115,38 @@ def _loglog_slope(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(a), float(1 - (res ** 2).sum() / tot) if tot > 0 else 1.0
 
 
+def window_correlation(k: np.ndarray, wlen: int, tau: float, phases: int = 64) -> np.ndarray:
+    """corr(x̄_w, x̄_{w+k}) of the keyframe process's means over windows of ``wlen`` iterations,
+    k windows apart (k ≥ 1), relative to x's unit variance: the correlation at lag Δ averaged
+    over the pairs of iterations (Δ = k·wlen + d, triangular weights on d in (−wlen, wlen))
+    and over the phase of t (as keyframe_correlation)."""
+    d = np.arange(-wlen + 1, wlen, max(1, wlen // 16))
+    w = (wlen - np.abs(d)).astype(np.float64)
+    lag = np.asarray(k, dtype=np.float64)[:, None, None] * wlen + d[None, :, None]
+    t = (np.arange(phases) + 0.5) / phases * tau
+    j1, c1, s1 = keyframe_weights(t, tau)
+    j2, c2, s2 = keyframe_weights(t + lag, tau)
+    rho = np.where(j2 == j1, c1 * c2 + s1 * s2, np.where(j2 == j1 + 1, s1 * c2, 0.0))
+    return (rho.mean(2) * w).sum(1) / w.sum()
+
+
+def _fit_direction(cov: np.ndarray, wlen: int, horizon: float) -> tuple[float, float, float]:
+    """(B, τ, RMSE) of cov[k−1] ≈ B · window_correlation(k, wlen, τ), k = 1..len(cov), B ≥ 0
+    (least squares for each τ of a grid in log τ, from one window to 64 × the recorded span).
+    The covariances of *different* windows' means hold no fresh noise, short-lag
+    correlation of the noise included: what is left is the direction's own covariance."""
+    k = np.arange(1, len(cov) + 1)
+    taus = np.exp(np.linspace(np.log(max(1.0, wlen / 2)), np.log(64 * horizon), 48))
+    best = (0.0, float(taus[-1]), float(np.sqrt(np.mean(cov ** 2))))
+    for tau in taus:
+        rho = window_correlation(k, wlen, tau)
+        B = max(0.0, float(np.dot(rho, cov) / max(np.dot(rho, rho), _EPS)))
+        e = float(np.sqrt(np.mean((cov - B * rho) ** 2)))
+        if B > 0 and e < best[2]:
+            best = (B, float(tau), e)
+    return best
+
+
 def _fit_tau(lags: np.ndarray, rho: np.ndarray, horizon: float) -> tuple[float, float]:
     """τ whose keyframe correlation best matches ρ at the lags (grid search in log τ); its RMSE.
     τ is searched from one window to 64 × the recorded span."""
@@ -126,6 +158,33 @@ def _fit_tau(lags: np.ndarray, rho: np.ndarray, horizon: float) -> tuple[float, 
         if e < err:
             best, err = tau, e
     return float(best), err
+
+
+def _fit_scale(sig: np.ndarray, knots: int = 16):
+    """(knot iterations, knot scales, log-log slope of the second half, its R²) of a layer's
+    recorded per-iteration scale: geometric means over ``knots`` equal windows."""
+    K = len(sig)
+    kw = K // knots
+    knots_t = (np.arange(knots) + 0.5) * kw
+    knots_s = np.array([np.exp(np.mean(np.log(np.maximum(sig[w * kw:(w + 1) * kw], _EPS))))
+                        for w in range(knots)])
+    t = np.arange(K)
+    half = t >= K // 2
+    slope, r2 = _loglog_slope(t[half] + 1.0, sig[half])
+    return knots_t, knots_s, slope, r2
+
+
+def scale_curve(t: np.ndarray, knots_t: np.ndarray, knots_log: np.ndarray,
+                gamma: float) -> np.ndarray:
+    """σ(t): log-linear between knots, flat before the first, power law t^−γ after the last."""
+    t = np.asarray(t, dtype=np.float64)
+    last = knots_t[-1]
+    if t.size and t[0] > last:               # past the recording (most of a long run)
+        return np.exp(knots_log[-1] - gamma * np.log((t + 1) / (last + 1)))
+    s = np.interp(t, knots_t, knots_log)
+    beyond = t > last
+    s = np.where(beyond, knots_log[-1] - gamma * np.log(np.maximum(t + 1, 1) / (last + 1)), s)
+    return np.exp(s)
 
 
 def _two_way(L: np.ndarray, ok: np.ndarray, sweeps: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +230,9 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
     windows = int(max(4, min(windows, span // 8)))
     wlen = span // windows                  # iterations per window (the tail is left out)
     used = wlen * windows                   # statistics from t_first .. t_first + used - 1
+    # the block length of the variance ratio (a goodness-of-fit number): a power of two, at
+    # most a window and an eighth of the statistics
+    n_vr = 1 << max(1, int(math.log2(max(2, min(wlen, used // 8)))))
 
     def chunks():
         """(t0, n, layer, float64 gradients) in slices of at most ~8 M values (~64 MB), so
@@ -216,12 +278,20 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         imp[layer.name] = (np.where(dead_r, 0.0, np.exp(a)), np.where(dead_c, 0.0, np.exp(b)),
                            dead_r, dead_c, r2, live, cell)
 
-    # pass 2: window means of h (direction), noise moments, row/col window RMS, gates
+    # the scale σ(t) as the model has it: knots of the smoothed recorded scale, then a power law
+    scales = {name: _fit_scale(sig) for name, sig in sigma.items()}
+    smooth = {name: scale_curve(np.arange(K, dtype=np.float64), kt, np.log(ks), -slope)
+              for name, (kt, ks, slope, _) in scales.items()}
+
+    # pass 2: window means of g / σ(t) (direction), noise moments, row/col window RMS, gates
     acc = {}
     for layer in meta.layers:
         acc[layer.name] = dict(
             mean=np.zeros((windows, layer.rows, layer.cols)),
-            even=np.zeros((windows, layer.rows, layer.cols)),
+            # sums of u over blocks of n_vr iterations: the running sum, its value at the last
+            # block boundary, Σ over complete blocks and cells of S², Σ of u²
+            cum=np.zeros((layer.rows, layer.cols)), last=np.zeros((layer.rows, layer.cols)),
+            s2=0.0, blocks=0, u2=0.0,
             m2=0.0, count=0, h4=np.zeros((layer.rows, layer.cols)),
             row=np.zeros((2, windows, layer.rows)), col=np.zeros((2, windows, layer.cols)),
             gate={"row": np.zeros(_HIST_BINS), "col": np.zeros(_HIST_BINS)},
@@ -231,11 +301,17 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         a = acc[layer.name]
         sig = np.maximum(sigma[layer.name][ch.t0:ch.t0 + ch.n], _EPS)
         h = g / sig[:, None, None]
+        # the direction is measured on g / σ(t) with the *smoothed* σ the model multiplies
+        # by: normalised per iteration, a gradient's mean changes meaning. Near a minimum
+        # most batches push a weight one way and a few loud ones push it back, so that g
+        # sums to ~0 (the weight stays put) while g / (its own iteration's scale) keeps the
+        # quiet batches' push: a persistent direction that the real run does not have
+        u = g / np.maximum(smooth[layer.name][ch.t0:ch.t0 + ch.n], _EPS)[:, None, None]
         t = ch.t0 + np.arange(ch.n)
         inside = (t >= t_first) & (t < t_first + used)
         if not inside.any():
             continue
-        h, t = h[inside], t[inside] - t_first
+        h, u, t = h[inside], u[inside], t[inside] - t_first
         # gates: each row's (column's) per-iteration RMS over its RMS across the trace
         for axis, dim, ms_all in (("row", 2, row_ms[layer.name]), ("col", 1, col_ms[layer.name])):
             alive = ms_all > 0
@@ -255,44 +331,45 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
                 hp = hw[t[sel] % 2 == parity]
                 a["row"][parity, w] += (hp ** 2).mean(2).sum(0)
                 a["col"][parity, w] += (hp ** 2).mean(1).sum(0)
-            # the direction is measured on h itself: weighted by power, as the policies see
-            # it (cells with little gradient matter little, whatever their mean)
-            a["mean"][w] += hw.sum(0)
-            a["even"][w] += hw[t[sel] % 2 == 0].sum(0)
-            a["m2"] += float((hw[:, live] ** 2).sum())
+            # weighted by power, as the policies see it (cells with little gradient matter
+            # little, whatever their mean)
+            a["mean"][w] += u[sel].sum(0)
+            a["m2"] += float((u[sel][:, live] ** 2).sum())
             a["h4"] += (hw ** 4).sum(0)
             a["count"] += int(live.sum()) * hw.shape[0]
+        _block_sums(a, u, t, n_vr)
         if progress:
             progress(0.5 + 0.5 * (ch.t0 + ch.n) / K)
 
     layers_doc, arrays = [], {}
-    t_axis = np.arange(K)
     for layer in meta.layers:
         name = layer.name
         s_r, q_c, dead_r, dead_c, r2, live, cell = imp[name]
         a = acc[name]
-        # direction strength b and correlation time, noise-corrected with the even/odd split
+        # direction strength b and correlation time, from the covariances of the means of
+        # *different* windows (power-weighted over the cells, as the policies see them): the
+        # mean square of a window's own mean holds the noise's correlation over a few
+        # iterations as well, which is not a direction (docs/fidelity.md)
         mean_w = a["mean"] / wlen                         # (W, rows, cols)
-        even_w = a["even"] / (wlen / 2)
-        odd_w = (a["mean"] - a["even"]) / (wlen / 2)
         m2 = a["m2"] / max(a["count"], 1)
-        ms = (mean_w[:, live] ** 2).mean()
-        b2 = max(0.0, (ms - m2 / wlen) / max(m2 - ms, _EPS))
-        beta = _bias_exponent(mean_w, sq[name] / span, np.outer(s_r, q_c), live, wlen)
+        cov = np.array([(mean_w[:-lag, live] * mean_w[lag:, live]).mean()
+                        for lag in range(1, windows)])
+        B, tau_d, err = _fit_direction(cov, wlen, used)
+        # what the model does not have: the variance of a cell's gradient summed over n
+        # iterations against n times its variance, real and model (the model's only
+        # correlation over time is the direction's); real gradients revert (< 1), a weight
+        # near its optimum being pushed back (docs/fidelity.md)
+        vr = a["s2"] / max(a["blocks"] * n_vr, 1) / max(a["u2"] / used, _EPS)
+        vr_model = _direction_variance_ratio(n_vr, min(B / max(m2, _EPS), 1.0), tau_d)
+        b2 = B / max(m2 - B, _EPS)
+        err_d = err / max(m2 / wlen, _EPS)    # against the noise variance of one window's mean
+        beta = _bias_exponent(mean_w, sq[name] / span, np.outer(s_r, q_c), live) if B else 0.0
         gates = {axis: gate_table(a["gate"][axis], a["gate_zeros"][axis])
                  for axis in ("row", "col")}
         g_row, g_col = gate_moments(gates["row"]), gate_moments(gates["col"])
         # the mean part is gated too: what the windows see is E[gate_r]·E[gate_c]·b
         bias = math.sqrt(b2) / max(g_row[0] * g_col[0], 1e-3)
-        half_rel = np.mean([_corr(even_w[w][live], odd_w[w][live]) for w in range(windows)])
-        rel = 2 * half_rel / (1 + half_rel)     # Spearman-Brown: a whole window's reliability
-        lags, rho = [], []
-        for lag in range(1, windows):
-            c = np.mean([_corr(mean_w[w][live], mean_w[w + lag][live])
-                         for w in range(windows - lag)])
-            lags.append(lag * wlen)
-            rho.append(c / rel if rel > 0.05 else 0.0)
-        tau_d, err_d = _fit_tau(np.array(lags, float), np.clip(rho, -1, 1), used)
+        lags = np.arange(1, windows, dtype=float) * wlen
         # importance drift: deviations of each window's log mean square of a row (column)
         # from its mean over windows, measured apart on even and odd iterations: their
         # covariance is the drift's, without the sampling noise (independent between the two)
@@ -318,15 +395,7 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         # the importances' RMS over time includes exp(2δ²) from the drift: take it out
         s_fit = s_r * math.exp(-drift["row"][0] ** 2)
         q_fit = q_c * math.exp(-drift["col"][0] ** 2)
-        # scale: knots of the smoothed recorded scale, then a power law from the second half
-        sig = sigma[name]
-        kw = K // 16
-        knots_t = (np.arange(16) + 0.5) * kw
-        knots_s = np.array([np.exp(np.mean(np.log(np.maximum(sig[w * kw:(w + 1) * kw],
-                                                               _EPS))))
-                            for w in range(16)])
-        half = t_axis >= K // 2
-        slope, r2_scale = _loglog_slope(t_axis[half] + 1.0, sig[half])
+        knots_t, knots_s, slope, r2_scale = scales[name]
         # each cell's kurtosis E[h⁴] / E[h²]², averaged with weights E[h²] (power)
         h2c = sq[name] / span
         kurt = float((a["h4"][live] / used / np.maximum(h2c[live], _EPS)).sum()
@@ -345,6 +414,8 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
                       "gamma": _r(-slope)},
             "fit": {"importance_r2": _r(r2), "scale_r2": _r(r2_scale),
                     "direction_rmse": _r(err_d),
+                    "variance_ratio": {"iterations": n_vr, "real": _r(vr),
+                                       "model": _r(vr_model)},
                     "importance_rmse": _r(max(drift["row"][2], drift["col"][2])),
                     "kurtosis": _r(kurt),
                     "kurtosis_model": _r(_model_kurtosis(bias, g_row, g_col))},
@@ -365,16 +436,17 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
     return doc, arrays
 
 
-def _bias_exponent(mean_w, h2, sq, live, wlen, bins: int = 8) -> float:
+def _bias_exponent(mean_w, h2, sq, live, bins: int = 8) -> float:
     """β of b(cell) ∝ (s_r q_c)^(−β): how the persistent mean's share of a cell's gradient
-    falls (β > 0) with its power. Cells in quantile bins of s_r q_c; per bin the noise-corrected
-    mean square over the power; a power-weighted fit of log b on log s_r q_c."""
+    falls (β > 0) with its power. Cells in quantile bins of s_r q_c; per bin the covariance of
+    adjacent windows' means (free of the noise, as in the fit of b) over the power; a
+    power-weighted fit of log b on log s_r q_c."""
     x = sq[live]
     if x.size < 4 * bins:
         return 0.0
     edges = np.quantile(x, np.linspace(0, 1, bins + 1))
     idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
-    m2 = (mean_w[:, live] ** 2).mean(0)
+    c1 = (mean_w[:-1, live] * mean_w[1:, live]).mean(0)
     p = h2[live]
     lx, lb, wt = [], [], []
     for k in range(bins):
@@ -382,7 +454,7 @@ def _bias_exponent(mean_w, h2, sq, live, wlen, bins: int = 8) -> float:
         if not sel.any():
             continue
         pw = p[sel].mean()
-        b2 = (m2[sel].mean() - pw / wlen) / max(pw, _EPS)
+        b2 = c1[sel].mean() / max(pw, _EPS)
         if b2 > 0:
             lx.append(np.log(x[sel].mean()))
             lb.append(0.5 * np.log(b2))
@@ -393,6 +465,31 @@ def _bias_exponent(mean_w, h2, sq, live, wlen, bins: int = 8) -> float:
     return float(np.clip(-slope, 0.0, 1.0))
 
 
+def _block_sums(a: dict, u: np.ndarray, t: np.ndarray, n: int) -> None:
+    """Accumulate Σ over cells and aligned blocks of n iterations of S², S the sum of u over
+    the block; t: the iterations of u (consecutive, from the statistics' start)."""
+    cs = np.cumsum(u, axis=0) + a["cum"]                   # running sum after each iteration
+    a["u2"] += float((u ** 2).sum())
+    ends = np.nonzero((t + 1) % n == 0)[0]
+    if ends.size:
+        at = cs[ends]
+        prev = np.concatenate([a["last"][None], at[:-1]])
+        a["s2"] += float(((at - prev) ** 2).sum())
+        a["blocks"] += ends.size
+        a["last"] = at[-1]
+    a["cum"] = cs[-1]
+
+
+def _direction_variance_ratio(n: int, share: float, tau: float) -> float:
+    """Var(sum of n iterations) / (n · variance) of iid noise plus a direction holding
+    ``share`` of the power, correlated as the keyframe process of time τ."""
+    if n < 2:
+        return 1.0
+    d = np.arange(1, n)
+    rho = np.array([keyframe_correlation(x, tau, 64) for x in d])
+    return float(1 + share * np.dot(2 * (n - d), rho) / n)
+
+
 class _Slice:
     """Iterations t0 .. t0+n-1 of a chunk (what the fit's passes need of it)."""
 
@@ -400,13 +497,6 @@ class _Slice:
 
     def __init__(self, t0: int, n: int):
         self.t0, self.n = t0, n
-
-
-def _corr(x: np.ndarray, y: np.ndarray) -> float:
-    sx, sy = x.std(), y.std()
-    if sx == 0 or sy == 0:
-        return 0.0
-    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
 
 
 def _model_kurtosis(b: float, g_row, g_col) -> float:
@@ -511,15 +601,7 @@ class FittedLayer:
 
     def sigma(self, t: np.ndarray) -> np.ndarray:
         """σ(t): log-linear between knots, flat before the first, power law after the last."""
-        t = np.asarray(t, dtype=np.float64)
-        last = self.knots_t[-1]
-        if t.size and t[0] > last:               # past the recording (most of a long run)
-            return np.exp(self.knots_log[-1] - self.gamma * np.log((t + 1) / (last + 1)))
-        s = np.interp(t, self.knots_t, self.knots_log)
-        beyond = t > last
-        s = np.where(beyond, self.knots_log[-1]
-                     - self.gamma * np.log(np.maximum(t + 1, 1) / (last + 1)), s)
-        return np.exp(s)
+        return scale_curve(t, self.knots_t, self.knots_log, self.gamma)
 
     def _frame(self, seed: int, tag: int, j: int, size: int) -> np.ndarray:
         """Keyframe j of stream ``tag`` (float32; the last few kept per tag)."""
