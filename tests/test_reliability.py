@@ -155,3 +155,32 @@ def test_nonfinite_gradients_error_skip_or_zero(tmp_path, dtype):
     assert r.stderr.count("\n") == 1
     r = cli("run", "--trace", trace, "--nonfinite", "zero", "--out", str(tmp_path / "z"))
     assert r.returncode == 0, r.stderr
+
+
+def test_output_into_a_closed_pipe_exits_quietly(monkeypatch, capsys):
+    """`timesim hwconfigs | head -1`: the reader is gone before timesim is done writing; the
+    command ends with the shell's SIGPIPE status and no traceback (before: BrokenPipeError
+    raised out of main)."""
+    import os
+
+    from timesim.cli import main
+
+    r, w = os.pipe()
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return w
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    try:
+        assert main(["hwconfigs"]) == 141
+    finally:
+        os.close(r)
+        os.close(w)
+    assert "Traceback" not in capsys.readouterr().err

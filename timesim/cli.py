@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import datetime
 from importlib import resources
@@ -240,12 +241,12 @@ def cmd_trace_fit(args) -> int:
         if bar is not None:
             bar.close()
     write_model(out, doc, arrays)
-    print(f"{'layer':<20}{'rows x cols':>13}{'bias':>7}{'tau_dir':>9}{'gate0 r/c':>11}"
+    print(f"{'layer':<20}{'rows x cols':>13}{'bias':>7}{'tau_dir':>11}{'gate0 r/c':>11}"
           f"{'imp R2':>8}{'kurt real/model':>17}{'VR real/model':>15}")
     for L in doc["layers"]:
         info, f, g = L["layer"], L["fit"], L["gates"]
         print(f"{info['name']:<20}{str(info['rows']) + ' x ' + str(info['cols']):>13}"
-              f"{L['bias']:>7.3f}{L['tau_direction']:>9.4g}"
+              f"{L['bias']:>7.3f}{L['tau_direction']:>11.4g}"
               f"{g['row_zero']:>6.2f}/{g['col_zero']:<4.2f}{f['importance_r2']:>8.3f}"
               f"{f['kurtosis']:>9.3g}/{f['kurtosis_model']:<7.3g}"
               f"{f['variance_ratio']['real']:>8.2f}/{f['variance_ratio']['model']:<6.2f}")
@@ -506,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("timesim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`timesim ... | head`): what was written stays written; the
+        # rest of the output goes nowhere, and Python's exit flush must not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141                                    # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":
