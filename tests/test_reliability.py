@@ -184,3 +184,27 @@ def test_output_into_a_closed_pipe_exits_quietly(monkeypatch, capsys):
         os.close(r)
         os.close(w)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_unwritable_outputs_get_one_line_and_exit_2(tmp_path, capsys):
+    """Every command's output path under a regular file (so no folder can be made there):
+    one line naming the path, exit 2, no traceback (sweep, trace fit and compare's plots
+    raised FileNotFoundError / NotADirectoryError out of main before)."""
+    from timesim.cli import bundled_trace, main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    run = tmp_path / "run"
+    assert main(["run", "--out", str(run)]) == 0
+    capsys.readouterr()
+    cases = [["run", "--out", str(blocker / "r")],
+             ["sweep", "--trace", str(bundled_trace()), "--grid", "controller.interval=512",
+              "--out", str(blocker / "sw")],
+             ["compare", str(run), str(run), "--plot", str(blocker / "c.png")],
+             ["compare", str(run), str(run), "--qq", str(blocker / "q.png")],
+             ["trace", "fit", str(bundled_trace()), "--out", str(blocker / "m.yaml")]]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and str(blocker) in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, (argv, err)

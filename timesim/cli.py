@@ -512,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         # rest of the output goes nowhere, and Python's exit flush must not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141                                    # 128 + SIGPIPE, as a shell reports it
+    except OSError as exc:
+        # an output path that cannot be written (a missing or read-only folder, a full disk):
+        # one line naming it, as for bad input
+        where = exc.filename if exc.filename is not None else "output"
+        print(f"timesim: error: {where}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
