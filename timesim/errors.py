@@ -15,3 +15,9 @@ class TraceError(TimesimError):
 
 class SimulationError(TimesimError):
     """The simulation cannot proceed with the given inputs."""
+
+
+class TimesimWarning(UserWarning):
+    """Something a user of the Python API should know (a layer left digital, an unknown batch
+    size); shown by Python's warnings machinery, which a script sees without any logging set
+    up (a library's log records go nowhere until the application configures logging)."""

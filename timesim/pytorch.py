@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ except ImportError as exc:                    # one clear line naming the extra
         name="torch") from exc
 
 from .config import HwConfig, load_hwconfig
-from .errors import TraceError
+from .errors import TimesimWarning, TraceError
 from .simulate import Simulation
 from .trace.format import LayerInfo, TraceMeta
 from .trace.writer import TraceWriter
@@ -107,8 +108,8 @@ def select_layers(model: nn.Module, layers=None, exclude=(), frozen: bool = Fals
         raise TraceError("the model has no trainable nn.Linear or nn.Conv2d layer to map to "
                          "crossbars" + (f" ({why})" if why else ""))
     if skipped:
-        log.warning("not mapped to crossbars: %s",
-                    "; ".join(f"{d['name']} ({d['reason']})" for d in skipped))
+        warnings.warn("not mapped to crossbars: " + "; ".join(
+            f"{d['name']} ({d['reason']})" for d in skipped), TimesimWarning, stacklevel=3)
     return out, skipped
 
 
@@ -348,8 +349,9 @@ class SparseUpdate:
         if not self.params:
             raise TraceError("the optimizer has no 2-D or 4-D weight to map to crossbars")
         if model is None and batch_size is None:
-            log.warning("SparseUpdate without model= or batch_size=: the batch size is unknown "
-                        "and the engine times one input vector per layer and iteration")
+            warnings.warn("SparseUpdate without model= or batch_size=: the batch size is "
+                          "unknown and the engine times one input vector per layer and "
+                          "iteration", TimesimWarning, stacklevel=2)
         self.model_name = model_name or (type(model).__name__ if model is not None else "model")
         self.dataset = dataset
         self.sim: Simulation | None = None
