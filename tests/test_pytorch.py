@@ -343,3 +343,15 @@ def test_sparse_update_skips_what_the_recorder_skips():
     su.step()
     # a left-out weight is updated densely by the optimizer (digital)
     assert not torch.equal(dw_before, net.dw.weight.detach())
+
+
+def test_sparse_update_without_model_says_which_weights_it_leaves_dense():
+    """Without model= only 2-D weights are mapped; a Conv1d's 3-D weight is left to the dense
+    optimizer, and a warning a script sees says so (it was silent), naming its shape."""
+    from timesim.errors import TimesimWarning
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(4, 6, 3), torch.nn.Flatten(),
+                              torch.nn.Linear(6 * 5, 3))
+    with pytest.warns(TimesimWarning, match=r"shape \(6, 4, 3\) \(3-D weight without model=\)"):
+        su = SparseUpdate(torch.optim.SGD(net.parameters(), lr=0.1), None, batch_size=2)
+    assert [tuple(p.shape) for _, p in su.params] == [(3, 30)]

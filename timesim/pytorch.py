@@ -346,6 +346,13 @@ class SparseUpdate:
                         f"SparseUpdate(optimizer, hw, model=model)")
                 elif p.dim() == 2:
                     self.params.append((f"param{len(self.params)}", p))
+                elif p.dim() > 2:               # Conv1d / Conv3d: not one known geometry
+                    self.skipped.append({"name": f"shape {tuple(p.shape)}",
+                                         "reason": f"{p.dim()}-D weight without model="})
+        if model is None and self.skipped:
+            warnings.warn("not mapped to crossbars (updated densely): " + "; ".join(
+                f"{d['name']} ({d['reason']})" for d in self.skipped), TimesimWarning,
+                stacklevel=2)
         if not self.params:
             raise TraceError("the optimizer has no 2-D or 4-D weight to map to crossbars")
         if model is None and batch_size is None:
