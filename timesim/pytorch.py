@@ -36,6 +36,14 @@ from .trace.writer import TraceWriter
 
 log = logging.getLogger(__name__)
 
+
+def _tell(message: str, stacklevel: int) -> None:
+    """A warning for the user of the Python API: a Python warning, which a plain script shows
+    (pointing at the user's line), and the same as a log record for applications that
+    collect timesim's logging (a library's records go nowhere until logging is set up)."""
+    warnings.warn(message, TimesimWarning, stacklevel=stacklevel)
+    log.warning("%s", message)
+
 __all__ = ["TraceRecorder", "SparseUpdate", "timing_manifest", "crossbar_forward",
            "weight_to_matrix", "matrix_to_weight"]
 
@@ -108,8 +116,8 @@ def select_layers(model: nn.Module, layers=None, exclude=(), frozen: bool = Fals
         raise TraceError("the model has no trainable nn.Linear or nn.Conv2d layer to map to "
                          "crossbars" + (f" ({why})" if why else ""))
     if skipped:
-        warnings.warn("not mapped to crossbars: " + "; ".join(
-            f"{d['name']} ({d['reason']})" for d in skipped), TimesimWarning, stacklevel=3)
+        _tell("not mapped to crossbars: " + "; ".join(
+            f"{d['name']} ({d['reason']})" for d in skipped), stacklevel=4)
     return out, skipped
 
 
@@ -350,15 +358,13 @@ class SparseUpdate:
                     self.skipped.append({"name": f"shape {tuple(p.shape)}",
                                          "reason": f"{p.dim()}-D weight without model="})
         if model is None and self.skipped:
-            warnings.warn("not mapped to crossbars (updated densely): " + "; ".join(
-                f"{d['name']} ({d['reason']})" for d in self.skipped), TimesimWarning,
-                stacklevel=2)
+            _tell("not mapped to crossbars (updated densely): " + "; ".join(
+                f"{d['name']} ({d['reason']})" for d in self.skipped), stacklevel=3)
         if not self.params:
             raise TraceError("the optimizer has no 2-D or 4-D weight to map to crossbars")
         if model is None and batch_size is None:
-            warnings.warn("SparseUpdate without model= or batch_size=: the batch size is "
-                          "unknown and the engine times one input vector per layer and "
-                          "iteration", TimesimWarning, stacklevel=2)
+            _tell("SparseUpdate without model= or batch_size=: the batch size is unknown and "
+                  "the engine times one input vector per layer and iteration", stacklevel=3)
         self.model_name = model_name or (type(model).__name__ if model is not None else "model")
         self.dataset = dataset
         self.sim: Simulation | None = None
