@@ -279,3 +279,35 @@ def test_profile_gives_the_papers_network_the_kind_parameters():
         open_trace("synth:vgg11?profile=digits&row_sigma=1")
     with pytest.raises(TraceError, match="unknown"):
         open_trace("synth:vgg11?profile=cifar")
+
+
+def test_a_layer_without_gradient_fits_to_finite_numbers(tmp_path):
+    """A layer whose gradient is 0 in every recorded iteration (frozen in practice, or dead):
+    its fit has no NaN anywhere (the direction's covariances were a mean over no cells), the
+    other layer is fitted as usual, and the model replays."""
+    from timesim.trace.format import LayerInfo
+
+    rng = np.random.default_rng(12)
+    layers = [LayerInfo(name="a", kind="linear", rows=8, cols=4),
+              LayerInfo(name="z", kind="linear", rows=5, cols=3)]
+    with TraceWriter(tmp_path / "t", layers, model="toy", source="test", dtype="float32",
+                     chunk_iterations=16) as w:
+        for _ in range(8):
+            w.append_chunk({"a": rng.standard_normal((16, 8, 4)).astype(np.float32),
+                            "z": np.zeros((16, 5, 3), np.float32)})
+    doc, arrays = fit_trace(str(tmp_path / "t"))
+
+    def numbers(x):
+        if isinstance(x, dict):
+            return [v for y in x.values() for v in numbers(y)]
+        if isinstance(x, list):
+            return [v for y in x for v in numbers(y)]
+        return [x] if isinstance(x, float) else []
+
+    z = doc["layers"][1]
+    assert all(math.isfinite(v) for v in numbers(z)), z
+    assert z["bias"] == 0.0 and z["fit"]["variance_ratio"]["real"] == 1.0
+    write_model(tmp_path / "m.yaml", doc, arrays)
+    t = open_trace(f"synth:fit?model={tmp_path / 'm.yaml'}&iterations=40")
+    got = {k: np.asarray(v).copy() for ch in t.chunks() for k, v in ch.arrays.items()}
+    assert not got["z"].any() and np.isfinite(got["a"]).all()

@@ -271,7 +271,7 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         dead_r = ~live.any(1)
         dead_c = ~live.any(0)
         res = (L - a[:, None] - b[None, :])[live]
-        tot = ((L[live] - L[live].mean()) ** 2).sum()
+        tot = ((L[live] - L[live].mean()) ** 2).sum() if live.any() else 0.0
         r2 = float(1 - (res ** 2).sum() / tot) if tot > 0 else 1.0
         # what the row × column fit leaves: each cell's own noise scale (0 where no gradient)
         cell = np.where(live, np.exp(L - a[:, None] - b[None, :]), 0.0)
@@ -352,14 +352,15 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         # iterations as well, which is not a direction (docs/fidelity.md)
         mean_w = a["mean"] / wlen                         # (W, rows, cols)
         m2 = a["m2"] / max(a["count"], 1)
-        cov = np.array([(mean_w[:-lag, live] * mean_w[lag:, live]).mean()
-                        for lag in range(1, windows)])
+        cov = np.array([(mean_w[:-lag, live] * mean_w[lag:, live]).mean() if live.any() else 0.0
+                        for lag in range(1, windows)])     # a layer with no gradient: none
         B, tau_d, err = _fit_direction(cov, wlen, used)
         # what the model does not have: the variance of a cell's gradient summed over n
         # iterations against n times its variance, real and model (the model's only
         # correlation over time is the direction's); real gradients revert (< 1), a weight
         # near its optimum being pushed back (docs/fidelity.md)
-        vr = a["s2"] / max(a["blocks"] * n_vr, 1) / max(a["u2"] / used, _EPS)
+        vr = (a["s2"] / max(a["blocks"] * n_vr, 1) / (a["u2"] / used) if a["u2"] > 0
+              else 1.0)
         vr_model = _direction_variance_ratio(n_vr, min(B / max(m2, _EPS), 1.0), tau_d)
         b2 = B / max(m2 - B, _EPS)
         err_d = err / max(m2 / wlen, _EPS)    # against the noise variance of one window's mean
