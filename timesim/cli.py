@@ -513,10 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141                                    # 128 + SIGPIPE, as a shell reports it
     except OSError as exc:
-        # an output path that cannot be written (a missing or read-only folder, a full disk):
+        # a path that cannot be written or read (a missing or read-only folder, a full disk):
         # one line naming it, as for bad input
-        where = exc.filename if exc.filename is not None else "output"
-        print(f"timesim: error: {where}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        where = exc.filename if exc.filename is not None else "file system"
+        print(f"timesim: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 
