@@ -149,17 +149,19 @@ def tables(work: Path, models, fits: dict) -> str:
         kept = "kept" if real_order == fit_order else "NOT kept"
         order_ok.append(f"{NAMES[model]}: real {' > '.join(real_order)}, fitted "
                         f"{' > '.join(fit_order)} ({kept})")
-    params = ["| model | method | layer | bias | β | τ direction | row / col drift | τ importance "
-              "| γ | importance R² | kurtosis real / model | variance ratio real / model |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    params = ["| model | method | layer | bias | b quietest / loudest eighth | τ direction | "
+              "row / col drift | τ importance | γ | gate exponent α | importance R² | "
+              "kurtosis real / model | variance ratio real / model |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, method), doc in sorted(fits.items()):
         for L in doc["layers"]:
             params.append(f"| {model} | {method} | {L['layer']['name']} | {L['bias']:.3f} | "
-                          f"{L['bias_exponent']:.2f} | {L['tau_direction']:.4g} | "
+                          f"{_ends(L['bias_by_rms'])} | {L['tau_direction']:.4g} | "
                           f"{L['row_drift']:.2f} / {L['col_drift']:.2f} | "
                           f"{L['tau_importance']:.4g} | {L['scale']['gamma']:.2f} | "
-                          f"{L['fit']['importance_r2']:.3f} | {L['fit']['kurtosis']:.2f} / "
-                          f"{L['fit']['kurtosis_model']:.2f} | "
+                          f"{L['fit']['gate_exponent']:.2f} | "
+                          f"{L['fit']['importance_r2']:.3f} | {L['fit']['kurtosis_raw']:.2f} / "
+                          f"{L['fit']['kurtosis_raw_model']:.2f} | "
                           f"{L['fit']['variance_ratio']['real']:.2f} / "
                           f"{L['fit']['variance_ratio']['model']:.2f} |")
     return "\n".join(["### Whole network", "", *lines, "", "Ordering of the three methods by "
@@ -168,6 +170,10 @@ def tables(work: Path, models, fits: dict) -> str:
                       "distributions)", "", *layer_lines, "",
                       "### The fitted parameters (`timesim trace fit`, statistics from "
                       "iterations 1000–1999)", "", *params])
+
+
+def _ends(table) -> str:
+    return f"{table[0][1]:.3f} / {table[-1][1]:.3f}" if table else "–"
 
 
 def write_profile(work: Path, models, record: int, path: Path) -> None:
@@ -189,20 +195,27 @@ def write_profile(work: Path, models, record: int, path: Path) -> None:
                     info = L["layer"]
                     k = kinds.setdefault(info["kind"], {p: [] for p in params} | {
                         "dead_rows": [], "dead_cols": [], "row_gate": [], "col_gate": [],
-                        "layers": []})
+                        "loud_gate": [], "bias_by_rms": [], "layers": []})
                     for p in params:
                         k[p].append(L[p])
                     k["dead_rows"].append(L["dead_rows"] / info["rows"])
                     k["dead_cols"].append(L["dead_cols"] / info["cols"])
                     k["row_gate"].append(z[f"{info['name']}/row_gate"])
                     k["col_gate"].append(z[f"{info['name']}/col_gate"])
+                    k["loud_gate"].append(z[f"{info['name']}/loud_gate"])
+                    if L["bias_by_rms"]:
+                        k["bias_by_rms"].append(L["bias_by_rms"])
                     k["layers"].append(f"{model}/{method}/{info['name']}")
     out = {}
     for kind, k in kinds.items():
         out[kind] = {p: float(f"{np.median(k[p]):.4g}") for p in (*params, "dead_rows",
                                                                   "dead_cols")}
-        for g in ("row_gate", "col_gate"):
+        for g in ("row_gate", "col_gate", "loud_gate"):
             out[kind][g] = [float(f"{v:.5g}") for v in np.median(np.array(k[g]), axis=0)]
+        # the direction by RMS: bin by bin, the median relative RMS and the median strength
+        if k["bias_by_rms"]:
+            tb = np.median(np.array(k["bias_by_rms"]), axis=0)
+            out[kind]["bias_by_rms"] = [[float(f"{x:.4g}"), float(f"{b:.4g}")] for x, b in tb]
         out[kind]["from"] = k["layers"]
     head = ("# Per-layer-kind parameters of synthetic workloads (synth:MODEL?profile=digits):\n"
             "# medians of `timesim trace fit` over every layer of that kind in the first\n"

@@ -14,7 +14,12 @@ MLP under top-0.1%, layer fc2 unless --layer) and prints, as markdown:
 4. surrogates of the recording replayed through top-k: white noise with each cell's own
    variance times the layer's scale, no mean; Fourier surrogates (each cell's own spectrum,
    random phases) of the raw and of the scale-normalised gradients;
-5. the real and fitted max writes of the layer at iterations 2048 and 8192 (write rates).
+5. the real and fitted max writes of the layer at iterations 2048 and 8192 (write rates);
+6. the variance ratio by power bin (cells in sixths by their RMS) at 8 to 1000 iterations, of
+   the recording's second half and of the fitted model over the same iterations: where the
+   direction is, and where the gradients revert;
+7. per-cell kurtosis (normalised by each iteration's own scale, and by the smoothed scale the
+   model multiplies by) and the log-sd of the per-iteration scale around σ(t), real and fitted.
 
 Everything is seeded; the real runs are those of docs/fidelity.py.
 """
@@ -24,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +78,23 @@ def variance_ratio(X: np.ndarray, n: int) -> float:
     return float((S ** 2).mean() / (n * (X[:m * n] ** 2).mean()))
 
 
+def fitted_variant(hw, fit: Path, edit, iterations: int) -> dict:
+    """Run a copy of the fitted model with ``edit(layer document, arrays)`` applied to every
+    layer."""
+    from timesim.simulate import simulate
+    from timesim.trace.fit import write_model
+
+    doc = yaml.safe_load(fit.read_text())
+    with np.load(fit.with_suffix(".npz")) as z:
+        arrays = {k: z[k] for k in z.files}
+    for L in doc["layers"]:
+        edit(L, arrays)
+    with tempfile.TemporaryDirectory() as tmp:
+        y = Path(tmp) / "fit.yaml"
+        write_model(y, doc, arrays)
+        return simulate(hw, f"synth:fit?model={y}&iterations={iterations}")
+
+
 def history(run: Path, layer: str, at: int) -> int:
     """A layer's max writes at the first recorded iteration ≥ ``at`` of a run folder."""
     with open(run / "max_writes_history.csv") as f:
@@ -92,25 +113,28 @@ def main() -> None:
     work = Path(a.work)
     from fidelity import _hw
 
-    from timesim.simulate import simulate
 
     hw = _hw("topk")
     out = []
-    # 1. no direction
+    # 1. what the fitted MLP's top-k max writes are sensitive to: each variant of the fitted
+    # model run for the whole length
     fit = work / "fit-mlp-topk.yaml"
-    doc = yaml.safe_load(fit.read_text())
-    for L in doc["layers"]:
-        L["bias"] = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        y = Path(tmp) / "fit.yaml"
-        y.write_text(yaml.safe_dump(doc))
-        shutil.copy(fit.with_suffix(".npz"), Path(tmp) / fit.with_suffix(".npz").name)
-        r = simulate(hw, f"synth:fit?model={y}&iterations={a.iterations}")
     real = json.loads((work / "real-mlp-topk" / "report.json").read_text())
-    out.append(f"1. b = 0: max writes {r['writes']['max']} against the real "
-               f"{real['writes']['max']} ({r['writes']['max'] / real['writes']['max']:.2f}×); "
-               "per layer " + ", ".join(f"{n} {v['max']}" for n, v in
-                                        r["writes"]["by_layer"].items()))
+    variants = {
+        "as fitted": lambda L, z: None,
+        "no direction (b = 0)": lambda L, z: L.update(bias=0.0, bias_by_rms=[]),
+        "no loudness λ": lambda L, z: z.pop(f"{L['layer']['name']}/loud_gate"),
+        "flat scale beyond the recording (γ = 0)": lambda L, z: L["scale"].update(gamma=0.0),
+        "no importance drift": lambda L, z: L.update(row_drift=0.0, col_drift=0.0),
+        "direction correlation time 2000": lambda L, z: L.update(tau_direction=2000.0),
+    }
+    res = []
+    for label, edit in variants.items():
+        r = fitted_variant(hw, fit, edit, a.iterations)
+        m = r["writes"]["max"]
+        res.append(f"{label} {m} ({m / real['writes']['max']:.2f}×)")
+    out.append(f"1. the fitted MLP under top-k, max writes at {a.iterations} iterations against "
+               f"the real {real['writes']['max']}: " + "; ".join(res))
     # 2. write feedback
     G = load_layer(work / "trace-mlp-topk-2000", a.layer)
     T = G.shape[0]
@@ -165,7 +189,78 @@ def main() -> None:
                f"(rates {rr[0] / 2048:.3f} and {(rr[1] - rr[0]) / 6144:.3f} per iteration), "
                f"fitted {ff[0]} / {ff[1]} ({ff[0] / 2048:.3f} and "
                f"{(ff[1] - ff[0]) / 6144:.3f})")
+    # 6. variance ratio by power bin, real and fitted
+    from timesim.trace.fit import FittedTrace
+
+    synth = FittedTrace(str(fit), iterations=T, chunk=100)
+    li = synth.index[a.layer]
+    model = np.concatenate([synth.generate(li, t0, min(100, T - t0)).astype(np.float64)
+                            for t0 in range(0, T, 100)]).reshape(T, -1)
+    horizons = (8, 32, 125, 250, 500, 1000)
+    for label, X in (("real", flat), ("fitted", model)):
+        sm = _smooth(X)
+        U = (X / sm[:, None])[T // 2:]
+        p = (U ** 2).mean(0)
+        live = np.nonzero(p > 0)[0]
+        bins = np.array_split(live[np.argsort(p[live])], 6)
+        rows = []
+        for n in horizons:
+            m = U.shape[0] // n
+            S = U[:m * n].reshape(m, n, -1).sum(1)
+            rows.append(f"n = {n}: " + " ".join(f"{(S[:, b] ** 2).mean() / (n * p[b].mean()):.2f}"
+                                                for b in bins))
+        out.append(f"6. variance ratio by power sixth (quietest first), {label}, iterations "
+                   f"{T // 2}–{T - 1}: " + "; ".join(rows))
+    # 7. kurtosis and loudness
+    for label, X in (("real", flat), ("fitted", model)):
+        s_t = np.sqrt((X ** 2).mean(1))
+        sm = _smooth(X)
+        kurt = []
+        for norm in (s_t, sm):
+            V = (X / norm[:, None])[T // 2:]
+            p2, p4 = (V ** 2).mean(0), (V ** 4).mean(0)
+            ok = p2 > 0
+            kurt.append((p4[ok] / p2[ok]).sum() / p2[ok].sum())
+        late = slice(T // 2, T)
+        lam = np.log(s_t / sm)[late]
+        P = X[late] ** 2
+        top = np.argsort(P.mean(0))[-max(1, P.shape[1] // 100):]
+        share = P[:, top].sum(1) / np.maximum(P.sum(1), 1e-300)
+        out.append(f"7. {label}: cell kurtosis {kurt[0]:.2f} (each iteration's own scale), "
+                   f"{kurt[1]:.2f} (the smoothed scale); log-sd of the scale around σ(t) "
+                   f"{lam.std():.2f}; correlation of the log scale with the loudest 1% of "
+                   f"cells' share of the iteration's power {np.corrcoef(lam, share)[0, 1]:+.2f}")
+    # 8. is a push used up by a write? A written cell's mean gradient over the 150 iterations
+    # before the write and after it, in the written value's sign, per cell RMS; the fitted
+    # model (whose push ignores writes) replayed the same way is the control
+    W = 150
+    for label, X in (("real", flat), ("fitted", model)):
+        U = X / _smooth(X)[:, None]
+        p = (U ** 2).mean(0)
+        rank = np.argsort(np.argsort(p)) / p.size
+        _, t, j, v = topk_replay(X, k, events=True)
+        parts = []
+        for lo, hi in ((0, .5), (.5, .8), (.8, .95), (.95, 1.01)):
+            sel = (p[j] > 0) & (t >= W) & (t < T - W) & (rank[j] >= lo) & (rank[j] < hi)
+            if sel.sum() < 10:
+                continue
+            sg = np.sign(v[sel]) / np.sqrt(p[j[sel]])
+            before = np.array([U[x - W:x, c].mean() for x, c in zip(t[sel], j[sel])]) * sg
+            after = np.array([U[x + 1:x + 1 + W, c].mean() for x, c in zip(t[sel], j[sel])]) * sg
+            parts.append(f"power quantile {lo:.2f}–{min(hi, 1):.2f}: {sel.sum()} writes, "
+                         f"before {before.mean():+.3f}, after {after.mean():+.3f}")
+        out.append(f"8. {label}, a written cell's mean gradient before and after the write: "
+                   + "; ".join(parts))
     print("\n".join(out))
+
+
+def _smooth(X: np.ndarray) -> np.ndarray:
+    """The smoothed σ(t) of a (iterations, cells) gradient, as the fit computes it."""
+    from timesim.trace.fit import _fit_scale, scale_curve
+
+    s = np.sqrt((X ** 2).mean(1))
+    kt, ks, slope, _ = _fit_scale(s)
+    return scale_curve(np.arange(len(s), dtype=float), kt, np.log(ks), -slope)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,12 @@ def test_bad_models_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(TraceError, match="layer w: bias: expected a number"):
         load_model(tmp_path / "bad.yaml")
+    for table in ([[0.5, 0.1], [0.2, 0.1]], [[0.5, -0.1]], [[0.5]], "x", [[0, 0.1]]):
+        doc["layers"][0]["bias"] = 0.1
+        doc["layers"][0]["bias_by_rms"] = table
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+        with pytest.raises(TraceError, match="layer w: bias_by_rms: expected"):
+            load_model(tmp_path / "bad.yaml")
     (tmp_path / "m.npz").unlink()
     with pytest.raises(TraceError, match="m.npz is missing"):
         load_model(tmp_path / "m.yaml")
@@ -311,3 +317,83 @@ def test_a_layer_without_gradient_fits_to_finite_numbers(tmp_path):
     t = open_trace(f"synth:fit?model={tmp_path / 'm.yaml'}&iterations=40")
     got = {k: np.asarray(v).copy() for ch in t.chunks() for k, v in ch.arrays.items()}
     assert not got["z"].any() and np.isfinite(got["a"]).all()
+
+
+def _cell_kurtosis(X):
+    """Each cell's E[x⁴] / E[x²]², power-weighted over the cells (as the fit reports it)."""
+    p2, p4 = (X ** 2).mean(0), (X ** 4).mean(0)
+    ok = p2 > 0
+    return float((p4[ok] / p2[ok]).sum() / p2[ok].sum())
+
+
+def _replay(model_path, layer_index, T):
+    synth = FittedTrace(str(model_path), iterations=T, seed=5, chunk=100)
+    return np.concatenate([synth.generate(layer_index, t0, min(100, T - t0)).astype(np.float64)
+                           for t0 in range(0, T, 100)])
+
+
+def test_direction_strength_by_rms_is_measured_bin_by_bin(tmp_path):
+    """Cells' RMS spread over four decades; the quieter half of the cells has a persistent push
+    of strength 0.3 against its noise, the louder half none (as the digits recordings show: a
+    push of similar strength in the quiet cells, none in the loudest). The fit's table must say
+    so, and the replayed model must carry a mean where the recording has one and none where
+    it has none; a power law of b in the RMS cannot (its β would blow the quietest cells up)."""
+    rng = np.random.default_rng(11)
+    T, rows, cols = 1200, 40, 30
+    rms = np.exp(rng.normal(0, 1.2, rows))[:, None] * np.exp(rng.normal(0, 1.2, cols))[None]
+    quiet = rms < np.median(rms)
+    d = np.where(rng.random((rows, cols)) < 0.5, -1.0, 1.0)
+    G = rms * (rng.standard_normal((T, rows, cols)) + np.where(quiet, 0.3 * d, 0.0))
+    doc, arrays = fit_trace(str(write_arrays(tmp_path / "t", G)), start=0.0)
+    table = np.array(doc["layers"][0]["bias_by_rms"])
+    assert len(table) == 8 and (np.diff(table[:, 0]) > 0).all()
+    assert table[:3, 1] == pytest.approx(0.3, abs=0.08)         # the quiet bins
+    assert (table[-3:, 1] < 0.06).all()                          # the loud bins
+    write_model(tmp_path / "m.yaml", doc, arrays)
+    X = _replay(tmp_path / "m.yaml", 0, T)
+    # the mean against the noise, per cell (the model's direction is its own, not d; the
+    # sampling noise of a mean over T iterations, 1 / T, taken out)
+    share2 = (X.mean(0) / X.std(0)) ** 2 - 1 / T
+    assert math.sqrt(share2[quiet].mean()) == pytest.approx(0.3, abs=0.08)
+    assert share2[~quiet].mean() < 0.05 ** 2
+
+
+def test_gates_are_tempered_to_the_recorded_cell_kurtosis(tmp_path):
+    """A rank-one batch gradient g = (s_r x_r)(q_c y_c), x and y standard normal each
+    iteration: a cell's kurtosis is 3 · 3 = 9, and a row's RMS already holds x_r. Gates measured
+    as they are, times fresh noise, would give cells about 3 · 3 · 2.7; the fit tempers them
+    (α < 1) and the replayed cells must have the recording's kurtosis."""
+    rng = np.random.default_rng(12)
+    T, rows, cols = 1200, 32, 24
+    s, q = np.exp(rng.normal(0, 0.5, rows)), np.exp(rng.normal(0, 0.5, cols))
+    x, y = s * rng.standard_normal((T, rows)), q * rng.standard_normal((T, cols))
+    G = x[:, :, None] * y[:, None, :]
+    assert _cell_kurtosis(G) == pytest.approx(9, rel=0.15)
+    doc, arrays = fit_trace(str(write_arrays(tmp_path / "t", G)), start=0.0)
+    f = doc["layers"][0]["fit"]
+    assert f["gate_exponent"] < 0.9
+    h = G / np.sqrt((G ** 2).mean(axis=(1, 2)))[:, None, None]    # each iteration's own scale
+    assert f["kurtosis"] == pytest.approx(_cell_kurtosis(h), rel=0.05)
+    assert f["kurtosis_raw"] == pytest.approx(_cell_kurtosis(G), rel=0.05)
+    write_model(tmp_path / "m.yaml", doc, arrays)
+    X = _replay(tmp_path / "m.yaml", 0, T)
+    assert _cell_kurtosis(X) == pytest.approx(_cell_kurtosis(G), rel=0.2)
+
+
+def test_loudness_of_the_batch_is_shared_by_the_layer(tmp_path):
+    """Every cell of iteration t scaled by one lognormal λ_t (log-sd 0.5: a loud batch makes
+    the whole layer loud): the replayed stream has the same spread of per-iteration scale
+    and each cell the recorded kurtosis 3·E[λ⁴]/E[λ²]² = 3·e^(4·0.25) ≈ 8.2."""
+    rng = np.random.default_rng(13)
+    T, rows, cols = 1600, 32, 24
+    lam = np.exp(0.5 * rng.standard_normal(T))
+    G = lam[:, None, None] * rng.standard_normal((T, rows, cols))
+    doc, arrays = fit_trace(str(write_arrays(tmp_path / "t", G)), start=0.0)
+    f = doc["layers"][0]["fit"]
+    assert f["kurtosis_raw"] == pytest.approx(3 * math.e, rel=0.2)
+    write_model(tmp_path / "m.yaml", doc, arrays)
+    X = _replay(tmp_path / "m.yaml", 0, T)
+    s = np.sqrt((X ** 2).mean(axis=(1, 2)))
+    assert np.log(s).std() == pytest.approx(0.5, abs=0.06)
+    assert _cell_kurtosis(X) == pytest.approx(3 * math.e, rel=0.2)
+    assert f["kurtosis_raw_model"] == pytest.approx(3 * math.e, rel=0.2)

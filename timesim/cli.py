@@ -248,12 +248,12 @@ def cmd_trace_fit(args) -> int:
         print(f"{info['name']:<20}{str(info['rows']) + ' x ' + str(info['cols']):>13}"
               f"{L['bias']:>7.3f}{L['tau_direction']:>11.4g}"
               f"{g['row_zero']:>6.2f}/{g['col_zero']:<4.2f}{f['importance_r2']:>8.3f}"
-              f"{f['kurtosis']:>9.3g}/{f['kurtosis_model']:<7.3g}"
+              f"{f['kurtosis_raw']:>9.3g}/{f['kurtosis_raw_model']:<7.3g}"
               f"{f['variance_ratio']['real']:>8.2f}/{f['variance_ratio']['model']:<6.2f}")
     print("VR: variance of a cell's gradient summed over "
           f"{doc['layers'][0]['fit']['variance_ratio']['iterations']} iterations over that "
           "many times its variance (1: uncorrelated; > 1: a persistent direction; < 1: "
-          "reverting, as gradients near a minimum do)")
+          "reverting, as gradients near a minimum do); kurt: a cell's kurtosis, power-weighted")
     print(f"wrote {out} and {out.with_suffix('.npz').name} in {time.perf_counter() - t:.1f} s; "
           f"replay: timesim run --trace 'synth:fit?model={out}&iterations=N'")
     return 0

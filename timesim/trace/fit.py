@@ -37,7 +37,8 @@ from .synth import SynthTrace, default_chunk
 
 FORMAT = "timesim-fit"
 VERSION = 1
-_DIRECTION, _ROW, _COL, _ROW_GATE, _COL_GATE = 1, 2, 3, 4, 5   # stream tags (above the layer)
+# stream tags (above the layer)
+_DIRECTION, _ROW, _COL, _ROW_GATE, _COL_GATE, _LOUD = 1, 2, 3, 4, 5, 6
 _EPS = 1e-30
 # probabilities at which a gate's quantile table is kept: uniform, then finer in the upper tail
 GATE_PROBS = np.unique(np.concatenate([np.linspace(0, 1, 97),
@@ -291,11 +292,13 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
             # sums of u over blocks of n_vr iterations: the running sum, its value at the last
             # block boundary, Σ over complete blocks and cells of S², Σ of u²
             cum=np.zeros((layer.rows, layer.cols)), last=np.zeros((layer.rows, layer.cols)),
-            s2=0.0, blocks=0, u2=0.0,
+            s2=0.0, blocks=0, u2=0.0, u2c=np.zeros((layer.rows, layer.cols)),
             m2=0.0, count=0, h4=np.zeros((layer.rows, layer.cols)),
+            u4=np.zeros((layer.rows, layer.cols)),
             row=np.zeros((2, windows, layer.rows)), col=np.zeros((2, windows, layer.cols)),
-            gate={"row": np.zeros(_HIST_BINS), "col": np.zeros(_HIST_BINS)},
-            gate_zeros={"row": 0, "col": 0})
+            gate={"row": np.zeros(_HIST_BINS), "col": np.zeros(_HIST_BINS),
+                  "loud": np.zeros(_HIST_BINS)},
+            gate_zeros={"row": 0, "col": 0, "loud": 0})
     for ch, layer, g in chunks():
         s_r, q_c, dead_r, dead_c, _, live, _ = imp[layer.name]
         a = acc[layer.name]
@@ -312,6 +315,13 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         if not inside.any():
             continue
         h, u, t = h[inside], u[inside], t[inside] - t_first
+        # the layer's loudness: each iteration's scale over the smoothed σ(t) (a loud batch
+        # makes every cell of the layer loud at once)
+        lam = sig[inside] / np.maximum(smooth[layer.name][ch.t0:ch.t0 + ch.n][inside], _EPS)
+        a["gate_zeros"]["loud"] += int((lam <= _EPS).sum())
+        a["gate"]["loud"] += np.histogram(np.clip(np.log10(lam[lam > _EPS]), _HIST_LO,
+                                                  _HIST_HI - 1e-9), bins=_HIST_BINS,
+                                          range=(_HIST_LO, _HIST_HI))[0]
         # gates: each row's (column's) per-iteration RMS over its RMS across the trace
         for axis, dim, ms_all in (("row", 2, row_ms[layer.name]), ("col", 1, col_ms[layer.name])):
             alive = ms_all > 0
@@ -327,15 +337,21 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         for w in np.unique(t // wlen):
             sel = (t // wlen) == w
             hw = h[sel]
+            h2 = hw * hw                  # squares by multiplication: x ** 4 is a slow pow()
             for parity in (0, 1):
-                hp = hw[t[sel] % 2 == parity]
-                a["row"][parity, w] += (hp ** 2).mean(2).sum(0)
-                a["col"][parity, w] += (hp ** 2).mean(1).sum(0)
+                hp = h2[t[sel] % 2 == parity]
+                a["row"][parity, w] += hp.mean(2).sum(0)
+                a["col"][parity, w] += hp.mean(1).sum(0)
             # weighted by power, as the policies see it (cells with little gradient matter
             # little, whatever their mean)
-            a["mean"][w] += u[sel].sum(0)
-            a["m2"] += float((u[sel][:, live] ** 2).sum())
-            a["h4"] += (hw ** 4).sum(0)
+            uw = u[sel]
+            u2 = uw * uw
+            a["mean"][w] += uw.sum(0)
+            u2s = u2.sum(0)
+            a["u2c"] += u2s
+            a["m2"] += float(u2s[live].sum())
+            a["h4"] += (h2 * h2).sum(0)
+            a["u4"] += (u2 * u2).sum(0)
             a["count"] += int(live.sum()) * hw.shape[0]
         _block_sums(a, u, t, n_vr)
         if progress:
@@ -366,10 +382,23 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         err_d = err / max(m2 / wlen, _EPS)    # against the noise variance of one window's mean
         beta = _bias_exponent(mean_w, sq[name] / span, np.outer(s_r, q_c), live) if B else 0.0
         gates = {axis: gate_table(a["gate"][axis], a["gate_zeros"][axis])
-                 for axis in ("row", "col")}
+                 for axis in ("row", "col", "loud")}
+        # each cell's kurtosis E[h⁴] / E[h²]², averaged with weights E[h²] (power)
+        h2c = sq[name] / span
+        kurt = float((a["h4"][live] / used / np.maximum(h2c[live], _EPS)).sum()
+                     / max(h2c[live].sum(), _EPS))
+        u2c = a["u2c"] / used
+        kurt_raw = float((a["u4"][live] / used / np.maximum(u2c[live], _EPS)).sum()
+                         / max(u2c[live].sum(), _EPS))
+        gates["row"], gates["col"], alpha = _temper_gates(gates["row"], gates["col"],
+                                                          math.sqrt(b2), kurt)
         g_row, g_col = gate_moments(gates["row"]), gate_moments(gates["col"])
-        # the mean part is gated too: what the windows see is E[gate_r]·E[gate_c]·b
-        bias = math.sqrt(b2) / max(g_row[0] * g_col[0], 1e-3)
+        # the mean part is gated too: what the windows see is E[gate_r]·E[gate_c]·b (the
+        # loudness λ is the batch noise's: the mean, the whole data's gradient, has none)
+        gain = 1.0 / max(g_row[0] * g_col[0], 1e-3)
+        bias = math.sqrt(b2) * gain
+        table = _bias_table(mean_w, a["u2c"] / used, np.sqrt(sq[name] / span), live, wlen,
+                            tau_d, gain) if B else []
         lags = np.arange(1, windows, dtype=float) * wlen
         # importance drift: deviations of each window's log mean square of a row (column)
         # from its mean over windows, measured apart on even and odd iterations: their
@@ -397,10 +426,6 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
         s_fit = s_r * math.exp(-drift["row"][0] ** 2)
         q_fit = q_c * math.exp(-drift["col"][0] ** 2)
         knots_t, knots_s, slope, r2_scale = scales[name]
-        # each cell's kurtosis E[h⁴] / E[h²]², averaged with weights E[h²] (power)
-        h2c = sq[name] / span
-        kurt = float((a["h4"][live] / used / np.maximum(h2c[live], _EPS)).sum()
-                     / max(h2c[live].sum(), _EPS))
         layers_doc.append({
             "layer": {k: v for k, v in layer.to_dict().items()},
             "row_sigma": _r(np.log(s_fit[~dead_r]).std() if (~dead_r).sum() > 1 else 0.0),
@@ -408,6 +433,7 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
             "col_sigma": _r(np.log(q_fit[~dead_c]).std() if (~dead_c).sum() > 1 else 0.0),
             "dead_rows": int(dead_r.sum()), "dead_cols": int(dead_c.sum()),
             "bias": _r(bias), "bias_exponent": _r(beta),
+            "bias_by_rms": [[_r(x), _r(y)] for x, y in table],
             "tau_direction": _r(tau_d),
             "row_drift": _r(drift["row"][0]), "col_drift": _r(drift["col"][0]),
             "tau_importance": _r(math.sqrt(drift["row"][1] * drift["col"][1])),
@@ -419,13 +445,19 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
                                        "model": _r(vr_model)},
                     "importance_rmse": _r(max(drift["row"][2], drift["col"][2])),
                     "kurtosis": _r(kurt),
-                    "kurtosis_model": _r(_model_kurtosis(bias, g_row, g_col))},
+                    "kurtosis_model": _r(_model_kurtosis(bias, g_row, g_col)),
+                    "gate_exponent": _r(alpha),
+                    "kurtosis_raw": _r(kurt_raw),
+                    "kurtosis_raw_model": _r(_model_kurtosis(bias, g_row, g_col)
+                                             * gate_moments(gates["loud"])[2])},
             "gates": {"row_zero": _r(float((gates["row"] == 0).mean())),
                       "col_zero": _r(float((gates["col"] == 0).mean())),
-                      "row_m4": _r(g_row[2]), "col_m4": _r(g_col[2])},
+                      "row_m4": _r(g_row[2]), "col_m4": _r(g_col[2]),
+                      "loud_m4": _r(gate_moments(gates["loud"])[2])},
         })
         arrays[f"{name}/row_gate"] = gates["row"].astype(np.float64)
         arrays[f"{name}/col_gate"] = gates["col"].astype(np.float64)
+        arrays[f"{name}/loud_gate"] = gates["loud"].astype(np.float64)
         arrays[f"{name}/row"] = s_fit.astype(np.float32)
         arrays[f"{name}/cell"] = cell.astype(np.float32)
         arrays[f"{name}/col"] = q_fit.astype(np.float32)
@@ -464,6 +496,58 @@ def _bias_exponent(mean_w, h2, sq, live, bins: int = 8) -> float:
         return 0.0
     slope = np.polyfit(lx, lb, 1, w=np.sqrt(wt))[0]
     return float(np.clip(-slope, 0.0, 1.0))
+
+
+def _temper_gates(row: np.ndarray, col: np.ndarray, b: float,
+                  kurt: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The row and column gates raised to the power α ∈ [0, 1] (and rescaled to unit power)
+    that gives the model's cell kurtosis the recording's (on gradients normalised by each
+    iteration's scale). A batch gradient is a sum of a few outer products: a row's RMS at an
+    iteration times a column's already holds most of a cell's magnitude, and the model's
+    fresh noise multiplies them again — measured as they are, the gates give cells 2–3× the
+    recorded kurtosis (docs/fidelity.md). α = 1 where they do not."""
+    def tempered(a):
+        r, c = row ** a, col ** a
+        r, c = r / math.sqrt(gate_moments(r)[1]), c / math.sqrt(gate_moments(c)[1])
+        return r, c, _model_kurtosis(b, gate_moments(r), gate_moments(c))
+
+    r, c, k1 = tempered(1.0)
+    if k1 <= kurt:
+        return row, col, 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tempered(mid)[2] < kurt else (lo, mid)
+    r, c, _ = tempered(lo)
+    return r, c, lo
+
+
+def _bias_table(mean_w, u2, rms, live, wlen: int, tau: float, gain: float,
+                bins: int = 8) -> list[tuple[float, float]]:
+    """The direction's strength b by a cell's RMS: [(RMS relative to the layer's RMS, b)] for
+    ``bins`` quantile bins of the live cells' RMS (the cell's own, s_r·q_c·W, which is what the
+    model scales it by). Per bin, the covariances of different windows' means are fitted as
+    B·(the direction's correlation of window means) with the layer's τ, as the layer's b is;
+    b² = B / (E[u²] − B), times ``gain`` (the gates' means). Real gradients are not a power
+    law in the RMS: the quiet half of the cells keeps a push of similar strength, the loudest
+    cells none (they revert), docs/fidelity.md."""
+    x = rms[live]
+    if x.size < 4 * bins or len(mean_w) < 2:
+        return []
+    ref = math.sqrt(float((x ** 2).mean()))
+    order = np.argsort(x, kind="stable")
+    lags = np.arange(1, len(mean_w))
+    rho = window_correlation(lags, wlen, tau)
+    mw = mean_w[:, live]
+    p = u2[live]
+    out = []
+    for sel in np.array_split(order, bins):
+        cov = np.array([(mw[:-k, sel] * mw[k:, sel]).mean() for k in lags])
+        Bk = max(0.0, float(np.dot(rho, cov) / max(np.dot(rho, rho), _EPS)))
+        m2 = float(p[sel].mean())
+        bk = math.sqrt(Bk / max(m2 - Bk, _EPS * m2, _EPS)) * gain if Bk > 0 else 0.0
+        out.append((float(np.exp(np.log(np.maximum(x[sel], _EPS)).mean())) / ref, bk))
+    return out
 
 
 def _block_sums(a: dict, u: np.ndarray, t: np.ndarray, n: int) -> None:
@@ -535,7 +619,7 @@ class FittedLayer:
 
     def __init__(self, index: int, raw: dict, row: np.ndarray, col: np.ndarray,
                  gates: tuple[np.ndarray, np.ndarray], where: str,
-                 cell: np.ndarray | None = None):
+                 cell: np.ndarray | None = None, loud: np.ndarray | None = None):
         self.index = index
         self.info = _layer(raw.get("layer"), f"{where}: layers[{index}].layer")
         name = self.info.name
@@ -550,12 +634,16 @@ class FittedLayer:
                              f"{self.info.cols}) finite non-negative values")
         self.cell = (cell.astype(np.float32) if cell is not None
                      else np.zeros((0, 0), np.float32))
-        for g in gates:
+        for g in gates + ((loud,) if loud is not None else ()):
             if g.shape != GATE_PROBS.shape or not np.isfinite(g).all() or (g < 0).any() \
                     or (np.diff(g) < 0).any():
                 raise TraceError(f"{w}: gate table: expected {GATE_PROBS.size} increasing "
                                  f"non-negative quantiles")
         self.row_gate, self.col_gate = gates
+        self.loud = loud
+        if loud is not None:
+            self._loud_slope = np.diff(loud) / np.diff(GATE_PROBS)
+            self._loud_step = np.diff(loud[:_GATE_GRID])
         self._slopes = tuple(np.diff(g) / np.diff(GATE_PROBS) for g in gates)
         self._steps = tuple(np.diff(g[:_GATE_GRID]) for g in gates)
         get = _Getter(raw, w)
@@ -570,7 +658,23 @@ class FittedLayer:
                        1.0) ** -beta
         norm = math.sqrt(((sq[live] ** 2) * rel[live] ** 2).sum() / (sq[live] ** 2).sum()) \
             if live.any() else 1.0
-        self.cell_bias = (self.bias * rel / norm * w_cell).astype(np.float32)
+        table = raw.get("bias_by_rms")
+        if table:
+            try:
+                tb = np.array(table, dtype=np.float64).reshape(-1, 2)
+            except (TypeError, ValueError):
+                tb = np.zeros((0, 2))
+            if len(tb) < 1 or not np.isfinite(tb).all() or (tb[:, 0] <= 0).any() \
+                    or (tb[:, 1] < 0).any() or (tb[:, 1] > 100).any() \
+                    or (np.diff(tb[:, 0]) <= 0).any():
+                raise TraceError(f"{w}: bias_by_rms: expected [relative RMS, bias] pairs with "
+                                 f"increasing positive RMS and bias in [0, 100]")
+            rms = np.sqrt((sq[live] ** 2).mean()) if live.any() else 1.0
+            lr = np.log(np.maximum(sq / rms, _EPS))
+            bc = np.interp(lr, np.log(tb[:, 0]), tb[:, 1])
+            self.cell_bias = np.where(live, bc * w_cell, 0.0).astype(np.float32)
+        else:
+            self.cell_bias = (self.bias * rel / norm * w_cell).astype(np.float32)
         self.tau_d = get.num("tau_direction", 1, 1e15)
         self.row_drift = get.num("row_drift", 0, 10)
         self.col_drift = get.num("col_drift", 0, 10)
@@ -667,6 +771,11 @@ class FittedLayer:
         ts = np.arange(t0, t0 + n)
         P = self._factors(seed, _ROW_GATE, _ROW, t0, n, self.row_gate, self.row_drift,
                           self.row32, self.sigma(ts))
+        U = P
+        if self.loud is not None:
+            U = P * inverse_cdf_block(seed, self.index + (_LOUD << 32), t0, n, 1, GATE_PROBS,
+                                      self.loud, _GATE_GRID, None, None, None,
+                                      self._loud_slope, self._loud_step)
         Q = self._factors(seed, _COL_GATE, _COL, t0, n, self.col_gate, self.col_drift,
                           self.col32)
         out = []
@@ -675,7 +784,7 @@ class FittedLayer:
             end = min(t0 + n, (t // self.block + 1) * self.block)
             M = self._direction(seed, t // self.block)
             a, b = t - t0, end - t0
-            out.append((t, end - t, M, P[a:b], Q[a:b], P[a:b], Q[a:b], self.cell))
+            out.append((t, end - t, M, P[a:b], Q[a:b], U[a:b], Q[a:b], self.cell))
             t = end
         return out
 
@@ -737,7 +846,8 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
         gates = tuple(arrays.get(f"{name}/{axis}_gate", np.ones_like(GATE_PROBS))
                       for axis in ("row", "col"))
         layers.append(FittedLayer(i, raw, arrays[f"{name}/row"], arrays[f"{name}/col"], gates,
-                                  where, arrays.get(f"{name}/cell")))
+                                  where, arrays.get(f"{name}/cell"),
+                                  arrays.get(f"{name}/loud_gate")))
     digest = hashlib.sha256(text.encode() + blob).hexdigest()
     return doc, layers, digest
 
@@ -825,11 +935,13 @@ def profile_model(network: str, profile: str, seed: int) -> tuple[dict, list, st
              "bias_exponent": kind["bias_exponent"], "tau_direction": kind["tau_direction"],
              "row_drift": kind["row_drift"], "col_drift": kind["col_drift"],
              "tau_importance": kind["tau_importance"],
+             "bias_by_rms": kind.get("bias_by_rms", []),
              "scale": {"knots": [[0, 1.0]], "gamma": 0.0}}
         gates = (np.array(kind["row_gate"], dtype=np.float64),
                  np.array(kind["col_gate"], dtype=np.float64))
+        loud = np.array(kind["loud_gate"], dtype=np.float64) if "loud_gate" in kind else None
         layers.append(FittedLayer(i, d, row.astype(np.float32), col.astype(np.float32), gates,
-                                  str(path)))
+                                  str(path), loud=loud))
         docs.append(d)
     doc = {"model": network, "dataset": dataset, "batch_size": 128,
            "source": {"iterations": default_iterations}, "layers": docs}
