@@ -231,7 +231,9 @@ def bench_replay(iterations: int, reps: int) -> dict:
 
 def bench_fit(iterations: int, reps: int) -> dict:
     """``synth:fit`` against ``synth:resnet20`` on the same layers (sgs + ars, all cores): a
-    fitted model with ResNet-20's shapes, drifting importances and direction, and gates."""
+    fitted model with ResNet-20's shapes and every part a fit writes: drifting importances,
+    each cell's own scale, a drifting direction with its strength by RMS bin, gates and the
+    batch's loudness."""
     import tempfile
     from pathlib import Path
 
@@ -241,15 +243,20 @@ def bench_fit(iterations: int, reps: int) -> dict:
     rng = np.random.default_rng(0)
     layers, arrays = [], {}
     gate = np.quantile(rng.lognormal(0, 0.5, 100000), GATE_PROBS)
+    loud = np.quantile(rng.lognormal(0, 0.66, 100000), GATE_PROBS)
     for layer in resnet20():
         layers.append({"layer": layer.to_dict(), "bias": 0.1, "bias_exponent": 0.2,
+                       "bias_by_rms": [[0.01, 0.15], [0.1, 0.12], [1.0, 0.05], [3.0, 0.02]],
                        "tau_direction": 2000.0, "row_drift": 0.2, "col_drift": 0.2,
                        "tau_importance": 300.0,
                        "scale": {"knots": [[0, 1e-3], [1000, 5e-4]], "gamma": 0.5}})
         arrays[f"{layer.name}/row"] = np.exp(rng.standard_normal(layer.rows)).astype(np.float32)
         arrays[f"{layer.name}/col"] = np.exp(rng.standard_normal(layer.cols)).astype(np.float32)
+        arrays[f"{layer.name}/cell"] = np.exp(
+            0.5 * rng.standard_normal((layer.rows, layer.cols))).astype(np.float32)
         arrays[f"{layer.name}/row_gate"] = gate
         arrays[f"{layer.name}/col_gate"] = gate
+        arrays[f"{layer.name}/loud_gate"] = loud
     doc = {"format": "timesim-fit", "version": 1, "model": "resnet20-shaped", "dataset": "",
            "batch_size": 128, "source": {"trace": "", "iterations": 1000}, "layers": layers}
     hw = load_hwconfig()
