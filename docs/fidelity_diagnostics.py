@@ -5,7 +5,9 @@
 Reads the recordings, fits and real runs that docs/fidelity.py left in --work (the digits
 MLP under top-0.1%, layer fc2 unless --layer) and prints, as markdown:
 
-1. the fitted model without its direction (b = 0): max writes of a 64,000-iteration run;
+1. what the fitted MLP's top-k is sensitive to: max writes of 64,000-iteration runs of the fitted
+   model and of variants of it (no direction, no loudness, flat scale beyond the recording,
+   no importance drift, a short direction correlation time);
 2. write feedback: the recording replayed through top-k (numpy: A += g, the k largest |A|
    written and zeroed), each written cell's gradient at lags 1..16 after the write regressed
    on the value written;
@@ -19,7 +21,12 @@ MLP under top-0.1%, layer fc2 unless --layer) and prints, as markdown:
    the recording's second half and of the fitted model over the same iterations: where the
    direction is, and where the gradients revert;
 7. per-cell kurtosis (normalised by each iteration's own scale, and by the smoothed scale the
-   model multiplies by) and the log-sd of the per-iteration scale around σ(t), real and fitted.
+   model multiplies by) and the log-sd of the per-iteration scale around σ(t), real and fitted;
+8. a written cell's mean gradient before and after the write, real and fitted;
+9. a cell's later gradients regressed on its gradient now (the response to a unit gradient),
+   by power group, in the MLP's dense, top-k and SGS-ARS recordings;
+10. with --long: an 8000-iteration top-k recording replayed through top-k as it is and as
+   surrogates, and the fitted model with and without feedback on written values.
 
 Everything is seeded; the real runs are those of docs/fidelity.py.
 """
@@ -109,6 +116,9 @@ def main() -> None:
     ap.add_argument("--work", default="runs/fidelity", help="docs/fidelity.py's folder")
     ap.add_argument("--layer", default="fc2")
     ap.add_argument("--iterations", type=int, default=64000)
+    ap.add_argument("--long", action="store_true",
+                    help="also record 8000 iterations of the MLP under top-k (~1 min, 2.6 GB in "
+                         "--work) and replay surrogates of it (point 10; ~5 min, ~12 GB of memory)")
     a = ap.parse_args()
     work = Path(a.work)
     from fidelity import _hw
@@ -251,7 +261,124 @@ def main() -> None:
                          f"before {before.mean():+.3f}, after {after.mean():+.3f}")
         out.append(f"8. {label}, a written cell's mean gradient before and after the write: "
                    + "; ".join(parts))
+    # 9. the response to a unit gradient, by power group, under each method's recording
+    for method in ("dense", "topk", "sgs"):
+        X = load_layer(work / f"trace-mlp-{method}-{T}", a.layer).reshape(T, -1)
+        out.append(f"9. {method}: " + response(X[T // 2:] / _smooth(X)[T // 2:, None]))
+    if a.long:
+        out.extend(long_run(work, a.layer, k))
     print("\n".join(out))
+
+
+GROUPS = ((20, 0), (500, 20), (0.2, 0.05), (0.5, 0.2), (0.9, 0.5))   # from the loudest down
+
+
+def response(U: np.ndarray) -> str:
+    """A cell's later gradients regressed on its gradient now, summed over lags 1–4, 1–16,
+    1–64 and 1–256, pooled over groups of cells by power (the 20 loudest, the next 480, then
+    quantiles 0.8–0.95, 0.5–0.8, 0.1–0.5)."""
+    p = (U ** 2).mean(0)
+    order = np.argsort(p)
+    n = p.size
+    parts = []
+    for hi, lo in GROUPS:
+        a, b = ((n - hi, n - lo) if hi >= 1 else (int(n * (1 - hi)), int(n * (1 - lo))))
+        X = U[:, order[a:b]]
+        v = (X ** 2).sum()
+        cum = np.cumsum([(X[:-lag] * X[lag:]).sum() / v for lag in range(1, 257)])
+        name = (f"loudest {hi - lo}" if hi >= 1 else f"quantiles {1 - hi:.2f}–{1 - lo:.2f}")
+        parts.append(f"{name}: {cum[3]:+.2f} {cum[15]:+.2f} {cum[63]:+.2f} {cum[255]:+.2f}")
+    return "response to a unit gradient over lags 1–4, 1–16, 1–64, 1–256: " + "; ".join(parts)
+
+
+def long_run(work: Path, layer: str, k: int) -> list[str]:
+    """Point 10: an 8000-iteration recording of the MLP under top-k, replayed through top-k as
+    it is and as surrogates; the fitted model with and without feedback on written values."""
+    from fidelity import _hw
+
+    from timesim.examples.digits import train
+    from timesim.trace.fit import FittedTrace
+
+    trace = work / "trace-mlp-topk-8000"
+    if not (trace / "manifest.yaml").is_file():
+        train("mlp", iterations=8000, hw=_hw("topk"), record=str(trace))
+    G = load_layer(trace, layer).reshape(8000, -1).astype(np.float32)
+    T, n = G.shape
+    s = np.sqrt((G.astype(np.float64) ** 2).mean(1)).astype(np.float32)
+    sm = _smooth(G.astype(np.float64)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    sd = np.sqrt(((G[1000:2000] / s[1000:2000, None]) ** 2).mean(0))
+    res = [f"real {replay_counts(lambda i: G[i], T, n, k)}"]
+    res.append("white, each cell's RMS of iterations 1000–1999 × the real scale "
+               + replay_counts(lambda i: s[i] * sd * rng.standard_normal(n, np.float32), T, n, k))
+    res.append("the same × the smoothed scale "
+               + replay_counts(lambda i: sm[i] * sd * rng.standard_normal(n, np.float32), T, n, k))
+    sign = lambda i: G[i] * np.where(rng.random(n) < 0.5, -1, 1).astype(np.float32)  # noqa: E731
+    res.append("the recording with a random sign per cell and iteration "
+               + replay_counts(sign, T, n, k))
+    perm = np.concatenate([b + rng.permutation(min(500, T - b)) for b in range(0, T, 500)])
+    res.append("the recording's iterations shuffled within blocks of 500 "
+               + replay_counts(lambda i: G[perm[i]], T, n, k))
+    G = None                                     # noqa: F841 (2 GB freed before the model)
+    synth = FittedTrace(str(work / "fit-mlp-topk.yaml"), iterations=T, chunk=100)
+    li = synth.index[layer]
+    M = np.concatenate([synth.generate(li, t0, 100).copy() for t0 in range(0, T, 100)])
+    M = M.reshape(T, -1)
+    res.append(f"the fitted model {replay_counts(lambda i: M[i], T, n, k)}")
+    # the loudness: the fitted model without its λ, and with the recorded λ sequence instead
+    lam = (s / sm).astype(np.float32)
+    lam /= np.sqrt((lam ** 2).mean())
+    loud, synth.fitted[li].loud = synth.fitted[li].loud, None
+    M = np.concatenate([synth.generate(li, t0, 100).copy() for t0 in range(0, T, 100)])
+    M = M.reshape(T, -1)
+    res.append(f"without its λ {replay_counts(lambda i: M[i], T, n, k)}")
+    res.append("with the recorded λ sequence instead "
+               + replay_counts(lambda i: lam[i] * M[i], T, n, k))
+    tails = " ".join(f"{(x ** 4).mean() / (x ** 2).mean() ** 2:.1f}"
+                     for x in (lam[w:w + 1000] for w in range(0, T, 1000)))
+    res.append(f"(the recorded λ's E[λ⁴]/E[λ²]² per 1000 iterations: {tails})")
+    synth.fitted[li].loud = loud
+    M = np.concatenate([synth.generate(li, t0, 100).copy() for t0 in range(0, T, 100)])
+    M = M.reshape(T, -1)
+    res.append("the fitted model with feedback on written values (0.45 of a write comes back, "
+               "decaying by half an iteration) "
+               + replay_counts(lambda i: M[i], T, n, k, feedback=(0.45, 0.5)))
+    M = None                                     # noqa: F841
+    # point 5: fitted on the last quarter of the long recording, run for the whole length
+    from timesim.simulate import simulate
+    from timesim.trace.fit import fit_trace, write_model
+
+    y = work / "fit-mlp-topk-8000-0.75.yaml"
+    write_model(y, *fit_trace(trace, start=0.75))
+    r = simulate(_hw("topk"), f"synth:fit?model={y}&iterations=64000")
+    real = json.loads((work / "real-mlp-topk" / "report.json").read_text())["writes"]["max"]
+    return ["10. fc2 under top-k, max writes at iterations 2000 / 4000 / 8000: " + "; ".join(res),
+            f"5. fitted on iterations 6000–7999 of the 8000-iteration recording: max writes "
+            f"{r['writes']['max']} ({r['writes']['max'] / real:.2f}× the real {real}); per layer "
+            + ", ".join(f"{name} {v['max']}" for name, v in r["writes"]["by_layer"].items())]
+
+
+def replay_counts(row, T: int, n: int, k: int, feedback=None) -> str:
+    """Top-k with local accumulation over ``row(i)``, i < T; with ``feedback = (κ, ρ)`` each
+    written value A comes back as −κ(1−ρ)ρ^(l−1)·A at lags l = 1..16."""
+    A = np.zeros(n, np.float32)
+    count = np.zeros(n, np.int64)
+    ring, marks = [], []
+    w = (np.array([feedback[0] * (1 - feedback[1]) * feedback[1] ** l for l in range(16)],
+                  np.float32) if feedback else None)
+    for i in range(T):
+        A += row(i)
+        if feedback:
+            for lag, (idx, val) in enumerate(reversed(ring)):
+                A[idx] -= w[lag] * val
+        idx = np.argpartition(-np.abs(A), k)[:k]
+        count[idx] += 1
+        if feedback:
+            ring = (ring + [(idx, A[idx].copy())])[-16:]
+        A[idx] = 0
+        if i + 1 in (2000, 4000, 8000):
+            marks.append(str(int(count.max())))
+    return " / ".join(marks)
 
 
 def _smooth(X: np.ndarray) -> np.ndarray:
