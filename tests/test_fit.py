@@ -397,3 +397,21 @@ def test_loudness_of_the_batch_is_shared_by_the_layer(tmp_path):
     assert np.log(s).std() == pytest.approx(0.5, abs=0.06)
     assert _cell_kurtosis(X) == pytest.approx(3 * math.e, rel=0.2)
     assert f["kurtosis_raw_model"] == pytest.approx(3 * math.e, rel=0.2)
+
+
+def test_tempering_keeps_a_gates_exact_zeros():
+    """A row with no gradient in an iteration (its gate 0, 20% of the draws here) stays without
+    one however far the spread is tempered; the rest is rescaled to unit power. Asked for less
+    kurtosis than the zeros allow, the gate goes flat but keeps them."""
+    from timesim.trace.fit import _temper_gates, gate_moments
+
+    row = np.where(GATE_PROBS < 0.2, 0.0, np.exp(3 * (GATE_PROBS - 0.6)))
+    row = row / math.sqrt(gate_moments(row)[1])
+    col = np.ones_like(GATE_PROBS)
+    for want in (3.4, 2.9):
+        r, c, alpha = _temper_gates(row, col, 0.0, want)
+        assert alpha < 1
+        assert (r[GATE_PROBS < 0.2] == 0).all() and (r[GATE_PROBS > 0.21] > 0).all()
+        assert gate_moments(r)[1] == pytest.approx(1.0, rel=1e-6)
+        # E[g⁴] / E[g²]² of a gate that is 0 with probability 0.2 and flat otherwise: 1 / 0.8
+        assert gate_moments(r)[2] * 2.7 == pytest.approx(max(want, 2.7 / 0.8), rel=0.02)

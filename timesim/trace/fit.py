@@ -505,9 +505,11 @@ def _temper_gates(row: np.ndarray, col: np.ndarray, b: float,
     iteration's scale). A batch gradient is a sum of a few outer products: a row's RMS at an
     iteration times a column's already holds most of a cell's magnitude, and the model's
     fresh noise multiplies them again — measured as they are, the gates give cells 2–3× the
-    recorded kurtosis (docs/fidelity.md). α = 1 where they do not."""
+    recorded kurtosis (docs/fidelity.md). α = 1 where they do not. A gate's exact zeros (a
+    row or column with no gradient in an iteration) are kept."""
     def tempered(a):
-        r, c = row ** a, col ** a
+        # exact zeros (a row or column with no gradient in an iteration) stay zeros
+        r, c = np.where(row > 0, row ** a, 0.0), np.where(col > 0, col ** a, 0.0)
         r, c = r / math.sqrt(gate_moments(r)[1]), c / math.sqrt(gate_moments(c)[1])
         return r, c, _model_kurtosis(b, gate_moments(r), gate_moments(c))
 
