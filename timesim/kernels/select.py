@@ -168,20 +168,27 @@ def _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf):
     if fused:
         z = zbuf[:(r1 - r0) * cols]
         _normal_row(key, r0 * cols, z)
-        if W.shape[0] > 0:                   # a per-cell noise scale (fitted workloads)
-            wflat = W.reshape(W.size)[r0 * cols:r1 * cols]
-            for j in range(z.shape[0]):
-                z[j] = wflat[j] * z[j]
         Qi = Q[i]
         Vi = V[i]
-        for r in range(r0, r1):
-            Ar = A[r]
-            Mr = M[r]
-            zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
-            p = P[i, r]
-            u = U[i, r]
-            for c in range(cols):
-                Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
+        if W.shape[0] > 0:                   # a per-cell noise scale (fitted workloads)
+            for r in range(r0, r1):          # W·z in the same loop: one pass over the block
+                Ar = A[r]
+                Mr = M[r]
+                Wr = W[r]
+                zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
+                p = P[i, r]
+                u = U[i, r]
+                for c in range(cols):
+                    Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * (Wr[c] * zr[c])
+        else:
+            for r in range(r0, r1):
+                Ar = A[r]
+                Mr = M[r]
+                zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
+                p = P[i, r]
+                u = U[i, r]
+                for c in range(cols):
+                    Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
     else:
         for r in range(r0, r1):
             Ar = A[r]
