@@ -265,6 +265,86 @@ def test_gate_draws_are_numpy_interp_of_python_uniforms():
     assert np.allclose(scaled, got * np.arange(n)[:, None], rtol=1e-6)
 
 
+def test_gate_draws_bit_for_bit_the_floating_point_lookup():
+    """The kernel finds a draw's interval by integer arithmetic; the values must be bit for bit
+    those of the floating-point form the fitted streams were defined with: y = u·96 in
+    float64, k = min(⌊y⌋, 94), table[k] + (y − k)·step[k], and above probs[95] a scan of the
+    finer tail; then scale[i]·imp[c]·value rounded to float32."""
+    from timesim.kernels.synth import inverse_cdf_block
+
+    from .reference import GOLDEN, M64, mix64
+
+    rng = np.random.default_rng(21)
+    table = np.sort(rng.lognormal(0, 1, GATE_PROBS.size))
+    table[:9] = 0.0
+    slope = np.diff(table) / np.diff(GATE_PROBS)
+    step = np.diff(table[:96])
+    seed, stream, t0, n, size = 12, 5, 1000, 6, 777
+    scale = rng.random(n) + 0.5
+    imp = rng.random((2, size)).astype(np.float32) + 0.5
+    which = np.array([0, 1, 1, 0, 1, 0])
+    got = inverse_cdf_block(seed, stream, t0, n, size, GATE_PROBS, table, 96, scale, imp,
+                            which)
+    tails = 0
+    for i in range(n):
+        key = mix64((seed + GOLDEN) & M64)
+        key = mix64(key ^ ((stream + GOLDEN) & M64))
+        key = mix64(key ^ (((t0 + i) * GOLDEN) & M64))
+        for c in range(size):
+            h = mix64((key + (c >> 1) * GOLDEN) & M64)
+            u = (float((h >> 32) if c & 1 else (h & 0xFFFFFFFF)) + 0.5) * (1.0 / 2.0 ** 32)
+            if u >= GATE_PROBS[95]:
+                k = 95
+                while k < GATE_PROBS.size - 2 and GATE_PROBS[k + 1] <= u:
+                    k += 1
+                v = table[k] + (u - GATE_PROBS[k]) * slope[k]
+                tails += 1
+            else:
+                y = u * 96.0
+                k = min(int(y), 94)
+                v = table[k] + (y - float(k)) * step[k]
+            want = np.float32(scale[i] * float(imp[which[i], c]) * v)
+            assert got[i, c].view(np.int32) == want.view(np.int32), (i, c)
+    assert tails > 20                                   # the tail branch was exercised
+    # the integer test for the tail, on every 32-bit x around the boundary
+    x = np.arange(int(95 / 96 * 2**32) - 5000, int(95 / 96 * 2**32) + 5000, dtype=np.uint64)
+    k = ((2 * x + 1) * np.uint64(96)) >> np.uint64(33)
+    assert ((k == 95) == ((x.astype(float) + 0.5) / 2.0**32 >= GATE_PROBS[95])).all()
+
+
+def test_a_chunks_factors_in_one_call_are_the_separate_draws():
+    """_fitted_factors: P = σ·importance·row gate, Q = importance·column gate, U = P·λ (one
+    loudness draw per iteration, float32 product): the same as the three separate draws."""
+    from timesim.kernels.synth import _fitted_factors, inverse_cdf_block
+
+    rng = np.random.default_rng(4)
+    tabs = [np.sort(rng.lognormal(0, s, GATE_PROBS.size)) for s in (0.5, 1.0, 0.7)]
+    parts = [(t, np.diff(t) / np.diff(GATE_PROBS), np.diff(t[:96])) for t in tabs]
+    n, rows, cols, seed, t0 = 37, 29, 11, 9, 4100
+    sigma = rng.random(n) + 0.1
+    rimp = rng.random((3, rows)).astype(np.float32)
+    cimp = rng.random((2, cols)).astype(np.float32)
+    rwhich, cwhich = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    P, U = np.empty((n, rows), np.float32), np.empty((n, rows), np.float32)
+    Q = np.empty((n, cols), np.float32)
+    _fitted_factors(seed, t0, GATE_PROBS, 96, sigma, 11, *parts[0], rimp, rwhich,
+                    12, *parts[1], cimp, cwhich, 13, *parts[2], P, U, Q)
+    want_p = inverse_cdf_block(seed, 11, t0, n, rows, GATE_PROBS, tabs[0], 96, sigma, rimp,
+                               rwhich)
+    want_q = inverse_cdf_block(seed, 12, t0, n, cols, GATE_PROBS, tabs[1], 96, None, cimp,
+                               cwhich)
+    lam = inverse_cdf_block(seed, 13, t0, n, 1, GATE_PROBS, tabs[2], 96)
+    assert np.array_equal(P, want_p) and np.array_equal(Q, want_q)
+    assert np.array_equal(U, want_p * lam)
+    assert not np.array_equal(U, P)
+    # no loudness table: U is left alone
+    U2 = np.full((n, rows), -1.0, np.float32)
+    _fitted_factors(seed, t0, GATE_PROBS, 96, sigma, 11, *parts[0], rimp, rwhich,
+                    12, *parts[1], cimp, cwhich, 13, np.zeros(0), np.zeros(0), np.zeros(0),
+                    P, U2, Q)
+    assert (U2 == -1.0).all() and np.array_equal(P, want_p)
+
+
 def test_profile_gives_the_papers_network_the_kind_parameters():
     """synth:MODEL?profile=digits: the network's shapes, each layer with its kind's bundled
     parameters; reproducible and resumable like every synthetic stream."""

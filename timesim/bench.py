@@ -336,7 +336,7 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
         f"accumulators {f['floor_ms']:.2f} ms ({f['floor_gb_per_s']:.1f} GB/s): fused "
         f"{f['fused_ratio_to_floor']:.2f}x the floor; 450450 iterations ~ "
         f"{f['fused_ms'] * 450450 / 60000:.0f} min (floor {f['floor_ms'] * 450450 / 60000:.0f})")
-    ft = bench_fit(512 if quick else 4096, 2)
+    ft = bench_fit(512 if quick else 4096, reps)
     result["fit"] = ft
     say(f"synth:fit vs synth:resnet20 (same layers, sgs+ars, {ft['iterations']} iterations): "
         f"{ft['fit_s']:.2f} s vs {ft['synth_s']:.2f} s = {ft['ratio']:.2f}x")

@@ -87,43 +87,91 @@ def _normal_row(key, start, out):
 
 
 @njit(cache=True, nogil=True)
+def _normal_row_scaled(key, start, out, w):
+    """out[i] = w[i] · z for the counters of ``_normal_row``: a cell's own noise scale applied
+    where the noise is made (the hashing loop has room for one more load and multiply)."""
+    base = key + np.uint64(start) * _GOLDEN
+    for i in range(out.shape[0]):
+        out[i] = w[i] * _z(_mix64(base + np.uint64(i) * _GOLDEN))
+
+
+@njit(cache=True, nogil=True)
 def _gate_block(seed, stream, t0, probs, table, slope, step, grid, scale, imp, which, u, out):
     """out[i, c] = scale[i] · imp[which[i], c] · g, g drawn by inverse CDF from a quantile
     table: ``table`` at increasing ``probs`` from 0 to 1, linear in between (``slope``: the
     table's slope on each interval; ``step``: its rise on each interval of the grid).
     ``probs`` starts with the uniform grid k / ``grid`` up to (grid - 1) / grid, so below that
-    an interval is found by one multiplication; the few values in the finer upper tail are
-    looked up by a scan. Uniforms: the two 32-bit halves of each splitmix64 hash of stream
-    (seed, stream, t0 + i), (x + 0.5) / 2^32. ``u``: a float64 scratch row. The row and column
-    factors of the fitted workloads (trace/fit.py)."""
+    an interval is found by integer arithmetic; the few values in the finer upper tail are
+    looked up by a scan. Uniforms: the two 32-bit halves x of each splitmix64 hash of stream
+    (seed, stream, t0 + i), u = (x + 0.5) / 2^32. ``u``: a uint64 scratch row. The row and
+    column factors of the fitted workloads (trace/fit.py).
+
+    On the grid, y = u · grid = (2x + 1) · grid / 2^33 is exact in float64 (an integer of at
+    most 40 bits times a power of two), its interval k = ⌊y⌋ is the integer (2x + 1) · grid
+    >> 33, and u >= probs[grid - 1] exactly when k = grid - 1 (for the grid of 96 in use, u, an
+    odd multiple of 2^-33, is never within 2^-35 of 95/96): the same numbers as u · grid in
+    floating point and a comparison with probs[grid - 1], without the float-to-unsigned
+    conversions (25-30% faster; tests/test_fit.py compares both forms)."""
     last = probs.shape[0] - 2
-    utop = np.uint64(grid - 2)            # the last interval of the grid: [top, top + 1]
-    tail = probs[grid - 1]
+    top = np.uint64(grid - 1)
+    g = np.uint64(grid)
+    inv33 = 1.0 / 8589934592.0
+    inv = 1.0 / 4294967296.0
     cols = out.shape[1]
     half = (cols + 1) >> 1
-    inv = 1.0 / 4294967296.0
     for i in range(out.shape[0]):
         key = _stream_key(seed, stream, t0 + i)
         for c2 in range(half):
             h = _mix64(key + np.uint64(c2) * _GOLDEN)
-            u[2 * c2] = (np.float64(h & _M32) + 0.5) * inv
-            u[2 * c2 + 1] = (np.float64(h >> np.uint64(32)) + 0.5) * inv
+            u[2 * c2] = h & _M32
+            u[2 * c2 + 1] = h >> np.uint64(32)
         row = out[i]
         base = imp[which[i]]
         si = scale[i]
         for c in range(cols):
-            # on the grid: interval k = ⌊x·grid⌋, position x·grid − k inside it (k unsigned:
-            # no negative-index wraparound check, so the gathers vectorize: 1.4x faster)
-            y = u[c] * grid
-            k = min(np.uint64(y), utop)
-            row[c] = si * base[c] * (table[k] + (y - np.float64(k)) * step[k])
-        for c in range(cols):              # the upper tail: probs finer than the grid
-            x = u[c]
-            if x >= tail:
-                k = grid - 1
-                while k < last and probs[k + 1] <= x:
-                    k += 1
-                row[c] = si * base[c] * (table[k] + (x - probs[k]) * slope[k])
+            m = (u[c] * np.uint64(2) + np.uint64(1)) * g
+            k = m >> np.uint64(33)
+            if k < top:
+                # signed conversions: the values are below 2^40
+                y = np.float64(np.int64(m)) * inv33
+                row[c] = si * base[c] * (table[k] + (y - np.float64(np.int64(k))) * step[k])
+            else:                          # the upper tail: probs finer than the grid
+                x = (np.float64(np.int64(u[c])) + 0.5) * inv
+                j = grid - 1
+                while j < last and probs[j + 1] <= x:
+                    j += 1
+                row[c] = si * base[c] * (table[j] + (x - probs[j]) * slope[j])
+
+
+@njit(cache=True, nogil=True)
+def _fitted_factors(seed, t0, probs, grid, sigma,
+                    row_stream, row_table, row_slope, row_step, row_imp, row_which,
+                    col_stream, col_table, col_slope, col_step, col_imp, col_which,
+                    loud_stream, loud_table, loud_slope, loud_step, P, U, Q):
+    """A fitted layer's row and column factors of iterations t0 .. t0+n-1 in one call (no
+    Python between the draws): P = σ · row importance · row gate, Q = column importance ·
+    column gate (``_gate_block`` each), and U = P · λ with λ one draw per iteration from the
+    loudness table (none when ``loud_table`` is empty: U is then not written). The same
+    numbers as three ``inverse_cdf_block`` calls and a float32 product."""
+    n = P.shape[0]
+    width = max(P.shape[1], Q.shape[1])
+    scratch = np.empty(width + 1, dtype=np.uint64)
+    ones = np.ones(n)
+    _gate_block(seed, row_stream, t0, probs, row_table, row_slope, row_step, grid, sigma,
+                row_imp, row_which, scratch, P)
+    _gate_block(seed, col_stream, t0, probs, col_table, col_slope, col_step, grid, ones,
+                col_imp, col_which, scratch, Q)
+    if loud_table.shape[0] > 0:
+        lam = np.empty((n, 1), dtype=np.float32)
+        _gate_block(seed, loud_stream, t0, probs, loud_table, loud_slope, loud_step, grid,
+                    ones, np.ones((1, 1), dtype=np.float32), np.zeros(n, dtype=np.int64),
+                    scratch, lam)
+        for i in range(n):
+            li = lam[i, 0]
+            Pi = P[i]
+            Ui = U[i]
+            for r in range(P.shape[1]):
+                Ui[r] = Pi[r] * li
 
 
 @njit(cache=True, nogil=True)
@@ -167,30 +215,20 @@ def _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf):
     cols = A.shape[1]
     if fused:
         z = zbuf[:(r1 - r0) * cols]
-        _normal_row(key, r0 * cols, z)
+        if W.shape[0] > 0:                   # a per-cell noise scale (fitted workloads)
+            _normal_row_scaled(key, r0 * cols, z, W.reshape(-1)[r0 * cols:r1 * cols])
+        else:
+            _normal_row(key, r0 * cols, z)
         Qi = Q[i]
         Vi = V[i]
-        # two copies of the row loop on purpose: one helper with the W test inside the inner
-        # loop measured 2x slower on both paths (numba then no longer vectorizes it)
-        if W.shape[0] > 0:                   # a per-cell noise scale (fitted workloads)
-            for r in range(r0, r1):          # W·z in the same loop: one pass over the block
-                Ar = A[r]
-                Mr = M[r]
-                Wr = W[r]
-                zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
-                p = P[i, r]
-                u = U[i, r]
-                for c in range(cols):
-                    Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * (Wr[c] * zr[c])
-        else:
-            for r in range(r0, r1):
-                Ar = A[r]
-                Mr = M[r]
-                zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
-                p = P[i, r]
-                u = U[i, r]
-                for c in range(cols):
-                    Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
+        for r in range(r0, r1):
+            Ar = A[r]
+            Mr = M[r]
+            zr = z[(r - r0) * cols:(r - r0 + 1) * cols]
+            p = P[i, r]
+            u = U[i, r]
+            for c in range(cols):
+                Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * zr[c]
     else:
         for r in range(r0, r1):
             Ar = A[r]

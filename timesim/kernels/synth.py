@@ -10,14 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from .select import (
+    _fitted_factors,
     _gate_block,
     _gradient_chunk,
     _normal_row,
     _stream_key,
 )
 
-__all__ = ["_normal_row", "_stream_key", "fill_normal", "gradient_chunk", "inverse_cdf_block",
-           "normal"]
+__all__ = ["_fitted_factors", "_normal_row", "_stream_key", "fill_normal", "gradient_chunk",
+           "inverse_cdf_block", "normal"]
 
 
 def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
@@ -46,7 +47,7 @@ def inverse_cdf_block(seed: int, stream: int, t0: int, n: int, size: int, probs:
     if step is None:
         step = np.diff(table[:grid])
     _gate_block(np.int64(seed), np.int64(stream), np.int64(t0), probs, table, slope, step,
-                np.int64(grid), scale, imp, which, np.empty(size + 1, dtype=np.float64), out)
+                np.int64(grid), scale, imp, which, np.empty(size + 1, dtype=np.uint64), out)
     return out
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from ..errors import TraceError
-from ..kernels.synth import inverse_cdf_block, normal
+from ..kernels.synth import _fitted_factors, normal
 from .format import MAX_ITERATIONS, TraceMeta, _layer
 from .synth import SynthTrace, default_chunk
 
@@ -643,9 +643,8 @@ class FittedLayer:
                                  f"non-negative quantiles")
         self.row_gate, self.col_gate = gates
         self.loud = loud
-        if loud is not None:
-            self._loud_slope = np.diff(loud) / np.diff(GATE_PROBS)
-            self._loud_step = np.diff(loud[:_GATE_GRID])
+        self._loud_args = ((loud, np.diff(loud) / np.diff(GATE_PROBS), np.diff(loud[:_GATE_GRID]))
+                           if loud is not None else (np.zeros(0), np.zeros(0), np.zeros(0)))
         self._slopes = tuple(np.diff(g) / np.diff(GATE_PROBS) for g in gates)
         self._steps = tuple(np.diff(g[:_GATE_GRID]) for g in gates)
         get = _Getter(raw, w)
@@ -656,10 +655,6 @@ class FittedLayer:
         w_cell = self.cell.astype(np.float64) if self.cell.size else 1.0
         sq = np.outer(self.row, self.col) * w_cell
         live = sq > 0
-        rel = np.where(live, sq / np.sqrt((sq[live] ** 2).mean()) if live.any() else 1.0,
-                       1.0) ** -beta
-        norm = math.sqrt(((sq[live] ** 2) * rel[live] ** 2).sum() / (sq[live] ** 2).sum()) \
-            if live.any() else 1.0
         table = raw.get("bias_by_rms")
         if table:
             try:
@@ -675,7 +670,11 @@ class FittedLayer:
             lr = np.log(np.maximum(sq / rms, _EPS))
             bc = np.interp(lr, np.log(tb[:, 0]), tb[:, 1])
             self.cell_bias = np.where(live, bc * w_cell, 0.0).astype(np.float32)
-        else:
+        else:                 # the power law (models written before the table)
+            rel = np.where(live, sq / np.sqrt((sq[live] ** 2).mean()) if live.any() else 1.0,
+                           1.0) ** -beta
+            norm = math.sqrt(((sq[live] ** 2) * rel[live] ** 2).sum()
+                             / (sq[live] ** 2).sum()) if live.any() else 1.0
             self.cell_bias = (self.bias * rel / norm * w_cell).astype(np.float32)
         self.tau_d = get.num("tau_direction", 1, 1e15)
         self.row_drift = get.num("row_drift", 0, 10)
@@ -746,16 +745,6 @@ class FittedLayer:
             self._imp[tag] = (b0, rows)
         return rows[first - b0:last - b0 + 1], which
 
-    def _factors(self, seed: int, gate_tag: int, tag: int, t0: int, n: int,
-                 table: np.ndarray, delta: float, base: np.ndarray, scale=None) -> np.ndarray:
-        """Row (or column) factors (n, size) float32 of iterations t0 .. t0+n-1: iid gates
-        from the fitted quantile table × the drifting importance (× the scale σ(t))."""
-        imp, which = self._importance(seed, tag, t0, n, delta, base)
-        i = 0 if table is self.row_gate else 1
-        return inverse_cdf_block(seed, self.index + (gate_tag << 32), t0, n, base.shape[0],
-                                 GATE_PROBS, table, _GATE_GRID, scale, imp, which,
-                                 self._slopes[i], self._steps[i])
-
     def _direction(self, seed: int, block: int) -> np.ndarray:
         """b_rc · m at the middle of direction block ``block`` (cached for the next piece)."""
         if self._M is None or self._M[0] != block:
@@ -770,16 +759,20 @@ class FittedLayer:
         """Generator arguments of iterations t0 .. t0+n-1: one piece per direction block
         spanned, the row and column factors computed for the whole span at once (every
         iteration's factors are its own, whatever the span) and cut into row slices."""
-        ts = np.arange(t0, t0 + n)
-        P = self._factors(seed, _ROW_GATE, _ROW, t0, n, self.row_gate, self.row_drift,
-                          self.row32, self.sigma(ts))
-        U = P
-        if self.loud is not None:
-            U = P * inverse_cdf_block(seed, self.index + (_LOUD << 32), t0, n, 1, GATE_PROBS,
-                                      self.loud, _GATE_GRID, None, None, None,
-                                      self._loud_slope, self._loud_step)
-        Q = self._factors(seed, _COL_GATE, _COL, t0, n, self.col_gate, self.col_drift,
-                          self.col32)
+        rimp, rwhich = self._importance(seed, _ROW, t0, n, self.row_drift, self.row32)
+        cimp, cwhich = self._importance(seed, _COL, t0, n, self.col_drift, self.col32)
+        P = np.empty((n, self.info.rows), dtype=np.float32)
+        Q = np.empty((n, self.info.cols), dtype=np.float32)
+        U = P if self.loud is None else np.empty_like(P)
+        # one call draws the row gates (× importance × σ(t)), the column gates (× importance)
+        # and the loudness (U = P · λ): iid per iteration, from their own streams
+        _fitted_factors(np.int64(seed), np.int64(t0), GATE_PROBS, np.int64(_GATE_GRID),
+                        self.sigma(np.arange(t0, t0 + n)),
+                        np.int64(self.index + (_ROW_GATE << 32)), self.row_gate,
+                        self._slopes[0], self._steps[0], rimp, rwhich,
+                        np.int64(self.index + (_COL_GATE << 32)), self.col_gate,
+                        self._slopes[1], self._steps[1], cimp, cwhich,
+                        np.int64(self.index + (_LOUD << 32)), *self._loud_args, P, U, Q)
         out = []
         t = t0
         while t < t0 + n:
