@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 METHODS = {"dense": ("dense", "none", "dense SGD"),
            "topk": ("topk", "none", "top-0.1%, no wear levelling"),
            "sgs": ("sgs", "ars", "SGS-ARS (1024, 32)")}
-NAMES = {"mlp": "MLP 64-256-256-10", "lenet": "LeNet-like CNN"}
+NAMES = {"mlp": "MLP 64-256-256-10", "lenet": "LeNet-like CNN",
+         "mlp-tanh": "MLP 64-128-64-10, tanh (held out)"}
+PROFILE_MODELS = ("mlp", "lenet")     # the bundled profile: the two models of the design
 
 
 def _hw(method: str):
@@ -255,7 +257,11 @@ def main() -> None:
             print(f"fitted {r['model']} {r['method']}: fit {r['fit_s']:.1f} s, synthetic "
                   f"run {r['synth_s']:.0f} s", flush=True)
     if a.write_profile:
-        write_profile(work, models, a.record, ROOT / "timesim" / "data" / "profiles" /
+        missing = [m for m in PROFILE_MODELS if m not in models]
+        if missing:
+            sys.exit(f"--write-profile needs the fits of {', '.join(PROFILE_MODELS)} "
+                     f"(missing: {', '.join(missing)})")
+        write_profile(work, PROFILE_MODELS, a.record, ROOT / "timesim" / "data" / "profiles" /
                       "digits.yaml")
     text = tables(work, models, fits)
     print(text)
