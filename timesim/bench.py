@@ -229,11 +229,11 @@ def bench_replay(iterations: int, reps: int) -> dict:
             "prefetch_speedup": t_plain / t_replay}
 
 
-def bench_fit(iterations: int, reps: int) -> dict:
-    """``synth:fit`` against ``synth:resnet20`` on the same layers (sgs + ars, all cores): a
-    fitted model with ResNet-20's shapes and every part a fit writes: drifting importances,
-    each cell's own scale, a drifting direction with its strength by RMS bin, gates and the
-    batch's loudness."""
+def bench_fit(iterations: int, reps: int, threads: int | None = None) -> dict:
+    """``synth:fit`` against ``synth:resnet20`` on the same layers (sgs + ars; ``threads``,
+    default all cores): a fitted model with ResNet-20's shapes and every part a fit writes:
+    drifting importances, each cell's own scale, a drifting direction with its strength by
+    RMS bin, gates and the batch's loudness."""
     import tempfile
     from pathlib import Path
 
@@ -265,17 +265,17 @@ def bench_fit(iterations: int, reps: int) -> dict:
         write_model(model, doc, arrays)
         fit = f"synth:fit?model={model}&iterations={iterations}"
         plain = f"synth:resnet20?iterations={iterations}"
-        simulate(hw, fit.replace(f"={iterations}", "=64"))               # warm-up
+        simulate(hw, fit.replace(f"={iterations}", "=64"), threads=threads)   # warm-up
         t_fit = t_plain = float("inf")
         for _ in range(reps):                                           # alternating
             t = time.perf_counter()
-            simulate(hw, plain)
+            simulate(hw, plain, threads=threads)
             t_plain = min(t_plain, time.perf_counter() - t)
             t = time.perf_counter()
-            simulate(hw, fit)
+            simulate(hw, fit, threads=threads)
             t_fit = min(t_fit, time.perf_counter() - t)
-    return {"iterations": iterations, "fit_s": t_fit, "synth_s": t_plain,
-            "ratio": t_fit / t_plain}
+    return {"iterations": iterations, "threads": threads or os.cpu_count() or 1,
+            "fit_s": t_fit, "synth_s": t_plain, "ratio": t_fit / t_plain}
 
 
 class _NoPrefetch:
@@ -337,9 +337,12 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
         f"{f['fused_ratio_to_floor']:.2f}x the floor; 450450 iterations ~ "
         f"{f['fused_ms'] * 450450 / 60000:.0f} min (floor {f['floor_ms'] * 450450 / 60000:.0f})")
     ft = bench_fit(512 if quick else 4096, reps)
-    result["fit"] = ft
+    f1 = bench_fit(512 if quick else 4096, min(reps, 3), threads=1)
+    result["fit"], result["fit_one_thread"] = ft, f1
     say(f"synth:fit vs synth:resnet20 (same layers, sgs+ars, {ft['iterations']} iterations): "
-        f"{ft['fit_s']:.2f} s vs {ft['synth_s']:.2f} s = {ft['ratio']:.2f}x")
+        f"{ft['threads']} threads {ft['fit_s']:.2f} s vs {ft['synth_s']:.2f} s = "
+        f"{ft['ratio']:.2f}x; one thread {f1['fit_s']:.2f} s vs {f1['synth_s']:.2f} s = "
+        f"{f1['ratio']:.2f}x")
     r = bench_replay(128 if quick else 512, reps)
     result["replay"] = r
     say(f"replay: resnet20 float16 trace, {r['bytes'] / 1e6:.0f} MB: {r['replay_gb_per_s']:.2f} "
