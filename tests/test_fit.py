@@ -201,6 +201,23 @@ def test_bad_models_are_one_line_errors(tmp_path, capsys):
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
         with pytest.raises(TraceError, match="layer w: bias_by_rms: expected"):
             load_model(tmp_path / "bad.yaml")
+    # a damaged archive whose checksum was edited to match, and NaN importances
+    import hashlib
+
+    doc["layers"][0].pop("bias_by_rms")
+    for name, blob in (("junk.npz", b"not an npz archive"), ("nan.npz", None)):
+        if blob is None:
+            with np.load(tmp_path / "m.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+            arrays["w/row"] = arrays["w/row"].copy()
+            arrays["w/row"][0] = np.nan
+            np.savez(tmp_path / name, **arrays)
+            blob = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(blob)
+        doc["importances"], doc["importances_sha256"] = name, hashlib.sha256(blob).hexdigest()
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+        with pytest.raises(TraceError, match="not a readable .npz|importances: expected finite"):
+            load_model(tmp_path / "bad.yaml")
     (tmp_path / "m.npz").unlink()
     with pytest.raises(TraceError, match="m.npz is missing"):
         load_model(tmp_path / "m.yaml")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -629,6 +630,9 @@ class FittedLayer:
         if row.shape != (self.info.rows,) or col.shape != (self.info.cols,):
             raise TraceError(f"{w}: importances {row.shape}/{col.shape}, expected "
                              f"({self.info.rows},)/({self.info.cols},)")
+        if not (np.isfinite(row).all() and np.isfinite(col).all()) or (row < 0).any() \
+                or (col < 0).any():
+            raise TraceError(f"{w}: importances: expected finite non-negative values")
         self.row, self.col = row.astype(np.float64), col.astype(np.float64)
         if cell is not None and (cell.shape != (self.info.rows, self.info.cols)
                                  or not np.isfinite(cell).all() or (cell < 0).any()):
@@ -828,8 +832,13 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
     raw_layers = doc.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise TraceError(f"{where}: layers: expected a non-empty list")
-    with np.load(side) as z:
-        arrays = {k: z[k] for k in z.files}
+    try:
+        with np.load(side, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise TraceError(f"{where}: importances: {side.name} is not a readable .npz archive "
+                         f"({type(exc).__name__}: a damaged or foreign file); refit with "
+                         f"'timesim trace fit'") from None
     layers = []
     for i, raw in enumerate(raw_layers):
         if not isinstance(raw, dict):
