@@ -35,7 +35,8 @@ METHODS = {"dense": ("dense", "none", "dense SGD"),
            "topk": ("topk", "none", "top-0.1%, no wear levelling"),
            "sgs": ("sgs", "ars", "SGS-ARS (1024, 32)")}
 NAMES = {"mlp": "MLP 64-256-256-10", "lenet": "LeNet-like CNN",
-         "mlp-tanh": "MLP 64-128-64-10, tanh (held out)"}
+         "mlp-tanh": "MLP 64-128-64-10, tanh (held out)",
+         "cnn3": "CNN, three 3×3 convolutions + FC (held out)"}
 PROFILE_MODELS = ("mlp", "lenet")     # the bundled profile: the two models of the design
 
 
