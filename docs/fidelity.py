@@ -1,10 +1,11 @@
 """Fitted synthetic workloads against held-out real training (docs/fidelity.md).
 
-    python docs/fidelity.py                    # everything: ~35 min on 2 cores (real runs)
+    python docs/fidelity.py                    # everything: ~55 min on 2 cores (real runs)
     python docs/fidelity.py --work runs/fid --reuse   # keep finished real runs of that folder
+    python docs/fidelity.py --model cnn3       # one model (the held-out CNN: ~16 min)
 
-For each digits model (MLP, LeNet) and each of the paper's three methods (dense SGD, top-0.1%
-without wear levelling, SGS-ARS):
+For each digits model (the MLP and LeNet of the design; mlp-tanh and cnn3, held out from it)
+and each of the paper's three methods (dense SGD, top-0.1% without wear levelling, SGS-ARS):
 
 1. the real run: 64,000 iterations of real training with the method in the loop
    (SparseUpdate co-simulation, the same as traces/digits_results.py);
