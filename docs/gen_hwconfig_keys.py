@@ -9,7 +9,7 @@ from timesim.config import bundled_hwconfig, describe_keys
 
 DOC = Path(__file__).resolve().parent / "hwconfig.md"
 KIND = {"int": "integer", "float": "number", "str": "string", "bool": "true/false",
-        "dup": "auto | none | integer"}
+        "dup": "auto | none | integer", "auto_int": "auto | integer"}
 
 
 def defaults() -> dict[str, tuple[str, str]]:

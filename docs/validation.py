@@ -1,13 +1,16 @@
-"""timesim next to DNN+NeuroSim V2.1 on VGG-8: regenerates docs/validation.md.
+"""timesim next to DNN+NeuroSim V2.1 on several networks: regenerates docs/validation.md.
 
-    python docs/validation.py            # run timesim, write docs/validation.md
-    python docs/validation.py --derive   # print the preset numbers derived from NeuroSim's output
+    python docs/validation.py                 # run timesim on every reference, write the page
+    python docs/validation.py --only heldout-a  # one reference, tables on stdout
 
-NeuroSim's numbers are read from docs/validation/neurosim-v2.1-vgg8/ (a copy of its output; see
-SOURCE.md there). timesim runs the bundled preset ``neurosim-v2.1-rram`` on a timing-only
-manifest of VGG-8 built from NeuroSim's own network file: batch 200, one dense iteration, input
+NeuroSim's numbers are read from docs/validation/<reference>/ (copies of its output, see
+SOURCE.md in each). timesim runs the bundled preset ``neurosim-v2.1-rram`` *unchanged* on a
+timing-only manifest built from each reference's own network file: one dense iteration, input
 vectors counted as NeuroSim counts them ((H − k + 1)² per image, no padding), pooling where
-NeuroSim pools, each layer's input-bit activity as NeuroSim's inputs had it.
+NeuroSim pools, each layer's input-bit activity as NeuroSim's inputs had it, the reference's
+batch size, and the reference's mapping scheme (``--set mapping.scheme=conventional`` for the
+run with ``novelMapping = false``). No number of the preset is derived from any of these runs'
+totals (docs/validation.md, "The rule for the preset").
 """
 
 from __future__ import annotations
@@ -15,23 +18,70 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
-REF = HERE / "validation" / "neurosim-v2.1-vgg8"
+REFDIR = HERE / "validation"
 PRESET = "neurosim-v2.1-rram"
 PHASES = (("FW", "forward"), ("AG", "backward"), ("WG", "gradient"), ("WU", "write"))
-# targets of issue 11: per phase 1.5x, iteration 1.25x, per layer FW and WG latency 2x, area 1.5x
-TARGET_PHASE, TARGET_TOTAL, TARGET_LAYER, TARGET_AREA = 1.5, 1.25, 2.0, 1.5
+# issue 23's targets: each phase 1.25x (latency and energy), iteration 1.15x, area 1.25x,
+# every layer's FW and WG latency 1.5x, copies equal to NeuroSim's speed-ups on >= 80% of layers
+TARGET_PHASE, TARGET_TOTAL, TARGET_AREA, TARGET_LAYER, TARGET_COPIES = 1.25, 1.15, 1.25, 1.5, 0.8
 
 
-def neurosim() -> dict:
-    """NeuroSim's per-layer and total figures (seconds, joules, m²) from breakdown.csv."""
-    rows = list(csv.reader(open(REF / "breakdown.csv")))
+@dataclass(frozen=True)
+class Reference:
+    """One NeuroSim run: its folder, batch, and the timesim settings that describe its chip."""
+
+    name: str
+    title: str
+    batch: int = 200
+    overrides: tuple[str, ...] = ()
+    network_from: str | None = None      # NetWork.csv / inputs taken from another reference
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def folder(self) -> Path:
+        return REFDIR / f"neurosim-v2.1-{self.name}"
+
+    @property
+    def network_folder(self) -> Path:
+        return REFDIR / f"neurosim-v2.1-{self.network_from or self.name}"
+
+
+REFERENCES = (
+    Reference("vgg8", "VGG-8 (CIFAR-10), batch 200"),
+    Reference("heldout-a", "held-out A: a 7-layer CNN with 5x5, 3x3 and 1x1 kernels, batch 200"),
+    Reference("vgg8-conventional", "VGG-8 with conventional mapping (novelMapping = false)",
+              overrides=("mapping.scheme=conventional",), network_from="vgg8"),
+)
+
+
+def available() -> tuple[Reference, ...]:
+    """The references whose NeuroSim output is in docs/validation/ (extra runs may be added
+    as folders named neurosim-v2.1-<name> with a ``reference.yaml``: title, batch, overrides)."""
+    refs = list(REFERENCES)
+    known = {r.name for r in refs}
+    for meta in sorted(REFDIR.glob("neurosim-v2.1-*/reference.yaml")):
+        name = meta.parent.name.removeprefix("neurosim-v2.1-")
+        if name in known:
+            continue
+        d = yaml.safe_load(meta.read_text())
+        refs.append(Reference(name, d["title"], int(d.get("batch", 200)),
+                              tuple(d.get("overrides", ())), d.get("network_from")))
+    return tuple(r for r in refs if (r.folder / "breakdown.csv").exists())
+
+
+def neurosim(ref: Reference) -> dict:
+    """NeuroSim's per-layer and total figures (seconds, joules, m²) from breakdown.csv, its
+    speed-up and tiles per layer from its console output."""
+    rows = list(csv.reader(open(ref.folder / "breakdown.csv")))
     area = {}
     layers, total, header = [], None, None
     for i, r in enumerate(rows):
@@ -49,45 +99,55 @@ def neurosim() -> dict:
                 header = None
             else:
                 layers.append(rec)
+    console = (ref.folder / "stdout.txt").read_text()
     return {"layers": layers, "total": total, "area": area,
-            "inputs": json.loads((REF / "inputs-summary.json").read_text())}
+            "speedup": _console_list(console, "Speed-up of each layer"),
+            "tiles": _console_list(console, "# of tile used for each layer"),
+            "inputs": json.loads((ref.network_folder / "inputs-summary.json").read_text())}
 
 
-def manifest(folder: Path) -> Path:
-    """A timing-only trace manifest of NeuroSim's VGG-8 (NetWork.csv)."""
-    ns = neurosim()
+def _console_list(text: str, heading: str) -> list[int]:
+    """The per-layer integers listed under a heading of NeuroSim's floorplan printout."""
+    block = text.split(heading, 1)[1].split("\n\n", 1)[0]
+    return [int(v) for v in re.findall(r"layer\d+:\s*(\d+)", block)]
+
+
+def manifest(ref: Reference, folder: Path) -> Path:
+    """A timing-only trace manifest of the reference's network (its NetWork.csv)."""
+    inputs = json.loads((ref.network_folder / "inputs-summary.json").read_text())
     layers = []
-    for i, line in enumerate((REF / "NetWork.csv").read_text().split()):
+    lines = (ref.network_folder / "NetWork.csv").read_text().split()
+    for i, line in enumerate(lines):
         h, w, c, kh, kw, n, pool, stride = (int(x) for x in line.split(","))
-        act = round(ns["inputs"][i]["activity"], 4)
+        act = round(inputs[i]["activity"], 4)
         if h == 1 and w == 1 and kh == 1:
             layer = {"name": f"L{i + 1}", "kind": "linear", "rows": c, "cols": n}
         else:
-            out = (h - kh) // stride + 1
+            oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
             layer = {"name": f"L{i + 1}", "kind": "conv2d", "rows": c * kh * kw, "cols": n,
                      "kernel": [kh, kw], "in_channels": c, "out_channels": n,
-                     "input_hw": [h, w], "output_hw": [out, out], "stride": [stride, stride],
+                     "input_hw": [h, w], "output_hw": [oh, ow], "stride": [stride, stride],
                      "padding": [0, 0]}
         if pool:
             layer["pool"] = [2, 2]
         layer["input_activity"] = act
         layers.append(layer)
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"format": "timesim-trace", "version": 1, "model": "vgg8-neurosim",
-           "source": "NeuroSim V2.1 NetWork.csv", "dataset": "cifar10", "batch_size": 200,
-           "iterations": 1, "chunk_iterations": 1, "dtype": "float32", "timing_only": True,
-           "layers": layers}
+    doc = {"format": "timesim-trace", "version": 1, "model": f"{ref.name}-neurosim",
+           "source": "NeuroSim V2.1 NetWork.csv", "dataset": "cifar10",
+           "batch_size": ref.batch, "iterations": 1, "chunk_iterations": 1,
+           "dtype": "float32", "timing_only": True, "layers": layers}
     (folder / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return folder
 
 
-def run(overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
-    """timesim's report and action counts {(phase, component, action): count} on VGG-8."""
+def run(ref: Reference, overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """timesim's report and action counts {(phase, component, action): count}."""
     import timesim
 
     with tempfile.TemporaryDirectory() as tmp:
-        trace = manifest(Path(tmp) / "vgg8")
-        hw = timesim.load_hwconfig(PRESET, list(overrides))
+        trace = manifest(ref, Path(tmp) / ref.name)
+        hw = timesim.load_hwconfig(PRESET, list(ref.overrides) + list(overrides))
         report = timesim.simulate(hw, str(trace), out=Path(tmp) / "run")
         counts: dict = {}
         with open(Path(tmp) / "run" / "actions.csv") as fh:
@@ -97,104 +157,38 @@ def run(overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
     return report, counts
 
 
-def _count(counts: dict, component: str, action: str | None = None,
-           phases: tuple[str, ...] | None = None) -> int:
-    return sum(n for (ph, c, a), n in counts.items()
-               if c == component and (action is None or a == action)
-               and (phases is None or ph in phases))
-
-
-def _ic_bits_per_port() -> float:
-    """Σ over layers and phases of the bits a layer moves over the interconnect divided by the
-    tiles (ports) it has: what one port must carry if the layers' transfers take
-    NeuroSim's interconnect latency."""
-    import timesim
-    from timesim.engine.costs import CostTable
-    from timesim.mapping import map_network
-    from timesim.trace import open_trace
-
-    with tempfile.TemporaryDirectory() as tmp:
-        meta = open_trace(str(manifest(Path(tmp) / "vgg8"))).meta
-    hw = timesim.load_hwconfig(PRESET)
-    c = CostTable(hw)
-    total = 0.0
-    for i, m in enumerate(map_network(meta.layers, hw, meta.batch_size).layers):
-        phases = 2 if i > 0 else 1                 # forward, and backward but for layer 0
-        total += phases * (c.bits_in(m) + c.bits_out(m)) * meta.batch_size / m.chip_tiles
-    return total
-
-
-def derive() -> dict:
-    """The preset's numbers that come from NeuroSim's own VGG-8 output (see the preset's
-    comments): per-action energies = NeuroSim's component energy / timesim's action count;
-    bandwidths = bits timesim moves / NeuroSim's latency for them."""
-    ns = neurosim()
-    t = ns["total"]
-    _, counts = run()
-    hw_cell = 0.25 * (1 / 100e3 + 1 / 1e6) / 2 * 1e-9
-    fwag = ("forward", "backward")
-    conv = _count(counts, "adc", "conversion")
-    cells = _count(counts, "crossbar", "cell_read")
-    buffer_bytes = (_count(counts, "buffer") + _count(counts, "global_buffer"))
-    ic_bits = _count(counts, "interconnect")
-    ic_per_port = _ic_bits_per_port()
-    L7 = ns["layers"][6]
-    g7 = 2 * 8192 * 1024 * 15 * 200
-    dram7 = g7 / 15.2e12
-    wg_macs = _count(counts, "gradient", "mac")
-    return {
-        "xbar.read_energy_fJ": hw_cell * 1e15,
-        "adc.energy_pJ": (t["ADC_energy(J)"] - cells * hw_cell) / conv * 1e12,
-        "dac.energy_fJ": t["Synaptic Array w/o ADC_energy(J)"]
-        / _count(counts, "dac", "conversion") * 1e15,
-        "accumulation.add_energy_pJ": t["Accumulation_energy(J)"]
-        / _count(counts, "accumulation", "add") * 1e12,
-        "buffer.read_energy_pJ_per_byte": t["Buffer_energy(J)"] / buffer_bytes * 1e12,
-        "interconnect.energy_per_bit_pJ": t["IC_energy(J)"] / ic_bits * 1e12,
-        "interconnect.bits_per_cycle": ic_per_port / (t["IC_latency(s)"] * 1e9),
-        "global_buffer.bits_per_cycle": g7 / ((L7["latency_WG(s)"] - L7["Peak_latency_WG(s)"]
-                                               - dram7) * 1e9),
-        "gradient.macs_per_cycle": wg_macs / (t["Peak_latency_WG(s)"] * 1e9),
-        "gradient.mac_energy_pJ": t["Peak_energy_WG(J)"] / wg_macs * 1e12,
-        "xbar.area_um2": ns["area"]["cim"] * 1e12 / 2160,
-        "adc.area_um2": ns["area"]["adc"] * 1e12 / (2160 * 32),
-        "accumulation.area_um2": ns["area"]["accumulation"] * 1e12 / (2160 * 32),
-        "buffer.area_mm2": ns["area"]["other"] * 1e6 / 15,
-        "interconnect.area_mm2": ns["area"]["routing"] * 1e6 / 15,
-        "counts": {"adc_conversions": conv, "active_cell_reads": cells,
-                   "buffer_bytes": buffer_bytes, "interconnect_bits": ic_bits,
-                   "gradient_macs": wg_macs, "fw_ag_adc": _count(counts, "adc", None, fwag)},
-    }
-
-
-def compare(report: dict) -> dict:
+def compare(ref: Reference, report: dict) -> dict:
     """Ratios timesim / NeuroSim per phase, per layer and in total."""
-    ns = neurosim()
+    ns = neurosim(ref)
     t = ns["total"]
     f = report["cycles"]["clock_hz"]
     lp = report["cycles"]["by_layer_phase"]
     ep = report["energy_j"]["by_layer_phase"]
-    out = {"phases": [], "layers": [], "total": {}, "area": {}}
+    out = {"reference": ref.name, "phases": [], "layers": [], "total": {}, "area": {}}
     for ns_name, ph in PHASES:
-        lat = report["cycles"]["by_phase_layer_sum"][ph] / f
-        en = report["energy_j"]["by_phase"][ph]
         out["phases"].append({
-            "phase": ns_name, "ns_latency": t[f"latency_{ns_name}(s)"], "ts_latency": lat,
-            "ns_energy": t[f"energy_{ns_name}(J)"], "ts_energy": en})
+            "phase": ns_name, "ns_latency": t[f"latency_{ns_name}(s)"],
+            "ts_latency": report["cycles"]["by_phase_layer_sum"][ph] / f,
+            "ns_energy": t[f"energy_{ns_name}(J)"], "ts_energy": report["energy_j"]["by_phase"][ph]})
+    mapping = report["mapping"]["by_layer"]
     for i, rec in enumerate(ns["layers"]):
         name = f"L{i + 1}"
-        row = {"layer": name, "copies": report["mapping"]["by_layer"][name]["copies"]}
+        row = {"layer": name, "copies": mapping[name]["copies"],
+               "ns_copies": ns["speedup"][i] if i < len(ns["speedup"]) else None}
         for ns_name, ph in PHASES:
             row[f"ns_{ns_name}"] = rec[f"latency_{ns_name}(s)"]
             row[f"ts_{ns_name}"] = lp[name][ph] / f
             row[f"ns_E{ns_name}"] = rec[f"energy_{ns_name}(J)"]
             row[f"ts_E{ns_name}"] = ep[name][ph]
         out["layers"].append(row)
-    ns_total = sum(t[f"latency_{p}(s)"] for p, _ in PHASES)
-    ns_energy = sum(t[f"energy_{p}(J)"] for p, _ in PHASES)
-    out["total"] = {"ns_latency": ns_total, "ts_latency": report["seconds"],
-                    "ns_energy": ns_energy, "ts_energy": report["energy_j"]["total"]}
-    out["area"] = {"ns": ns["area"]["total"] * 1e6, "ts": report["area_mm2"]["total"]}
+    out["total"] = {"ns_latency": sum(t[f"latency_{p}(s)"] for p, _ in PHASES),
+                    "ts_latency": report["seconds"],
+                    "ns_energy": sum(t[f"energy_{p}(J)"] for p, _ in PHASES),
+                    "ts_energy": report["energy_j"]["total"]}
+    area = report["area_mm2"]
+    out["area"] = {"ns": ns["area"]["total"] * 1e6, "ts": area["total"],
+                   "ns_by": {k: v * 1e6 for k, v in ns["area"].items()},
+                   "ts_by": area.get("neurosim_components", {})}
     return out
 
 
@@ -207,36 +201,71 @@ def ratio(a: float, b: float) -> float:
     return max(a / b, b / a)
 
 
+def copies_matched(cmp: dict) -> float:
+    rows = [r for r in cmp["layers"] if r["ns_copies"] is not None]
+    return sum(r["copies"] == r["ns_copies"] for r in rows) / max(1, len(rows))
+
+
 def _ms(x: float) -> str:
     return f"{x * 1e3:.3g}"
 
 
-def markdown(cmp: dict, pipelined: dict) -> str:
+def _r(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "–"
+
+
+def summary(cmps: list[dict]) -> str:
+    """One line per reference: the ratio of every phase's latency and energy, the iteration,
+    the area and the copies matched."""
+    lines = ["| network | FW lat | AG lat | WG lat | WU lat | FW E | AG E | WG E | WU E | "
+             "iteration lat | iteration E | area | copies = NeuroSim |",
+             "|---|" + "---|" * 13]
+    for c in cmps:
+        p = {x["phase"]: x for x in c["phases"]}
+        cells = [c["reference"]]
+        cells += [_r(p[n]["ts_latency"], p[n]["ns_latency"]) for n, _ in PHASES]
+        cells += [_r(p[n]["ts_energy"], p[n]["ns_energy"]) for n, _ in PHASES]
+        t = c["total"]
+        cells += [_r(t["ts_latency"], t["ns_latency"]), _r(t["ts_energy"], t["ns_energy"]),
+                  _r(c["area"]["ts"], c["area"]["ns"]),
+                  f"{sum(r['copies'] == r['ns_copies'] for r in c['layers'])}/{len(c['layers'])}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(cmp: dict, pipelined: dict | None = None) -> str:
     lines = []
     lines.append("| phase | NeuroSim latency (ms) | timesim (ms) | ratio | NeuroSim energy (mJ) "
                  "| timesim (mJ) | ratio |")
     lines.append("|---|---|---|---|---|---|---|")
     for p in cmp["phases"]:
         lines.append(f"| {p['phase']} | {_ms(p['ns_latency'])} | {_ms(p['ts_latency'])} | "
-                     f"{p['ts_latency'] / p['ns_latency']:.2f} | {_ms(p['ns_energy'])} | "
-                     f"{_ms(p['ts_energy'])} | {p['ts_energy'] / p['ns_energy']:.2f} |")
+                     f"{_r(p['ts_latency'], p['ns_latency'])} | {_ms(p['ns_energy'])} | "
+                     f"{_ms(p['ts_energy'])} | {_r(p['ts_energy'], p['ns_energy'])} |")
     t = cmp["total"]
     lines.append(f"| iteration | {_ms(t['ns_latency'])} | {_ms(t['ts_latency'])} | "
-                 f"{t['ts_latency'] / t['ns_latency']:.2f} | {_ms(t['ns_energy'])} | "
-                 f"{_ms(t['ts_energy'])} | {t['ts_energy'] / t['ns_energy']:.2f} |")
+                 f"{_r(t['ts_latency'], t['ns_latency'])} | {_ms(t['ns_energy'])} | "
+                 f"{_ms(t['ts_energy'])} | {_r(t['ts_energy'], t['ns_energy'])} |")
     a = cmp["area"]
     lines.append(f"\nChip area: NeuroSim {a['ns']:.1f} mm², timesim {a['ts']:.1f} mm² "
                  f"(ratio {a['ts'] / a['ns']:.2f}).")
-    lines.append(f"\nWith `--set engine.pipeline=layer` the same chip takes "
-                 f"{_ms(pipelined['seconds'])} ms per iteration "
-                 f"({pipelined['seconds'] / t['ts_latency']:.2f} of layer by layer).")
+    if a["ts_by"]:
+        lines.append("\n| area (mm²) | " + " | ".join(a["ts_by"]) + " |")
+        lines.append("|---|" + "---|" * len(a["ts_by"]))
+        lines.append("| NeuroSim | " + " | ".join(f"{a['ns_by'].get(k, 0):.3g}"
+                                                   for k in a["ts_by"]) + " |")
+        lines.append("| timesim | " + " | ".join(f"{v:.3g}" for v in a["ts_by"].values())
+                     + " |")
+    if pipelined is not None:
+        lines.append(f"\nWith `--set engine.pipeline=layer` the same chip takes "
+                     f"{_ms(pipelined['seconds'])} ms per iteration "
+                     f"({pipelined['seconds'] / t['ts_latency']:.2f} of layer by layer).")
     lines.append("\nPer layer, latency in ms (ratio timesim / NeuroSim):\n")
     lines.append("| layer | copies (NeuroSim) | FW NeuroSim | FW timesim | AG NeuroSim | "
                  "AG timesim | WG NeuroSim | WG timesim | WU NeuroSim | WU timesim |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    ns_copies = [64, 16, 8, 4, 2, 1, 1, 8]
-    for r, c in zip(cmp["layers"], ns_copies):
-        cells = [r["layer"], f"{r['copies']} ({c})"]
+    for r in cmp["layers"]:
+        cells = [r["layer"], f"{r['copies']} ({r['ns_copies']})"]
         for p, _ in PHASES:
             ns_v, ts_v = r[f"ns_{p}"], r[f"ts_{p}"]
             rt = f" ({ts_v / ns_v:.2f})" if ns_v > 0 else ""
@@ -258,19 +287,27 @@ def markdown(cmp: dict, pipelined: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--derive", action="store_true", help="print the derived preset numbers")
+    ap.add_argument("--only", help="one reference by name; print its tables, write nothing")
     ap.add_argument("--out", default=str(HERE / "validation.md"))
     args = ap.parse_args(argv)
-    if args.derive:
-        print(json.dumps(derive(), indent=2))
-        return 0
-    report, _ = run()
-    piped, _ = run(("engine.pipeline=layer",))
-    cmp = compare(report)
-    text = (HERE / "validation.in.md").read_text()
-    text = text.replace("{{TABLES}}", markdown(cmp, piped))
-    Path(args.out).write_text(text)
-    print(markdown(cmp, piped))
+    refs = available()
+    if args.only:
+        refs = tuple(r for r in refs if r.name == args.only)
+        if not refs:
+            print(f"--only: no reference named {args.only!r}", file=sys.stderr)
+            return 2
+    cmps, sections = [], []
+    for ref in refs:
+        report, _ = run(ref)
+        piped = run(ref, ("engine.pipeline=layer",))[0] if ref.name == "vgg8" else None
+        cmp = compare(ref, report)
+        cmps.append(cmp)
+        sections.append(f"### {ref.title} (`{ref.name}`)\n\n" + markdown(cmp, piped))
+    tables = summary(cmps) + "\n\n" + "\n\n".join(sections)
+    print(tables)
+    if not args.only:
+        text = (HERE / "validation.in.md").read_text().replace("{{TABLES}}", tables)
+        Path(args.out).write_text(text)
     return 0
 
 

@@ -45,12 +45,21 @@ class Chip:
                              "interconnect port, one accumulation/activation/pooling block)")
     other_area_m2: float = _f("area", "nonneg", doc="chip-level area not in any counted unit "
                               "(off-chip links, I/O)")
+    floorplan: str = _f("str", choices=("fixed", "network"), doc="fixed: chip.crossbars in "
+                        "tiles of chip.xbars_per_tile, the same chip for every network; network: "
+                        "tiles, PEs and copies placed for the network as NeuroSim V2.1 places "
+                        "them (chip.crossbars and xbars_per_tile are then not used)")
 
 
 @dataclass(frozen=True)
 class Mapping:
     duplicate: Any = _f("dup", doc="weight copies per layer: auto (fill the layer's tiles, "
-                        "NeuroSim's novel mapping), none, or a number N")
+                        "NeuroSim's novel mapping), none, or a number N; with "
+                        "chip.floorplan=network the copies are NeuroSim's speed-ups")
+    scheme: str = _f("str", choices=("novel", "conventional"), doc="NeuroSim's novelMapping: "
+                     "novel: the most frequent kernel's layers on tiles of one PE per kernel "
+                     "offset, each input fetched once; conventional: every layer's unrolled "
+                     "matrix on conventional tiles, each input fetched once per kernel offset")
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,9 @@ class Xbar:
     program_sigma: float = _f("float", "nonneg", doc="programming variation: relative sigma "
                               "of each programmed conductance")
     area_m2: float = _f("area", "nonneg", doc="one crossbar array with its cells")
+    periphery_area_m2: float = _f("area", "nonneg", doc="per crossbar: its row and column "
+                                  "switch matrices, decoders, multiplexers and local registers "
+                                  "(where a chip counts them apart from the tile buffer)")
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,26 @@ class Gradient:
                       "NeuroSim V2.1)")
     bits: int = _f("int", "pos", doc="bits of one weight-gradient value in storage")
     area_m2: float = _f("area", "nonneg", doc="one weight-gradient unit")
+    model: str = _f("str", choices=("throughput", "sram-grid"), doc="throughput: "
+                    "macs_per_cycle for every layer; sram-grid: NeuroSim V2.1's grid of SRAM "
+                    "arrays sized by the largest layer input, whose speed per layer follows the "
+                    "layer's shape (docs/architecture.md)")
+    array_rows: int = _f("int", "pos", doc="sram-grid: rows of one SRAM array (input positions)")
+    array_cols: int = _f("int", "pos", doc="sram-grid: columns of one SRAM array (input bits)")
+    read_latency_s: float = _f("time", "nonneg", doc="sram-grid: one output channel's error "
+                               "streamed through the grid (all its input bits)")
+    load_latency_s: float = _f("time", "nonneg", doc="sram-grid: writing one kernel offset's "
+                               "activations into the grid")
+    accumulate_latency_s: float = _f("time", "nonneg", doc="sram-grid: one pass of the "
+                                     "gradient accumulator (write.parallel_arrays x one "
+                                     "array's cells at once)")
+    accumulate_energy_j: float = _f("energy", "nonneg", doc="adding one weight's gradient of "
+                                    "one sample into the batch's gradient")
+    array_area_m2: float = _f("area", "nonneg", doc="sram-grid: one SRAM array with its "
+                              "periphery (area = arrays x this + accumulator bits x "
+                              "accumulator_bit_area; gradient.area is then not used)")
+    accumulator_bit_area_m2: float = _f("area", "nonneg", doc="sram-grid: one bit of the "
+                                        "gradient accumulator (an adder bit with its register)")
 
 
 @dataclass(frozen=True)
@@ -138,8 +170,9 @@ class Write:
     phases: int = _f("int", "pos", doc="programming phases per row write (SET, RESET)")
     pulses_per_phase: int = _f("int", "pos", doc="pulses each written cell gets in each phase")
     verify_reads: int = _f("int", "nonneg", doc="read-verify steps after each write")
-    parallel_arrays: int = _f("int", "pos", doc="arrays programmed at once, chip-wide (copies "
-                              "of a layer take the same data and count once)")
+    parallel_arrays: Any = _f("auto_int", doc="arrays programmed at once, chip-wide (copies "
+                              "of a layer take the same data and count once); auto: as NeuroSim "
+                              "V2.1's Chip.cpp derives it from the largest layer input")
     pulses: str = _f("str", choices=("fixed", "delta"), doc="fixed: every written cell takes "
                      "pulses_per_phase pulses; delta: ⌈|Δw| / step⌉, Δw = learning_rate x the "
                      "written (accumulated) gradient, step = weight_range / (2^weight_bits - 1)")
@@ -157,13 +190,25 @@ class Buffer:
     bytes_per_cycle: int = _f("int", "pos", doc="tile buffer bandwidth of one tile, bytes per "
                               "cycle (each bit is written then read)")
     accumulator_bits: int = _f("int", "pos", doc="bits per residual-accumulator entry")
+    line_bits: int = _f("int", "pos", doc="chip.floorplan=network: bits per access of a tile "
+                        "buffer line")
+    line_latency_s: float = _f("time", "nonneg", doc="chip.floorplan=network: one access of "
+                               "one tile-buffer line")
     area_m2: float = _f("area", "nonneg", doc="the buffer of one tile")
 
 
 @dataclass(frozen=True)
 class GlobalBuffer:
-    bits_per_cycle: int = _f("int", "pos", doc="chip-wide global-buffer bandwidth; a layer's "
-                             "activations reach it through its tiles' share")
+    bits_per_cycle: Any = _f("auto_int", doc="chip-wide global-buffer bandwidth, bits per "
+                             "cycle; auto (chip.floorplan=network): NeuroSim's register-file "
+                             "cores of line_bits, as many working at once as the global bus "
+                             "has line_bits-wide lanes, each bit written and read once")
+    line_bits: int = _f("int", "pos", doc="bits per access of one buffer core (auto bandwidth)")
+    line_latency_s: float = _f("time", "nonneg", doc="one access of one line (auto bandwidth)")
+    bit_area_m2: float = _f("area", "nonneg", doc="area per bit of a buffer sized to the "
+                            "network (chip.floorplan=network: the largest layer input plus "
+                            "the gradient accumulator's overhead, as NeuroSim's Chip.cpp sizes "
+                            "it); added to area")
     read_energy_j: float = _f("energy", "nonneg", doc="one byte read")
     write_energy_j: float = _f("energy", "nonneg", doc="one byte written")
     area_m2: float = _f("area", "nonneg", doc="the global buffer")
@@ -177,6 +222,14 @@ class Interconnect:
     energy_per_bit_j: float = _f("energy", "nonneg", doc="one bit from the global buffer to "
                                  "a tile or back")
     area_m2: float = _f("area", "nonneg", doc="the network's share of one tile")
+    wire_delay_ns_per_mm: float = _f("float", "nonneg", doc="chip.floorplan=network: delay of "
+                                     "the H-trees' repeated wires per mm; a transfer takes its "
+                                     "tree's root-to-leaf path (the tile and PE sides from "
+                                     "the area model)")
+    wire_pitch_um: float = _f("float", "nonneg", doc="chip.floorplan=network: area of the "
+                              "global H-tree per bus bit per unit of chip side (um); routing "
+                              "area = this x global bus bits x the side of the rest of the "
+                              "chip")
 
 
 @dataclass(frozen=True)
@@ -189,6 +242,8 @@ class Dram:
 class Accumulation:
     add_latency_s: float = _f("time", "nonneg", doc="one adder stage (shift-add, adder tree)")
     add_energy_j: float = _f("energy", "nonneg", doc="one addition of a partial sum")
+    bit_latency_s: float = _f("time", "nonneg", doc="chip.floorplan=network: ripple delay of "
+                              "one adder bit in the tile and chip adder trees")
     bits: int = _f("int", "pos", doc="width of a layer's outputs as the crossbars' shift-add "
                    "writes them to the tile buffer, before activation and pooling")
     area_m2: float = _f("area", "nonneg", doc="the shift-add of one ADC")
@@ -385,6 +440,13 @@ def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
                 or not 0 < value <= 1:
             raise ConfigError(f"{path}: must be auto or a fraction in (0, 1], got {value!r}")
         return float(value)
+    if kind == "auto_int":
+        value = _number_string(value)
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 30:
+            raise ConfigError(f"{path}: must be auto or a positive integer, got {value!r}")
+        return int(value)
     if kind == "dup":
         value = _number_string(value)
         if value in DUPLICATE:

@@ -53,6 +53,8 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
             a["backward", "accumulation", "add"] = T * V * (S * R * CT + R * (CT - 1))
             _move(a, "backward", T, bo, bi, c.psum_bits(m, backward=True) * B)
         a["gradient", "gradient", "mac"] = T * n * V
+        if hw.gradient.model == "sram-grid":     # NeuroSim's gradient accumulator
+            a["gradient", "gradient", "accumulate"] = T * n * B
         a["gradient", "global_buffer", "read_byte"] = T * _bytes(bi + bo)
         g = c.gradient_bits(m) * B
         if g:
@@ -111,7 +113,8 @@ def action_latency(engine: Engine) -> dict[tuple[str, str], int]:
             ("buffer", "read_byte"): 1, ("buffer", "write_byte"): 1,
             ("global_buffer", "read_byte"): 1, ("global_buffer", "write_byte"): 1,
             ("interconnect", "bit"): c.hop, ("dram", "bit"): 1,
-            ("gradient", "mac"): 1, ("ce", "compare"): c.compare,
+            ("gradient", "mac"): 1, ("gradient", "accumulate"): 1,
+            ("ce", "compare"): c.compare,
             ("write", "cell_pulse"): c.pulse, ("write", "verify_read"): c.read,
             ("counters", "update"): 1, ("ars", "cell_read"): c.read,
             ("write", "ars_rewrite_pulse"): c.pulse, ("multiplex", "cell_pulse"): c.pulse}

@@ -7,21 +7,23 @@ row blocks (X = ``xbar.rows``) by ⌈physical columns / Y⌉ column tiles (Y = `
 All tiles of a row block share its wordlines, so a matrix row lives on one physical row of its
 row block, and ARS moves rows only inside a row block.
 
-Duplication (``mapping.duplicate``): a layer may be copied into spare crossbars so that copies
-take input vectors in parallel (NeuroSim V2.1's novel mapping). ``auto`` gives each layer whole
-tiles (``chip.xbars_per_tile`` crossbars each) and fills them with as many copies as fit, never
-more copies than the layer has input vectors per iteration; if the chip is then too small, copies
-are taken back from the layer with the most until it fits.
+Where a layer sits on the chip and how many copies it has (copies take input vectors in
+parallel) is the floorplan's (``floorplan.py``): ``chip.floorplan: fixed`` with
+``mapping.duplicate``, or ``network``, NeuroSim V2.1's tiles and speed-ups. The floorplan changes
+the costs (copies, tiles, area, data paths), not the row blocks above, which are what the
+update policies and ARS see (DESIGN §1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import HwConfig
 from .errors import SimulationError
+from .floorplan import Floorplan, LayerIO, LayerShape, plan_fixed, plan_network, size_units
 from .trace.format import LayerInfo
 
 
@@ -41,7 +43,10 @@ class LayerMapping:
     kernel_rows: int = 1      # kh for conv2d: an input row is fetched once per kernel row
     pool: int = 1             # pooling window area after the layer (1: none)
     activity: float = 0.5     # fraction of input bits that are 1
-    xbars_per_tile: int = 1
+    chip_tiles: int = 1       # tiles the layer's copies occupy (the floorplan's placement)
+    kernel_area: int = 1      # kh·kw for conv2d
+    in_channels: int = 0      # C_in (rows for linear)
+    placement: str = "fixed"  # the floorplan's tile kind: fixed | novel | conventional
 
     @property
     def tiles(self) -> int:
@@ -52,11 +57,6 @@ class LayerMapping:
     def arrays(self) -> int:
         """Crossbars of all copies."""
         return self.tiles * self.copies
-
-    @property
-    def chip_tiles(self) -> int:
-        """Tiles (of ``chip.xbars_per_tile`` crossbars) the layer's copies occupy."""
-        return -(-self.arrays // self.xbars_per_tile)
 
     @property
     def cells(self) -> int:
@@ -74,6 +74,15 @@ class NetworkMapping:
     crossbars_available: int
     multiplexed: bool
     batch_size: int
+    floorplan: Floorplan
+    parallel_auto: bool = False
+    parallel_set: int = 1
+
+    @property
+    def write_parallel(self) -> int:
+        """Arrays programmed at once chip-wide: ``write.parallel_arrays``, or (auto) as
+        NeuroSim's Chip.cpp sizes it for this network and batch."""
+        return self.floorplan.units.write_parallel if self.parallel_auto else self.parallel_set
 
     @property
     def resident_fraction(self) -> float:
@@ -83,9 +92,11 @@ class NetworkMapping:
         return {"crossbars_needed": self.crossbars_needed,
                 "crossbars_available": self.crossbars_available,
                 "multiplexed": self.multiplexed, "batch_size": self.batch_size,
+                "floorplan": self.floorplan.to_dict(),
                 "by_layer": {m.name: {"row_blocks": m.row_blocks, "col_tiles": m.col_tiles,
                                       "tiles": m.tiles, "copies": m.copies,
                                       "crossbars": m.arrays, "chip_tiles": m.chip_tiles,
+                                      "placement": m.placement,
                                       "input_activity": m.activity, "pool": m.pool,
                                       "slices": m.slices,
                                       "cells_per_weight": m.cells_per_weight,
@@ -136,48 +147,47 @@ def map_layer(layer: LayerInfo, hw: HwConfig, batch: int, copies: int = 1,
         positions = layer.output_hw[0] * layer.output_hw[1]
     activity = (layer.input_activity if layer.input_activity is not None
                 else hw.dac.input_activity)
-    kh = layer.kernel[0] if layer.kind == "conv2d" and layer.kernel else 1
+    conv = layer.kind == "conv2d" and bool(layer.kernel)
+    kh = layer.kernel[0] if conv else 1
+    area = layer.kernel[0] * layer.kernel[1] if conv else 1
     return LayerMapping(name=layer.name, rows=layer.rows, cols=layer.cols, slices=slices,
                         cells_per_weight=cpw, phys_cols=phys_cols,
                         row_blocks=math.ceil(layer.rows / x.rows),
                         col_tiles=math.ceil(phys_cols / x.cols),
                         vectors=batch * positions, positions=positions, copies=copies,
                         kernel_rows=kh, pool=pool, activity=float(activity),
-                        xbars_per_tile=hw.chip.xbars_per_tile)
-
-
-def _copies(base: Sequence[LayerMapping], hw: HwConfig) -> list[int]:
-    dup = hw.mapping.duplicate
-    if dup == "none":
-        return [1] * len(base)
-    if dup != "auto":
-        return [int(dup)] * len(base)
-    per_tile = hw.chip.xbars_per_tile
-    copies = []
-    for m in base:
-        tiles = -(-m.tiles // per_tile)
-        copies.append(max(1, min(tiles * per_tile // m.tiles, m.vectors)))
-    capacity = hw.chip.crossbars
-    while sum(c * m.tiles for c, m in zip(copies, base)) > capacity and max(copies) > 1:
-        i = max(range(len(copies)), key=lambda j: (copies[j], -j))
-        copies[i] -= 1
-    return copies
+                        kernel_area=area, in_channels=max(1, layer.rows // area))
 
 
 def map_network(layers: Sequence[LayerInfo], hw: HwConfig, batch_size: int) -> NetworkMapping:
-    """Map every layer; a network larger than the chip is an error unless ``chip.multiplex``."""
+    """Map every layer and place it on the chip (``floorplan``). With ``chip.floorplan: fixed``
+    a network larger than the chip is an error unless ``chip.multiplex``."""
     batch = max(1, batch_size)
     pools = [pool_after(layers, i) for i in range(len(layers))]
     base = [map_layer(layer, hw, batch, 1, p) for layer, p in zip(layers, pools)]
-    copies = _copies(base, hw)
-    mapped = tuple(map_layer(layer, hw, batch, c, p)
-                   for layer, c, p in zip(layers, copies, pools))
+    if hw.chip.floorplan == "network":
+        plan = plan_network([LayerShape(m.name, m.rows, m.phys_cols, m.kernel_area,
+                                        m.in_channels) for m in base], hw)
+    else:
+        plan = plan_fixed([m.tiles for m in base], [m.vectors for m in base], hw)
+    io = []
+    for layer, m in zip(layers, base):
+        hw_in = layer.input_hw if layer.kind == "conv2d" and layer.input_hw else (1, 1)
+        io.append(LayerIO(input_volume=hw_in[0] * hw_in[1] * m.in_channels,
+                          positions=m.positions, in_channels=m.in_channels))
+    plan = size_units(plan, io, hw, batch)
+    mapped = tuple(dataclasses.replace(m, copies=p.copies, chip_tiles=p.tiles,
+                                       placement=p.kind)
+                   for m, p in zip(base, plan.layers))
     needed = sum(m.arrays for m in mapped)
-    available = hw.chip.crossbars
-    if needed > available and not hw.chip.multiplex:
+    available = plan.crossbars
+    if plan.mode == "fixed" and needed > available and not hw.chip.multiplex:
         raise SimulationError(
             f"chip.crossbars: the network needs {needed} crossbars of {hw.xbar.rows}x"
             f"{hw.xbar.cols}, the chip has {available}; raise chip.crossbars or set "
             f"chip.multiplex=true to time-multiplex (reprogramming each iteration)")
     return NetworkMapping(layers=mapped, crossbars_needed=needed, crossbars_available=available,
-                          multiplexed=needed > available, batch_size=batch)
+                          multiplexed=plan.mode == "fixed" and needed > available, batch_size=batch,
+                          floorplan=plan, parallel_auto=hw.write.parallel_arrays == "auto",
+                          parallel_set=(1 if hw.write.parallel_arrays == "auto"
+                                        else int(hw.write.parallel_arrays)))

@@ -182,7 +182,8 @@ class Simulation:
         report["cycles"] = cycles
         report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
         report["energy_j"] = energy_report(self.engine, counts)
-        report["area_mm2"] = area_report(self.hw)
+        report["area_mm2"] = area_report(self.hw, self.engine.mapping.floorplan,
+                                        self.engine.mapping.batch_size)
         report["mapping"] = self.engine.mapping.to_dict()
         # paper Fig. 7: ARS rewrite energy per iteration over the energy of writing one row
         # (the mean physical row of the network's layers)

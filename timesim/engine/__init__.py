@@ -47,10 +47,10 @@ class Engine:
         self.selections = list(selections)
         self.fine = fine
         self.mapping: NetworkMapping = map_network(meta.layers, hw, meta.batch_size)
-        self.costs = CostTable(hw)
+        self.costs = CostTable(hw, self.mapping.floorplan)
         batch = self.mapping.batch_size
         self.timings: list[LayerTiming] = [
-            self.costs.layer(m, sel, k, batch)
+            self.costs.layer(m, sel, k, batch, self.mapping.write_parallel)
             for m, sel, k in zip(self.mapping.layers, selections, ks)]
         self._base: dict[tuple[int, ...], IterationResult] = {}
         self._writes: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}
@@ -174,7 +174,7 @@ class Engine:
         # a job's cycles: fixed pulses, ops x (cycles of one operation); delta, the pulse slots
         # its operations take (the cycles of one slot each) plus their verify reads
         durations = np.where(slots_a < 0, ops_a * op, slots_a * slot + ops_a * verify)
-        par = self.hw.write.parallel_arrays
+        par = self.mapping.write_parallel
         if self.fine:
             ws, we = simulate_writes(base.write_ready, jobs, ops_a, durations, par)
         else:

@@ -18,7 +18,10 @@ import math
 from dataclasses import dataclass
 
 from ..config import HwConfig
+from ..errors import ConfigError
+from ..floorplan import Floorplan
 from ..mapping import LayerMapping
+from .netchip import NetworkChip
 
 
 def cycles(seconds: float, hz: float) -> int:
@@ -56,6 +59,7 @@ ACTIONS = {
     ("interconnect", "bit"): "one bit moved between the global buffer and a tile",
     ("dram", "bit"): "one bit moved to or from off-chip DRAM",
     ("gradient", "mac"): "one multiply-accumulate in the weight-gradient unit",
+    ("gradient", "accumulate"): "one weight's gradient of one sample added to the batch's",
     ("ce", "compare"): "one magnitude comparison in the comparator tree or top-k unit",
     ("write", "cell_pulse"): "one programming pulse on one physical cell (every copy)",
     ("write", "verify_read"): "one read-verify of one physical cell",
@@ -117,7 +121,7 @@ class LayerTiming:
 class CostTable:
     """Per-action energies and per-layer latencies for one chip and one mapped network."""
 
-    def __init__(self, hw: HwConfig):
+    def __init__(self, hw: HwConfig, floorplan: Floorplan | None = None):
         self.hw = hw
         f = hw.clock.frequency_hz
         self.f = f
@@ -132,7 +136,12 @@ class CostTable:
         self.input_bits = hw.dac.input_bits
         self.input_bytes = math.ceil(hw.dac.input_bits / 8)
         self.acc_bytes = math.ceil(hw.buffer.accumulator_bits / 8)
-        self.chip_tiles = max(1, hw.chip.crossbars // hw.chip.xbars_per_tile)
+        self.floorplan = floorplan
+        self.chip_tiles = (floorplan.tiles if floorplan is not None
+                           else max(1, hw.chip.crossbars // hw.chip.xbars_per_tile))
+        self.network = floorplan is not None and floorplan.mode == "network"
+        self.netchip = NetworkChip(hw, floorplan) if self.network else None
+        self.gb_bits_per_cycle = self._global_buffer_bandwidth()
         self.hops = max(1, log2_ceil(self.chip_tiles))
         x, w = hw.xbar, hw.write
         self.energy = {
@@ -149,6 +158,7 @@ class CostTable:
             ("interconnect", "bit"): hw.interconnect.energy_per_bit_j,
             ("dram", "bit"): hw.dram.energy_per_bit_j,
             ("gradient", "mac"): hw.gradient.mac_energy_j,
+            ("gradient", "accumulate"): hw.gradient.accumulate_energy_j,
             ("ce", "compare"): hw.ce.compare_energy_j,
             ("write", "cell_pulse"): w.pulse_energy_j,
             ("write", "verify_read"): x.read_energy_j,
@@ -165,12 +175,63 @@ class CostTable:
         self.row_write_group = w.phases * w.pulses_per_phase * self.pulse
         self.verify = w.verify_reads * self.read
 
+    def _global_buffer_bandwidth(self) -> int:
+        """``global_buffer.bits_per_cycle``, or (auto) NeuroSim's global buffer: as many
+        register-file cores working at once as the global bus has line-wide lanes, a line per
+        ``line_latency`` each, every bit written once and read once (Chip.cpp:818-826)."""
+        gb = self.hw.global_buffer
+        if gb.bits_per_cycle != "auto":
+            return int(gb.bits_per_cycle)
+        units = self.floorplan.units if self.floorplan is not None else None
+        if not self.network or units is None:
+            raise ConfigError("global_buffer.bits_per_cycle=auto: needs chip.floorplan=network "
+                              "(the global bus is sized to the network's tiles)")
+        lanes = units.buffer_lanes(gb.line_bits)
+        return max(1, int(lanes * gb.line_bits / (2 * gb.line_latency_s * self.f)))
+
+    def bus_share(self, m: LayerMapping) -> int:
+        """With a network floorplan a layer reaches the global buffer through its tiles' share
+        of the global bus: its transfers take ⌈tiles / its tiles⌉ times as long
+        (Chip.cpp:818-826, 952-960)."""
+        return -(-self.chip_tiles // max(1, m.chip_tiles)) if self.network else 1
+
+    def gradient_ns(self, m: LayerMapping, write_parallel: int) -> float:
+        """One sample's weight gradient of layer m on NeuroSim's SRAM grid (Chip.cpp:1045-1100,
+        WeightGradientUnit.cpp:199-313): for each kernel offset the activations are loaded into
+        the grid once, then the C_out error channels stream through it, one read each, shared by
+        the copies of the layer's input matrix (positions × C_in·input bits) that fit in the
+        grid; finally the accumulator adds the sample's gradient, write_parallel arrays' worth
+        of weights per pass."""
+        g = self.hw.gradient
+        nr, nc = self.floorplan.units.gradient_grid
+        cols = m.in_channels * self.input_bits
+        P = m.positions
+        if P != 1:
+            sr = max(1, nr // max(1, cdiv(P, g.array_rows)))
+            sc = max(1, nc // max(1, cdiv(cols, g.array_cols)))
+        else:               # one position: the grid's rows all take copies (Chip.cpp:1057)
+            sr, sc = nr, max(1, cols // g.array_cols)
+        k2 = m.kernel_area
+        passes = cdiv(m.cells, write_parallel * g.array_rows * g.array_cols)
+        return 1e9 * (k2 * (m.cols * g.read_latency_s / (sr * sc) + g.load_latency_s)
+                      + passes * g.accumulate_latency_s)
+
     # -- data volumes per sample (bits), NeuroSim V2.1's counting (Chip.cpp) --------------------
+
+    def reuse(self, m: LayerMapping) -> int:
+        """How many kernel rows share one fetch of an input row. Novel mapping: a conv's
+        window slides down reusing kh − 1 rows, so each input row is fetched once per kernel
+        row (NeuroSim counts input bits / kh for layers on novel tiles, Chip.cpp:945);
+        conventional mapping (and a network floorplan's conventional tiles) fetch the whole
+        unrolled k²·C_in input vector every time (Chip.cpp:811)."""
+        if self.hw.mapping.scheme != "novel" or m.placement == "conventional":
+            return 1
+        return m.kernel_rows
 
     def bits_in(self, m: LayerMapping) -> int:
         """Input activations of one sample: each input row is fetched once per kernel row
         (a conv's window slides down reusing kh − 1 rows, as NeuroSim counts)."""
-        return cdiv(m.rows * self.input_bits * m.positions, m.kernel_rows)
+        return cdiv(m.rows * self.input_bits * m.positions, self.reuse(m))
 
     def bits_out(self, m: LayerMapping) -> int:
         """Output activations of one sample, after pooling."""
@@ -182,7 +243,7 @@ class CostTable:
         row, counted as the inputs are)."""
         acc = self.hw.accumulation.bits
         if backward:
-            return cdiv(m.rows * acc * m.positions, m.kernel_rows)
+            return cdiv(m.rows * acc * m.positions, self.reuse(m))
         return m.cols * acc * m.positions
 
     def gradient_bits(self, m: LayerMapping) -> int:
@@ -204,13 +265,30 @@ class CostTable:
             return Transfer()
         hw = self.hw
         t = max(1, m.chip_tiles)
-        gb = part(done, bits, hw.global_buffer.bits_per_cycle)
+        share = self.bus_share(m)
+        gb = part(done * share, bits * share, self.gb_bits_per_cycle)
         if not tile:
             return Transfer(global_buffer=gb)
         tn, td = tile_bits if tile_bits is not None else (bits, done)
         tb = part(2 * td, 2 * tn, 8 * hw.buffer.bytes_per_cycle * t)   # written, then read
         ic = part(done, bits, hw.interconnect.bits_per_cycle * t) + self.hops * self.hop
         return Transfer(tile=tb, global_buffer=gb, interconnect=ic)
+
+    def _ns(self, per: float, done: int, n: int) -> int:
+        """Whole cycles of ``n`` more samples at ``per`` ns each, after ``done`` samples."""
+        c = per * self.f * 1e-9
+        return math.ceil((done + n) * c - 1e-9) - math.ceil(done * c - 1e-9)
+
+    def net_transfer(self, m: LayerMapping, bits: int, done: int, images: int,
+                     tile_ns: float, ic_ns: float) -> Transfer:
+        """A network-sized chip's transfer of ``images`` samples (``bits`` per sample through
+        the global buffer on the layer's bus share; tile buffer and H-trees from
+        ``netchip``)."""
+        share = self.bus_share(m)
+        return Transfer(tile=self._ns(tile_ns, done, images),
+                        global_buffer=part(bits * done * share, bits * images * share,
+                                           self.gb_bits_per_cycle),
+                        interconnect=self._ns(ic_ns, done, images))
 
     # -- per-layer timing ---------------------------------------------------------------------
 
@@ -226,7 +304,18 @@ class CostTable:
             c += cdiv(vectors * m.cols, self.hw.pooling.values_per_cycle * t)
         return c
 
-    def waves(self, m: LayerMapping, batch: int, mvm: int, mvm_t: int) -> tuple[WaveCost, ...]:
+    def _gradient_cycles(self, m: LayerMapping, done: int, images: int,
+                         write_parallel: int) -> int:
+        """Cycles of the weight gradient of ``images`` samples after ``done`` samples."""
+        g = self.hw.gradient
+        if g.model == "throughput":
+            return part(m.cells * m.positions * done, m.cells * m.positions * images,
+                        g.macs_per_cycle)
+        per = self.gradient_ns(m, write_parallel) * self.f * 1e-9
+        return math.ceil((done + images) * per - 1e-9) - math.ceil(done * per - 1e-9)
+
+    def waves(self, m: LayerMapping, batch: int, mvm: int, mvm_t: int,
+              write_parallel: int = 1) -> tuple[WaveCost, ...]:
         """Each wave's share of the layer's work. The copies work through the layer's vectors
         as one stream, so a wave's cycles are the difference of whole cycles after it and
         before it: the waves add up to the layer's work in one piece."""
@@ -243,8 +332,13 @@ class CostTable:
             store = Transfer()
             if g:
                 store = Transfer(global_buffer=part(g * done, g * images,
-                                                    hw.global_buffer.bits_per_cycle),
+                                                    self.gb_bits_per_cycle),
                                  dram=part(g * done, g * images, hw.dram.bits_per_cycle))
+            if self.netchip is not None:
+                out.append(self._net_wave(m, images, done, per_copy, mvm, mvm_t, act, store,
+                                          write_parallel))
+                done += images
+                continue
             out.append(WaveCost(
                 images=images,
                 fw_in=self.transfer(m, bi * images, done=bi * done),
@@ -256,13 +350,29 @@ class CostTable:
                 bw_out=self.transfer(m, bi * images, done=bi * done,
                                      tile_bits=(pb * images, pb * done)),
                 wg_in=self.transfer(m, (bi + bo) * images, tile=False, done=(bi + bo) * done),
-                wg_compute=part(m.rows * m.cols * v0, m.rows * m.cols * v,
-                                hw.gradient.macs_per_cycle),
+                wg_compute=self._gradient_cycles(m, done, images, write_parallel),
                 wg_store=store))
             done += images
         return tuple(out)
 
-    def layer(self, m: LayerMapping, selection: str, k: int, batch: int) -> LayerTiming:
+    def _net_wave(self, m: LayerMapping, images: int, done: int, per_copy: int, mvm: int,
+                  mvm_t: int, act: int, store: Transfer, write_parallel: int) -> WaveCost:
+        """One wave on a network-sized chip: the backward pass moves what the forward pass
+        moves, the other way (NeuroSim charges both alike, Chip.cpp:967-977)."""
+        bi, bo = self.bits_in(m), self.bits_out(m)
+        p = self.netchip.path(m, bi, bo)
+        acc = self._ns(p.accumulate, done, images)
+        fin = self.net_transfer(m, bi, done, images, p.tile_in, p.ic_in)
+        fout = self.net_transfer(m, bo, done, images, p.tile_out, p.ic_out)
+        return WaveCost(
+            images=images, fw_in=fin, fw_compute=per_copy * mvm + act + acc, fw_out=fout,
+            bw_in=fout, bw_compute=per_copy * mvm_t + acc, bw_out=fin,
+            wg_in=self.transfer(m, (bi + bo) * images, tile=False, done=(bi + bo) * done),
+            wg_compute=self._gradient_cycles(m, done, images, write_parallel),
+            wg_store=store)
+
+    def layer(self, m: LayerMapping, selection: str, k: int, batch: int,
+              write_parallel: int = 1) -> LayerTiming:
         hw = self.hw
         n_cols = m.cols
         # the CE tree takes tree_width values per compare step; a wider row needs several passes
@@ -287,7 +397,7 @@ class CostTable:
         mvm_t = self.mvm_cycles(m.col_tiles)
         jobs = {"dense": m.tiles, "sgs-row": m.col_tiles}.get(selection, 1)
         return LayerTiming(
-            waves=self.waves(m, batch, mvm, mvm_t),
+            waves=self.waves(m, batch, mvm, mvm_t, write_parallel),
             mvm=mvm, mvm_t=mvm_t, select_row=select_row, select_drain=drain, topk_select=topk,
             row_write=row_write, cell_write=cell_write, row_read=row_read, write_jobs=jobs,
             rows=m.rows)

@@ -1,0 +1,151 @@
+"""A layer's data path on a network-sized chip (``chip.floorplan: network``), per sample.
+
+NeuroSim V2.1 places each layer on tiles of a known geometry (``floorplan.py``): a novel tile
+is a ⌈√K⌉ × ⌈√K⌉ grid of K PEs of Pn × Pn cells, a conventional tile a (T/P) × (T/P) grid of
+P × P PEs; a PE is a square of crossbars. That geometry decides, per layer and sample:
+
+- **tile buffers** (Tile.cpp:615-627, 757-797): the layer's busiest tile takes its rows of each
+  input vector (a novel tile shares each input over its ⌈√K⌉ kernel columns) and gives out its
+  columns' partial sums at 1 + the adder width (a novel tile's K PEs are added first); every
+  bit is written and read once, in lines of ``buffer.line_bits`` at ``buffer.line_latency``,
+  inputs over as many lanes as a conventional tile's inputs fill, outputs over one;
+- **H-trees** (HTree.cpp, Chip.cpp:814-815, Tile.cpp:635): the inputs and outputs cross the
+  chip's H-tree on the layer's share of the global bus, one bus word per transfer, and the
+  tile's H-tree, one PE-row word per transfer; a transfer takes the root-to-leaf path of its
+  tree (in tile or PE sides, from the tree's grid) at ``interconnect.wire_delay`` per mm, the
+  sides from the area model (``area.py``'s per-crossbar units);
+- **adder trees that the copies do not share** (Tile.cpp:741-753, Chip.cpp:783-798, 916-931):
+  a novel tile adds its K PEs' outputs for every input vector and ADC step; a layer over
+  several tile rows adds its tiles' partial sums on the chip's adder trees, one output channel
+  after another; each is a ripple adder of ``accumulation.bit_latency`` per bit and stage.
+
+Everything is per sample and per phase (forward; the backward pass moves the same volumes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..config import HwConfig
+from ..floorplan import Floorplan
+from ..mapping import LayerMapping
+
+
+@dataclass(frozen=True)
+class LayerPath:
+    """Nanoseconds per sample and phase."""
+
+    tile_in: float           # inputs through the tile buffer (written, read)
+    tile_out: float          # partial sums through the tile buffer
+    ic_in: float             # inputs over the chip and tile H-trees
+    ic_out: float            # outputs over them
+    accumulate: float        # tile and chip adder trees not divided among copies
+    transfers: int           # H-tree transfers (bus words) per sample and phase
+
+
+def _tree_path(rows: int, cols: int) -> float:
+    """Root-to-leaf length of an H-tree over a rows × cols grid, in grid units: the tree part
+    halves from 2^n units at the root, then the remaining main bus (HTree.cpp:113-121, 205-236,
+    with square units)."""
+    if rows * cols <= 1:
+        return 0.0
+    n = math.ceil(math.log2(max(rows, cols)))
+    xc = int(math.floor(math.log2(min(rows, cols)))) if min(rows, cols) > 0 else 0
+    if cols - xc < 1:
+        xc -= 1
+    main = min(cols - xc, xc)
+    return 2 * (2 ** n - 1) + main
+
+
+def _tree_bits(inputs: int, first_bits: int) -> int:
+    """Adder bits a value passes through an adder tree of ``inputs`` inputs: ⌈log2 inputs⌉
+    stages, one bit wider each (AdderTree.cpp:118-151)."""
+    stages = math.ceil(math.log2(inputs)) if inputs > 1 else 0
+    return sum(first_bits + s for s in range(stages))
+
+
+class NetworkChip:
+    """The per-sample data path of every layer of a network-sized chip."""
+
+    def __init__(self, hw: HwConfig, plan: Floorplan):
+        self.hw = hw
+        self.plan = plan
+        x = hw.xbar
+        adcs = -(-x.cols // hw.adc.cols_per_adc) + -(-x.rows // hw.adc.cols_per_adc)
+        per_xbar = (x.area_m2 + x.periphery_area_m2 + (x.rows + x.cols) * hw.dac.area_m2
+                    + adcs * (hw.adc.area_m2 + hw.accumulation.area_m2) + hw.ce.area_m2)
+        self.xbar_mm2 = per_xbar * 1e6
+        self.sa = x.rows
+        # adder width of a PE's output: ADC bits + input bits + cells per weight + a carry
+        self.psum_bits = hw.adc.bits + hw.dac.input_bits + x.cells_per_weight + 1
+
+    # geometry of the two tile kinds -----------------------------------------------------------
+
+    def _kind(self, m: LayerMapping) -> tuple[int, int, int]:
+        """(PE grid side of the tile, PE side in cells, tile side in cells for rows)."""
+        p = self.plan
+        if m.placement == "novel":
+            return math.ceil(math.sqrt(p.novel_pes)), p.novel_pe_side, p.novel_pe_side
+        return (max(1, p.conventional_tile_side // p.conventional_pe_side),
+                p.conventional_pe_side, p.conventional_tile_side)
+
+    def _side_mm(self, crossbars: int) -> float:
+        return math.sqrt(crossbars * self.xbar_mm2)
+
+    def path(self, m: LayerMapping, bits_in: int, bits_out: int) -> LayerPath:
+        """``bits_in``/``bits_out``: what the layer moves through the global buffer per sample
+        and phase (``CostTable.bits_in``/``bits_out``)."""
+        hw, p = self.hw, self.plan
+        nb = hw.dac.input_bits
+        grid, pe, side = self._kind(m)
+        novel = m.placement == "novel"
+        K = p.novel_pes if novel else 1
+        # the busiest tile's rows and columns
+        rows_t = min(m.in_channels, pe) * K if novel else min(m.rows, side)
+        cols_t = min(m.phys_cols, pe if novel else side)
+        out_bits = self.psum_bits + math.ceil(math.log2(max(1, pe // self.sa))) + 1
+        in_t = rows_t * m.positions * nb / (grid if novel else 1)
+        out_t = cols_t * out_bits * m.positions / (K if novel else 1)
+        b = hw.buffer
+        lb = b.line_bits
+        cm_grid = max(1, p.conventional_tile_side // p.conventional_pe_side)
+        lanes_in = max(1, min(-(-cm_grid * nb * self.sa // (lb * lb)), -(-grid * self.sa // lb)))
+        out_line = lb if novel else (out_bits - 1) * cm_grid
+        t = b.line_latency_s * 1e9
+        tile_in = 2 * in_t / lb * t / lanes_in
+        tile_out = 2 * out_t / out_line * t
+        # H-trees: the chip's on the layer's share of the global bus, the tile's one PE row wide
+        u = p.units
+        T = p.tiles
+        share = max(1, math.ceil(u.bus_bits * m.chip_tiles / T)) if u and u.bus_bits else 1
+        tiles_per_kind = (p.xbars_per_novel_tile if novel else p.xbars_per_conventional_tile)
+        gr, gc = p.grid
+        wire = hw.interconnect.wire_delay_ns_per_mm
+        chip_hop = _tree_path(gr, gc) * self._side_mm(tiles_per_kind) * wire
+        pe_xbars = (pe // self.sa) ** 2
+        tile_hop = _tree_path(grid, grid) * self._side_mm(pe_xbars) * wire
+        tile_bus = grid * self.sa
+        n_in, n_out = math.ceil(bits_in / share), math.ceil(bits_out / share)
+        ic_in = n_in * chip_hop + math.ceil(in_t / tile_bus) * tile_hop
+        ic_out = n_out * chip_hop + math.ceil(out_t / tile_bus) * tile_hop
+        # adder trees the copies do not share
+        reads = m.positions * hw.adc.cols_per_adc
+        bit = hw.accumulation.bit_latency_s * 1e9
+        acc = 0.0
+        if novel:
+            acc += reads * _tree_bits(K, out_bits - 1) * bit
+        tiles_row = math.ceil(m.in_channels / p.novel_pe_side) if novel else math.ceil(
+            m.rows / p.conventional_tile_side)
+        tiles_col = max(1, m.chip_tiles // max(1, tiles_row))
+        if tiles_row > 1:
+            through = (max(p.conventional_tile_side, math.ceil(math.sqrt(p.novel_pes))
+                           * p.novel_pe_side) if p.novel_pes else p.conventional_tile_side)
+            trees = -(-through // hw.adc.cols_per_adc)
+            widest = max(pe // self.sa, p.novel_pe_side // self.sa) * max(
+                cm_grid, math.ceil(math.sqrt(p.novel_pes)) if p.novel_pes else 1)
+            first = self.psum_bits + math.ceil(math.log2(max(1, widest)))
+            acc += (tiles_col * m.cols * math.ceil(m.positions / trees)
+                    * _tree_bits(tiles_row, first) * bit)
+        return LayerPath(tile_in=tile_in, tile_out=tile_out, ic_in=ic_in, ic_out=ic_out,
+                         accumulate=acc, transfers=n_in + n_out)
