@@ -86,6 +86,9 @@ class Xbar:
     program_sigma: float = _f("float", "nonneg", doc="programming variation: relative sigma "
                               "of each programmed conductance")
     area_m2: float = _f("area", "nonneg", doc="one crossbar array with its cells")
+    array_read_energy_j: float = _f("energy", "nonneg", doc="chip.floorplan=network: one read "
+                                    "of one crossbar for one input slice (switch matrices, "
+                                    "decoders, multiplexers)")
     periphery_area_m2: float = _f("area", "nonneg", doc="per crossbar: its row and column "
                                   "switch matrices, decoders, multiplexers and local registers "
                                   "(where a chip counts them apart from the tile buffer)")
@@ -173,6 +176,10 @@ class Write:
     parallel_arrays: Any = _f("auto_int", doc="arrays programmed at once, chip-wide (copies "
                               "of a layer take the same data and count once); auto: as NeuroSim "
                               "V2.1's Chip.cpp derives it from the largest layer input")
+    copies: str = _f("str", choices=("all", "neurosim"), doc="which weight copies a write "
+                     "programs: all (every copy holds the weights: physical), or neurosim "
+                     "(NeuroSim V2.1's accounting: copies on novel tiles and on fully duplicated "
+                     "conventional tiles, only the original elsewhere)")
     pulses: str = _f("str", choices=("fixed", "delta"), doc="fixed: every written cell takes "
                      "pulses_per_phase pulses; delta: ⌈|Δw| / step⌉, Δw = learning_rate x the "
                      "written (accumulated) gradient, step = weight_range / (2^weight_bits - 1)")
@@ -222,6 +229,15 @@ class Interconnect:
     energy_per_bit_j: float = _f("energy", "nonneg", doc="one bit from the global buffer to "
                                  "a tile or back")
     area_m2: float = _f("area", "nonneg", doc="the network's share of one tile")
+    chip_tree_energy_j: float = _f("energy", "nonneg", doc="chip.floorplan=network: one bit "
+                                   "over one crossbar side of the chip's H-tree")
+    novel_tile_tree_energy_j: float = _f("energy", "nonneg", doc="chip.floorplan=network: one "
+                                         "bit over one crossbar side of a novel tile's H-tree")
+    conventional_tile_tree_energy_j: float = _f("energy", "nonneg", doc="chip.floorplan=network:"
+                                                " one bit over one crossbar side of a "
+                                                "conventional tile's H-tree")
+    pe_bus_energy_j: float = _f("energy", "nonneg", doc="chip.floorplan=network: one bit over "
+                                "one crossbar side of a PE's input bus")
     wire_delay_ns_per_mm: float = _f("float", "nonneg", doc="chip.floorplan=network: delay of "
                                      "the H-trees' repeated wires per mm; a transfer takes its "
                                      "tree's root-to-leaf path (the tile and PE sides from "
@@ -242,6 +258,8 @@ class Dram:
 class Accumulation:
     add_latency_s: float = _f("time", "nonneg", doc="one adder stage (shift-add, adder tree)")
     add_energy_j: float = _f("energy", "nonneg", doc="one addition of a partial sum")
+    bit_energy_j: float = _f("energy", "nonneg", doc="chip.floorplan=network: one full-adder "
+                             "bit of an adder tree")
     bit_latency_s: float = _f("time", "nonneg", doc="chip.floorplan=network: ripple delay of "
                               "one adder bit in the tile and chip adder trees")
     bits: int = _f("int", "pos", doc="width of a layer's outputs as the crossbars' shift-add "

@@ -38,28 +38,35 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
         V, R, PC, RB, CT, n = m.vectors, m.rows, m.phys_cols, m.row_blocks, m.col_tiles, m.cells
         a: dict[Key, int] = {}
         bi, bo = c.bits_in(m) * B, c.bits_out(m) * B
-        # forward: inputs on the rows; only rows whose input bit is 1 draw current
-        a["forward", "crossbar", "cell_read"] = T * round(V * S * R * PC * m.activity)
-        a["forward", "dac", "conversion"] = T * V * S * R * CT
-        a["forward", "adc", "conversion"] = T * V * S * PC * RB
-        a["forward", "accumulation", "add"] = T * V * (S * PC * RB + PC * (RB - 1))
-        a["forward", "activation", "op"] = T * V * m.cols
-        a["forward", "pooling", "op"] = T * V * m.cols if m.pool > 1 else 0
-        _move(a, "forward", T, bi, bo, c.psum_bits(m) * B)
-        if i > 0:                        # layer 0 propagates no error to the input
-            a["backward", "crossbar", "cell_read"] = T * round(V * S * PC * R * m.activity)
-            a["backward", "dac", "conversion"] = T * V * S * PC * RB
-            a["backward", "adc", "conversion"] = T * V * S * R * CT
-            a["backward", "accumulation", "add"] = T * V * (S * R * CT + R * (CT - 1))
-            _move(a, "backward", T, bo, bi, c.psum_bits(m, backward=True) * B)
+        if c.netchip is not None:
+            _network_phases(a, c, m, i, T, B)
+        else:
+            # forward: inputs on the rows; only rows whose input bit is 1 draw current
+            a["forward", "crossbar", "cell_read"] = T * round(V * S * R * PC * m.activity)
+            a["forward", "dac", "conversion"] = T * V * S * R * CT
+            a["forward", "adc", "conversion"] = T * V * S * PC * RB
+            a["forward", "accumulation", "add"] = T * V * (S * PC * RB + PC * (RB - 1))
+            a["forward", "activation", "op"] = T * V * m.cols
+            a["forward", "pooling", "op"] = T * V * m.cols if m.pool > 1 else 0
+            _move(a, "forward", T, bi, bo, c.psum_bits(m) * B)
+            if i > 0:                        # layer 0 propagates no error to the input
+                a["backward", "crossbar", "cell_read"] = T * round(V * S * PC * R * m.activity)
+                a["backward", "dac", "conversion"] = T * V * S * PC * RB
+                a["backward", "adc", "conversion"] = T * V * S * R * CT
+                a["backward", "accumulation", "add"] = T * V * (S * R * CT + R * (CT - 1))
+                _move(a, "backward", T, bo, bi, c.psum_bits(m, backward=True) * B)
         a["gradient", "gradient", "mac"] = T * n * V
         if hw.gradient.model == "sram-grid":     # NeuroSim's gradient accumulator
             a["gradient", "gradient", "accumulate"] = T * n * B
         a["gradient", "global_buffer", "read_byte"] = T * _bytes(bi + bo)
         g = c.gradient_bits(m) * B
+        if c.netchip is not None:        # every bit through the global buffer: written, read
+            a["gradient", "global_buffer", "write_byte"] = T * _bytes(bi + bo + g // 2)
+            a["gradient", "global_buffer", "read_byte"] += T * _bytes(g // 2)
         if g:
             a["gradient", "dram", "bit"] = T * g
-            a["gradient", "global_buffer", "write_byte"] = T * _bytes(g // 2)
+            a["gradient", "global_buffer", "write_byte"] = (
+                a.get(("gradient", "global_buffer", "write_byte"), 0) + T * _bytes(g // 2))
             a["gradient", "global_buffer", "read_byte"] += T * _bytes(g // 2)
         if p.selection in ("sgs-row", "sgs-element"):
             a["select", "ce", "compare"] = T * n
@@ -68,10 +75,11 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
         if p.selection != "dense":       # residual accumulator: read, add, write back
             a["select", "buffer", "read_byte"] = T * c.acc_bytes * n
             a["select", "buffer", "write_byte"] = T * c.acc_bytes * n
+        copies = m.programmed_copies(hw.write.copies, c.pe_grid(m))
         if hw.write.pulses == "delta":      # each cell of a written weight: ⌈|Δw| / step⌉
-            pulses = p.weight_pulses * m.cells_per_weight * m.copies
+            pulses = p.weight_pulses * m.cells_per_weight * copies
         else:
-            pulses = p.policy_cell_writes * m.cells_per_weight * c.pulses_per_cell * m.copies
+            pulses = p.policy_cell_writes * m.cells_per_weight * c.pulses_per_cell * copies
         a["write", "write", "cell_pulse"] = pulses
         a["write", "write", "verify_read"] = pulses * hw.write.verify_reads
         a["write", "counters", "update"] = p.row_writes if ars_on else 0
@@ -87,6 +95,18 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
         out[engine.mapping.layers[0].name]["reprogram", "multiplex", "cell_pulse"] = (
             T * engine.reprogram_cells)
     return out
+
+
+def _network_phases(a: dict, c, m, i: int, T: int, B: int) -> None:
+    """Forward and backward on a network-sized chip: ``netchip``'s counts per sample and phase
+    (the backward pass does what the forward pass does, NeuroSim V2.1's accounting); every
+    activation, pooling and global-buffer count from the same volumes the timing uses."""
+    per = c.netchip.actions(m, c.bits_in(m), c.bits_out(m))
+    for phase in ("forward", "backward") if i > 0 else ("forward",):
+        for (comp, action), n in per.items():
+            a[phase, comp, action] = T * round(n * B)
+    a["forward", "activation", "op"] = T * m.vectors * m.cols
+    a["forward", "pooling", "op"] = T * m.vectors * m.cols if m.pool > 1 else 0
 
 
 def _bytes(bits: int) -> int:
@@ -108,6 +128,10 @@ def _move(a: dict, phase: str, T: int, bits_in: int, bits_out: int, psum: int) -
 def action_latency(engine: Engine) -> dict[tuple[str, str], int]:
     c = engine.costs
     return {("crossbar", "cell_read"): c.read, ("dac", "conversion"): c.dac,
+            ("crossbar", "array_read"): c.read, ("accumulation", "adder_bit"): 0,
+            ("interconnect", "chip_bit_side"): 0, ("interconnect", "tile_bit_side_novel"): 0,
+            ("interconnect", "tile_bit_side_conventional"): 0,
+            ("interconnect", "bus_bit_side"): 0,
             ("adc", "conversion"): c.adc, ("accumulation", "add"): c.add,
             ("activation", "op"): 1, ("pooling", "op"): 1,
             ("buffer", "read_byte"): 1, ("buffer", "write_byte"): 1,

@@ -55,6 +55,7 @@ class Placement:
     tiles: int
     copies: int
     utilization: float        # weights (all copies) / cells of its tiles
+    copy_grid: tuple[int, int] = (1, 1)   # copies along rows, columns
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,9 @@ def plan_network(shapes: Sequence[LayerShape], hw: HwConfig) -> Floorplan:
         else:
             tiles = math.ceil(s.rows / t_cm) * math.ceil(s.phys_cols / t_cm)
             util = copies * s.rows * s.phys_cols / (tiles * t_cm * t_cm)
-        layers.append(Placement("novel" if is_nm[i] else "conventional", tiles, copies, util))
+        grid = (pe_dup[i][0] * sa_dup[0], pe_dup[i][1] * sa_dup[1])
+        layers.append(Placement("novel" if is_nm[i] else "conventional", tiles, copies, util,
+                                grid))
     tiles_nm = sum(p.tiles for p in layers if p.kind == "novel")
     x_nm = K * (pn // sa) ** 2 if nm else 0
     x_cm = (t_cm // sa) ** 2

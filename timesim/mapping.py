@@ -47,6 +47,7 @@ class LayerMapping:
     kernel_area: int = 1      # kh·kw for conv2d
     in_channels: int = 0      # C_in (rows for linear)
     placement: str = "fixed"  # the floorplan's tile kind: fixed | novel | conventional
+    copy_grid: tuple[int, int] = (1, 1)   # copies along rows and columns (network floorplan)
 
     @property
     def tiles(self) -> int:
@@ -61,6 +62,16 @@ class LayerMapping:
     @property
     def cells(self) -> int:
         return self.rows * self.cols
+
+    def programmed_copies(self, rule: str, pe_grid: int) -> int:
+        """Copies a write programs: all of them, or (``neurosim``) NeuroSim V2.1's accounting:
+        every copy on a novel tile (Tile.cpp:739) or on a conventional tile whose PEs all hold
+        copies (Tile.cpp:382-413), only the original elsewhere."""
+        if rule == "all" or self.placement == "novel":
+            return self.copies
+        if self.placement == "conventional" and min(self.copy_grid) >= pe_grid:
+            return self.copies
+        return 1
 
     @property
     def phys_cells(self) -> int:
@@ -177,7 +188,7 @@ def map_network(layers: Sequence[LayerInfo], hw: HwConfig, batch_size: int) -> N
                           positions=m.positions, in_channels=m.in_channels))
     plan = size_units(plan, io, hw, batch)
     mapped = tuple(dataclasses.replace(m, copies=p.copies, chip_tiles=p.tiles,
-                                       placement=p.kind)
+                                       placement=p.kind, copy_grid=p.copy_grid)
                    for m, p in zip(base, plan.layers))
     needed = sum(m.arrays for m in mapped)
     available = plan.crossbars

@@ -47,9 +47,13 @@ def part(before: int, n: int, per: int) -> int:
 # (component, action) -> what one action is
 ACTIONS = {
     ("crossbar", "cell_read"): "one cell read whose input bit is 1 (forward/backward MVM slice)",
+    ("crossbar", "array_read"): "one crossbar read of one input slice: its switch matrices, "
+                                "decoders and multiplexers (chip.floorplan=network)",
     ("dac", "conversion"): "one DAC conversion of one input slice on one line",
     ("adc", "conversion"): "one ADC conversion of one column (or row) output",
     ("accumulation", "add"): "one shift-add or partial-sum addition",
+    ("accumulation", "adder_bit"): "one full-adder bit of a PE, tile or chip adder tree "
+                                   "(chip.floorplan=network)",
     ("activation", "op"): "one output activated (ReLU)",
     ("pooling", "op"): "one input compared in max-pooling",
     ("buffer", "read_byte"): "one byte read from a tile buffer",
@@ -57,6 +61,13 @@ ACTIONS = {
     ("global_buffer", "read_byte"): "one byte read from the global buffer",
     ("global_buffer", "write_byte"): "one byte written to the global buffer",
     ("interconnect", "bit"): "one bit moved between the global buffer and a tile",
+    ("interconnect", "chip_bit_side"): "one bit over one crossbar side of the chip's H-tree "
+                                       "(a whole bus word per transfer)",
+    ("interconnect", "tile_bit_side_novel"): "one bit over one crossbar side of a novel "
+                                             "tile's H-tree",
+    ("interconnect", "tile_bit_side_conventional"): "one bit over one crossbar side of a "
+                                                    "conventional tile's H-tree",
+    ("interconnect", "bus_bit_side"): "one bit over one crossbar side of a PE's input bus",
     ("dram", "bit"): "one bit moved to or from off-chip DRAM",
     ("gradient", "mac"): "one multiply-accumulate in the weight-gradient unit",
     ("gradient", "accumulate"): "one weight's gradient of one sample added to the batch's",
@@ -146,9 +157,11 @@ class CostTable:
         x, w = hw.xbar, hw.write
         self.energy = {
             ("crossbar", "cell_read"): x.read_energy_j,
+            ("crossbar", "array_read"): x.array_read_energy_j,
             ("dac", "conversion"): hw.dac.energy_j,
             ("adc", "conversion"): hw.adc.energy_j,
             ("accumulation", "add"): hw.accumulation.add_energy_j,
+            ("accumulation", "adder_bit"): hw.accumulation.bit_energy_j,
             ("activation", "op"): hw.activation.energy_j,
             ("pooling", "op"): hw.pooling.energy_j,
             ("buffer", "read_byte"): hw.buffer.read_energy_j,
@@ -156,6 +169,11 @@ class CostTable:
             ("global_buffer", "read_byte"): hw.global_buffer.read_energy_j,
             ("global_buffer", "write_byte"): hw.global_buffer.write_energy_j,
             ("interconnect", "bit"): hw.interconnect.energy_per_bit_j,
+            ("interconnect", "chip_bit_side"): hw.interconnect.chip_tree_energy_j,
+            ("interconnect", "tile_bit_side_novel"): hw.interconnect.novel_tile_tree_energy_j,
+            ("interconnect", "tile_bit_side_conventional"):
+                hw.interconnect.conventional_tile_tree_energy_j,
+            ("interconnect", "bus_bit_side"): hw.interconnect.pe_bus_energy_j,
             ("dram", "bit"): hw.dram.energy_per_bit_j,
             ("gradient", "mac"): hw.gradient.mac_energy_j,
             ("gradient", "accumulate"): hw.gradient.accumulate_energy_j,
@@ -188,6 +206,13 @@ class CostTable:
                               "(the global bus is sized to the network's tiles)")
         lanes = units.buffer_lanes(gb.line_bits)
         return max(1, int(lanes * gb.line_bits / (2 * gb.line_latency_s * self.f)))
+
+    def pe_grid(self, m: LayerMapping) -> int:
+        """PEs along a side of the layer's tiles (a conventional tile's T/P; 1 on a fixed
+        floorplan)."""
+        if self.netchip is None:
+            return 1
+        return self.netchip._kind(m)[0]
 
     def bus_share(self, m: LayerMapping) -> int:
         """With a network floorplan a layer reaches the global buffer through its tiles' share

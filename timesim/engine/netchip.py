@@ -149,3 +149,131 @@ class NetworkChip:
                     * _tree_bits(tiles_row, first) * bit)
         return LayerPath(tile_in=tile_in, tile_out=tile_out, ic_in=ic_in, ic_out=ic_out,
                          accumulate=acc, transfers=n_in + n_out)
+
+    # energy: what a layer does per sample and phase, as action counts -------------------------
+
+    def row_blocks(self, m: LayerMapping) -> int:
+        """Crossbar rows of one copy that an input vector reads: a novel tile's K PEs each
+        read their kernel offset's C_in rows, in blocks of a crossbar per novel PE row."""
+        p = self.plan
+        if m.placement != "novel":
+            return -(-m.rows // self.sa)
+        full, rest = divmod(m.in_channels, p.novel_pe_side)
+        per = full * (p.novel_pe_side // self.sa) + -(-rest // self.sa)
+        return p.novel_pes * per
+
+    def actions(self, m: LayerMapping, bits_in: int, bits_out: int) -> dict[tuple[str, str],
+                                                                             float]:
+        """Counts per sample and phase (NeuroSim V2.1's energy, Chip.cpp:964-981, Tile.cpp,
+        ProcessingUnit.cpp, SubArray.cpp:2104-2137): conversions and crossbar reads of one copy
+        (copies split the vectors, not the work), adder-tree bits, global-buffer accesses and
+        bits × path on the chip's H-tree (one bus word per transfer), the tile's H-tree and the
+        PE buses, paths in crossbar sides."""
+        hw, p = self.hw, self.plan
+        nb = hw.dac.input_bits
+        slices = -(-nb // hw.dac.bits)
+        rb = self.row_blocks(m)
+        vec_bits = m.positions * slices
+        grid, pe, side = self._kind(m)
+        novel = m.placement == "novel"
+        K = p.novel_pes if novel else 1
+        out_bits = self.psum_bits + math.ceil(math.log2(max(1, pe // self.sa))) + 1
+        a: dict[tuple[str, str], float] = {
+            ("adc", "conversion"): vec_bits * rb * m.phys_cols,
+            ("crossbar", "array_read"): vec_bits * rb * -(-m.phys_cols // self.sa),
+            ("global_buffer", "read_byte"): (bits_in + bits_out) / 8,
+            ("global_buffer", "write_byte"): (bits_in + bits_out) / 8,
+        }
+        a["accumulation", "adder_bit"] = self._adder_bits(m, novel, K, pe, grid, out_bits)
+        # H-trees: the chip's (charged per bus word), the tiles', the PE buses
+        u = p.units
+        share = max(1, math.ceil(u.bus_bits * m.chip_tiles / p.tiles)) if u and u.bus_bits else 1
+        words = math.ceil((bits_in + bits_out) / share)
+        gr, gc = p.grid
+        tile_side = (grid * pe if novel else side) / self.sa
+        a["interconnect", "chip_bit_side"] = share * words * _energy_path(gr, gc) * tile_side
+        tiles_row = self._tiles_row(m)
+        tiles_col = max(1, m.chip_tiles // tiles_row)
+        in_all = m.rows * m.positions * nb / (grid if novel else 1) * tiles_col
+        out_all = m.phys_cols * out_bits * m.positions / K * tiles_row
+        kind = "novel" if novel else "conventional"
+        a["interconnect", f"tile_bit_side_{kind}"] = (in_all + out_all) * pe / self.sa
+        # PE buses: the inputs in, each ADC's output out, per subarray row of the PE
+        adc_bits = hw.adc.bits
+        if novel:
+            bus_out = (K * m.phys_cols * adc_bits * m.positions * tiles_row
+                       * -(-m.in_channels // (tiles_row * self.sa)))
+        else:
+            pes_row = 1 if min(m.copy_grid) >= grid else -(-m.rows // pe)
+            bus_out = (m.phys_cols * adc_bits * m.positions * pes_row
+                       * -(-min(m.rows, pe) // self.sa))
+        a["interconnect", "bus_bit_side"] = ((m.rows * m.positions * nb * tiles_col + bus_out)
+                                             * max(0, pe // self.sa - 1))
+        return a
+
+    def _tiles_row(self, m: LayerMapping) -> int:
+        p = self.plan
+        if m.placement == "novel":
+            return max(1, math.ceil(m.in_channels / p.novel_pe_side))
+        return max(1, math.ceil(m.rows / p.conventional_tile_side))
+
+    def _adder_bits(self, m: LayerMapping, novel: bool, K: int, pe: int, grid: int,
+                    out_bits: int) -> float:
+        """Full-adder bits of the PE, tile and chip adder trees per sample, every tree of a
+        unit charged (AdderTree.cpp:153-190)."""
+        p, hw = self.plan, self.hw
+        cpa = hw.adc.cols_per_adc
+        reads = m.positions * cpa
+        total = 0.0
+        pe_rows = min(m.in_channels if novel else m.rows, pe)
+        pe_inputs = -(-pe_rows // self.sa)
+        pe_trees = (pe // self.sa) * self.sa // cpa
+        full_dup = (not novel and m.copies >= grid * grid)
+        if pe_inputs > 1 and not full_dup:
+            pes = K if novel else max(1, -(-m.rows // pe)) * max(1, -(-m.phys_cols // pe))
+            total += pes * reads * pe_trees * _fa_bits(pe_inputs, self.psum_bits)
+        tile_trees = grid * self.sa // cpa
+        if novel:
+            total += reads * tile_trees * _fa_bits(K, out_bits - 1)
+        elif not full_dup:
+            inputs = max(1, -(-min(m.rows, p.conventional_tile_side) // pe))
+            if m.copies == 1:
+                inputs = grid
+            if inputs > 1:
+                total += reads * tile_trees * _fa_bits(inputs, out_bits - 1)
+        tiles_row = self._tiles_row(m)
+        if tiles_row > 1:
+            through = (max(p.conventional_tile_side, math.ceil(math.sqrt(p.novel_pes))
+                           * p.novel_pe_side) if p.novel_pes else p.conventional_tile_side)
+            trees = -(-through // cpa)
+            cm_grid = max(1, p.conventional_tile_side // p.conventional_pe_side)
+            widest = max(pe // self.sa, p.novel_pe_side // self.sa) * max(
+                cm_grid, math.ceil(math.sqrt(p.novel_pes)) if p.novel_pes else 1)
+            first = self.psum_bits + math.ceil(math.log2(max(1, widest)))
+            tiles_col = max(1, m.chip_tiles // tiles_row)
+            chip_reads = tiles_col * m.cols * math.ceil(m.positions / trees)
+            total += chip_reads * trees * _fa_bits(tiles_row, first)
+        return total
+
+
+def _fa_bits(inputs: int, first_bits: int) -> int:
+    """Full-adder bits of one adder tree of ``inputs`` inputs: floor(j/2) adders per stage,
+    j halving (AdderTree.cpp:75-84)."""
+    total, j, bits = 0, inputs, first_bits
+    while j > 1:
+        total += (j // 2) * bits
+        j //= 2
+        bits += 1
+    return total
+
+
+def _energy_path(rows: int, cols: int) -> float:
+    """The H-tree energy path in grid units: half the tree's latency path, then the main bus
+    (HTree.cpp:336-372)."""
+    if rows * cols <= 1:
+        return 0.0
+    n = math.ceil(math.log2(max(rows, cols)))
+    xc = int(math.floor(math.log2(min(rows, cols))))
+    if cols - xc < 1:
+        xc -= 1
+    return (2 ** n - 1) + min(cols - xc, xc)
