@@ -184,11 +184,7 @@ class Simulation:
         report["energy_j"] = energy_report(self.engine, counts)
         report["area_mm2"] = area_report(self.hw)
         report["mapping"] = self.engine.mapping.to_dict()
-        # paper Fig. 7: ARS rewrite energy per iteration over the energy of writing one row
-        # (the mean physical row of the network's layers)
-        rewrite = sum(a.get(("write", "ars_rewrite_pulse"), 0) for a in counts.values())
-        row = np.mean([m.phys_cols for m in self.engine.mapping.layers])
-        report["ars"]["normalized_write_energy"] = rewrite / T / row
+        report["ars"]["normalized_write_energy"] = normalized_ars_energy(self.engine, counts, T)
         report["faults"] = faults_report(self.hw, self.policies, T, probe=self.faults)
         report["faults"]["accuracy"] = None
         if self.faults and self.weights is not None:
@@ -207,6 +203,17 @@ class Simulation:
                       lambda path: write_actions_csv(path, self.engine, counts))
         log.info("simulated %d iterations of %d layers in %.2f s", T, len(self.policies), wall)
         return report
+
+
+def normalized_ars_energy(engine: Engine, counts: dict, T: int) -> float:
+    """Paper Fig. 7: the ARS rewrite energy per iteration (the ``ars, write,
+    ars_rewrite_pulse`` rows of ``actions.csv``) over the energy of writing one row (the mean
+    over the network's layers of one physical row, every copy, at the pulses a cell takes).
+    Both are pulses of the same energy, so the ratio is one of pulse counts."""
+    rewrite = sum(n for a in counts.values() for (phase, comp, action), n in a.items()
+                  if (comp, action) == ("write", "ars_rewrite_pulse"))
+    row = np.mean([m.phys_cols * m.copies for m in engine.mapping.layers])
+    return float(rewrite / T / (row * engine.costs.pulses_per_cell))
 
 
 class _Cleaned(Mapping):
