@@ -93,3 +93,99 @@ def test_fig7_axes_contain_their_points(tmp_path, monkeypatch):
         drawn = sum(len(line.get_xdata()) for line in ax.get_lines()[:-1])
         assert drawn == len(rows)
         close(fig)
+
+
+# -- item 4: busy cycles beside spans -------------------------------------------------------
+
+def _two_wave_layer(rows=4, select_row=2):
+    from timesim.engine.costs import LayerTiming, Transfer, WaveCost
+    from timesim.engine.iteration import LayerWork
+
+    load, none = Transfer(global_buffer=5), Transfer()
+    waves = tuple(WaveCost(images=1, fw_in=load, fw_compute=10, fw_out=none, bw_in=none,
+                           bw_compute=10, bw_out=none, wg_in=none, wg_compute=3, wg_store=none)
+                  for _ in range(2))
+    t = LayerTiming(waves=waves, mvm=1, mvm_t=1, select_row=select_row, select_drain=0,
+                    topk_select=0, row_write=1, cell_write=1, row_read=1, write_jobs=1,
+                    rows=rows)
+    return LayerWork(timing=t, swaps=0)
+
+
+@pytest.mark.parametrize("fine", [False, True])
+def test_busy_cycles_exclude_waits_hand_computed(fine):
+    from timesim.engine.components import PH
+    from timesim.engine.iteration import simulate_iteration
+
+    # two layers of two waves, layer by layer, one gradient unit, gradients in SRAM:
+    # forward 0: load [0,5] compute [5,15], load [15,20] compute [20,30]
+    # forward 1: load [30,35] compute [35,45], load [45,50] compute [50,60]
+    # backward 1: [60,70], [70,80] (layer 0 propagates no error)
+    # gradient 1: wave 0 known at 45 -> [45,48], wave 1 at 60 -> [60,63]
+    # gradient 0: errors known at 70 and 80 -> [70,73], [80,83]
+    # select: 4 rows x 2 cycles after the gradient: layer 1 [63,71], layer 0 [83,91]
+    r = simulate_iteration([_two_wave_layer(), _two_wave_layer()], fine=fine)
+    f, b, g, s = (PH[p] for p in ("forward", "backward", "gradient", "select"))
+    assert list(r.spans[:, f]) == [30, 30] and list(r.busy[:, f]) == [20, 20]
+    assert list(r.spans[:, b]) == [0, 20] and list(r.busy[:, b]) == [0, 20]
+    assert list(r.spans[:, g]) == [13, 18] and list(r.busy[:, g]) == [6, 6]
+    assert list(r.spans[:, s]) == [8, 8] and list(r.busy[:, s]) == [8, 8]
+    # chip-wide: the union of every layer's busy intervals
+    assert r.chip_busy[f] == 40 and r.chip_busy[b] == 20
+    assert r.chip_busy[g] == 12 and r.chip_busy[s] == 16
+
+
+def test_write_busy_is_the_union_of_array_writes():
+    from timesim.engine.components import union_length
+    from timesim.engine.iteration import schedule_writes, simulate_writes
+
+    # 20 arrays of 100 cycles, 8 at a time: [0,300]; a second layer's array released at 50
+    # runs [200,300] (FIFO behind the first layer's jobs)
+    for fn in (lambda iv: schedule_writes([0, 50], [20, 1], [100, 100], 8, iv),
+               lambda iv: simulate_writes([0, 50], [20, 1], [1, 1], [100, 100], 8, iv)):
+        iv = []
+        fn(iv)
+        a = np.array(iv)
+        assert union_length(a[a[:, 0] == 0, 1], a[a[:, 0] == 0, 2]) == 300
+        assert union_length(a[a[:, 0] == 1, 1], a[a[:, 0] == 1, 2]) == 100
+        assert union_length(a[:, 1], a[:, 2]) == 300
+    assert union_length(np.array([0, 5, 20]), np.array([10, 8, 25])) == 15
+
+
+WIDE = [LayerInfo(name="f1", kind="linear", rows=20, cols=6),
+        LayerInfo(name="f2", kind="linear", rows=9, cols=3)]
+
+
+def _engine(hw, sels, ks, fine=False):
+    from timesim.engine import Engine
+    from timesim.trace.format import TraceMeta
+
+    meta = TraceMeta(model="m", source="t", dataset="", batch_size=3, iterations=1,
+                     chunk_iterations=1, dtype="float32", layers=tuple(WIDE))
+    return Engine(hw, meta, sels, ks, fine=fine)
+
+
+def test_busy_is_the_same_in_fine_mode_after_a_checkpoint_and_a_merge():
+    hw = tiny("engine.waves=2", "write.parallel_arrays=1")
+    sels, ks = ["topk", "sgs-row"], [5, 0]
+    rng = np.random.default_rng(3)
+    ops = np.stack([rng.integers(1, 5, 12), np.ones(12, int)], axis=1)
+    swaps = rng.integers(0, 2, (12, 2)) * (rng.random((12, 1)) < 0.3)
+    fast, fine = _engine(hw, sels, ks), _engine(hw, sels, ks, fine=True)
+    fast.add(ops, swaps)
+    fine.add(ops, swaps)
+    assert (fast.busy == fine.busy).all() and (fast.chip_busy == fine.chip_busy).all()
+    assert (fast.busy <= fast.spans).all() and fast.busy.sum() > 0
+    # a run resumed from a checkpoint half way
+    half = _engine(hw, sels, ks)
+    half.add(ops[:6], swaps[:6])
+    resumed = _engine(hw, sels, ks)
+    resumed.load_state(half.state())
+    resumed.add(ops[6:], swaps[6:])
+    assert (resumed.busy == fast.busy).all() and (resumed.chip_busy == fast.chip_busy).all()
+    # shards merged by signature counts (shard.py)
+    merged = _engine(hw, sels, ks)
+    merged.add_counts(ops, swaps, None, np.ones(12, dtype=np.int64))
+    assert (merged.busy == fast.busy).all() and (merged.chip_busy == fast.chip_busy).all()
+    rep = fast.report()
+    assert rep["busy_by_layer_phase"]["f1"]["forward"] == int(fast.busy[0, 0])
+    assert set(rep["busy_by_phase"]) == set(rep["by_phase"])

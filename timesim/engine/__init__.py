@@ -23,7 +23,7 @@ import numpy as np
 from ..config import HwConfig
 from ..mapping import NetworkMapping, map_network
 from ..trace.format import TraceMeta
-from .components import PHASES
+from .components import PHASES, union_length
 from .costs import CostTable, LayerTiming
 from .iteration import (
     WRITE,
@@ -59,6 +59,8 @@ class Engine:
         self.total_cycles = 0
         self.spans = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
         self.chip_spans = np.zeros(len(PHASES), dtype=np.int64)
+        self.busy = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
+        self.chip_busy = np.zeros(len(PHASES), dtype=np.int64)
         self.events = 0
         self._seen: set[int] | None = set()
         self._add_wall = 0.0
@@ -156,13 +158,18 @@ class Engine:
     def _accumulate(self, uniq: np.ndarray, counts: np.ndarray, L: int) -> None:
         for row, count in zip(uniq, counts):
             key = tuple(int(v) for v in row)
-            cycles, spans, chip = self._iteration(key[:L], key[L:2 * L], key[2 * L:])
+            cycles, spans, chip, busy, chip_busy = self._iteration(key[:L], key[L:2 * L],
+                                                                   key[2 * L:])
             self.total_cycles += cycles * int(count)
             self.spans += spans * int(count)
             self.chip_spans += chip * int(count)
+            self.busy += busy * int(count)
+            self.chip_busy += chip_busy * int(count)
 
     def _iteration(self, ops: tuple[int, ...], swaps: tuple[int, ...], slots: tuple[int, ...]
-                   ) -> tuple[int, np.ndarray, np.ndarray]:
+                   ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(cycles, spans per layer and phase, spans per phase, busy per layer and phase,
+        busy per phase) of one iteration with this signature."""
         key = ops + swaps + slots
         hit = self._writes.get(key)
         if hit is not None:
@@ -175,10 +182,18 @@ class Engine:
         # its operations take (the cycles of one slot each) plus their verify reads
         durations = np.where(slots_a < 0, ops_a * op, slots_a * slot + ops_a * verify)
         par = self.hw.write.parallel_arrays
+        work: list[tuple[int, int, int]] = []
         if self.fine:
-            ws, we = simulate_writes(base.write_ready, jobs, ops_a, durations, par)
+            ws, we = simulate_writes(base.write_ready, jobs, ops_a, durations, par, work)
         else:
-            ws, we = schedule_writes(base.write_ready, jobs, durations, par)
+            ws, we = schedule_writes(base.write_ready, jobs, durations, par, work)
+        busy, chip_busy = base.busy.copy(), base.chip_busy.copy()
+        if work:
+            iv = np.array(work, dtype=np.int64)
+            chip_busy[WRITE] = union_length(iv[:, 1], iv[:, 2])
+            for i in np.unique(iv[:, 0]):
+                sel = iv[:, 0] == i
+                busy[i, WRITE] = union_length(iv[sel, 1], iv[sel, 2])
         spans = base.spans.copy()
         spans[:, WRITE] = we - ws
         start, end = base.start.copy(), base.end.copy()
@@ -191,8 +206,8 @@ class Engine:
         cycles = max(base.cycles, int(we.max()))
         if len(self._writes) >= MAX_DISTINCT:
             self._writes.clear()
-        self._writes[key] = (cycles, spans, chip)
-        return cycles, spans, chip
+        self._writes[key] = (cycles, spans, chip, busy, chip_busy)
+        return cycles, spans, chip, busy, chip_busy
 
     def _phase_a(self, swaps: tuple[int, ...]) -> IterationResult:
         if swaps not in self._base:
@@ -231,7 +246,8 @@ class Engine:
     def state(self) -> dict:
         """Accumulated timing, for checkpoints."""
         return {"total_cycles": self.total_cycles, "spans": self.spans.tolist(),
-                "chip_spans": self.chip_spans.tolist(),
+                "chip_spans": self.chip_spans.tolist(), "busy": self.busy.tolist(),
+                "chip_busy": self.chip_busy.tolist(),
                 "iterations": self.iterations, "events": self.events,
                 "seen": None if self._seen is None else sorted(self._seen)}
 
@@ -239,6 +255,13 @@ class Engine:
         self.total_cycles = int(st["total_cycles"])
         self.spans = np.array(st["spans"], dtype=np.int64)
         self.chip_spans = np.array(st["chip_spans"], dtype=np.int64)
+        if "busy" not in st:
+            from ..errors import SimulationError
+
+            raise SimulationError("checkpoint written by an older timesim (no busy cycles); "
+                                  "remove it to start over")
+        self.busy = np.array(st["busy"], dtype=np.int64)
+        self.chip_busy = np.array(st["chip_busy"], dtype=np.int64)
         self.iterations = int(st["iterations"])
         self.events = int(st["events"])
         self._seen = None if st["seen"] is None else set(st["seen"])
@@ -251,10 +274,14 @@ class Engine:
                           for i, n in enumerate(names)}
         by_phase = {ph: int(self.chip_spans[j]) for j, ph in enumerate(PHASES)}
         layer_sum = {ph: int(self.spans[:, j].sum()) for j, ph in enumerate(PHASES)}
+        busy_layer_phase = {n: {ph: int(self.busy[i, j]) for j, ph in enumerate(PHASES)}
+                            for i, n in enumerate(names)}
+        busy_phase = {ph: int(self.chip_busy[j]) for j, ph in enumerate(PHASES)}
         if not self.mapping.multiplexed:
             by_phase.pop("reprogram")
             layer_sum.pop("reprogram")
-            for v in by_layer_phase.values():
+            busy_phase.pop("reprogram")
+            for v in (*by_layer_phase.values(), *busy_layer_phase.values()):
                 v.pop("reprogram")
         T = max(1, self.iterations)
         self.wall_s = time.perf_counter() - start + self._add_wall
@@ -265,6 +292,8 @@ class Engine:
             "by_phase_layer_sum": layer_sum,
             "by_layer": {n: sum(v.values()) for n, v in by_layer_phase.items()},
             "by_layer_phase": by_layer_phase,
+            "busy_by_phase": busy_phase,
+            "busy_by_layer_phase": busy_layer_phase,
             "distinct_signatures": None if self._seen is None else len(self._seen),
             "mode": "fine" if self.fine else "fast",
             "pipeline": self.hw.engine.pipeline,
