@@ -2,6 +2,7 @@
 is computed by hand (or with numpy) from the inputs, never copied from the code's output."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -189,3 +190,67 @@ def test_busy_is_the_same_in_fine_mode_after_a_checkpoint_and_a_merge():
     rep = fast.report()
     assert rep["busy_by_layer_phase"]["f1"]["forward"] == int(fast.busy[0, 0])
     assert set(rep["busy_by_phase"]) == set(rep["by_phase"])
+
+
+# -- item 7: the top-k unit's work, apart from SGS's ------------------------------------------
+
+ONE = [LayerInfo(name="w", kind="linear", rows=12, cols=6)]
+
+
+def _select_run(tmp_path, selection, *sets):
+    trace = tmp_path / "t"
+    if not trace.exists():
+        random_trace(trace, ONE, T=5, seed=2)
+    hw = tiny(f"controller.selection={selection}", "controller.wear_leveling=none",
+              "controller.topk_density=0.1", "buffer.read_energy=0 pJ",
+              "buffer.write_energy=0 pJ", *sets)
+    out = tmp_path / f"{selection}-{len(sets)}"
+    return hw, timesim.simulate(hw, str(trace), out=out), out
+
+
+def test_topk_select_energy_over_sgs_is_the_ratio_of_comparisons(tmp_path):
+    _, sgs, _ = _select_run(tmp_path, "sgs-row")
+    hw, topk, _ = _select_run(tmp_path, "topk")
+    n, rows, T = 72, 12, 5
+    k = round(0.1 * n)                         # 7
+    topk_compares = n * math.ceil(math.log2(k))                 # a heap of k: 3 compares each
+    sgs_compares = n + rows                    # each element as its row streams, then the rows
+    e_sgs = sgs["energy_j"]["by_layer_phase"]["w"]["select"]
+    e_topk = topk["energy_j"]["by_layer_phase"]["w"]["select"]
+    assert e_sgs == pytest.approx(T * sgs_compares * hw.ce.compare_energy_j, rel=1e-12)
+    assert e_topk / e_sgs == pytest.approx(topk_compares / sgs_compares, rel=1e-12)
+
+
+def test_topk_unit_cycles_are_busy_select_cycles(tmp_path):
+    n, rows, cols, T = 72, 12, 6, 5
+    for units in (1, 4):
+        hw, r, _ = _select_run(tmp_path, "topk", f"ce.topk_units={units}")
+        b = hw.buffer
+        acc = math.ceil(b.accumulator_bits / 8)
+        # each gradient row through the accumulator (read + write back) and the CE tree
+        row = max(math.ceil(cols / hw.ce.tree_width),
+                  math.ceil(2 * cols * acc / b.bytes_per_cycle))
+        unit = math.ceil(n * 3 / units)        # n·⌈log2 7⌉ comparisons on `units` comparators
+        busy = r["cycles"]["busy_by_layer_phase"]["w"]["select"]
+        assert busy == T * (rows * row + unit)
+        assert r["cycles"]["busy_by_phase"]["select"] == busy
+
+
+def test_compare_shows_the_selection_cost_apart(tmp_path, capsys):
+    from timesim.compare import compare_runs
+
+    _, sgs, a = _select_run(tmp_path, "sgs-row")
+    _, topk, b = _select_run(tmp_path, "topk")
+    rows = compare_runs([a, b])
+    T = 5
+    for row, r in ((rows[0], sgs), (rows[1], topk)):
+        assert row["select busy cycles/iter"] == r["cycles"]["busy_by_phase"]["select"] / T
+        assert row["select J/iter"] == r["energy_j"]["by_phase"]["select"] / T
+    assert rows[1]["select busy cycles/iter"] > rows[0]["select busy cycles/iter"]
+    out = capsys.readouterr().out
+    assert "select busy cycles/iter" in out
+    dc = rows[1]["cycles/iter"] - rows[0]["cycles/iter"]
+    ds = rows[1]["select busy cycles/iter"] - rows[0]["select busy cycles/iter"]
+    assert f"selection busy {ds:+.4g} cycles/iter" in out
+    # one layer: nothing overlaps its selection, so the extra work lengthens the iteration
+    assert dc > 0 and "lengthens the iteration" in out
