@@ -254,3 +254,25 @@ def test_compare_shows_the_selection_cost_apart(tmp_path, capsys):
     assert f"selection busy {ds:+.4g} cycles/iter" in out
     # one layer: nothing overlaps its selection, so the extra work lengthens the iteration
     assert dc > 0 and "lengthens the iteration" in out
+
+
+# -- item 5: top-k write time with many selected weights in one row -------------------------
+
+def test_topk_write_time_counts_groups_of_drivers_per_row(tmp_path):
+    # one 6 x 8 layer, k = round(0.125 * 48) = 6: five of them in row 2, one in row 4.
+    # tiny: a weight is 4 cells (pair x 2 slices), 8 drivers a crossbar: 2 weights at a time,
+    # so row 2 takes ceil(5 * 4 / 8) = 3 groups and row 4 one; a group is a SET and a RESET
+    # phase of one 50 ns pulse: 100 cycles at 1 GHz. 4 groups one after another: 400 cycles
+    # (one weight's time per touched row, the old count, would be 2 x 100).
+    layer = LayerInfo(name="w", kind="linear", rows=6, cols=8)
+    g = np.zeros((1, 6, 8), np.float32)
+    g[0, 2, :5] = [5.0, -4.0, 3.0, 2.5, -2.0]
+    g[0, 4, 7] = 6.0
+    hw = tiny("controller.selection=topk", "controller.wear_leveling=none",
+              "controller.topk_density=0.125")
+    assert hw.write.verify_reads == 0 and hw.write.phases == 2
+    r = timesim.simulate(hw, write_trace(tmp_path / "t", [layer], {"w": g}))
+    w = r["cycles"]["by_layer_phase"]["w"]["write"]
+    assert w == 4 * 2 * hw.write.pulses_per_phase * 50
+    assert r["cycles"]["busy_by_layer_phase"]["w"]["write"] == w
+    assert r["writes"]["by_layer"]["w"]["total"] == 6

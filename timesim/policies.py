@@ -7,6 +7,7 @@ import numpy as np
 from .config import HwConfig
 from .errors import TraceError
 from .kernels import select as K
+from .mapping import cells_per_weight
 from .trace.format import LayerInfo
 
 
@@ -61,6 +62,11 @@ class LayerPolicy:
         self.slots = np.empty(0, dtype=np.int64)
         self._last = 0
         w = hw.write
+        # topk: a touched row's selected weights are programmed in groups of at most
+        # write.drivers_per_xbar cells (kernels count the groups: pulse slots)
+        sides, slices = cells_per_weight(hw)
+        self.cpw = np.int64(sides * slices)
+        self.drivers = np.int64(w.drivers_per_xbar)
         # write.pulses=delta: a written weight moves by lr·|v| / step levels, one pulse a level
         self.scale = (w.learning_rate / (w.weight_range / (2 ** hw.xbar.weight_bits - 1))
                       if w.pulses == "delta" else 0.0)
@@ -140,7 +146,8 @@ class LayerPolicy:
         elif self.selection == "sgs-element":
             bad = K._run_sgs_element(*args, *out)
         else:
-            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, *out)
+            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.cpw,
+                              self.drivers, *out)
         if bad >= 0:
             raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
                              f"gradient or accumulator (NaN or Inf)")
@@ -193,10 +200,12 @@ class LayerPolicy:
     def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray,
                         out_slots: np.ndarray | None = None) -> None:
         """Per iteration of the last chunk: write operations and ARS swaps (for the engine);
-        with write.pulses=delta, ``out_slots`` the pulse slots of the iteration's writes."""
+        ``out_slots`` the pulse slots of the iteration's writes (write.pulses=delta, and topk's
+        groups of cells per touched row), -1 where the engine's fixed write time applies."""
         n = self._last
         if out_slots is not None:
-            out_slots[:n] = self.slots[:n] if self.scale > 0 else 0
+            # -1: the engine's fixed write time; topk always counts its pulse slots
+            out_slots[:n] = self.slots[:n] if self.scale > 0 or self.selection == "topk" else -1
         if self.selection == "dense":
             out_ops[:n] = self.layer.rows
             out_swaps[:n] = 0

@@ -142,11 +142,10 @@ class Simulation:
             self._slots = np.empty_like(self._ops)
         for j, policy in enumerate(self.policies):
             policy.write_signature(self._ops[:, j], self._swaps[:, j], self._slots[:, j])
-        delta = self.hw.write.pulses == "delta"
         if self.signature_sink is not None:
-            self.signature_sink(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
+            self.signature_sink(self._ops[:n], self._swaps[:n], self._slots[:n])
         else:
-            self.engine.add(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
+            self.engine.add(self._ops[:n], self._swaps[:n], self._slots[:n])
         self.iterations = t0 + n
         if self.iterations >= self._next_mark:
             self.hist_t.append(self.iterations)

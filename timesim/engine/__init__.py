@@ -97,21 +97,27 @@ class Engine:
             # dense: every row of every array, rows of an array one by one
             dense_ops.append(min(self.hw.xbar.rows, m.rows))
             # sgs-row: one row (in each column tile); sgs-element: one weight; topk: one
-            # operation per touched row, one after another
+            # operation per touched row, one after another, each ⌈selected cells of the row /
+            # drivers⌉ groups of cells (the kernel counts the groups as pulse slots: a slot is
+            # then a group's SET and RESET phases, or with write.pulses=delta one pulse)
             row = sel in ("sgs-row", "dense")
             op.append(t.row_write if row else t.cell_write)
             jobs.append(t.write_jobs)
-            cells = min(self.hw.xbar.cols, m.phys_cols) if row else m.cells_per_weight
-            slot.append(-(-cells // self.hw.write.drivers_per_xbar) * c.pulse)
+            if sel == "topk":
+                slot.append(c.pulse if self.hw.write.pulses == "delta" else c.row_write_group)
+            else:
+                cells = min(self.hw.xbar.cols, m.phys_cols) if row else m.cells_per_weight
+                slot.append(-(-cells // self.hw.write.drivers_per_xbar) * c.pulse)
             verify.append(c.verify)
         return tuple(np.array(x, dtype=np.int64) if i else np.array(x)
                      for i, x in enumerate((dense, dense_ops, op, jobs, slot, verify)))
 
     def add(self, ops: np.ndarray, swaps: np.ndarray, slots: np.ndarray | None = None) -> None:
-        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays; with
-        write.pulses=delta ``slots`` too (the pulse slots of each layer's writes: a write's
-        SET and RESET phases last as long as their longest cell). Memory does not grow with
-        the number of iterations."""
+        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays; ``slots``
+        too, or None (the pulse slots of each layer's writes: with write.pulses=delta a write's
+        SET and RESET phases last as long as their longest cell; topk's groups of cells per
+        touched row; -1 or None: the fixed time of ``ops`` write operations). Memory does not
+        grow with the number of iterations."""
         n = ops.shape[0]
         if n == 0:
             return

@@ -489,12 +489,15 @@ def _topk_threshold(keys, k, guess, limit):
 @njit(cache=True, nogil=True)
 def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_rows, half,
               interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V, W,
-              k, keys, cand, tau_state, selected, swapped, slots):
+              k, keys, cand, tau_state, cpw, drivers, selected, swapped, slots):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
-    ``selected[i]`` gets the number of distinct rows written in iteration i. Selection is
-    O(n): a threshold search over the integer magnitude keys, then an exact sort of the few
-    candidates at or above it.
+    ``selected[i]`` gets the number of distinct rows written in iteration i, ``slots[i]`` the
+    pulse slots of its writes: a touched row holding m selected weights (``cpw`` cells each)
+    is programmed ⌈m·cpw / drivers⌉ groups of cells one after another; with ``scale`` > 0
+    (write.pulses=delta) each group takes the row's SET + RESET pulse slots, otherwise one
+    slot each. Selection is O(n): a threshold search over the integer magnitude keys, then an
+    exact sort of the few candidates at or above it.
     """
     rows, cols = A.shape
     n = rows * cols
@@ -542,16 +545,20 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
         mset = np.int64(0)
         mres = np.int64(0)
         nslots = np.int64(0)
+        in_row = np.int64(0)
         for q in range(k):
             j = chosen[q]
             r = j // cols
             c = j - r * cols
             p = l2p[r]
+            if r != last_row and in_row > 0:     # a new row: the last one's groups are done
+                groups = (in_row * cpw + drivers - 1) // drivers
+                nslots += groups * (mset + mres) if scale > 0 else groups
+                mset = np.int64(0)
+                mres = np.int64(0)
+                in_row = np.int64(0)
+            in_row += 1
             if scale > 0:
-                if r != last_row:            # a new row: the last one's phases are done
-                    nslots += mset + mres
-                    mset = np.int64(0)
-                    mres = np.int64(0)
                 pj = _pulses(flat[j], scale)
                 stats[PULSES] += pj
                 if flat[j] < 0:
@@ -565,10 +572,11 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
                 counters[p] += 1
                 touched += 1
                 last_row = r
+        groups = (in_row * cpw + drivers - 1) // drivers
+        nslots += groups * (mset + mres) if scale > 0 else groups
         stats[MAX_WRITES] = mx
         stats[POLICY_CELLS] += k
         stats[ROW_WRITES] += touched
         selected[i] = touched
-        if scale > 0:
-            slots[i] = nslots + mset + mres
+        slots[i] = nslots
     return -1
