@@ -276,3 +276,52 @@ def test_topk_write_time_counts_groups_of_drivers_per_row(tmp_path):
     assert w == 4 * 2 * hw.write.pulses_per_phase * 50
     assert r["cycles"]["busy_by_layer_phase"]["w"]["write"] == w
     assert r["writes"]["by_layer"]["w"]["total"] == 6
+
+
+# -- item 6: limits that used to be silent ---------------------------------------------------
+
+DELTA = ["write.pulses=delta", "write.learning_rate=0.5", "write.weight_range=1.0"]
+
+
+@pytest.mark.parametrize("selection, capped", [("sgs-row", 2), ("sgs-element", 1),
+                                               ("topk", 2), ("dense", 2)])
+def test_capped_pulse_counts_are_reported(tmp_path, caplog, selection, capped):
+    # lr 0.5 on 8-bit weights over [-1, 1]: one level = 1/255, so |g| = 1e9 asks for
+    # 1.3e11 pulses, beyond the 2^20 cap; 1e-3 asks for 1. k = round(0.1 * 18) = 2.
+    layer = LayerInfo(name="a", kind="linear", rows=6, cols=3)
+    g = np.zeros((1, 6, 3), np.float32)
+    g[0, 2] = [1e9, -1e9, 1e-3]
+    hw = tiny(*DELTA, f"controller.selection={selection}", "controller.wear_leveling=none",
+              "controller.topk_density=0.1")
+    with caplog.at_level("WARNING"):
+        r = timesim.simulate(hw, write_trace(tmp_path / "t", [layer], {"a": g}))
+    pc = r["writes"]["pulses_capped"]
+    assert pc["cap"] == 2 ** 20 and pc["weights"] == capped and pc["by_layer"] == {"a": capped}
+    assert f"{capped} written weights needed more than 1048576 pulses" in caplog.text
+    # and nothing to report on an ordinary gradient
+    g[0, 2] = [0.01, -0.02, 1e-3]
+    r = timesim.simulate(hw, write_trace(tmp_path / "u", [layer], {"a": g}))
+    assert r["writes"]["pulses_capped"]["weights"] == 0
+
+
+def test_engine_cache_limit_keeps_counting_simulated_iterations(monkeypatch, caplog):
+    import timesim.engine as eng
+
+    hw = tiny()
+    sels, ks = ["sgs-row", "sgs-row"], [0, 0]
+    ops = np.ones((1, 2), np.int64)
+    ref = _engine(hw, sels, ks)
+    monkeypatch.setattr(eng, "MAX_DISTINCT", 3)
+    small = _engine(hw, sels, ks)
+    with caplog.at_level("WARNING"):
+        for v in range(5):                     # five distinct swap vectors, one at a time
+            swaps = np.array([[v, 0]], np.int64)
+            small.add(ops, swaps)
+            ref.add(ops, swaps)
+    ex = small.execution()
+    assert ex["engine_simulated_iterations"] == 5        # each one simulated once
+    assert ex["engine_cache_clears"] >= 1
+    assert "caches start over" in caplog.text
+    assert small.report()["distinct_signatures"] is None    # more than 3: not counted
+    assert "distinct_signatures is reported as null" in caplog.text
+    assert small.total_cycles == ref.total_cycles and (small.busy == ref.busy).all()

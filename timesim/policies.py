@@ -162,7 +162,9 @@ class LayerPolicy:
             bad = int(np.argmin(np.isfinite(g).reshape(g.shape[0], -1).all(axis=1)))
             raise TraceError(f"layer {self.layer.name}: iteration {self.iterations + bad}: "
                              f"non-finite gradient (NaN or Inf)")
-        p = np.minimum(np.ceil(np.abs(g) * self.scale), K._MAX_PULSES).astype(np.int64)
+        x = np.abs(g) * self.scale
+        self.stats[K.CAPPED] += int((x > K._MAX_PULSES).sum())
+        p = np.minimum(np.ceil(x), K._MAX_PULSES).astype(np.int64)
         self.stats[K.PULSES] += int(p.sum())
         mset = np.where(g < 0, p, 0).max(axis=2)
         mres = np.where(g >= 0, p, 0).max(axis=2)
@@ -189,6 +191,9 @@ class LayerPolicy:
             if getattr(self, k) is not None:
                 have = getattr(self, k)
                 new = state[k]
+                if k == "stats" and new.shape[0] < have.shape[0]:   # counters added since
+                    new = np.concatenate([new, np.zeros(have.shape[0] - new.shape[0],
+                                                        dtype=new.dtype)])
                 if new.shape != have.shape or new.dtype != have.dtype:
                     raise ValueError(f"{k}: {new.shape} {new.dtype}, expected {have.shape} "
                                      f"{have.dtype}")
@@ -247,6 +252,11 @@ class LayerPolicy:
     def weight_pulses(self) -> int:
         """write.pulses=delta: Σ over written weights of their pulses."""
         return int(self.stats[K.PULSES])
+
+    @property
+    def pulses_capped(self) -> int:
+        """write.pulses=delta: written weights whose pulse count was capped at 2^20."""
+        return int(self.stats[K.CAPPED])
 
     @property
     def row_writes(self) -> int:

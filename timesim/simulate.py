@@ -23,6 +23,7 @@ from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
 from .faults import faults_report
 from .kernels.convert import to_float32
+from .kernels.select import MAX_PULSES
 from .policies import LayerPolicy
 from .report import (
     build_report,
@@ -184,6 +185,14 @@ class Simulation:
         report["area_mm2"] = area_report(self.hw)
         report["mapping"] = self.engine.mapping.to_dict()
         report["ars"]["normalized_write_energy"] = normalized_ars_energy(self.engine, counts, T)
+        capped = {p.layer.name: p.pulses_capped for p in self.policies if p.pulses_capped}
+        report["writes"]["pulses_capped"] = {"cap": int(MAX_PULSES),
+                                             "weights": sum(capped.values()),
+                                             "by_layer": capped}
+        if capped:
+            log.warning("write.pulses=delta: %d written weights needed more than %d pulses and "
+                        "were counted as %d (a runaway gradient?), in %s", sum(capped.values()),
+                        MAX_PULSES, MAX_PULSES, ", ".join(capped))
         report["faults"] = faults_report(self.hw, self.policies, T, probe=self.faults)
         report["faults"]["accuracy"] = None
         if self.faults and self.weights is not None:

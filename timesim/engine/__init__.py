@@ -13,6 +13,7 @@ Resource, and must give the same cycles (tests check it).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 import zlib
@@ -35,6 +36,8 @@ from .iteration import (
 )
 
 MAX_DISTINCT = 100_000       # distinct signatures counted (and results cached)
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -62,6 +65,8 @@ class Engine:
         self.busy = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
         self.chip_busy = np.zeros(len(PHASES), dtype=np.int64)
         self.events = 0
+        self.simulated = 0           # iterations simulated in simpy (cache misses)
+        self.cache_clears = 0        # result caches emptied at MAX_DISTINCT entries
         self._seen: set[int] | None = set()
         self._add_wall = 0.0
         self.wall_s = 0.0
@@ -211,7 +216,7 @@ class Engine:
         chip = np.where(happened, end.max(axis=0) - start.min(axis=0), 0)
         cycles = max(base.cycles, int(we.max()))
         if len(self._writes) >= MAX_DISTINCT:
-            self._writes.clear()
+            self._clear(self._writes)
         self._writes[key] = (cycles, spans, chip, busy, chip_busy)
         return cycles, spans, chip, busy, chip_busy
 
@@ -222,10 +227,21 @@ class Engine:
             res = simulate_iteration(work, self.reprogram_cycles, self.fine, e.pipeline,
                                      self.hw.gradient.units, self.hw.gradient.storage)
             self.events += res.events
+            self.simulated += 1
             if len(self._base) >= MAX_DISTINCT:
-                self._base.clear()
+                self._clear(self._base)
             self._base[swaps] = res
         return self._base[swaps]
+
+    def _clear(self, cache: dict) -> None:
+        """A cache full at MAX_DISTINCT entries starts over (memory stays bounded; results
+        are unchanged, repeated signatures are simulated again)."""
+        if self.cache_clears == 0:
+            log.warning("engine: more than %d distinct write signatures; its caches start "
+                        "over (results unchanged, slower; report: run.engine_cache_clears)",
+                        MAX_DISTINCT)
+        self.cache_clears += 1
+        cache.clear()
 
     def _count_distinct(self, sig: np.ndarray) -> None:
         if self._seen is None:
@@ -235,6 +251,8 @@ class Engine:
             self._seen.add(zlib.crc32(np.ascontiguousarray(row).tobytes()))
         if len(self._seen) > MAX_DISTINCT:
             self._seen = None                 # too many to count; reported as null
+            log.warning("engine: more than %d distinct write signatures: "
+                        "cycles.distinct_signatures is reported as null", MAX_DISTINCT)
 
     def set_activity(self, activity: dict[str, float | None]) -> None:
         """Input-bit activity measured during a live run (energy only; timing is unchanged)."""
@@ -245,7 +263,8 @@ class Engine:
 
     def execution(self) -> dict:
         """How the engine got there (depends on resumes; not a result): for report["run"]."""
-        return {"engine_simulated_iterations": len(self._base),
+        return {"engine_simulated_iterations": self.simulated,
+                "engine_cache_clears": self.cache_clears,
                 "engine_events": self.events,
                 "engine_events_per_s": self.events / self.wall_s if self.wall_s > 0 else None}
 
