@@ -325,3 +325,40 @@ def test_engine_cache_limit_keeps_counting_simulated_iterations(monkeypatch, cap
     assert small.report()["distinct_signatures"] is None    # more than 3: not counted
     assert "distinct_signatures is reported as null" in caplog.text
     assert small.total_cycles == ref.total_cycles and (small.busy == ref.busy).all()
+
+
+# -- item 2: a chip whose fault-free analog error is meaningless says so ----------------------
+
+def test_fault_free_error_beyond_the_limit_is_a_warning(caplog):
+    from timesim.faults import FAULT_FREE_LIMIT
+
+    trace = "synth:mlp-small?iterations=4"
+    # neurosim-v2.1-rram: adc.range 1.0, one full-scale range for a bit-sliced MVM
+    ns = timesim.load_hwconfig("neurosim-v2.1-rram")
+    with caplog.at_level("WARNING"):
+        r = timesim.simulate(ns, trace, faults=True)
+    f = r["faults"]
+    errors = f["mvm_rel_error_fault_free"]
+    worst = max(errors, key=errors.get)
+    assert errors[worst] > FAULT_FREE_LIMIT
+    assert f["warning"] is not None and worst in f["warning"]
+    assert "adc.range=auto" in f["warning"]
+    assert sum("fault-free MVM error" in m for m in caplog.messages) == 1      # one line
+    # the same chip with calibrated ADCs, and the default chip: nothing to say
+    for hw in (timesim.load_hwconfig("neurosim-v2.1-rram", ["adc.range=auto"]),
+               timesim.load_hwconfig()):
+        f = timesim.simulate(hw, trace, faults=True)["faults"]
+        assert max(f["mvm_rel_error_fault_free"].values()) < FAULT_FREE_LIMIT
+        assert f["warning"] is None
+    # without --faults nothing is measured and nothing is claimed
+    assert timesim.simulate(ns, trace)["faults"]["warning"] is None
+
+
+# -- item 17: dead code -----------------------------------------------------------------------
+
+def test_dead_members_are_gone():
+    from timesim import faults, mapping
+
+    assert not hasattr(faults, "layer_endurance")
+    assert not hasattr(mapping.LayerMapping, "phys_cells")
+    assert not hasattr(mapping.NetworkMapping, "resident_fraction")

@@ -62,10 +62,6 @@ class LayerMapping:
     def cells(self) -> int:
         return self.rows * self.cols
 
-    @property
-    def phys_cells(self) -> int:
-        return self.rows * self.phys_cols
-
 
 @dataclass(frozen=True)
 class NetworkMapping:
@@ -74,10 +70,6 @@ class NetworkMapping:
     crossbars_available: int
     multiplexed: bool
     batch_size: int
-
-    @property
-    def resident_fraction(self) -> float:
-        return min(1.0, self.crossbars_available / self.crossbars_needed)
 
     def to_dict(self) -> dict:
         return {"crossbars_needed": self.crossbars_needed,
