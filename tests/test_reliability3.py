@@ -362,3 +362,33 @@ def test_dead_members_are_gone():
     assert not hasattr(faults, "layer_endurance")
     assert not hasattr(mapping.LayerMapping, "phys_cells")
     assert not hasattr(mapping.NetworkMapping, "resident_fraction")
+
+
+# -- item 15: lifetime in training time -------------------------------------------------------
+
+def test_lifetime_in_training_time(tmp_path, capsys):
+    from timesim.cli import main
+
+    trace = random_trace(tmp_path / "t", AB, T=8)
+    out = tmp_path / "r"
+    assert main(["run", "--hw", str(bundled_hwconfig("tiny")), "--trace", trace,
+                 "--set", "controller.selection=sgs-row", "--set", "endurance.cycles=1e6",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    import json
+
+    r = json.loads((out / "report.json").read_text())
+    T = r["iterations"]
+    max_writes = max(int(np.load(out / "writes" / f"{l.name}.npy").max()) for l in AB)
+    iterations = 1e6 * T / max_writes                      # the first cell's failure
+    per_iteration = r["cycles"]["total"] / T / 1e9          # tiny: 1 GHz
+    lt = r["lifetime"]
+    assert lt["seconds_per_iteration"] == pytest.approx(per_iteration, rel=1e-12)
+    assert lt["seconds_to_failure"] == pytest.approx(iterations * per_iteration, rel=1e-12)
+    assert lt["days_to_failure"] == pytest.approx(iterations * per_iteration / 86400,
+                                                  rel=1e-12)
+    s = iterations * per_iteration
+    unit, size = next((u, z) for u, z in (("years", 365.25 * 86400), ("days", 86400),
+                                           ("hours", 3600), ("minutes", 60), ("s", 1))
+                      if s >= z)
+    assert f"that is {s / size:.3g} {unit} of training" in printed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -181,6 +182,7 @@ class Simulation:
         report["hwconfig_hash"] = hwconfig_hash(self.hw)
         report["cycles"] = cycles
         report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
+        add_training_time(report["lifetime"], report["seconds"] / T)
         report["energy_j"] = energy_report(self.engine, counts)
         report["area_mm2"] = area_report(self.hw)
         report["mapping"] = self.engine.mapping.to_dict()
@@ -211,6 +213,22 @@ class Simulation:
                       lambda path: write_actions_csv(path, self.engine, counts))
         log.info("simulated %d iterations of %d layers in %.2f s", T, len(self.policies), wall)
         return report
+
+
+def add_training_time(lifetime: dict, seconds_per_iteration: float) -> None:
+    """Lifetime in training time at the simulated iteration time: ``seconds_to_failure`` (and
+    in days) for the first cell to fail, ``seconds_to_failed_fraction`` per fraction."""
+    def at(iterations):
+        if iterations is None or not math.isfinite(iterations):
+            return None
+        return iterations * seconds_per_iteration
+
+    lifetime["seconds_per_iteration"] = seconds_per_iteration
+    lifetime["seconds_to_failure"] = at(lifetime.get("iterations_to_failure"))
+    s = lifetime["seconds_to_failure"]
+    lifetime["days_to_failure"] = None if s is None else s / 86400
+    lifetime["seconds_to_failed_fraction"] = {
+        q: at(t) for q, t in lifetime.get("iterations_to_failed_fraction", {}).items()}
 
 
 def normalized_ars_energy(engine: Engine, counts: dict, T: int) -> float:
