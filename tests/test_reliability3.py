@@ -392,3 +392,16 @@ def test_lifetime_in_training_time(tmp_path, capsys):
                                            ("hours", 3600), ("minutes", 60), ("s", 1))
                       if s >= z)
     assert f"that is {s / size:.3g} {unit} of training" in printed
+
+
+def test_timing_only_topk_write_time_counts_groups(tmp_path):
+    from .conftest import timing_manifest
+
+    # a 4 x 16 layer, k = round(0.25 * 64) = 16 weights over (at most) its 4 rows: 4 a row,
+    # 16 cells of 4-cell weights on 8 drivers: 2 groups a row, 8 groups of 100 cycles
+    m = timing_manifest(tmp_path / "m", [{"name": "a", "kind": "linear", "rows": 4,
+                                          "cols": 16}])
+    hw = tiny("controller.selection=topk", "controller.wear_leveling=none",
+              "controller.topk_density=0.25")
+    r = timesim.simulate(hw, m)
+    assert r["cycles"]["by_layer_phase"]["a"]["write"] == 8 * 2 * 50
