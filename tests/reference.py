@@ -51,7 +51,8 @@ class RefLayer:
     """One layer under one policy, iteration by iteration, with Python loops where clearer."""
 
     def __init__(self, rows, cols, selection, *, rct=128, density=0.001, wear_leveling="none",
-                 interval=1024, R=32, block_rows=128, seed=0, layer=0, scale=0.0):
+                 interval=1024, R=32, block_rows=128, seed=0, layer=0, scale=0.0,
+                 write_group=(1, 1 << 30)):
         if selection == "sgs":
             selection = "sgs-element" if rows < rct else "sgs-row"
         self.rows, self.cols, self.selection = rows, cols, selection
@@ -69,6 +70,9 @@ class RefLayer:
         self.selected = []
         self.t = 0
         self.scale = scale          # write.pulses=delta: levels per unit of written value
+        # topk: (cells per weight, drivers): a touched row's m selected weights are written in
+        # ceil(m * cells per weight / drivers) groups, each taking the row's pulse slots
+        self.cpw, self.drivers = write_group
         self.pulses = 0
         self.slots = []
 
@@ -149,11 +153,14 @@ class RefLayer:
             k = min(n, max(1, round(self.density * n)))
             flat = mag.ravel()
             order = sorted(range(n), key=lambda j: (-flat[j], j))[:k]
+            by_row = {}
+            for j in sorted(order):
+                by_row.setdefault(j // self.cols, []).append(self.A.ravel()[j])
+            groups = {r: math.ceil(len(v) * self.cpw / self.drivers) for r, v in by_row.items()}
             if self.scale:
-                by_row = {}
-                for j in sorted(order):
-                    by_row.setdefault(j // self.cols, []).append(self.A.ravel()[j])
-                self.slots.append(sum(self._phases(v) for v in by_row.values()))
+                self.slots.append(sum(groups[r] * self._phases(v) for r, v in by_row.items()))
+            else:
+                self.slots.append(sum(groups.values()))
             rows_hit = set()
             for j in order:
                 r, c = divmod(j, self.cols)

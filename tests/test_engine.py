@@ -67,7 +67,8 @@ def test_hand_computed_cycles_and_energy(tmp_path):
     reads = 3 * (2 * 8 * 6 * 12 + 2 * 8 * 4 * 8 * 2) // 2      # V*S*rows*phys_cols*(fwd+bwd)/2
     assert e["crossbar"] == pytest.approx(reads * 25e-15)
     assert e["write"] == pytest.approx(3 * (3 * 4 + 2 * 4) * 8e-12)   # one row per layer
-    assert e["ce"] == pytest.approx(3 * (18 + 8) * 0.1e-12)           # n compares per layer
+    # n + rows compares per layer (each element, then the row maxima: paper Sec. 3.2)
+    assert e["ce"] == pytest.approx(3 * (18 + 6 + 8 + 4) * 0.1e-12)
     adc = 3 * (2 * 8 * (12 * 1) + 2 * 8 * (8 * 1 + 4 * 1))             # a fwd; b fwd + bwd
     assert e["adc"] == pytest.approx(adc * 1.26e-12)
     # interconnect: every activation and error bit, once each way (a fwd; b fwd and bwd)

@@ -31,7 +31,9 @@ def test_pulse_slots_and_counts_match_the_reference(selection, seed):
     ops, swaps, slots = (np.zeros(12, np.int64) for _ in range(3))
     pol.process(G, 0)
     pol.write_signature(ops, swaps, slots)
-    ref = run_reference(G, selection, density=0.05, block_rows=8, scale=SCALE)
+    # tiny: 4 cells a weight (pair x 2 slices), 8 drivers a crossbar
+    ref = run_reference(G, selection, density=0.05, block_rows=8, scale=SCALE,
+                        write_group=(4, 8))
     assert list(slots) == ref.slots
     assert pol.weight_pulses == ref.pulses
     assert pol.weight_pulses > 0

@@ -165,6 +165,9 @@ def _print_summary(r: dict, out: Path) -> None:
     print(f"endurance {lt['endurance']:.3g}: first cell fails after "
           f"{lt['iterations_to_failure']:.3g} iterations ({lt['trainings_to_failure']:.3g} "
           f"trainings of this length)")
+    if lt.get("seconds_to_failure") is not None:
+        print(f"          that is {_duration(lt['seconds_to_failure'])} of training at "
+              f"{lt['seconds_per_iteration']:.3g} s per iteration")
     f = r.get("faults", {})
     if f.get("probe"):
         worst = max(f["mvm_rel_error"], key=lambda k: f["mvm_rel_error"][k] or 0)
@@ -177,6 +180,15 @@ def _print_summary(r: dict, out: Path) -> None:
         print(f"accuracy  {a['model']} on the worn chip by iteration: {pts} (digital "
               f"{a['digital']:.3f}, fault-free chip {a['fault_free']:.3f})")
     print(f"wrote     {out}/report.json, actions.csv, writes/, rowmap/")
+
+
+def _duration(seconds: float) -> str:
+    """A training time in the largest unit that keeps it at least 1."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600),
+                       ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _bytes(n: float) -> str:

@@ -11,7 +11,8 @@ from .errors import TimesimError
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 
-COLUMNS = ("run", "policy", "max writes", "extension", "balanced", "cycles/iter", "energy J/iter")
+COLUMNS = ("run", "policy", "max writes", "extension", "balanced", "cycles/iter", "energy J/iter",
+           "select busy cycles/iter", "select J/iter")
 
 
 def load_report(run: str | Path) -> dict:
@@ -34,7 +35,48 @@ def summarize(run: str | Path, r: dict) -> dict:
     return {"run": str(run), "policy": policy, "max writes": r.get("writes", {}).get("max"),
             "extension": lt.get("extension"), "balanced": lt.get("balanced_extension"),
             "cycles/iter": r.get("cycles", {}).get("per_iteration"),
-            "energy J/iter": (r["energy_j"]["total"] / T) if "energy_j" in r else None}
+            "energy J/iter": (r["energy_j"]["total"] / T) if "energy_j" in r else None,
+            # the selection's own work (paper Sec. 3.2: top-k's O(n log2 k) comparisons),
+            # which phase overlap hides in the iteration's cycles
+            "select busy cycles/iter": _per(r.get("cycles", {}).get("busy_by_phase"), T),
+            "select J/iter": _per(r.get("energy_j", {}).get("by_phase"), T)}
+
+
+def _per(by_phase: dict | None, T: int) -> float | None:
+    if not by_phase or "select" not in by_phase:
+        return None
+    return by_phase["select"] / T
+
+
+def selection_notes(rows: list[dict]) -> list[str]:
+    """Against the first run: how much more (or less) the selection works, and whether that
+    lengthens the iteration or hides under other layers' work."""
+    ref = rows[0]
+    keys = ("select busy cycles/iter", "cycles/iter")
+    if any(ref[k] is None for k in keys):
+        return []
+    notes = []
+    for r in rows[1:]:
+        if any(r[k] is None for k in keys):
+            continue
+        ds, dc = (r[k] - ref[k] for k in keys)
+        if ds == 0 and dc == 0:
+            continue
+        if ds > 0 and dc > 0:
+            how = (f"lengthens the iteration by {dc:.4g} cycles "
+                   f"({100 * min(1.0, dc / ds):.3g}% of its extra selection time)")
+        elif ds > 0:
+            how = "hidden by overlap: the iteration is not longer"
+        else:
+            how = f"iteration {dc:+.4g} cycles"
+        notes.append(f"{r['run']} against {ref['run']}: selection busy {ds:+.4g} cycles/iter, "
+                     f"energy {_delta(r, ref)} J/iter; {how}")
+    return notes
+
+
+def _delta(r: dict, ref: dict) -> str:
+    a, b = r["select J/iter"], ref["select J/iter"]
+    return "-" if a is None or b is None else f"{a - b:+.4g}"
 
 
 def _cell(v) -> str:
@@ -112,6 +154,12 @@ def compare_runs(runs, plot: str | None = None, quantiles: bool = False,
     print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     for r in rows:
         print("  ".join(_cell(r[c]).ljust(w) for c, w in zip(COLUMNS, widths)))
+    notes = selection_notes(rows)
+    if notes:
+        print()
+        print("selection (busy cycles of the CE and top-k unit, and their energy):")
+        for n in notes:
+            print("  " + n)
     if plot:
         from .plots import compare_plot
 

@@ -68,8 +68,10 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
             a["gradient", "global_buffer", "write_byte"] = (
                 a.get(("gradient", "global_buffer", "write_byte"), 0) + T * _bytes(g // 2))
             a["gradient", "global_buffer", "read_byte"] += T * _bytes(g // 2)
+        # paper Sec. 3.2: SGS compares each element once as its row streams out and tracks
+        # the best of the rows (k²C·N + k²C); top-k costs O(n log₂ k) comparisons
         if p.selection in ("sgs-row", "sgs-element"):
-            a["select", "ce", "compare"] = T * n
+            a["select", "ce", "compare"] = T * (n + R)
         elif p.selection == "topk":
             a["select", "ce", "compare"] = T * n * max(1, log2_ceil(p.k))
         if p.selection != "dense":       # residual accumulator: read, add, write back

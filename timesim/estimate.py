@@ -36,6 +36,13 @@ class _Work:
     weight_pulses: int = 0
 
 
+def _topk_groups(k: int, rows: int, cpw: int, drivers: int) -> int:
+    """Groups of cells programmed one after another when k weights of ``cpw`` cells fill
+    ``rows`` rows as evenly as possible (``drivers`` cells at a time in a row)."""
+    q, r = divmod(k, rows)
+    return r * -(-(q + 1) * cpw // drivers) + (rows - r) * -(-q * cpw // drivers)
+
+
 def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None,
              actions_csv: Path | None = None) -> dict:
     start = time.perf_counter()
@@ -62,11 +69,18 @@ def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None,
                 x = min(hw.xbar.rows, l.rows - start_row)
                 pairs += min(c.rows // 2, x // 2)
         swaps_per_event.append(pairs)
+    # topk: its k weights spread evenly over the touched rows, each row written in groups of
+    # at most write.drivers_per_xbar cells (the kernels' pulse slots); -1: fixed write time
+    cpw = engine.mapping.layers[0].cells_per_weight if meta.layers else 1
+    slots = np.array([[_topk_groups(k, int(o), cpw, hw.write.drivers_per_xbar) if s == "topk"
+                       else -1 for s, k, o in zip(sels, ks, ops[0])]], dtype=np.int64)
     quiet = np.zeros_like(ops)
-    engine.add(np.repeat(ops, T - events, axis=0), np.repeat(quiet, T - events, axis=0))
+    engine.add(np.repeat(ops, T - events, axis=0), np.repeat(quiet, T - events, axis=0),
+               np.repeat(slots, T - events, axis=0))
     if events:
         engine.add(np.repeat(ops, events, axis=0),
-                   np.repeat(np.array([swaps_per_event], dtype=np.int64), events, axis=0))
+                   np.repeat(np.array([swaps_per_event], dtype=np.int64), events, axis=0),
+                   np.repeat(slots, events, axis=0))
     work = []
     for s, k, l, sw in zip(sels, ks, meta.layers, swaps_per_event):
         cells = {"dense": l.cells, "sgs-row": l.cols, "sgs-element": 1, "topk": k}[s]

@@ -15,19 +15,16 @@ ResNet-50), which is why it is opt-in.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from .config import HwConfig
-from .lifetime import cell_endurance, failure_iterations, physical_cell_endurance
+from .lifetime import failure_iterations, physical_cell_endurance
 from .mapping import cells_per_weight
 
-
-def layer_endurance(hw: HwConfig, index: int, shape) -> np.ndarray | float:
-    """Per weight position (DESIGN §3's cells): the lifetime metrics' endurance."""
-    e = cell_endurance(hw.endurance, index, shape)
-    return hw.endurance.cycles if e is None else e
+log = logging.getLogger(__name__)
 
 
 def _endurance(hw: HwConfig, index: int, shape) -> np.ndarray | float:
@@ -71,7 +68,33 @@ def faults_report(hw: HwConfig, policies, T: int, probe: bool = False) -> dict:
         k = max(1, math.ceil(e.failed_bound * times.size))
         t = float(times[k - 1])
         out["iterations_to_bound"][name] = t if math.isfinite(t) else None
+    out["warning"] = fault_free_warning(hw, out["mvm_rel_error_fault_free"]) if probe else None
+    if out["warning"]:
+        log.warning("faults: %s", out["warning"])
     return out
+
+
+# A fault-free relative MVM error above this makes the fault figures meaningless: the error is
+# half the output's norm (at 1 the crossbar is no better than an output of zeros). Calibrated
+# chips stay well below (time-default 0.012-0.027; neurosim-v2.1-rram with adc.range auto and its
+# 4-bit weights 0.09-0.26); one full-scale ADC range gives ~0.8, at which the digits models fall
+# to chance (docs/analog.md)
+FAULT_FREE_LIMIT = 0.5
+
+
+def fault_free_warning(hw: HwConfig, errors: dict) -> str | None:
+    """One line when the chip's own (fault-free) analog error is so large that what wear adds
+    cannot be told from it (report ``faults.warning``), else None."""
+    bad = {k: v for k, v in errors.items() if v is not None and v > FAULT_FREE_LIMIT}
+    if not bad:
+        return None
+    worst = max(bad, key=bad.get)
+    hint = (f"adc.range: {hw.adc.range} is one full-scale range, not calibrated; "
+            f"--set adc.range=auto calibrates the ADCs" if hw.adc.range != "auto"
+            else "check adc.bits, adc.read_noise and the cell model")
+    return (f"the chip's fault-free MVM error is {bad[worst]:.3g} on {worst} ({len(bad)} of "
+            f"{len(errors)} layers above {FAULT_FREE_LIMIT}): the fault figures say nothing "
+            f"about wear; {hint}")
 
 
 EVAL_POINTS = 8

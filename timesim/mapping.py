@@ -73,11 +73,6 @@ class LayerMapping:
             return self.copies
         return 1
 
-    @property
-    def phys_cells(self) -> int:
-        return self.rows * self.phys_cols
-
-
 @dataclass(frozen=True)
 class NetworkMapping:
     layers: tuple[LayerMapping, ...]
@@ -94,10 +89,6 @@ class NetworkMapping:
         """Arrays programmed at once chip-wide: ``write.parallel_arrays``, or (auto) as
         NeuroSim's Chip.cpp sizes it for this network and batch."""
         return self.floorplan.units.write_parallel if self.parallel_auto else self.parallel_set
-
-    @property
-    def resident_fraction(self) -> float:
-        return min(1.0, self.crossbars_available / self.crossbars_needed)
 
     def to_dict(self) -> dict:
         return {"crossbars_needed": self.crossbars_needed,

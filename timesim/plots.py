@@ -114,13 +114,22 @@ def max_writes_plot(plt, history: Path, policy: str, path: Path, dense_T: int) -
 def breakdown_plot(plt, report: dict, path: Path) -> None:
     """Cycles by phase (how long each phase lasted on the chip) and energy by component."""
     T = max(1, report["iterations"])
-    phases = {k: v / T for k, v in report["cycles"]["by_phase"].items() if v > 0}
+    c = report["cycles"]
+    phases = {k: v / T for k, v in c["by_phase"].items() if v > 0}
+    busy = c.get("busy_by_phase", {})
     comps = {k: v / T for k, v in report["energy_j"]["by_component"].items() if v > 0}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    ax1.bar(list(phases), list(phases.values()), color="tab:blue")
+    x = np.arange(len(phases))
+    ax1.bar(x - 0.2, list(phases.values()), 0.4, color="tab:blue",
+            label="span (first start to last end)")
+    if busy:
+        ax1.bar(x + 0.2, [busy.get(k, 0) / T or np.nan for k in phases], 0.4,
+                color="tab:green", label="busy (some unit of the phase working)")
+    ax1.set_xticks(x, list(phases))
     ax1.set_yscale("log")
     ax1.set_ylabel("cycles per iteration (log scale)")
-    ax1.set_title(f"Cycles by phase (makespan {report['cycles']['per_iteration']:.3g} "
+    ax1.legend(fontsize=7)
+    ax1.set_title(f"Cycles by phase (makespan {c['per_iteration']:.3g} "
                   f"cycles/iteration;\nphases may overlap)")
     ax2.bar(list(comps), list(comps.values()), color="tab:orange")
     ax2.set_yscale("log")
@@ -174,22 +183,31 @@ def sweep_plots(out: Path, keys: list[str], rows: list[dict]) -> list[Path]:
     for r in rows:
         groups.setdefault(r[group_key] if group_key else "", []).append(r)
     made = []
-    for fig_name, xkey, xlabel, xlog in (
+    for fig_name, xkey, xlabel in (
             ("fig6_extension_vs_interval.png", "controller.interval", "ARS interval SI "
-             "(iterations, log scale)", True),
+             "(iterations)"),
             ("fig7_extension_vs_ars_energy.png", "ars.normalized_write_energy",
-             "normalized ARS write energy (per iteration, in row writes; log scale)", True)):
+             "normalized ARS write energy (per iteration, in row writes)")):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        xs, ys = [], []
         for g, rs in sorted(groups.items(), key=lambda kv: float(kv[0] or 0)):
             pts = sorted((float(r[xkey]), r["lifetime.extension"]) for r in rs
-                         if r[xkey] is not None and float(r[xkey]) > 0)
+                         if r[xkey] is not None)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=f"R = {g}" if g else None)
+                xs += [p[0] for p in pts]
+                ys += [p[1] for p in pts]
         bound = max((r["lifetime.balanced_extension"] or 0) for r in rows)
         ax.axhline(bound, color="k", ls="--", lw=1, label=f"balanced bound {bound:.0f}x")
-        if xlog:
+        # axes that contain every point: log x only when all are positive over a decade
+        scale = value_scale(xs) if xs else "linear"
+        if scale == "log":
             ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
+            ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+        elif xs:
+            ax.set_xlim(min(0.0, min(xs)), max(xs) * 1.1 if max(xs) > 0 else 1.0)
+        ax.set_ylim(0, max(ys + [bound, 1.0]) * 1.1)
+        ax.set_xlabel(f"{xlabel}{'; log scale' if scale == 'log' else ''}")
         ax.set_ylabel("lifetime extension (x)")
         ax.set_title("Lifetime extension vs " + ("ARS interval (paper Fig. 6)" if "6" in fig_name
                                                  else "ARS write energy (paper Fig. 7)"))

@@ -7,6 +7,7 @@ import numpy as np
 from .config import HwConfig
 from .errors import TraceError
 from .kernels import select as K
+from .mapping import cells_per_weight
 from .trace.format import LayerInfo
 
 
@@ -61,6 +62,11 @@ class LayerPolicy:
         self.slots = np.empty(0, dtype=np.int64)
         self._last = 0
         w = hw.write
+        # topk: a touched row's selected weights are programmed in groups of at most
+        # write.drivers_per_xbar cells (kernels count the groups: pulse slots)
+        sides, slices = cells_per_weight(hw)
+        self.cpw = np.int64(sides * slices)
+        self.drivers = np.int64(w.drivers_per_xbar)
         # write.pulses=delta: a written weight moves by lr·|v| / step levels, one pulse a level
         self.scale = (w.learning_rate / (w.weight_range / (2 ** hw.xbar.weight_bits - 1))
                       if w.pulses == "delta" else 0.0)
@@ -140,7 +146,8 @@ class LayerPolicy:
         elif self.selection == "sgs-element":
             bad = K._run_sgs_element(*args, *out)
         else:
-            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, *out)
+            bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.cpw,
+                              self.drivers, *out)
         if bad >= 0:
             raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
                              f"gradient or accumulator (NaN or Inf)")
@@ -155,7 +162,9 @@ class LayerPolicy:
             bad = int(np.argmin(np.isfinite(g).reshape(g.shape[0], -1).all(axis=1)))
             raise TraceError(f"layer {self.layer.name}: iteration {self.iterations + bad}: "
                              f"non-finite gradient (NaN or Inf)")
-        p = np.minimum(np.ceil(np.abs(g) * self.scale), K._MAX_PULSES).astype(np.int64)
+        x = np.abs(g) * self.scale
+        self.stats[K.CAPPED] += int((x > K._MAX_PULSES).sum())
+        p = np.minimum(np.ceil(x), K._MAX_PULSES).astype(np.int64)
         self.stats[K.PULSES] += int(p.sum())
         mset = np.where(g < 0, p, 0).max(axis=2)
         mres = np.where(g >= 0, p, 0).max(axis=2)
@@ -182,6 +191,9 @@ class LayerPolicy:
             if getattr(self, k) is not None:
                 have = getattr(self, k)
                 new = state[k]
+                if k == "stats" and new.shape[0] < have.shape[0]:   # counters added since
+                    new = np.concatenate([new, np.zeros(have.shape[0] - new.shape[0],
+                                                        dtype=new.dtype)])
                 if new.shape != have.shape or new.dtype != have.dtype:
                     raise ValueError(f"{k}: {new.shape} {new.dtype}, expected {have.shape} "
                                      f"{have.dtype}")
@@ -193,10 +205,12 @@ class LayerPolicy:
     def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray,
                         out_slots: np.ndarray | None = None) -> None:
         """Per iteration of the last chunk: write operations and ARS swaps (for the engine);
-        with write.pulses=delta, ``out_slots`` the pulse slots of the iteration's writes."""
+        ``out_slots`` the pulse slots of the iteration's writes (write.pulses=delta, and topk's
+        groups of cells per touched row), -1 where the engine's fixed write time applies."""
         n = self._last
         if out_slots is not None:
-            out_slots[:n] = self.slots[:n] if self.scale > 0 else 0
+            # -1: the engine's fixed write time; topk always counts its pulse slots
+            out_slots[:n] = self.slots[:n] if self.scale > 0 or self.selection == "topk" else -1
         if self.selection == "dense":
             out_ops[:n] = self.layer.rows
             out_swaps[:n] = 0
@@ -238,6 +252,11 @@ class LayerPolicy:
     def weight_pulses(self) -> int:
         """write.pulses=delta: Σ over written weights of their pulses."""
         return int(self.stats[K.PULSES])
+
+    @property
+    def pulses_capped(self) -> int:
+        """write.pulses=delta: written weights whose pulse count was capped at 2^20."""
+        return int(self.stats[K.CAPPED])
 
     @property
     def row_writes(self) -> int:

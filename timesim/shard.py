@@ -224,7 +224,7 @@ def simulate_sharded(hw: HwConfig, trace, scheduler, out=None, checkpoint_every:
             cols[i] = [row[j] for row in r["hist_max"]]
     sim.hist_max = [list(x) for x in zip(*cols)]
     ops, swaps, slots, counts = merge_signatures(results, len(meta.layers), T)
-    sim.engine.add_counts(ops, swaps, slots if results[0]["delta"] else None, counts)
+    sim.engine.add_counts(ops, swaps, slots, counts)
     report = sim.finish(out, label, fingerprint=trace_fp)
     report["run"]["shards"] = [{"layers": [meta.layers[i].name for i in r["layers"]],
                                 "seconds": r["seconds"], "host": r["host"],

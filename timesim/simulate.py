@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -23,6 +24,7 @@ from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
 from .faults import faults_report
 from .kernels.convert import to_float32
+from .kernels.select import MAX_PULSES
 from .policies import LayerPolicy
 from .report import (
     build_report,
@@ -142,11 +144,10 @@ class Simulation:
             self._slots = np.empty_like(self._ops)
         for j, policy in enumerate(self.policies):
             policy.write_signature(self._ops[:, j], self._swaps[:, j], self._slots[:, j])
-        delta = self.hw.write.pulses == "delta"
         if self.signature_sink is not None:
-            self.signature_sink(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
+            self.signature_sink(self._ops[:n], self._swaps[:n], self._slots[:n])
         else:
-            self.engine.add(self._ops[:n], self._swaps[:n], self._slots[:n] if delta else None)
+            self.engine.add(self._ops[:n], self._swaps[:n], self._slots[:n])
         self.iterations = t0 + n
         if self.iterations >= self._next_mark:
             self.hist_t.append(self.iterations)
@@ -181,15 +182,20 @@ class Simulation:
         report["hwconfig_hash"] = hwconfig_hash(self.hw)
         report["cycles"] = cycles
         report["seconds"] = cycles["total"] / self.hw.clock.frequency_hz
+        add_training_time(report["lifetime"], report["seconds"] / T)
         report["energy_j"] = energy_report(self.engine, counts)
         report["area_mm2"] = area_report(self.hw, self.engine.mapping.floorplan,
                                         self.engine.mapping.batch_size)
         report["mapping"] = self.engine.mapping.to_dict()
-        # paper Fig. 7: ARS rewrite energy per iteration over the energy of writing one row
-        # (the mean physical row of the network's layers)
-        rewrite = sum(a.get(("write", "ars_rewrite_pulse"), 0) for a in counts.values())
-        row = np.mean([m.phys_cols for m in self.engine.mapping.layers])
-        report["ars"]["normalized_write_energy"] = rewrite / T / row
+        report["ars"]["normalized_write_energy"] = normalized_ars_energy(self.engine, counts, T)
+        capped = {p.layer.name: p.pulses_capped for p in self.policies if p.pulses_capped}
+        report["writes"]["pulses_capped"] = {"cap": int(MAX_PULSES),
+                                             "weights": sum(capped.values()),
+                                             "by_layer": capped}
+        if capped:
+            log.warning("write.pulses=delta: %d written weights needed more than %d pulses and "
+                        "were counted as %d (a runaway gradient?), in %s", sum(capped.values()),
+                        MAX_PULSES, MAX_PULSES, ", ".join(capped))
         report["faults"] = faults_report(self.hw, self.policies, T, probe=self.faults)
         report["faults"]["accuracy"] = None
         if self.faults and self.weights is not None:
@@ -208,6 +214,33 @@ class Simulation:
                       lambda path: write_actions_csv(path, self.engine, counts))
         log.info("simulated %d iterations of %d layers in %.2f s", T, len(self.policies), wall)
         return report
+
+
+def add_training_time(lifetime: dict, seconds_per_iteration: float) -> None:
+    """Lifetime in training time at the simulated iteration time: ``seconds_to_failure`` (and
+    in days) for the first cell to fail, ``seconds_to_failed_fraction`` per fraction."""
+    def at(iterations):
+        if iterations is None or not math.isfinite(iterations):
+            return None
+        return iterations * seconds_per_iteration
+
+    lifetime["seconds_per_iteration"] = seconds_per_iteration
+    lifetime["seconds_to_failure"] = at(lifetime.get("iterations_to_failure"))
+    s = lifetime["seconds_to_failure"]
+    lifetime["days_to_failure"] = None if s is None else s / 86400
+    lifetime["seconds_to_failed_fraction"] = {
+        q: at(t) for q, t in lifetime.get("iterations_to_failed_fraction", {}).items()}
+
+
+def normalized_ars_energy(engine: Engine, counts: dict, T: int) -> float:
+    """Paper Fig. 7: the ARS rewrite energy per iteration (the ``ars, write,
+    ars_rewrite_pulse`` rows of ``actions.csv``) over the energy of writing one row (the mean
+    over the network's layers of one physical row, every copy, at the pulses a cell takes).
+    Both are pulses of the same energy, so the ratio is one of pulse counts."""
+    rewrite = sum(n for a in counts.values() for (phase, comp, action), n in a.items()
+                  if (comp, action) == ("write", "ars_rewrite_pulse"))
+    row = np.mean([m.phys_cols * m.copies for m in engine.mapping.layers])
+    return float(rewrite / T / (row * engine.costs.pulses_per_cell))
 
 
 class _Cleaned(Mapping):

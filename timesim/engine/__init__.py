@@ -13,6 +13,7 @@ Resource, and must give the same cycles (tests check it).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 import zlib
@@ -23,7 +24,7 @@ import numpy as np
 from ..config import HwConfig
 from ..mapping import NetworkMapping, map_network
 from ..trace.format import TraceMeta
-from .components import PHASES
+from .components import PHASES, union_length
 from .costs import CostTable, LayerTiming
 from .iteration import (
     WRITE,
@@ -35,6 +36,8 @@ from .iteration import (
 )
 
 MAX_DISTINCT = 100_000       # distinct signatures counted (and results cached)
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -59,7 +62,11 @@ class Engine:
         self.total_cycles = 0
         self.spans = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
         self.chip_spans = np.zeros(len(PHASES), dtype=np.int64)
+        self.busy = np.zeros((len(self.timings), len(PHASES)), dtype=np.int64)
+        self.chip_busy = np.zeros(len(PHASES), dtype=np.int64)
         self.events = 0
+        self.simulated = 0           # iterations simulated in simpy (cache misses)
+        self.cache_clears = 0        # result caches emptied at MAX_DISTINCT entries
         self._seen: set[int] | None = set()
         self._add_wall = 0.0
         self.wall_s = 0.0
@@ -95,21 +102,27 @@ class Engine:
             # dense: every row of every array, rows of an array one by one
             dense_ops.append(min(self.hw.xbar.rows, m.rows))
             # sgs-row: one row (in each column tile); sgs-element: one weight; topk: one
-            # operation per touched row, one after another
+            # operation per touched row, one after another, each ⌈selected cells of the row /
+            # drivers⌉ groups of cells (the kernel counts the groups as pulse slots: a slot is
+            # then a group's SET and RESET phases, or with write.pulses=delta one pulse)
             row = sel in ("sgs-row", "dense")
             op.append(t.row_write if row else t.cell_write)
             jobs.append(t.write_jobs)
-            cells = min(self.hw.xbar.cols, m.phys_cols) if row else m.cells_per_weight
-            slot.append(-(-cells // self.hw.write.drivers_per_xbar) * c.pulse)
+            if sel == "topk":
+                slot.append(c.pulse if self.hw.write.pulses == "delta" else c.row_write_group)
+            else:
+                cells = min(self.hw.xbar.cols, m.phys_cols) if row else m.cells_per_weight
+                slot.append(-(-cells // self.hw.write.drivers_per_xbar) * c.pulse)
             verify.append(c.verify)
         return tuple(np.array(x, dtype=np.int64) if i else np.array(x)
                      for i, x in enumerate((dense, dense_ops, op, jobs, slot, verify)))
 
     def add(self, ops: np.ndarray, swaps: np.ndarray, slots: np.ndarray | None = None) -> None:
-        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays; with
-        write.pulses=delta ``slots`` too (the pulse slots of each layer's writes: a write's
-        SET and RESET phases last as long as their longest cell). Memory does not grow with
-        the number of iterations."""
+        """Time n iterations: ``ops`` and ``swaps`` are (n, layers) integer arrays; ``slots``
+        too, or None (the pulse slots of each layer's writes: with write.pulses=delta a write's
+        SET and RESET phases last as long as their longest cell; topk's groups of cells per
+        touched row; -1 or None: the fixed time of ``ops`` write operations). Memory does not
+        grow with the number of iterations."""
         n = ops.shape[0]
         if n == 0:
             return
@@ -156,13 +169,18 @@ class Engine:
     def _accumulate(self, uniq: np.ndarray, counts: np.ndarray, L: int) -> None:
         for row, count in zip(uniq, counts):
             key = tuple(int(v) for v in row)
-            cycles, spans, chip = self._iteration(key[:L], key[L:2 * L], key[2 * L:])
+            cycles, spans, chip, busy, chip_busy = self._iteration(key[:L], key[L:2 * L],
+                                                                   key[2 * L:])
             self.total_cycles += cycles * int(count)
             self.spans += spans * int(count)
             self.chip_spans += chip * int(count)
+            self.busy += busy * int(count)
+            self.chip_busy += chip_busy * int(count)
 
     def _iteration(self, ops: tuple[int, ...], swaps: tuple[int, ...], slots: tuple[int, ...]
-                   ) -> tuple[int, np.ndarray, np.ndarray]:
+                   ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(cycles, spans per layer and phase, spans per phase, busy per layer and phase,
+        busy per phase) of one iteration with this signature."""
         key = ops + swaps + slots
         hit = self._writes.get(key)
         if hit is not None:
@@ -175,10 +193,18 @@ class Engine:
         # its operations take (the cycles of one slot each) plus their verify reads
         durations = np.where(slots_a < 0, ops_a * op, slots_a * slot + ops_a * verify)
         par = self.mapping.write_parallel
+        work: list[tuple[int, int, int]] = []
         if self.fine:
-            ws, we = simulate_writes(base.write_ready, jobs, ops_a, durations, par)
+            ws, we = simulate_writes(base.write_ready, jobs, ops_a, durations, par, work)
         else:
-            ws, we = schedule_writes(base.write_ready, jobs, durations, par)
+            ws, we = schedule_writes(base.write_ready, jobs, durations, par, work)
+        busy, chip_busy = base.busy.copy(), base.chip_busy.copy()
+        if work:
+            iv = np.array(work, dtype=np.int64)
+            chip_busy[WRITE] = union_length(iv[:, 1], iv[:, 2])
+            for i in np.unique(iv[:, 0]):
+                sel = iv[:, 0] == i
+                busy[i, WRITE] = union_length(iv[sel, 1], iv[sel, 2])
         spans = base.spans.copy()
         spans[:, WRITE] = we - ws
         start, end = base.start.copy(), base.end.copy()
@@ -190,9 +216,9 @@ class Engine:
         chip = np.where(happened, end.max(axis=0) - start.min(axis=0), 0)
         cycles = max(base.cycles, int(we.max()))
         if len(self._writes) >= MAX_DISTINCT:
-            self._writes.clear()
-        self._writes[key] = (cycles, spans, chip)
-        return cycles, spans, chip
+            self._clear(self._writes)
+        self._writes[key] = (cycles, spans, chip, busy, chip_busy)
+        return cycles, spans, chip, busy, chip_busy
 
     def _phase_a(self, swaps: tuple[int, ...]) -> IterationResult:
         if swaps not in self._base:
@@ -201,10 +227,21 @@ class Engine:
             res = simulate_iteration(work, self.reprogram_cycles, self.fine, e.pipeline,
                                      self.hw.gradient.units, self.hw.gradient.storage)
             self.events += res.events
+            self.simulated += 1
             if len(self._base) >= MAX_DISTINCT:
-                self._base.clear()
+                self._clear(self._base)
             self._base[swaps] = res
         return self._base[swaps]
+
+    def _clear(self, cache: dict) -> None:
+        """A cache full at MAX_DISTINCT entries starts over (memory stays bounded; results
+        are unchanged, repeated signatures are simulated again)."""
+        if self.cache_clears == 0:
+            log.warning("engine: more than %d distinct write signatures; its caches start "
+                        "over (results unchanged, slower; report: run.engine_cache_clears)",
+                        MAX_DISTINCT)
+        self.cache_clears += 1
+        cache.clear()
 
     def _count_distinct(self, sig: np.ndarray) -> None:
         if self._seen is None:
@@ -214,6 +251,8 @@ class Engine:
             self._seen.add(zlib.crc32(np.ascontiguousarray(row).tobytes()))
         if len(self._seen) > MAX_DISTINCT:
             self._seen = None                 # too many to count; reported as null
+            log.warning("engine: more than %d distinct write signatures: "
+                        "cycles.distinct_signatures is reported as null", MAX_DISTINCT)
 
     def set_activity(self, activity: dict[str, float | None]) -> None:
         """Input-bit activity measured during a live run (energy only; timing is unchanged)."""
@@ -224,14 +263,16 @@ class Engine:
 
     def execution(self) -> dict:
         """How the engine got there (depends on resumes; not a result): for report["run"]."""
-        return {"engine_simulated_iterations": len(self._base),
+        return {"engine_simulated_iterations": self.simulated,
+                "engine_cache_clears": self.cache_clears,
                 "engine_events": self.events,
                 "engine_events_per_s": self.events / self.wall_s if self.wall_s > 0 else None}
 
     def state(self) -> dict:
         """Accumulated timing, for checkpoints."""
         return {"total_cycles": self.total_cycles, "spans": self.spans.tolist(),
-                "chip_spans": self.chip_spans.tolist(),
+                "chip_spans": self.chip_spans.tolist(), "busy": self.busy.tolist(),
+                "chip_busy": self.chip_busy.tolist(),
                 "iterations": self.iterations, "events": self.events,
                 "seen": None if self._seen is None else sorted(self._seen)}
 
@@ -239,6 +280,13 @@ class Engine:
         self.total_cycles = int(st["total_cycles"])
         self.spans = np.array(st["spans"], dtype=np.int64)
         self.chip_spans = np.array(st["chip_spans"], dtype=np.int64)
+        if "busy" not in st:
+            from ..errors import SimulationError
+
+            raise SimulationError("checkpoint written by an older timesim (no busy cycles); "
+                                  "remove it to start over")
+        self.busy = np.array(st["busy"], dtype=np.int64)
+        self.chip_busy = np.array(st["chip_busy"], dtype=np.int64)
         self.iterations = int(st["iterations"])
         self.events = int(st["events"])
         self._seen = None if st["seen"] is None else set(st["seen"])
@@ -251,10 +299,14 @@ class Engine:
                           for i, n in enumerate(names)}
         by_phase = {ph: int(self.chip_spans[j]) for j, ph in enumerate(PHASES)}
         layer_sum = {ph: int(self.spans[:, j].sum()) for j, ph in enumerate(PHASES)}
+        busy_layer_phase = {n: {ph: int(self.busy[i, j]) for j, ph in enumerate(PHASES)}
+                            for i, n in enumerate(names)}
+        busy_phase = {ph: int(self.chip_busy[j]) for j, ph in enumerate(PHASES)}
         if not self.mapping.multiplexed:
             by_phase.pop("reprogram")
             layer_sum.pop("reprogram")
-            for v in by_layer_phase.values():
+            busy_phase.pop("reprogram")
+            for v in (*by_layer_phase.values(), *busy_layer_phase.values()):
                 v.pop("reprogram")
         T = max(1, self.iterations)
         self.wall_s = time.perf_counter() - start + self._add_wall
@@ -265,6 +317,8 @@ class Engine:
             "by_phase_layer_sum": layer_sum,
             "by_layer": {n: sum(v.values()) for n, v in by_layer_phase.items()},
             "by_layer_phase": by_layer_phase,
+            "busy_by_phase": busy_phase,
+            "busy_by_layer_phase": busy_layer_phase,
             "distinct_signatures": None if self._seen is None else len(self._seen),
             "mode": "fine" if self.fine else "fast",
             "pipeline": self.hw.engine.pipeline,

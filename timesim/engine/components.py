@@ -23,11 +23,36 @@ PH = {p: i for i, p in enumerate(PHASES)}
 
 
 class Spans:
-    """First start and last end of each (layer, phase) in one iteration."""
+    """First start and last end of each (layer, phase) in one iteration (its span), and the
+    intervals in which the phase's unit of the layer was working (its busy time: a span also
+    holds the waits on other units and layers)."""
 
     def __init__(self, layers: int):
         self.start = np.full((layers, len(PHASES)), np.iinfo(np.int64).max, dtype=np.int64)
         self.end = np.full((layers, len(PHASES)), -1, dtype=np.int64)
+        # one interval per wave, CE pass, ARS pass: bounded by the iteration's work, not by
+        # the number of iterations
+        self.work: list[list[tuple[int, int, int]]] = [[] for _ in PHASES]
+
+    def busy(self, layer: int, phase: str, start: int, end: int) -> None:
+        """The layer's unit of ``phase`` worked from ``start`` to ``end``."""
+        if end > start:
+            self.work[PH[phase]].append((layer, start, end))
+
+    def busy_cycles(self, layers: int) -> tuple[np.ndarray, np.ndarray]:
+        """(per layer and phase, per phase on the chip): cycles in which the unit (any unit,
+        chip-wide) of the phase was working; overlapping intervals count once."""
+        per = np.zeros((layers, len(PHASES)), dtype=np.int64)
+        chip = np.zeros(len(PHASES), dtype=np.int64)
+        for j, iv in enumerate(self.work):
+            if not iv:
+                continue
+            a = np.array(iv, dtype=np.int64)
+            chip[j] = union_length(a[:, 1], a[:, 2])
+            for i in np.unique(a[:, 0]):
+                sel = a[:, 0] == i
+                per[i, j] = union_length(a[sel, 1], a[sel, 2])
+        return per, chip
 
     def mark(self, layer: int, phase: str, start: int, end: int) -> None:
         j = PH[phase]
@@ -39,6 +64,21 @@ class Spans:
     def lengths(self) -> np.ndarray:
         """Cycles from first start to last end; 0 where the phase did not happen."""
         return np.where(self.end >= 0, self.end - self.start, 0)
+
+
+def union_length(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Cycles covered by the intervals [starts[i], ends[i]) (overlaps counted once)."""
+    n = len(starts)
+    if n == 0:
+        return 0
+    o = np.argsort(starts, kind="stable")
+    s, e = np.asarray(starts)[o], np.asarray(ends)[o]
+    reach = np.maximum.accumulate(e)
+    first = np.ones(n, dtype=bool)
+    first[1:] = s[1:] > reach[:-1]
+    idx = np.flatnonzero(first)
+    last = np.append(idx[1:] - 1, n - 1)
+    return int((reach[last] - s[idx]).sum())
 
 
 class Chip:
@@ -93,6 +133,7 @@ class Crossbars:
             t0 = int(self.env.now)
             yield self.env.timeout(cycles)
             self.spans.mark(self.index, phase, t0, int(self.env.now))
+            self.spans.busy(self.index, phase, t0, int(self.env.now))
 
 
 class GradientUnit:
@@ -113,10 +154,12 @@ class GradientUnit:
             t0 = int(self.env.now)
             for w, wave in enumerate(waves):
                 yield ready[w]
+                t1 = int(self.env.now)     # the unit works on the wave (waits excluded)
                 yield from self.chip.load(wave.wg_in)
                 if wave.wg_compute:
                     yield self.env.timeout(wave.wg_compute)
                 yield from self.chip.store(wave.wg_store)
+                self.spans.busy(self.index, "gradient", t1, int(self.env.now))
             self.spans.mark(self.index, "gradient", t0, int(self.env.now))
 
 
@@ -153,6 +196,7 @@ class ComparingElement:
             yield self.env.timeout(self.tail)
         if int(self.env.now) > t0:
             self.spans.mark(self.index, "select", t0, int(self.env.now))
+            self.spans.busy(self.index, "select", t0, int(self.env.now))
 
     def _rows(self, inbox: simpy.Store):
         for _ in range(self.rows):

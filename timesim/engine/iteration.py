@@ -59,6 +59,8 @@ class IterationResult:
     spans: np.ndarray                # (layers, phases) cycles from first start to last end
     start: np.ndarray                # (layers, phases) first start (int64 max: did not happen)
     end: np.ndarray                  # (layers, phases) last end (-1: did not happen)
+    busy: np.ndarray                 # (layers, phases) cycles the phase's unit worked
+    chip_busy: np.ndarray            # (phases,) cycles some unit of the phase worked
     events: int                      # simpy events scheduled
     write_ready: tuple[int, ...]     # per layer: cycle its writes may begin
 
@@ -78,6 +80,7 @@ def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
     def reprogram():
         yield env.timeout(reprogram_cycles)
         spans.mark(0, "reprogram", 0, int(env.now))
+        spans.busy(0, "reprogram", 0, int(env.now))
         start.succeed()
 
     if reprogram_cycles:
@@ -154,17 +157,20 @@ def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
     env.run(until=simpy.AllOf(env, ready))
     # simpy numbers every scheduled event from one counter; its next value is the event count
     events = next(env._eid)
+    busy, chip_busy = spans.busy_cycles(L)
     return IterationResult(cycles=int(env.now), spans=spans.lengths(), start=spans.start,
-                           end=spans.end, events=events,
+                           end=spans.end, busy=busy, chip_busy=chip_busy, events=events,
                            write_ready=tuple(write_ready))
 
 
 def schedule_writes(ready: Sequence[int], jobs: Sequence[int], durations: Sequence[int],
-                    parallel: int) -> tuple[np.ndarray, np.ndarray]:
+                    parallel: int, intervals: list | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """List-schedule each layer's ``jobs[l]`` array writes of ``durations[l]`` cycles, released
     at ``ready[l]``, on ``parallel`` write slots, first come first served (ties: lower layer
     first): what a simpy Resource of that capacity does (``simulate_writes``). Returns per layer
-    (first start, last end); a layer with nothing to write has start = end = ready."""
+    (first start, last end); a layer with nothing to write has start = end = ready.
+    ``intervals``: gets (layer, start, end) of the layer's array writes (busy time)."""
     L = len(ready)
     start = np.array(ready, dtype=np.int64)
     end = np.array(ready, dtype=np.int64)
@@ -185,21 +191,27 @@ def schedule_writes(ready: Sequence[int], jobs: Sequence[int], durations: Sequen
                 slots = [r + rounds * d] * parallel
             heapq.heapify(slots)
             last = max(slots)
+            if intervals is not None:          # back to back: one busy interval
+                intervals.append((l, r, last))
         else:
             for _ in range(n):
                 s = max(heapq.heappop(slots), r)
                 heapq.heappush(slots, s + d)
                 first = s if first is None else first
                 last = max(last, s + d)
+                if intervals is not None:
+                    intervals.append((l, s, s + d))
         start[l], end[l] = first, last
     return start, end
 
 
 def simulate_writes(ready: Sequence[int], jobs: Sequence[int], ops: Sequence[int],
-                    durations: Sequence[int], parallel: int) -> tuple[np.ndarray, np.ndarray]:
+                    durations: Sequence[int], parallel: int, intervals: list | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The same schedule as ``schedule_writes`` in simpy, one event per write operation (a
     job's ``durations[l]`` cycles split over its ``ops[l]`` operations): each array write
-    requests one of ``parallel`` slots of a chip-wide Resource (fine mode)."""
+    requests one of ``parallel`` slots of a chip-wide Resource (fine mode); ``intervals`` as
+    there."""
     env = simpy.Environment()
     slots = simpy.Resource(env, capacity=parallel)
     L = len(ready)
@@ -211,12 +223,15 @@ def simulate_writes(ready: Sequence[int], jobs: Sequence[int], ops: Sequence[int
         yield env.timeout(int(ready[l]))
         with slots.request() as req:
             yield req
+            t0 = int(env.now)
             if first[l] is None:
-                first[l] = int(env.now)
+                first[l] = t0
             n, d = max(1, int(ops[l])), int(durations[l])
             for q in range(n):
                 yield env.timeout(d // n + (d % n if q == n - 1 else 0))
             end[l] = max(end[l], int(env.now))
+            if intervals is not None:
+                intervals.append((l, t0, int(env.now)))
 
     for l in sorted(range(L), key=lambda l: (ready[l], l)):
         if jobs[l] > 0 and durations[l] > 0:

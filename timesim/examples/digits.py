@@ -107,8 +107,12 @@ class Result:
 
 def train(model_name: str = "mlp", iterations: int = 2000, hw=None, batch: int = 32,
           lr: float = 0.1, seed: int = 0, record: str | None = None, record_dtype="float32",
-          chunk_iterations: int = 64, out: str | None = None) -> Result:
+          chunk_iterations: int = 64, out: str | None = None, record_last: int | None = None
+          ) -> Result:
     """Train with plain SGD; with ``hw`` the updates go through ``SparseUpdate(hw)``.
+
+    ``record``: a trace of the training's gradients (and its final weights); ``record_last``:
+    only of its last that many iterations (a short trace whose model is trained).
 
     One intra-op thread: these models are far too small to gain from more, and several
     threads per process oversubscribe the cores when runs go in parallel.
@@ -126,22 +130,25 @@ def train(model_name: str = "mlp", iterations: int = 2000, hw=None, batch: int =
                               chunk_iterations=chunk_iterations, dataset="sklearn-digits",
                               model_name=f"digits-{model_name}")
                 if record else None)
-    if recorder:
-        recorder.__enter__()
+    start = iterations - min(iterations, record_last) if record_last is not None else 0
+    entered = False
     try:
-        for _ in range(iterations):
+        for it in range(iterations):
+            if recorder and it == start:
+                recorder.__enter__()
+                entered = True
             idx = torch.randint(0, len(y_tr), (batch,), generator=g)
             loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
             stepper.zero_grad()
             loss.backward()
-            if recorder:
+            if entered:
                 recorder.step()
             stepper.step()
     except BaseException as exc:
-        if recorder:
+        if entered:
             recorder.__exit__(type(exc), exc, None)
         raise
-    if recorder:
+    if entered:
         recorder.__exit__(None, None, None)
     with torch.no_grad():
         acc = (model(x_te).argmax(1) == y_te).float().mean().item()

@@ -38,8 +38,12 @@ ARS_CELLS = 2         # cells rewritten by ARS
 MAX_WRITES = 3        # running max of the physical write-count matrix
 ROW_WRITES = 4        # write operations (a row's cells written in one iteration count once)
 PULSES = 5            # write.pulses=delta: Σ over written weights of ⌈|Δw| / step⌉
-N_STATS = 6
-_MAX_PULSES = 1 << 20  # a pulse count beyond this is a runaway gradient; counted as this
+CAPPED = 6            # write.pulses=delta: written weights whose pulses were capped
+N_STATS = 7
+# a pulse count beyond this is a runaway gradient: counted as this, and the weights it happens
+# to are counted in stats[CAPPED] (reported, with a warning: writes.pulses_capped)
+MAX_PULSES = 1 << 20
+_MAX_PULSES = MAX_PULSES
 
 _ABS = np.int32(0x7FFFFFFF)
 _NONFINITE = np.int32(0x7F800000)
@@ -322,10 +326,12 @@ def _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t):
 
 
 @njit(cache=True, inline="always")
-def _pulses(v, scale):
-    """Pulses that move a weight by v·scale levels: ⌈|v|·scale⌉ (write.pulses=delta)."""
+def _pulses(v, scale, stats):
+    """Pulses that move a weight by v·scale levels: ⌈|v|·scale⌉ (write.pulses=delta), at most
+    _MAX_PULSES (counted in stats[CAPPED])."""
     x = abs(np.float64(v)) * scale
-    if x >= _MAX_PULSES:
+    if x > _MAX_PULSES:
+        stats[CAPPED] += 1
         return np.int64(_MAX_PULSES)
     return np.int64(np.ceil(x))
 
@@ -339,7 +345,7 @@ def _row_pulses(row, scale, stats):
     mres = np.int64(0)
     total = np.int64(0)
     for c in range(row.shape[0]):
-        p = _pulses(row[c], scale)
+        p = _pulses(row[c], scale, stats)
         total += p
         if row[c] < 0:
             mset = max(mset, p)
@@ -438,7 +444,7 @@ def _run_sgs_element(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, blo
                 cbest = c
                 break
         if scale > 0:
-            slots[i] = _pulses(A[rbest, cbest], scale)
+            slots[i] = _pulses(A[rbest, cbest], scale, stats)
             stats[PULSES] += slots[i]
         A[rbest, cbest] = 0.0
         p = l2p[rbest]
@@ -489,12 +495,15 @@ def _topk_threshold(keys, k, guess, limit):
 @njit(cache=True, nogil=True)
 def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_rows, half,
               interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V, W,
-              k, keys, cand, tau_state, selected, swapped, slots):
+              k, keys, cand, tau_state, cpw, drivers, selected, swapped, slots):
     """Conventional GS: the k entries of largest |A| (ties: lower row-major index first).
 
-    ``selected[i]`` gets the number of distinct rows written in iteration i. Selection is
-    O(n): a threshold search over the integer magnitude keys, then an exact sort of the few
-    candidates at or above it.
+    ``selected[i]`` gets the number of distinct rows written in iteration i, ``slots[i]`` the
+    pulse slots of its writes: a touched row holding m selected weights (``cpw`` cells each)
+    is programmed ⌈m·cpw / drivers⌉ groups of cells one after another; with ``scale`` > 0
+    (write.pulses=delta) each group takes the row's SET + RESET pulse slots, otherwise one
+    slot each. Selection is O(n): a threshold search over the integer magnitude keys, then an
+    exact sort of the few candidates at or above it.
     """
     rows, cols = A.shape
     n = rows * cols
@@ -542,17 +551,21 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
         mset = np.int64(0)
         mres = np.int64(0)
         nslots = np.int64(0)
+        in_row = np.int64(0)
         for q in range(k):
             j = chosen[q]
             r = j // cols
             c = j - r * cols
             p = l2p[r]
+            if r != last_row and in_row > 0:     # a new row: the last one's groups are done
+                groups = (in_row * cpw + drivers - 1) // drivers
+                nslots += groups * (mset + mres) if scale > 0 else groups
+                mset = np.int64(0)
+                mres = np.int64(0)
+                in_row = np.int64(0)
+            in_row += 1
             if scale > 0:
-                if r != last_row:            # a new row: the last one's phases are done
-                    nslots += mset + mres
-                    mset = np.int64(0)
-                    mres = np.int64(0)
-                pj = _pulses(flat[j], scale)
+                pj = _pulses(flat[j], scale, stats)
                 stats[PULSES] += pj
                 if flat[j] < 0:
                     mset = max(mset, pj)
@@ -565,10 +578,11 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
                 counters[p] += 1
                 touched += 1
                 last_row = r
+        groups = (in_row * cpw + drivers - 1) // drivers
+        nslots += groups * (mset + mres) if scale > 0 else groups
         stats[MAX_WRITES] = mx
         stats[POLICY_CELLS] += k
         stats[ROW_WRITES] += touched
         selected[i] = touched
-        if scale > 0:
-            slots[i] = nslots + mset + mres
+        slots[i] = nslots
     return -1
