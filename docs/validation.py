@@ -44,6 +44,7 @@ class Reference:
     batch: int = 200
     overrides: tuple[str, ...] = ()
     network_from: str | None = None      # NetWork.csv / inputs taken from another reference
+    update_fraction: float | None = None  # a sparse update: this fraction of weights moves
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -74,7 +75,8 @@ def available() -> tuple[Reference, ...]:
             continue
         d = yaml.safe_load(meta.read_text())
         refs.append(Reference(name, d["title"], int(d.get("batch", 200)),
-                              tuple(d.get("overrides", ())), d.get("network_from")))
+                              tuple(d.get("overrides", ())), d.get("network_from"),
+                              d.get("update_fraction")))
     return tuple(r for r in refs if (r.folder / "breakdown.csv").exists())
 
 
@@ -133,6 +135,8 @@ def manifest(ref: Reference, folder: Path) -> Path:
         layer["input_activity"] = act
         layers.append(layer)
     folder.mkdir(parents=True, exist_ok=True)
+    if ref.update_fraction is not None:
+        return _sparse_trace(ref, folder, layers)
     doc = {"format": "timesim-trace", "version": 1, "model": f"{ref.name}-neurosim",
            "source": "NeuroSim V2.1 NetWork.csv", "dataset": "cifar10",
            "batch_size": ref.batch, "iterations": 1, "chunk_iterations": 1,
@@ -141,13 +145,48 @@ def manifest(ref: Reference, folder: Path) -> Path:
     return folder
 
 
+# a sparse update as NeuroSim's reference had it: a random fraction of the weights moves by one
+# level, which NeuroSim's pulse rule programs with 2 pulses (its level is 1/31 of the range, its
+# pulse 1/32); timesim runs it dense with write.pulses=delta, Δw = lr x G
+SPARSE_OVERRIDES = ("write.pulses=delta", "write.learning_rate=1", "write.weight_range=1")
+
+
+def _sparse_trace(ref: Reference, folder: Path, layers: list[dict]) -> Path:
+    """A one-iteration trace whose gradient moves ``update_fraction`` of each layer's weights by
+    1.5 steps (2 pulses) and leaves the rest (seeded, so the page regenerates the same)."""
+    import numpy as np
+
+    from timesim.trace.format import parse_manifest
+    from timesim.trace.writer import TraceWriter
+
+    doc = {"format": "timesim-trace", "version": 1, "model": f"{ref.name}-neurosim",
+           "source": "NeuroSim V2.1 NetWork.csv", "dataset": "cifar10",
+           "batch_size": ref.batch, "iterations": 1, "chunk_iterations": 1,
+           "dtype": "float32", "layers": layers}
+    meta = parse_manifest(doc, str(folder))
+    step = 1.0 / 15                                  # weight_range / (2^weight_bits - 1)
+    rng = np.random.default_rng(23)
+    with TraceWriter(folder / "trace", meta.layers, model=meta.model, source=meta.source,
+                     batch_size=ref.batch, chunk_iterations=1) as w:
+        grads = {}
+        for layer in meta.layers:
+            g = np.zeros(layer.rows * layer.cols, dtype=np.float32)
+            k = round(ref.update_fraction * g.size)
+            pick = rng.choice(g.size, size=k, replace=False)
+            g[pick] = np.where(rng.random(k) < 0.5, -1.5, 1.5) * step
+            grads[layer.name] = g.reshape(layer.rows, layer.cols)
+        w.append(grads)
+    return folder / "trace"
+
+
 def run(ref: Reference, overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """timesim's report and action counts {(phase, component, action): count}."""
     import timesim
 
     with tempfile.TemporaryDirectory() as tmp:
         trace = manifest(ref, Path(tmp) / ref.name)
-        hw = timesim.load_hwconfig(PRESET, list(ref.overrides) + list(overrides))
+        extra = SPARSE_OVERRIDES if ref.update_fraction is not None else ()
+        hw = timesim.load_hwconfig(PRESET, list(extra) + list(ref.overrides) + list(overrides))
         report = timesim.simulate(hw, str(trace), out=Path(tmp) / "run")
         counts: dict = {}
         with open(Path(tmp) / "run" / "actions.csv") as fh:

@@ -171,6 +171,8 @@ class Write:
     voltage_v: float = _f("voltage", "pos", doc="programming voltage")
     pulse_energy_j: float = _f("energy", "nonneg", doc="one programming pulse on one cell")
     phases: int = _f("int", "pos", doc="programming phases per row write (SET, RESET)")
+    row_phase_energy_j: float = _f("energy", "nonneg", doc="one phase of one written row of one "
+                                   "crossbar: charging the lines of its unselected columns")
     pulses_per_phase: int = _f("int", "pos", doc="pulses each written cell gets in each phase")
     verify_reads: int = _f("int", "nonneg", doc="read-verify steps after each write")
     parallel_arrays: Any = _f("auto_int", doc="arrays programmed at once, chip-wide (copies "

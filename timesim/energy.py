@@ -83,6 +83,11 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
         else:
             pulses = p.policy_cell_writes * m.cells_per_weight * c.pulses_per_cell * copies
         a["write", "write", "cell_pulse"] = pulses
+        if hw.write.row_phase_energy_j > 0:
+            # each written row segment of one crossbar runs every programming phase
+            segments = p.row_writes * (m.col_tiles if p.selection in ("dense", "sgs-row")
+                                       else 1)
+            a["write", "write", "row_phase"] = segments * hw.write.phases * copies
         a["write", "write", "verify_read"] = pulses * hw.write.verify_reads
         a["write", "counters", "update"] = p.row_writes if ars_on else 0
         # ARS rewrites are programming pulses: charged to the write drivers, so the write
@@ -142,6 +147,7 @@ def action_latency(engine: Engine) -> dict[tuple[str, str], int]:
             ("gradient", "mac"): 1, ("gradient", "accumulate"): 1,
             ("ce", "compare"): c.compare,
             ("write", "cell_pulse"): c.pulse, ("write", "verify_read"): c.read,
+            ("write", "row_phase"): c.pulse,
             ("counters", "update"): 1, ("ars", "cell_read"): c.read,
             ("write", "ars_rewrite_pulse"): c.pulse, ("multiplex", "cell_pulse"): c.pulse}
 

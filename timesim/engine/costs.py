@@ -74,6 +74,8 @@ ACTIONS = {
     ("ce", "compare"): "one magnitude comparison in the comparator tree or top-k unit",
     ("write", "cell_pulse"): "one programming pulse on one physical cell (every copy)",
     ("write", "verify_read"): "one read-verify of one physical cell",
+    ("write", "row_phase"): "one programming phase (SET or RESET) of one written row of one "
+                            "crossbar: the unselected lines it biases",
     ("counters", "update"): "one row write-counter increment",
     ("write", "ars_rewrite_pulse"): "one programming pulse rewriting a row swapped by ARS",
     ("ars", "cell_read"): "one cell read while swapping rows",
@@ -180,6 +182,7 @@ class CostTable:
             ("ce", "compare"): hw.ce.compare_energy_j,
             ("write", "cell_pulse"): w.pulse_energy_j,
             ("write", "verify_read"): x.read_energy_j,
+            ("write", "row_phase"): w.row_phase_energy_j,
             ("counters", "update"): hw.ce.counter_energy_j,
             ("write", "ars_rewrite_pulse"): w.pulse_energy_j,
             ("ars", "cell_read"): x.read_energy_j,
