@@ -196,6 +196,204 @@ def run(ref: Reference, overrides: tuple[str, ...] = ()) -> tuple[dict, dict]:
     return report, counts
 
 
+def _by_name(name: str) -> Reference:
+    return next(r for r in available() if r.name == name)
+
+
+def _engine(ref: Reference, overrides: tuple[str, ...] = ()):
+    """timesim's engine for a reference (its mapping, costs and data paths) and per-layer
+    action counts of one dense iteration."""
+    import timesim
+    from timesim.energy import action_counts
+    from timesim.engine import Engine
+    from timesim.trace import open_trace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = open_trace(str(manifest(dataclasses_replace(ref, update_fraction=None),
+                                       Path(tmp) / "x"))).meta
+    hw = timesim.load_hwconfig(PRESET, list(ref.overrides) + list(overrides))
+    eng = Engine(hw, meta, ["dense"] * len(meta.layers), [1] * len(meta.layers))
+
+    class Dense:                      # a dense iteration's counters (every cell, every row)
+        selection, k, weight_pulses, swaps = "dense", 1, 0, 0
+
+    pols = []
+    for m in eng.mapping.layers:
+        p = Dense()
+        p.policy_cell_writes, p.row_writes = m.cells, m.rows
+        pols.append(p)
+    return eng, action_counts(eng, pols, 1)
+
+
+def dataclasses_replace(ref: Reference, **kw) -> Reference:
+    import dataclasses
+
+    return dataclasses.replace(ref, **kw)
+
+
+def _lstsq(rows: list[list[float]], y: list[float]) -> list[float]:
+    """Least squares in relative terms (each layer weighs the same, whatever its size)."""
+    import numpy as np
+
+    a, b = np.array(rows, dtype=float), np.array(y, dtype=float)
+    sol, *_ = np.linalg.lstsq(a / b[:, None], np.ones(len(b)), rcond=None)
+    return [float(v) for v in sol]
+
+
+def derive() -> dict:
+    """The preset's per-action and per-unit numbers that are fitted, each from the VGG-8
+    reference's per-layer figures (the conventional VGG-8 run where two units share one
+    figure), with timesim's own counts; docs/validation.md shows they predict the other
+    networks. Latencies in ns, energies in pJ, areas in um2."""
+    vgg, conv = _by_name("vgg8"), _by_name("vgg8-conventional")
+    ns, nsc = neurosim(vgg), neurosim(conv)
+    B = vgg.batch
+    out: dict = {}
+    eng, counts = _engine(vgg)
+    c = eng.costs
+    layers = eng.mapping.layers
+    wp = eng.mapping.write_parallel
+    g = eng.hw.gradient
+    units = eng.mapping.floorplan.units
+    # weight-gradient grid: PEAK latency per sample = k² (C_out t_read / copies + t_load)
+    # + accumulator passes x t_add (CostTable.gradient_ns with unit constants)
+    feats, y = [], []
+    for m, rec in zip(layers, ns["layers"]):
+        nr, nc = units.gradient_grid
+        cols = m.in_channels * c.input_bits
+        if m.positions != 1:
+            sr = max(1, nr // max(1, -(-m.positions // g.array_rows)))
+            sc = max(1, nc // max(1, -(-cols // g.array_cols)))
+        else:
+            sr, sc = nr, max(1, cols // g.array_cols)
+        passes = -(-m.cells // (wp * g.array_rows * g.array_cols))
+        feats.append([m.kernel_area * m.cols / (sr * sc), m.kernel_area, passes])
+        y.append(rec["Peak_latency_WG(s)"] * 1e9 / B)
+    t_read, t_load, t_acc = _lstsq(feats, y)
+    out.update({"gradient.read_latency_ns": t_read, "gradient.load_latency_ns": t_load,
+                "gradient.accumulate_latency_ns": t_acc})
+    e_mac, e_acc = _lstsq([[m.cells * m.positions, m.cells] for m in layers],
+                          [rec["Peak_energy_WG(J)"] * 1e12 / B for rec in ns["layers"]])
+    out.update({"gradient.mac_energy_pJ": e_mac, "gradient.accumulate_energy_pJ": e_acc})
+    # global buffer: the weight-gradient phase less its compute and DRAM time is the buffer
+    # moving the layer's activations and errors (bus share) and its gradient (to DRAM, back)
+    lanes = units.buffer_lanes(eng.hw.global_buffer.line_bits)
+    lb = eng.hw.global_buffer.line_bits
+    feats, y = [], []
+    for m, rec in zip(layers, ns["layers"]):
+        move = 2 * (c.bits_in(m) + c.bits_out(m)) * c.bus_share(m) + 2 * c.gradient_bits(m)
+        feats.append([move / lb / lanes])
+        dram = 2 * c.gradient_bits(m) / 2 / (eng.hw.dram.bits_per_cycle * c.f) * 1e9
+        y.append((rec["latency_WG(s)"] - rec["Peak_latency_WG(s)"]) * 1e9 / B - dram)
+    out["global_buffer.line_latency_ns"] = _lstsq(feats, y)[0]
+    out.update(_derive_forward(vgg, ns, eng, counts))
+    out.update(_derive_energy(vgg, conv, ns, nsc, eng, counts))
+    out.update(_derive_area(ns, nsc, eng))
+    return out
+
+
+ZERO_PATH = ("buffer.line_latency=0 ns", "interconnect.wire_delay_ns_per_mm=0",
+             "accumulation.bit_latency=0 ns")
+
+
+def _derive_forward(ref: Reference, ns: dict, eng, counts: dict) -> dict:
+    """Tile-buffer line, H-tree wire and adder-bit latencies: least squares over the layers'
+    forward latency less what timesim times without them."""
+    import timesim
+    from timesim.engine.netchip import NetworkChip
+
+    B = ref.batch
+    base, _ = run(ref, ZERO_PATH)
+    f = base["cycles"]["clock_hz"]
+    unit = timesim.load_hwconfig(PRESET, list(ref.overrides) + [
+        "buffer.line_latency=1 ns", "interconnect.wire_delay_ns_per_mm=1",
+        "accumulation.bit_latency=1 ns"])
+    chip = NetworkChip(unit, eng.mapping.floorplan)
+    c = eng.costs
+    feats, y = [], []
+    for m, rec in zip(eng.mapping.layers, ns["layers"]):
+        p = chip.path(m, c.bits_in(m), c.bits_out(m))
+        feats.append([p.tile_in + p.tile_out, p.ic_in + p.ic_out, p.accumulate])
+        zero = base["cycles"]["by_layer_phase"][m.name]["forward"] / f * 1e9 / B
+        y.append(rec["latency_FW(s)"] * 1e9 / B - zero)
+    t_line, wire, bit = _lstsq(feats, y)
+    return {"buffer.line_latency_ns": t_line, "interconnect.wire_delay_ns_per_mm": wire,
+            "accumulation.bit_latency_ns": bit}
+
+
+def _per_image(counts: dict, name: str, phase: str, comp: str, action: str, B: int) -> float:
+    return counts[name].get((phase, comp, action), 0) / B
+
+
+def _derive_energy(vgg: Reference, conv: Reference, ns: dict, nsc: dict, eng, counts) -> dict:
+    """Energies per action: the compute of a forward pass (conversions, crossbar reads, adder
+    bits) from its PEAK energy; the global buffer from the weight-gradient phase less its
+    compute and DRAM; the H-trees from the forward pass less its compute and buffer (VGG-8 and
+    conventional VGG-8: one chip geometry, two mappings, so the tile kinds separate)."""
+    import numpy as np
+
+    B = vgg.batch
+    names = [m.name for m in eng.mapping.layers]
+    rows = [[_per_image(counts, n, "forward", "adc", "conversion", B),
+             _per_image(counts, n, "forward", "crossbar", "array_read", B),
+             _per_image(counts, n, "forward", "accumulation", "adder_bit", B)] for n in names]
+    e_conv, e_read, e_bit = _lstsq(rows, [r["Peak_energy_FW(J)"] * 1e12 / B
+                                          for r in ns["layers"]])
+    feats, y = [], []
+    for n, m, rec in zip(names, eng.mapping.layers, ns["layers"]):
+        gb = (_per_image(counts, n, "gradient", "global_buffer", "read_byte", B)
+              + _per_image(counts, n, "gradient", "global_buffer", "write_byte", B))
+        feats.append([gb])
+        dram = _per_image(counts, n, "gradient", "dram", "bit", B) * eng.hw.dram.energy_per_bit_j
+        y.append((rec["energy_WG(J)"] - rec["Peak_energy_WG(J)"]) / B * 1e12 - dram * 1e12)
+    e_byte = _lstsq(feats, y)[0]
+    trees = ("chip_bit_side", "tile_bit_side_novel", "tile_bit_side_conventional",
+             "bus_bit_side")
+    feats, y = [], []
+    for ref, ref_ns in ((vgg, ns), (conv, nsc)):
+        e, cnt = (eng, counts) if ref is vgg else _engine(ref)
+        for m, rec in zip(e.mapping.layers, ref_ns["layers"]):
+            feats.append([_per_image(cnt, m.name, "forward", "interconnect", t, B)
+                          for t in trees])
+            gb = (_per_image(cnt, m.name, "forward", "global_buffer", "read_byte", B)
+                  + _per_image(cnt, m.name, "forward", "global_buffer", "write_byte", B))
+            y.append((rec["energy_FW(J)"] - rec["Peak_energy_FW(J)"]) / B * 1e12
+                     - gb * e_byte)
+    a, b = np.array(feats), np.array(y)
+    from scipy.optimize import nnls
+
+    sol, _ = nnls(a / b[:, None], np.ones(len(b)))
+    out = {"adc.energy_pJ": e_conv, "xbar.array_read_energy_pJ": e_read,
+           "accumulation.bit_energy_pJ": e_bit, "global_buffer.read_energy_pJ": e_byte}
+    for t, v in zip(trees, sol):
+        out[f"interconnect.{t}_pJ"] = float(v)
+    return out
+
+
+def _derive_area(ns: dict, nsc: dict, eng) -> dict:
+    """Per-unit areas: crossbar, ADC and accumulation per unit on VGG-8; the periphery per
+    crossbar and the global buffer per bit separated by VGG-8 and conventional VGG-8 (the same
+    buffer, 1360 and 1600 crossbars); the H-tree per bus bit per mm of chip side and the
+    gradient accumulator per bit on VGG-8."""
+    import math
+
+    units = eng.mapping.floorplan.units
+    n = eng.mapping.floorplan.crossbars
+    adcs = n * 32
+    conv_n = _engine(_by_name("vgg8-conventional"))[0].mapping.floorplan.crossbars
+    a, ac = ns["area"], nsc["area"]
+    per_xbar = (ac["other"] - a["other"]) / (conv_n - n)
+    bit = (a["other"] - per_xbar * n) / units.buffer_bits
+    rest = a["total"] - a["routing"]
+    acc_bits = units.write_parallel * 128 * 128 * (eng.hw.gradient.bits + 8)
+    return {"xbar.area_um2": a["cim"] / n * 1e12, "adc.area_um2": a["adc"] / adcs * 1e12,
+            "accumulation.area_um2": a["accumulation"] / adcs * 1e12,
+            "xbar.periphery_area_um2": per_xbar * 1e12,
+            "global_buffer.bit_area_um2": bit * 1e12,
+            "interconnect.wire_pitch_um": a["routing"] / (units.bus_bits * math.sqrt(rest)) * 1e6,
+            "gradient.accumulator_bit_area_um2": a["gradient"] / acc_bits * 1e12}
+
+
 def compare(ref: Reference, report: dict) -> dict:
     """Ratios timesim / NeuroSim per phase, per layer and in total."""
     ns = neurosim(ref)
@@ -208,7 +406,8 @@ def compare(ref: Reference, report: dict) -> dict:
         out["phases"].append({
             "phase": ns_name, "ns_latency": t[f"latency_{ns_name}(s)"],
             "ts_latency": report["cycles"]["by_phase_layer_sum"][ph] / f,
-            "ns_energy": t[f"energy_{ns_name}(J)"], "ts_energy": report["energy_j"]["by_phase"][ph]})
+            "ns_energy": t[f"energy_{ns_name}(J)"],
+            "ts_energy": report["energy_j"]["by_phase"][ph]})
     mapping = report["mapping"]["by_layer"]
     for i, rec in enumerate(ns["layers"]):
         name = f"L{i + 1}"
@@ -327,8 +526,13 @@ def markdown(cmp: dict, pipelined: dict | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="one reference by name; print its tables, write nothing")
+    ap.add_argument("--derive", action="store_true",
+                    help="print the preset numbers fitted on the VGG-8 reference")
     ap.add_argument("--out", default=str(HERE / "validation.md"))
     args = ap.parse_args(argv)
+    if args.derive:
+        print(json.dumps(derive(), indent=2))
+        return 0
     refs = available()
     if args.only:
         refs = tuple(r for r in refs if r.name == args.only)

@@ -82,13 +82,34 @@ def test_preset_numbers_are_consistent_with_their_documented_derivation():
     per-layer figures (the derivation is written down once, in the script)."""
     d = V.derive()
     hw = timesim.load_hwconfig(V.PRESET)
-    pairs = {
-        "gradient.read_latency_ns": hw.gradient.read_latency_s * 1e9,
-        "gradient.load_latency_ns": hw.gradient.load_latency_s * 1e9,
-        "gradient.accumulate_latency_ns": hw.gradient.accumulate_latency_s * 1e9,
-        "gradient.mac_energy_pJ": hw.gradient.mac_energy_j * 1e12,
-        "gradient.accumulate_energy_pJ": hw.gradient.accumulate_energy_j * 1e12,
-        "global_buffer.line_latency_ns": hw.global_buffer.line_latency_s * 1e9,
+    ns, pj, um2 = 1e9, 1e12, 1e12
+    preset = {
+        "gradient.read_latency_ns": hw.gradient.read_latency_s * ns,
+        "gradient.load_latency_ns": hw.gradient.load_latency_s * ns,
+        "gradient.accumulate_latency_ns": hw.gradient.accumulate_latency_s * ns,
+        "gradient.mac_energy_pJ": hw.gradient.mac_energy_j * pj,
+        "gradient.accumulate_energy_pJ": hw.gradient.accumulate_energy_j * pj,
+        "global_buffer.line_latency_ns": hw.global_buffer.line_latency_s * ns,
+        "buffer.line_latency_ns": hw.buffer.line_latency_s * ns,
+        "interconnect.wire_delay_ns_per_mm": hw.interconnect.wire_delay_ns_per_mm,
+        "accumulation.bit_latency_ns": hw.accumulation.bit_latency_s * ns,
+        "adc.energy_pJ": hw.adc.energy_j * pj,
+        "xbar.array_read_energy_pJ": hw.xbar.array_read_energy_j * pj,
+        "accumulation.bit_energy_pJ": hw.accumulation.bit_energy_j * pj,
+        "global_buffer.read_energy_pJ": hw.global_buffer.read_energy_j * pj,
+        "interconnect.chip_bit_side_pJ": hw.interconnect.chip_tree_energy_j * pj,
+        "interconnect.tile_bit_side_novel_pJ": hw.interconnect.novel_tile_tree_energy_j * pj,
+        "interconnect.tile_bit_side_conventional_pJ":
+            hw.interconnect.conventional_tile_tree_energy_j * pj,
+        "interconnect.bus_bit_side_pJ": hw.interconnect.pe_bus_energy_j * pj,
+        "xbar.area_um2": hw.xbar.area_m2 * um2,
+        "adc.area_um2": hw.adc.area_m2 * um2,
+        "accumulation.area_um2": hw.accumulation.area_m2 * um2,
+        "xbar.periphery_area_um2": hw.xbar.periphery_area_m2 * um2,
+        "global_buffer.bit_area_um2": hw.global_buffer.bit_area_m2 * um2,
+        "interconnect.wire_pitch_um": hw.interconnect.wire_pitch_um,
+        "gradient.accumulator_bit_area_um2": hw.gradient.accumulator_bit_area_m2 * um2,
     }
-    for key, value in pairs.items():
-        assert value == pytest.approx(d[key], rel=0.01), key
+    assert set(preset) == set(d)
+    for key, value in preset.items():
+        assert value == pytest.approx(d[key], rel=0.005), key

@@ -204,9 +204,9 @@ class CostTable:
         if gb.bits_per_cycle != "auto":
             return int(gb.bits_per_cycle)
         units = self.floorplan.units if self.floorplan is not None else None
-        if not self.network or units is None:
-            raise ConfigError("global_buffer.bits_per_cycle=auto: needs chip.floorplan=network "
-                              "(the global bus is sized to the network's tiles)")
+        if units is None:
+            raise ConfigError("global_buffer.bits_per_cycle=auto: needs the network's layers "
+                              "(the buffer is sized to the largest layer input)")
         lanes = units.buffer_lanes(gb.line_bits)
         return max(1, int(lanes * gb.line_bits / (2 * gb.line_latency_s * self.f)))
 
