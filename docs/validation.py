@@ -340,7 +340,7 @@ def _derive_energy(vgg: Reference, conv: Reference, ns: dict, nsc: dict, eng, co
     e_conv, e_read, e_bit = _lstsq(rows, [r["Peak_energy_FW(J)"] * 1e12 / B
                                           for r in ns["layers"]])
     feats, y = [], []
-    for n, m, rec in zip(names, eng.mapping.layers, ns["layers"]):
+    for n, rec in zip(names, ns["layers"]):
         gb = (_per_image(counts, n, "gradient", "global_buffer", "read_byte", B)
               + _per_image(counts, n, "gradient", "global_buffer", "write_byte", B))
         feats.append([gb])
