@@ -424,9 +424,14 @@ def compare(ref: Reference, report: dict) -> dict:
                     "ns_energy": sum(t[f"energy_{p}(J)"] for p, _ in PHASES),
                     "ts_energy": report["energy_j"]["total"]}
     area = report["area_mm2"]
+    by = area["by_component"]
+    groups = {"cim": ("crossbar",), "adc": ("adc",), "accumulation": ("accumulation",),
+              "other": ("periphery", "buffer", "global_buffer", "activation", "pooling", "dac",
+                        "ce", "other"),
+              "routing": ("interconnect",), "gradient": ("gradient",)}
     out["area"] = {"ns": ns["area"]["total"] * 1e6, "ts": area["total"],
                    "ns_by": {k: v * 1e6 for k, v in ns["area"].items()},
-                   "ts_by": area.get("neurosim_components", {})}
+                   "ts_by": {k: sum(by.get(c, 0.0) for c in cs) for k, cs in groups.items()}}
     return out
 
 
