@@ -21,11 +21,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _nonneg_int(text: str) -> int:
+def _int(text: str) -> int:
+    """An integer as everywhere in timesim: ``64000``, ``64_000`` or ``1e4`` (units.py)."""
+    from .units import parse_integer
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        return parse_integer(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nonneg_int(text: str) -> int:
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
     return value
@@ -451,11 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .trace.models import MODELS
 
     synth.add_argument("--model", required=True, choices=sorted(MODELS))
-    synth.add_argument("--iterations", type=int, required=True)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--iterations", type=_pos_int, required=True)
+    synth.add_argument("--seed", type=_nonneg_int, default=0)
     synth.add_argument("--out", required=True)
     synth.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    synth.add_argument("--chunk", type=int, default=64, help="iterations per chunk file")
+    synth.add_argument("--chunk", type=_pos_int, default=64, help="iterations per chunk file")
     synth.add_argument("--force", action="store_true",
                        help="replace the trace already in --out (never another folder)")
     synth.add_argument("--no-space-check", action="store_true",
