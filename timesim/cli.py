@@ -38,6 +38,18 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    from .units import parse_number
+
+    try:
+        value = parse_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
 def _pos_int(text: str) -> int:
     value = _nonneg_int(text)
     if value == 0:
@@ -49,20 +61,13 @@ def bundled_trace() -> Path:
     return Path(str(resources.files("timesim") / "data" / "traces" / EXAMPLE_TRACE))
 
 
-def _progress(total: int, label: str, unit: str = "it"):
-    """A tqdm bar on a TTY; nothing otherwise (or when tqdm is not installed)."""
-    if not sys.stderr.isatty():
-        return None, None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None, None
-    bar = tqdm(total=total, unit=unit, desc=label, leave=False, dynamic_ncols=True)
+def _progress(total: int, label: str, unit: str = "it", every: float | None = None):
+    """(update(done), closer): a bar on a TTY, progress lines every ``every`` seconds without
+    one, and a projected wall time for a long run (progress.py)."""
+    from .progress import EVERY_S, Progress
 
-    def update(done: int) -> None:
-        bar.update(done - bar.n)
-
-    return update, bar
+    p = Progress(total, label, unit, every=EVERY_S if every is None else every)
+    return p.update, p
 
 
 def cmd_run(args) -> int:
@@ -80,7 +85,7 @@ def cmd_run(args) -> int:
         raise ConfigError("--resume: needs the --out of the run to continue")
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime(
         "run-%Y%m%d-%H%M%S")
-    update, bar = _progress(trace.meta.iterations, "simulating")
+    update, bar = _progress(trace.meta.iterations, "simulating", every=args.progress_every)
     try:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
@@ -324,7 +329,7 @@ def cmd_sweep(args) -> int:
     n = 1
     for _, vals in grid:
         n *= len(vals)
-    step, bar = _progress(n, "sweep", unit="point")
+    step, bar = _progress(n, "sweep", unit="point", every=args.progress_every)
     update = (lambda done, total: step(done)) if step else None
     try:
         rows = run_sweep(args.hw, args.trace, grid, args.out, base_sets=args.set or (),
@@ -413,7 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a NaN/Inf gradient: stop with an error (default), skip its iteration, "
                           "or replace it by 0 (both counted in the report)")
     run.add_argument("--resume", action="store_true",
-                     help="continue from --out's last checkpoint (same arguments)")
+                     help="continue from --out's last checkpoint (same arguments); a finished "
+                          "run is kept as it is")
+    run.add_argument("--progress-every", type=_seconds, metavar="SECONDS",
+                     help="without a terminal (nohup, CI), a progress line on stderr every "
+                          "SECONDS (default 30; 0: after every chunk)")
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="split the layers over a Dask cluster, e.g. tcp://10.0.0.5:8786 "
                           "(the trace and --out on a filesystem every worker sees; "
@@ -437,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
     sw.add_argument("--checkpoint-every", type=_nonneg_int, default=0, metavar="N",
                     help="checkpoint each point every N iterations (resumed on rerun)")
+    sw.add_argument("--progress-every", type=_seconds, metavar="SECONDS",
+                    help="without a terminal, a progress line every SECONDS (default 30)")
     sw.add_argument("--plots", action="store_true",
                     help="lifetime extension vs SI per R (Fig. 6) and vs ARS write energy "
                          "(Fig. 7)")
