@@ -76,6 +76,7 @@ def cmd_run(args) -> int:
     from .trace import open_trace
 
     hw = load_hwconfig(args.hw, args.set or ())
+    args.plots = args.plots or args.plots_format is not None
     if args.plots:
         from .plots import require_matplotlib
 
@@ -97,7 +98,7 @@ def cmd_run(args) -> int:
     if args.plots:
         from .plots import write_plots
 
-        write_plots(out, report)
+        write_plots(out, report, fmt=args.plots_format or "png")
     if "estimate" in report:
         _print_estimate(report, out)
     else:
@@ -322,6 +323,7 @@ def cmd_sweep(args) -> int:
     from .sweep import METRICS, parse_grid, run_sweep
 
     grid = parse_grid(args.grid)
+    args.plots = args.plots or args.plots_format is not None
     if args.plots:
         from .plots import require_matplotlib
 
@@ -346,7 +348,7 @@ def cmd_sweep(args) -> int:
     if args.plots:
         from .plots import sweep_plots
 
-        for p in sweep_plots(Path(args.out), keys, rows):
+        for p in sweep_plots(Path(args.out), keys, rows, fmt=args.plots_format or "png"):
             print(f"wrote {p}")
     print(f"wrote {args.out}/sweep.csv, sweep.json and points/ ({len(rows)} points; metrics: "
           f"{', '.join(METRICS)})")
@@ -367,15 +369,18 @@ def cmd_compare(args) -> int:
 
 
 def cmd_hwconfigs(args) -> int:
-    from .config import bundled_hwconfig, presets
+    from .config import bundled_hwconfig, preset_about, presets
 
     if args.show:
         print(bundled_hwconfig(args.show).read_text(), end="")
         return 0
+    import shutil
+    import textwrap
+
+    width = max(60, min(100, shutil.get_terminal_size().columns))
     for name in presets():
-        text = bundled_hwconfig(name).read_text().splitlines()
-        about = next((l.lstrip("# ").rstrip() for l in text if l.startswith("#")), "")
-        print(f"{name:<22}{about}")
+        print(textwrap.fill(preset_about(name), width=width, initial_indent=f"{name:<22}",
+                            subsequent_indent=" " * 22))
     print("use one with --hw NAME; print one with timesim hwconfigs --show NAME")
     return 0
 
@@ -405,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a hwconfig key, e.g. controller.interval=512 (repeatable)")
     run.add_argument("--out", help="run folder (default: runs/run-DATE-TIME)")
     run.add_argument("--plots", action="store_true", help="also write PNG figures")
+    run.add_argument("--plots-format", choices=("png", "pdf", "svg"),
+                     help="the figures as png (default), or as vector pdf or svg (implies "
+                          "--plots)")
     run.add_argument("--threads", type=_pos_int, metavar="N",
                      help="process layers on N threads (default: all cores; results are the "
                           "same for every N)")
@@ -451,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--plots", action="store_true",
                     help="lifetime extension vs SI per R (Fig. 6) and vs ARS write energy "
                          "(Fig. 7)")
+    sw.add_argument("--plots-format", choices=("png", "pdf", "svg"),
+                    help="the figures as png (default), pdf or svg (implies --plots)")
     sw.set_defaults(func=cmd_sweep)
 
     cmp_ = sub.add_parser("compare", help="one table (and a plot) across run folders")

@@ -543,6 +543,20 @@ def presets() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def preset_about(name: str) -> str:
+    """The first sentence of a bundled preset's header comment (what ``timesim hwconfigs`` and
+    docs/hwconfig.md show), joined across its lines."""
+    import re
+
+    head = []
+    for line in bundled_hwconfig(name).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        head.append(line.lstrip("#").strip())
+    text = " ".join(head)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", text, maxsplit=1)[0]
+
+
 def resolve_hwconfig_path(path: str | Path) -> Path:
     """A file path as given, or a bundled preset by name (``neurosim-v2.1-rram``)."""
     p = Path(path)
