@@ -55,9 +55,13 @@ def test_duplicate_manifest_key_is_refused(tmp_path):
     assert f"lines {line} and {len(text.splitlines()) + 1}" in str(err.value)
 
 
-def test_implausible_value_warns_once_with_key_value_and_range(caplog):
+def test_implausible_value_warns_once_with_key_value_and_range(caplog, monkeypatch):
+    from timesim import plausible
+
+    monkeypatch.setattr(plausible, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="timesim"):
         hw = timesim.load_hwconfig(None, ["xbar.read_latency=10 ms"])
+        timesim.load_hwconfig(None, ["xbar.read_latency=10 ms"])     # a sweep's next point
     assert hw.xbar.read_latency_s == 10e-3           # warned, not refused
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1

@@ -84,9 +84,15 @@ def implausible(hw, origin: dict | None = None) -> list[str]:
     return lines
 
 
+_warned: set[str] = set()
+
+
 def warn_implausible(hw, origin: dict | None = None) -> list[str]:
-    """Log ``implausible(hw, origin)`` as warnings (the CLI prints them); return them."""
+    """Log ``implausible(hw, origin)`` as warnings (the CLI prints them), each line once per
+    process (a sweep loads its chip once per point); return them."""
     lines = implausible(hw, origin)
     for line in lines:
-        log.warning("%s", line)
+        if line not in _warned:
+            _warned.add(line)
+            log.warning("%s", line)
     return lines
