@@ -134,3 +134,18 @@ def test_fast_loader_of_fitted_models_refuses_duplicates_too():
 
     with pytest.raises(yamlio.DuplicateKeyError, match=r"layers\[0\].bias \(lines 3 and 4"):
         yamlio.load("format: x\nlayers:\n- bias: 1\n  bias: 2\n", fast=True)
+
+
+def test_manifest_numbers_take_the_same_syntax(tmp_path):
+    path = tmp_path / "t"
+    with TraceWriter(path, [LayerInfo("fc", "linear", 4, 3)], model="m", source="test",
+                     chunk_iterations=2) as w:
+        w.append_chunk({"fc": np.zeros((2, 4, 3), dtype=np.float32)})
+    text = (path / "manifest.yaml").read_text()
+    (path / "manifest.yaml").write_text(text.replace("chunk_iterations: 2",
+                                                     "chunk_iterations: 2e0"))
+    assert timesim.open_trace(path).meta.chunk_iterations == 2
+    (path / "manifest.yaml").write_text(text.replace("chunk_iterations: 2",
+                                                     "chunk_iterations: 2.5e0"))
+    with pytest.raises(TraceError, match="chunk_iterations: must be an integer"):
+        timesim.open_trace(path)
