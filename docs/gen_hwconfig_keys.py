@@ -1,11 +1,12 @@
-"""Regenerate the key tables of docs/hwconfig.md from the schema and time-default.yaml.
+"""Regenerate the "Bundled chips" table and the key tables of docs/hwconfig.md from the
+presets' header comments, the schema and time-default.yaml.
 
     python docs/gen_hwconfig_keys.py
 """
 
 from pathlib import Path
 
-from timesim.config import bundled_hwconfig, describe_keys
+from timesim.config import bundled_hwconfig, describe_keys, preset_about, presets
 
 DOC = Path(__file__).resolve().parent / "hwconfig.md"
 KIND = {"int": "integer", "float": "number", "str": "string", "bool": "true/false",
@@ -38,8 +39,20 @@ def table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def chips() -> str:
+    """One row per bundled preset: its name (``--hw NAME``), file and header sentence."""
+    rows = ["| name (`--hw NAME`) | file | what |", "|---|---|---|"]
+    for name in presets():
+        rows.append(f"| `{name}` | `timesim/data/hwconfigs/{name}.yaml` | "
+                    f"{preset_about(name)} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     text = DOC.read_text()
+    start = text.index("\n## Bundled chips\n") + len("\n## Bundled chips\n")
+    end = text.index("\n## Keys")
+    text = text[:start] + "\n" + chips() + text[end:]
     start = text.index("\n### `clock`")
     end = text.index("\n## Notes on the semantics")
     DOC.write_text(text[:start] + table() + text[end:])

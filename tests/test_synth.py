@@ -93,7 +93,7 @@ def test_topk_on_synthetic_gradients_gives_striped_unbalanced_writes():
 @pytest.mark.parametrize("source,needle", [
     ("synth:alexnet", "unknown model"),
     ("synth:resnet20?iterations=0", "iterations: must be in"),
-    ("synth:resnet20?iterations=abc", "iterations: expected int"),
+    ("synth:resnet20?iterations=abc", "iterations: expected an integer"),
     ("synth:resnet20?foo=1", "unknown parameter 'foo'"),
     ("synth:resnet20?row_sigma=-1", "row_sigma: must be in"),
 ])

@@ -21,13 +21,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _nonneg_int(text: str) -> int:
+def _int(text: str) -> int:
+    """An integer as everywhere in timesim: ``64000``, ``64_000`` or ``1e4`` (units.py)."""
+    from .units import parse_integer
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        return parse_integer(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nonneg_int(text: str) -> int:
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    from .units import parse_number
+
+    try:
+        value = parse_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
     return value
 
 
@@ -42,20 +61,13 @@ def bundled_trace() -> Path:
     return Path(str(resources.files("timesim") / "data" / "traces" / EXAMPLE_TRACE))
 
 
-def _progress(total: int, label: str, unit: str = "it"):
-    """A tqdm bar on a TTY; nothing otherwise (or when tqdm is not installed)."""
-    if not sys.stderr.isatty():
-        return None, None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None, None
-    bar = tqdm(total=total, unit=unit, desc=label, leave=False, dynamic_ncols=True)
+def _progress(total: int, label: str, unit: str = "it", every: float | None = None):
+    """(update(done), closer): a bar on a TTY, progress lines every ``every`` seconds without
+    one, and a projected wall time for a long run (progress.py)."""
+    from .progress import EVERY_S, Progress
 
-    def update(done: int) -> None:
-        bar.update(done - bar.n)
-
-    return update, bar
+    p = Progress(total, label, unit, every=EVERY_S if every is None else every)
+    return p.update, p
 
 
 def cmd_run(args) -> int:
@@ -64,6 +76,7 @@ def cmd_run(args) -> int:
     from .trace import open_trace
 
     hw = load_hwconfig(args.hw, args.set or ())
+    args.plots = args.plots or args.plots_format is not None
     if args.plots:
         from .plots import require_matplotlib
 
@@ -73,7 +86,7 @@ def cmd_run(args) -> int:
         raise ConfigError("--resume: needs the --out of the run to continue")
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime(
         "run-%Y%m%d-%H%M%S")
-    update, bar = _progress(trace.meta.iterations, "simulating")
+    update, bar = _progress(trace.meta.iterations, "simulating", every=args.progress_every)
     try:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
@@ -85,7 +98,7 @@ def cmd_run(args) -> int:
     if args.plots:
         from .plots import write_plots
 
-        write_plots(out, report)
+        write_plots(out, report, fmt=args.plots_format or "png")
     if "estimate" in report:
         _print_estimate(report, out)
     else:
@@ -322,6 +335,7 @@ def cmd_sweep(args) -> int:
     from .sweep import METRICS, parse_grid, run_sweep
 
     grid = parse_grid(args.grid)
+    args.plots = args.plots or args.plots_format is not None
     if args.plots:
         from .plots import require_matplotlib
 
@@ -329,7 +343,7 @@ def cmd_sweep(args) -> int:
     n = 1
     for _, vals in grid:
         n *= len(vals)
-    step, bar = _progress(n, "sweep", unit="point")
+    step, bar = _progress(n, "sweep", unit="point", every=args.progress_every)
     update = (lambda done, total: step(done)) if step else None
     try:
         rows = run_sweep(args.hw, args.trace, grid, args.out, base_sets=args.set or (),
@@ -346,7 +360,7 @@ def cmd_sweep(args) -> int:
     if args.plots:
         from .plots import sweep_plots
 
-        for p in sweep_plots(Path(args.out), keys, rows):
+        for p in sweep_plots(Path(args.out), keys, rows, fmt=args.plots_format or "png"):
             print(f"wrote {p}")
     print(f"wrote {args.out}/sweep.csv, sweep.json and points/ ({len(rows)} points; metrics: "
           f"{', '.join(METRICS)})")
@@ -367,15 +381,18 @@ def cmd_compare(args) -> int:
 
 
 def cmd_hwconfigs(args) -> int:
-    from .config import bundled_hwconfig, presets
+    from .config import bundled_hwconfig, preset_about, presets
 
     if args.show:
         print(bundled_hwconfig(args.show).read_text(), end="")
         return 0
+    import shutil
+    import textwrap
+
+    width = max(60, min(100, shutil.get_terminal_size().columns))
     for name in presets():
-        text = bundled_hwconfig(name).read_text().splitlines()
-        about = next((l.lstrip("# ").rstrip() for l in text if l.startswith("#")), "")
-        print(f"{name:<22}{about}")
+        print(textwrap.fill(preset_about(name), width=width, initial_indent=f"{name:<22}",
+                            subsequent_indent=" " * 22))
     print("use one with --hw NAME; print one with timesim hwconfigs --show NAME")
     return 0
 
@@ -405,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a hwconfig key, e.g. controller.interval=512 (repeatable)")
     run.add_argument("--out", help="run folder (default: runs/run-DATE-TIME)")
     run.add_argument("--plots", action="store_true", help="also write PNG figures")
+    run.add_argument("--plots-format", choices=("png", "pdf", "svg"),
+                     help="the figures as png (default), or as vector pdf or svg (implies "
+                          "--plots)")
     run.add_argument("--threads", type=_pos_int, metavar="N",
                      help="process layers on N threads (default: all cores; results are the "
                           "same for every N)")
@@ -418,7 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a NaN/Inf gradient: stop with an error (default), skip its iteration, "
                           "or replace it by 0 (both counted in the report)")
     run.add_argument("--resume", action="store_true",
-                     help="continue from --out's last checkpoint (same arguments)")
+                     help="continue from --out's last checkpoint (same arguments); a finished "
+                          "run is kept as it is")
+    run.add_argument("--progress-every", type=_seconds, metavar="SECONDS",
+                     help="without a terminal (nohup, CI), a progress line on stderr every "
+                          "SECONDS (default 30; 0: after every chunk)")
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="split the layers over a Dask cluster, e.g. tcp://10.0.0.5:8786 "
                           "(the trace and --out on a filesystem every worker sees; "
@@ -442,9 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
     sw.add_argument("--checkpoint-every", type=_nonneg_int, default=0, metavar="N",
                     help="checkpoint each point every N iterations (resumed on rerun)")
+    sw.add_argument("--progress-every", type=_seconds, metavar="SECONDS",
+                    help="without a terminal, a progress line every SECONDS (default 30)")
     sw.add_argument("--plots", action="store_true",
                     help="lifetime extension vs SI per R (Fig. 6) and vs ARS write energy "
                          "(Fig. 7)")
+    sw.add_argument("--plots-format", choices=("png", "pdf", "svg"),
+                    help="the figures as png (default), pdf or svg (implies --plots)")
     sw.set_defaults(func=cmd_sweep)
 
     cmp_ = sub.add_parser("compare", help="one table (and a plot) across run folders")
@@ -463,11 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .trace.models import MODELS
 
     synth.add_argument("--model", required=True, choices=sorted(MODELS))
-    synth.add_argument("--iterations", type=int, required=True)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--iterations", type=_pos_int, required=True)
+    synth.add_argument("--seed", type=_nonneg_int, default=0)
     synth.add_argument("--out", required=True)
     synth.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    synth.add_argument("--chunk", type=int, default=64, help="iterations per chunk file")
+    synth.add_argument("--chunk", type=_pos_int, default=64, help="iterations per chunk file")
     synth.add_argument("--force", action="store_true",
                        help="replace the trace already in --out (never another folder)")
     synth.add_argument("--no-space-check", action="store_true",

@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
+from . import yamlio
 from .errors import ConfigError
-from .units import KINDS, SUFFIXES, parse_quantity, split_suffix
+from .units import KINDS, SUFFIXES, parse_integer, parse_number, parse_quantity, split_suffix
 
 CONFIG_VERSION = 1
 SELECTIONS = ("dense", "topk", "sgs-row", "sgs-element", "sgs")
@@ -436,21 +437,23 @@ def _check_number(x: float, f: dataclasses.Field, path: str) -> None:
 
 
 def _number_string(value: Any) -> Any:
-    """PyYAML reads ``5e6`` and ``1e-3`` (no dot, or no sign in the exponent) as strings;
-    a user means the number."""
+    """PyYAML reads ``5e6``, ``1e-3`` (no dot, or no sign in the exponent) and ``2.5e3`` as
+    strings; a user means the number (units.parse_number: the one number syntax)."""
     if isinstance(value, str):
         try:
-            x = float(value)
+            x = parse_number(value)
         except ValueError:
             return value
-        if value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity"):
-            return int(x) if x.is_integer() and abs(x) <= 2**62 else x
+        try:
+            return parse_integer(value)
+        except ValueError:
+            return x
     return value
 
 
 def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
     kind = f.metadata["kind"]
-    if kind in ("int", "float"):
+    if kind == "float":
         value = _number_string(value)
     if kind == "range":
         value = _number_string(value)
@@ -476,8 +479,11 @@ def _check_plain(value: Any, f: dataclasses.Field, path: str) -> Any:
                               f"got {value!r}")
         return int(value)
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: must be an integer, got {value!r}")
+        try:
+            value = parse_integer(value)
+        except ValueError:
+            raise ConfigError(f"{path}: must be an integer (64000, 64_000 or 6.4e4), got "
+                              f"{value!r}") from None
         if abs(value) > 2**62:
             raise ConfigError(f"{path}: too large, got {value!r}")
         _check_number(value, f, path)
@@ -521,8 +527,13 @@ def _normalize(raw: Any, where: str) -> dict[str, Any]:
             if not isinstance(body, dict):
                 raise ConfigError(f"{where}: {sec}: must be a mapping of keys, got {body!r}")
             dest = out.setdefault(sec, {})
+            spelled: dict[str, Any] = {}
             for key, value in body.items():
                 attr, si = _resolve_key(sec, key, value, where)
+                if attr in spelled:     # read_latency and read_latency_ns: one would win
+                    raise ConfigError(f"{where}: {sec}.{key}: the same key as "
+                                      f"{sec}.{spelled[attr]}; give it once")
+                spelled[attr] = key
                 dest[attr] = si
         else:
             raise ConfigError(f"{where}: {sec!s}: unknown section; expected version, name, "
@@ -588,7 +599,9 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read hwconfig: {exc}") from None
     try:
-        return yaml.safe_load(text)
+        return yamlio.load(text)
+    except yamlio.DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -610,6 +623,20 @@ def presets() -> list[str]:
     """Names of the hwconfigs shipped with the package (``--hw NAME`` loads one)."""
     folder = resources.files("timesim") / "data" / "hwconfigs"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_about(name: str) -> str:
+    """The first sentence of a bundled preset's header comment (what ``timesim hwconfigs`` and
+    docs/hwconfig.md show), joined across its lines."""
+    import re
+
+    head = []
+    for line in bundled_hwconfig(name).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        head.append(line.lstrip("#").strip())
+    text = " ".join(head)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", text, maxsplit=1)[0]
 
 
 def resolve_hwconfig_path(path: str | Path) -> Path:
@@ -642,11 +669,17 @@ def load_hwconfig(path: str | Path | None = None, overrides: Iterable[str] = ())
         merged["name"] = user.get("name", path.stem)
     if isinstance(overrides, str):
         overrides = [overrides]
+    origin = {}
     for text in overrides:
         sec, key, value = _parse_override(text)
         attr, si = _resolve_key(sec, key, value, f"--set {text}")
         merged[sec][attr] = si
-    return _build(merged, source)
+        origin[(sec, attr)] = f"--set {text}"
+    hw = _build(merged, source)
+    from .plausible import warn_implausible
+
+    warn_implausible(hw, origin)
+    return hw
 
 
 def _overlay(base: dict[str, Any], top: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""PNG figures of a run folder (``timesim run --plots``), headless (matplotlib's Agg backend).
+"""Figures of a run folder (``timesim run --plots``), headless (matplotlib's Agg backend); PNG,
+or PDF/SVG with ``--plots-format``.
 
 - ``heatmap_<layer>.png``: per-cell write counts, physical layout (the paper's Fig. 2)
 - ``writes_boxplot.png``: distribution of write counts per layer (Fig. 8)
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,12 @@ import numpy as np
 from .errors import SimulationError
 
 MAX_HEATMAP_PIXELS = 1 << 20     # bigger layers are max-pooled down for display
+FORMATS = ("png", "pdf", "svg")  # --plots-format: PNG, or vector output for papers
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise SimulationError(f"--plots-format: must be one of {'|'.join(FORMATS)}, got {fmt!r}")
 
 
 def require_matplotlib(what: str = "--plots") -> None:
@@ -61,7 +69,7 @@ def heatmap(plt, w: np.ndarray, name: str, policy: str, path: Path) -> None:
     ax.set_xlabel("column (output)" + (f", max over {f}x{f} blocks" if f > 1 else ""))
     ax.set_ylabel("physical row (input)")
     ax.set_title(f"{name}: write counts, {policy}\n{w.shape[0]}x{w.shape[1]}, max {w.max()}, "
-                 f"mean {w.mean():.1f}")
+                 f"mean {w.mean():.3g}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -89,26 +97,57 @@ def boxplot(plt, writes: dict[str, np.ndarray], policy: str, path: Path) -> None
 
 
 def max_writes_plot(plt, history: Path, policy: str, path: Path, dense_T: int) -> None:
+    """Every layer's curve, each named in a legend beside the axes (in order of the final max,
+    largest first; the eight largest drawn thicker)."""
     with open(history, newline="") as fh:
         rows = list(csv.reader(fh))
     names, body = rows[0][1:], np.array(rows[1:], dtype=np.int64)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    per_col = 24                                        # legend entries per legend column
+    ncol = max(1, -(-(len(names) + 1) // per_col))
+    fig, ax = plt.subplots(figsize=(6.5 + 1.9 * ncol, max(4.5, 0.17 * min(len(names) + 1,
+                                                                          per_col) + 1)))
     if body.size:
         t = body[:, 0]
-        order = np.argsort(-body[-1, 1:])
+        order = np.argsort(-body[-1, 1:], kind="stable")
+        cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
         for rank, j in enumerate(order):
-            ax.plot(t, body[:, 1 + j], lw=1.2 if rank < 8 else 0.6,
-                    label=names[j] if rank < 8 else None)
+            ax.plot(t, body[:, 1 + j], lw=1.4 if rank < 8 else 0.8,
+                    color=cmap(rank % cmap.N), ls=("-", "--", ":")[rank // cmap.N % 3],
+                    label=names[j])
         ax.plot(t, t, "k--", lw=1, label="dense baseline")
         ax.set_ylim(1, max(2, int(t[-1]), int(body[:, 1:].max())) * 1.5)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("max writes per cell (log scale)")
     ax.set_title(f"Max write count per layer vs iteration, {policy}")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=ncol,
+              borderaxespad=0, title="layer (by final max)", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _log_x(ax) -> None:
+    """A log x axis (call after plotting) whose labels cannot collide: at most six ticks, at
+    1, 2 and 5 per decade, at decades only on a wide range, or at round linear steps inside a
+    decade; written compactly (20k, 1.5M), minor ticks unlabelled."""
+    from matplotlib.ticker import EngFormatter, FixedLocator, MaxNLocator, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    if not 0 < lo < hi:
+        return
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    ticks = [m * 10.0 ** k for k in decades for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi]
+    if len(ticks) > 6:
+        ticks = [10.0 ** k for k in decades if lo <= 10.0 ** k <= hi]
+        ticks = ticks[::-(-len(ticks) // 6)]
+    if len(ticks) < 2:
+        ticks = [t for t in MaxNLocator(nbins=3).tick_values(lo, hi) if lo <= t <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
 
 
 def breakdown_plot(plt, report: dict, path: Path) -> None:
@@ -142,13 +181,15 @@ def breakdown_plot(plt, report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(out: str | Path, report: dict) -> list[Path]:
-    """Write the figures of a finished run folder; returns their paths."""
+def write_plots(out: str | Path, report: dict, fmt: str = "png") -> list[Path]:
+    """Write the figures of a finished run folder as ``fmt`` files (FORMATS); returns their
+    paths."""
+    _check_format(fmt)
     plt = _pyplot()
     out = Path(out)
     if "estimate" in report:               # timing only: no write counts to draw
-        breakdown_plot(plt, report, out / "breakdown.png")
-        return [out / "breakdown.png"]
+        breakdown_plot(plt, report, out / f"breakdown.{fmt}")
+        return [out / f"breakdown.{fmt}"]
     p = report["policy"]
     label = p["selection"] + (f" + {p['wear_leveling']} (SI={p['interval']}, R={p['rows']})"
                               if p["wear_leveling"] != "none" else "")
@@ -156,25 +197,26 @@ def write_plots(out: str | Path, report: dict) -> list[Path]:
               for l in report["trace"]["layers"]}
     made = []
     for name, w in writes.items():
-        path = out / f"heatmap_{name}.png"
+        path = out / f"heatmap_{name}.{fmt}"
         heatmap(plt, w, name, label, path)
         made.append(path)
-    boxplot(plt, writes, label, out / "writes_boxplot.png")
-    max_writes_plot(plt, out / "max_writes_history.csv", label, out / "max_writes.png",
+    boxplot(plt, writes, label, out / f"writes_boxplot.{fmt}")
+    max_writes_plot(plt, out / "max_writes_history.csv", label, out / f"max_writes.{fmt}",
                     report["iterations"])
-    made += [out / "writes_boxplot.png", out / "max_writes.png"]
+    made += [out / f"writes_boxplot.{fmt}", out / f"max_writes.{fmt}"]
     if "cycles" in report and "energy_j" in report:
-        breakdown_plot(plt, report, out / "breakdown.png")
-        made.append(out / "breakdown.png")
-    fp = faults_plot(out, report)
+        breakdown_plot(plt, report, out / f"breakdown.{fmt}")
+        made.append(out / f"breakdown.{fmt}")
+    fp = faults_plot(out, report, fmt=fmt)
     if fp is not None:
         made.append(fp)
     return made
 
 
-def sweep_plots(out: Path, keys: list[str], rows: list[dict]) -> list[Path]:
+def sweep_plots(out: Path, keys: list[str], rows: list[dict], fmt: str = "png") -> list[Path]:
     """Fig. 6 (extension vs ARS interval SI, one curve per R) and Fig. 7 (extension vs
     normalized ARS write energy), when the sweep varies controller.interval."""
+    _check_format(fmt)
     plt = _pyplot()
     if "controller.interval" not in keys:
         return []
@@ -184,9 +226,9 @@ def sweep_plots(out: Path, keys: list[str], rows: list[dict]) -> list[Path]:
         groups.setdefault(r[group_key] if group_key else "", []).append(r)
     made = []
     for fig_name, xkey, xlabel in (
-            ("fig6_extension_vs_interval.png", "controller.interval", "ARS interval SI "
+            (f"fig6_extension_vs_interval.{fmt}", "controller.interval", "ARS interval SI "
              "(iterations)"),
-            ("fig7_extension_vs_ars_energy.png", "ars.normalized_write_energy",
+            (f"fig7_extension_vs_ars_energy.{fmt}", "ars.normalized_write_energy",
              "normalized ARS write energy (per iteration, in row writes)")):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         xs, ys = [], []
@@ -282,7 +324,7 @@ def qq_plot(runs: list[tuple[str, dict]], path: Path, max_layers: int = 8) -> No
     plt.close(fig)
 
 
-def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
+def faults_plot(out: Path, report: dict, max_layers: int = 4, fmt: str = "png") -> Path | None:
     """Failed-cell fraction and relative MVM error vs iteration (extrapolating each cell's
     measured write rate), for the layers that fail first."""
     from .analog import cell_wear, layer_probe, program, relative_error
@@ -312,7 +354,7 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
                     label=f"fault-free chip {accuracy['fault_free']:.3f}")
         ax3.axhline(accuracy["digital"], color="k", ls="--", lw=1,
                     label=f"digital {accuracy['digital']:.3f}")
-        ax3.set_xscale("log")
+        _log_x(ax3)
         ax3.set_xlabel("training iteration (log scale; measured write rates extrapolated)")
         ax3.set_ylabel("test accuracy")
         ax3.set_title(f"{accuracy['model']} on the worn chip")
@@ -342,7 +384,7 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
     bound = report["faults"]["bound"]
     ax1.axhline(bound, color="k", ls="--", lw=1, label=f"bound {bound:.0%}")
     for ax, ylabel in ((ax1, "failed cell fraction"), (ax2, "relative MVM error")):
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel("training iteration (log scale; measured write rates extrapolated)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
@@ -350,7 +392,7 @@ def faults_plot(out: Path, report: dict, max_layers: int = 4) -> Path | None:
     ax2.set_title("MVM error of a random layer on the worn crossbars\n(dotted: the same "
                   "chip without faults)")
     fig.tight_layout()
-    path = out / "faults.png"
+    path = out / f"faults.{fmt}"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

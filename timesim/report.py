@@ -78,7 +78,8 @@ def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
 
 
 RUN_FILES = ("report.json", "actions.csv", "max_writes_history.csv", "hwconfig.yaml",
-             "writes_boxplot.png", "max_writes.png", "breakdown.png", "faults.png")
+             *(f"{fig}.{ext}" for fig in ("writes_boxplot", "max_writes", "breakdown", "faults")
+               for ext in ("png", "pdf", "svg")))
 RUN_DIRS = ("writes", "rowmap")
 
 
@@ -93,8 +94,9 @@ def clear_run_folder(out: str | Path) -> bool:
     try:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-        for png in out.glob("heatmap_*.png"):
-            png.unlink()
+        for ext in ("png", "pdf", "svg"):               # --plots-format
+            for fig in out.glob(f"heatmap_*.{ext}"):
+                fig.unlink()
         for d in RUN_DIRS:
             if (out / d).is_dir():
                 for f in (out / d).glob("*.npy"):

@@ -286,6 +286,38 @@ def run_fingerprint(hw: HwConfig, trace_fp: str, nonfinite: str = "error") -> st
     return checkpoint.fingerprint(hw.to_dict(), trace_fp, {"nonfinite": nonfinite})
 
 
+def _has_checkpoint(out) -> bool:
+    """A local checkpoint or a distributed run's shard checkpoints in ``out``."""
+    out = Path(out)
+    return (out / checkpoint.NAME).is_file() or any((out / "shards").glob("shard-*.npz"))
+
+
+def _finished_run(out, hw: HwConfig, trace_fp: str, nonfinite: str,
+                  faults: bool) -> tuple[dict | None, str]:
+    """``out``'s report when it is a finished run of these same arguments (the ones a resume
+    must keep: chip, trace content, --nonfinite, --faults); else (None, why not)."""
+    import json
+
+    path = Path(out) / "report.json"
+    if not path.is_file():
+        return None, "no checkpoint to resume from, and no finished run"
+    try:
+        report = json.loads(path.read_text())
+        same = {
+            "hwconfig": report["hwconfig_hash"] == hwconfig_hash(hw),
+            "trace": report["trace"]["fingerprint"] == trace_fp,
+            "--nonfinite": (report.get("nonfinite") or {}).get("policy", "error") == nonfinite,
+            "--faults": bool((report.get("faults") or {}).get("probe")) == bool(faults),
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "its report.json is unreadable and there is no checkpoint"
+    differ = [k for k, v in same.items() if not v]
+    if differ:
+        return None, (f"its finished run was made with another {' and '.join(differ)} (and "
+                      f"there is no checkpoint)")
+    return report, ""
+
+
 def simulate(hw: HwConfig, trace, out=None,
              progress: Callable[[int], None] | None = None, fine: bool = False,
              checkpoint_every: int = 0, resume: bool = False,
@@ -325,6 +357,16 @@ def simulate(hw: HwConfig, trace, out=None,
             log.warning("%s: discarding its checkpoint (pass --resume to continue from it)",
                         out)
             (Path(out) / checkpoint.NAME).unlink()
+    if out is not None and resume and not _has_checkpoint(out):
+        done, why = _finished_run(out, hw, fp_trace, nonfinite, faults)
+        if done is not None:
+            log.warning("%s: this run is finished (%d iterations); nothing to resume, its "
+                        "report is kept as it is (without --resume the run starts over)",
+                        out, done["iterations"])
+            return done
+        log.warning("%s: %s; starting from the beginning", out, why)
+        clear_run_folder(out)
+        resume = False
     if trace.meta.timing_only:
         from .estimate import estimate
         from .report import write_report_only
@@ -384,7 +426,8 @@ def simulate(hw: HwConfig, trace, out=None,
             skipped = int(state.get("skipped", 0))
             log.info("resuming %s at iteration %d", out, pos)
         elif resume:
-            log.warning("%s: no checkpoint to resume from; starting from the beginning", out)
+            log.warning("%s: its checkpoints are a distributed run's (shards/); resume it with "
+                        "--scheduler, or this local run starts from the beginning", out)
             clear_run_folder(out)
     last_saved = sim.iterations
     for chunk in trace.chunks(start_chunk):

@@ -1,12 +1,20 @@
-"""Quantities in hwconfigs: strings with units (``50 ns``) or unit-suffixed keys (``pulse_ns``).
+"""Quantities in hwconfigs: strings with units (``50 ns``) or unit-suffixed keys (``pulse_ns``);
+and the one parser of plain numbers for hwconfigs, ``synth:`` parameters and the command line.
 
 Inside the code every quantity is an SI float; this module is the only place that knows prefixes.
+
+Numbers (``parse_integer``, ``parse_number``): decimal digits with single underscores between
+them (``64_000``, as Python and YAML 1.1 write them), an optional fraction and an optional
+exponent (``1e4``, ``5E6``, ``2.5e3``, ``1e+4``). An integer parameter takes any of these whose
+value is a whole number (``1e4`` = 10000); ``1.5e0`` is an error. No hex, octal, ``inf`` or
+``nan``.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 # kind -> (SI unit spelled in canonical keys, {unit spelling in strings: factor to SI})
 _PREFIX = {"f": 1e-15, "p": 1e-12, "n": 1e-9, "u": 1e-6, "µ": 1e-6, "m": 1e-3, "": 1.0,
@@ -88,3 +96,58 @@ def split_suffix(key: str) -> tuple[str, str | None]:
     if sep and base and suffix in SUFFIXES:
         return base, suffix
     return key, None
+
+
+_NUMBER = re.compile(r"^[-+]?(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)"
+                     r"(?:[eE][-+]?\d+)?$")
+_MAX_DIGITS = 30            # integers above 10^30 are no count, cycle or seed of this simulator
+
+
+def parse_number(value: object) -> float:
+    """A finite real number from an int, float or string (module docstring). Raises
+    ValueError with what was expected."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        x = float(value)
+    elif isinstance(value, str) and _NUMBER.match(value.strip()):
+        x = float(value.strip().replace("_", ""))
+    else:
+        raise ValueError(f"expected a number such as 0.5, 1e-3 or 64_000, got {value!r}")
+    if not math.isfinite(x):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return x
+
+
+def parse_integer(value: object) -> int:
+    """A whole number from an int, an integral float or a string such as ``64_000`` or ``1e4``
+    (module docstring). Raises ValueError saying why."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 10.0 ** _MAX_DIGITS:
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if not (isinstance(value, str) and _NUMBER.match(value.strip())):
+        raise ValueError(f"expected an integer such as 64000, 64_000 or 1e4, got {value!r}")
+    d = Decimal(value.strip().replace("_", ""))      # exact: 1e22 + 1 stays odd
+    if d.adjusted() >= _MAX_DIGITS:
+        raise ValueError(f"too large, got {value!r}")
+    if d != d.to_integral_value():
+        raise ValueError(f"expected an integer, got {value!r} (= {float(d):g}, not a whole "
+                         f"number)")
+    return int(d)
+
+
+def format_quantity(x: float, kind: str) -> str:
+    """``1e-2, "time"`` -> ``'10 ms'``: an SI value in the largest prefix that keeps it >= 1."""
+    base = {"time": "s", "energy": "J", "power": "W", "frequency": "Hz", "resistance": "ohm",
+            "voltage": "V"}[kind]
+    if x == 0:
+        return f"0 {base}"
+    for p in ("G", "M", "k", "", "m", "u", "n", "p", "f"):
+        if abs(x) >= _PREFIX[p] * (1 - 1e-12) or p == "f":
+            return f"{x / _PREFIX[p]:.3g} {p}{base}"
+    raise AssertionError(x)

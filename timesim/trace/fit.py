@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .. import yamlio
 from ..errors import TraceError
 from ..kernels.synth import _fitted_factors, normal
 from .format import MAX_ITERATIONS, TraceMeta, _layer
@@ -812,7 +813,9 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
     try:
         # libyaml's loader where PyYAML has it: a model with hundreds of layers parses in
         # milliseconds, not tenths of a second (the same documents, the same errors)
-        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        doc = yamlio.load(text, fast=True)
+    except yamlio.DuplicateKeyError as exc:
+        raise TraceError(f"{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise TraceError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -923,7 +926,7 @@ def profile_model(network: str, profile: str, seed: int) -> tuple[dict, list, st
         names = sorted(p.stem for p in PROFILES.glob("*.yaml"))
         raise TraceError(f"synth:{network}: profile {profile!r} unknown; expected one of "
                          f"{', '.join(names)}")
-    raw = yaml.safe_load(path.read_text())
+    raw = yamlio.load(path.read_text())
     build, default_iterations, dataset = MODELS[network]
     layers, docs = [], []
     for i, info in enumerate(build()):

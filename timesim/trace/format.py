@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TraceError
+from ..units import parse_integer
 
 FORMAT = "timesim-trace"
 VERSION = 1
@@ -94,8 +95,12 @@ class TraceMeta:
 
 
 def _int(value: Any, where: str, lo: int = 1, hi: int = MAX_ITERATIONS) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TraceError(f"{where}: must be an integer, got {value!r}")
+    """An integer in the one number syntax of hwconfigs and synth: (units.parse_integer:
+    ``64_000``, ``5e6``)."""
+    try:
+        value = parse_integer(value)
+    except ValueError:
+        raise TraceError(f"{where}: must be an integer, got {value!r}") from None
     if not lo <= value <= hi:
         raise TraceError(f"{where}: must be in [{lo}, {hi}], got {value}")
     return value

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .. import yamlio
 from ..errors import TraceError
 from .format import STORAGE, TraceMeta, chunk_name, parse_manifest
 
@@ -47,7 +48,9 @@ def read_manifest(path: Path) -> TraceMeta:
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceError(f"{mpath}: cannot read: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yamlio.load(text)
+    except yamlio.DuplicateKeyError as exc:
+        raise TraceError(f"{mpath}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise TraceError(f"{mpath}: invalid YAML: {str(exc).splitlines()[0]}") from None
     except (ValueError, RecursionError, OverflowError) as exc:   # e.g. a date 2001-13-45

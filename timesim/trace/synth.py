@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import TraceError
 from ..kernels.synth import NO_CELLSCALE, gradient_chunk
+from ..units import parse_integer, parse_number
 from .format import MAX_ITERATIONS, TraceMeta
 from .models import MODELS
 from .reader import Chunk
@@ -229,10 +230,11 @@ def _parse_query(source: str, query: str, params: dict) -> dict:
             raise TraceError(f"{source}: unknown parameter {key!r}; expected "
                              f"{', '.join(params)}")
         cast = params[key][0]
+        parse = {int: parse_integer, float: parse_number}.get(cast, cast)
         try:
-            kwargs[key] = cast(value)
-        except ValueError:
-            raise TraceError(f"{source}: {key}: expected {cast.__name__}, got {value!r}") from None
+            kwargs[key] = parse(value)
+        except ValueError as exc:
+            raise TraceError(f"{source}: {key}: {exc}") from None
     return kwargs
 
 
