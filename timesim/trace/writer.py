@@ -67,7 +67,8 @@ class TraceWriter:
         self._checksums: dict[str, str] = {}
         self._closed = False
         self._short = False             # a short chunk was written: it must be the last
-        self.skipped: tuple[dict[str, str], ...] = ()   # modules not recorded, with why
+        self.skipped: tuple[dict, ...] = ()     # weights not recorded, with why
+        self.left_out: tuple[dict, ...] = ()    # digital work not timed (attention products)
         # checkpoint: after every chunk, a manifest marked `complete: false` that covers the
         # chunks on disk, so a killed recording keeps its finished chunks (`trace seal`)
         self.checkpoint = checkpoint
@@ -175,7 +176,7 @@ class TraceWriter:
     def _write_manifest(self, complete: bool) -> TraceMeta:
         meta = TraceMeta(iterations=self._iterations, chunk_iterations=self.chunk_iterations,
                          dtype=self.dtype, layers=self.layers, checksums=dict(self._checksums),
-                         skipped=tuple(self.skipped),
+                         skipped=tuple(self.skipped), left_out=tuple(self.left_out),
                          complete=complete, **self.info)
         doc = meta.to_dict()
         parse_manifest(doc, str(self.path / "manifest.yaml"))
