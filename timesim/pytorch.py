@@ -345,28 +345,27 @@ class _Probe:
         """Input bits that are 1 when the layer's input is quantized to ``input_bits``
         magnitude bits over its range (bit-serial inputs, the sign applied apart).
 
-        One pass over the input for its range; the bits are counted on at most
-        ``ACTIVITY_SAMPLE`` values on an odd stride (all of them in smaller inputs), as a
-        histogram of the quantized values times their number of 1 bits."""
+        Counted on all values of an input of up to ``ACTIVITY_SAMPLE`` values, else on that
+        many on an odd stride (range and bits both from the sample: a pass over the sample,
+        not the input), as a histogram of the quantized values times their number of 1 bits."""
         flat = x.reshape(-1)
-        if flat.numel() == 0:
-            return
-        lo, hi = torch.aminmax(flat)
-        top = max(abs(float(lo)), abs(float(hi)))
         step = -(-flat.numel() // ACTIVITY_SAMPLE)
-        sample = flat[::step | 1] if step > 1 else flat
+        a = (flat[::step | 1] if step > 1 else flat).abs().float()
+        if a.numel() == 0:
+            return
+        top = float(a.max())
         levels = (1 << self.input_bits) - 1
         if top == 0.0:
             ones = 0
         else:
-            q = torch.round(sample.abs().float() * (levels / top)).to(torch.int64)
+            q = torch.round(a * (levels / top)).to(torch.int64)
             if self.input_bits <= 16:
                 hist = torch.bincount(q, minlength=levels + 1).numpy()
                 ones = int(hist @ _POP[:hist.size])
             else:
                 ones = sum(int(((q >> b) & 1).sum()) for b in range(self.input_bits))
         self.ones[name] = self.ones.get(name, 0) + ones
-        self.bits[name] = self.bits.get(name, 0) + sample.numel() * self.input_bits
+        self.bits[name] = self.bits.get(name, 0) + a.numel() * self.input_bits
 
     def mark(self) -> None:
         """A training step was taken: forward passes so far count (later ones, e.g. an
