@@ -322,3 +322,39 @@ def test_timing_manifest_refuses_an_all_zero_input():
     assert meta.layers[0].input_activity is None            # the hwconfig default is used
     meta = timing_manifest(LeNet(), torch.rand(4, 1, 8, 8))
     assert 0 < meta.layers[0].input_activity < 1
+
+
+def test_mobilenet_v2_and_a_transformer_encoder_leave_nothing_out_in_silence(tmp_path):
+    """MobileNetV2 (17 depthwise convolutions) is mapped whole; a two-layer
+    nn.TransformerEncoder in eval mode (PyTorch's fused fast path, which bypasses module
+    hooks, is switched off for the probe) maps every projection and names its embedding."""
+    from timesim.examples.mobilenet import MobileNetV2
+
+    torch.manual_seed(0)
+    net = MobileNetV2()
+    meta = timing_manifest(net, torch.randn(2, 3, 32, 32), tmp_path / "mnv2")
+    assert sum(1 for l in meta.layers if (l.groups or 1) > 1) == 17 and meta.skipped == ()
+    rep = timesim.simulate(timesim.load_hwconfig(), str(tmp_path / "mnv2"))
+    assert rep["coverage"]["mapped_parameters"] == sum(
+        p.numel() for p in net.parameters() if p.dim() >= 2)
+    assert rep["coverage"]["mapped_fraction"] == 1.0
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, E)
+            layer = nn.TransformerEncoderLayer(E, HEADS, FF, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+        def forward(self, tok):
+            return self.enc(self.emb(tok))
+
+    model = Tokens().eval()
+    with pytest.warns(timesim.errors.TimesimWarning, match="emb"):
+        meta = timing_manifest(model, tokens(True, 3, 9))
+    names = [l.name for l in meta.layers]
+    assert names == [f"enc.layers.{i}.{p}" for i in (0, 1) for p in
+                     ("self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2")]
+    assert all(l.vectors_per_sample == 9 for l in meta.layers) and meta.batch_size == 3
+    assert [d["name"] for d in meta.left_out] == ["enc.layers.0.self_attn",
+                                                  "enc.layers.1.self_attn"]
