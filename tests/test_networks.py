@@ -358,3 +358,28 @@ def test_mobilenet_v2_and_a_transformer_encoder_leave_nothing_out_in_silence(tmp
     assert all(l.vectors_per_sample == 9 for l in meta.layers) and meta.batch_size == 3
     assert [d["name"] for d in meta.left_out] == ["enc.layers.0.self_attn",
                                                   "enc.layers.1.self_attn"]
+
+
+def _torchvision_models():
+    """torchvision.models, or a skip naming why not: absent, or a build whose C++ operators do
+    not match this torch (the PyPI torchvision wheel is built against the CUDA torch; next to
+    the +cpu torch its import fails with 'operator torchvision::nms does not exist')."""
+    try:
+        import torchvision.models as models
+    except ImportError:
+        pytest.skip("torchvision is not installed (pip install -e '.[vision]')")
+    except RuntimeError as exc:
+        pytest.skip(f"torchvision does not match this torch build ({exc}); see docs/pytorch.md")
+    return models
+
+
+def test_torchvision_mobilenet_v2_records_whole(tmp_path):
+    models = _torchvision_models()
+    torch.manual_seed(0)
+    net = models.mobilenet_v2(num_classes=10, width_mult=0.35)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    _record(net, x, y, tmp_path / "t", steps=1)
+    meta = open_trace(tmp_path / "t").meta
+    assert sum(1 for l in meta.layers if (l.groups or 1) > 1) == 17 and meta.skipped == ()
+    rep = timesim.simulate(timesim.load_hwconfig(), str(tmp_path / "t"))
+    assert rep["coverage"]["mapped_fraction"] == 1.0
