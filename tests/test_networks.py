@@ -203,6 +203,15 @@ def test_depthwise_layer_writes_count_per_physical_cell(tmp_path):
     model = MobileBlock()
     x, y = torch.randn(2, 3, 4, 4), torch.randint(0, CLASSES, (2,))
     _record(model, x, y, tmp_path / "t", steps=3)
+    # the stored matrix (blocks written in place by the recorder) is the reference's, in
+    # float32 and in float16 storage
+    want = _block_diagonal_reference(model.dw.weight.grad.numpy(), 6)
+    for dtype, path in (("float32", "t"), ("float16", "h")):
+        if dtype == "float16":
+            _record(model, x, y, tmp_path / path, steps=3, dtype=dtype)
+        last = list(open_trace(tmp_path / path).chunks())[-1]
+        np.testing.assert_array_equal(np.array(last.arrays["dw"])[-1].astype(np.float32),
+                                      want.astype(dtype).astype(np.float32))
     dw = {l.name: l for l in open_trace(tmp_path / "t").meta.layers}["dw"]
     assert (dw.rows, dw.cols, dw.groups, dw.weights) == (54, 6, 6, 54)
     hw = timesim.load_hwconfig(None, ["controller.selection=dense"])

@@ -69,6 +69,18 @@ def weight_to_matrix(w: torch.Tensor, groups: int = 1) -> np.ndarray:
     return full.reshape(groups * per, groups * co)
 
 
+def _fill_blocks(out: np.ndarray, w: torch.Tensor, groups: int, dtype: str) -> None:
+    """Write the diagonal blocks of ``weight_to_matrix(w, groups)`` into ``out`` (a writer's
+    slot in storage dtype, 0 off the blocks), without building the full matrix."""
+    from .trace.writer import to_storage
+
+    m = w.detach().reshape(w.shape[0], -1).t().to(torch.float32).cpu().numpy()
+    per, co = m.shape[0], m.shape[1] // groups
+    g = np.arange(groups)
+    out.reshape(groups, per, groups, co)[g, :, g, :] = to_storage(
+        np.ascontiguousarray(m.reshape(per, groups, co).transpose(1, 0, 2)), dtype)
+
+
 def matrix_to_weight(g: np.ndarray, like: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """Inverse of ``weight_to_matrix``: a tensor shaped, typed and placed like ``like`` (a
     grouped layer's diagonal blocks; the cells off them are dropped)."""
@@ -514,15 +526,20 @@ class TraceRecorder:
                 checkpoint=True)
             self.writer.skipped = tuple(self.skipped)
             self.writer.left_out = self.probe.left_out()
-        grads = {}
+        grads, filled = {}, set()
         for layer in self.layers:
             name = layer.name
             if layer.weight.grad is None:
                 raise TraceError(f"layer {name}: no gradient this iteration: call step() after "
                                  f"backward(), and make sure the layer is used in the loss (or "
                                  f"leave it out: exclude=[{name!r}])")
-            grads[name] = weight_to_matrix(layer.weight.grad, layer.groups)
-        self.writer.append(grads)
+            if layer.groups > 1:        # only the diagonal blocks: the rest stays 0
+                _fill_blocks(self.writer.slot(name), layer.weight.grad, layer.groups,
+                             self.dtype)
+                filled.add(name)
+            else:
+                grads[name] = weight_to_matrix(layer.weight.grad)
+        self.writer.append(grads, filled)
         self.probe.mark()
 
     def __exit__(self, exc_type, exc, tb) -> None:

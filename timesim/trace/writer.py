@@ -59,8 +59,11 @@ class TraceWriter:
         self.dtype = dtype
         self.chunk_iterations = chunk_iterations
         self._prepare_dir(overwrite)
-        self._buffers = {layer.name: np.empty((chunk_iterations, layer.rows, layer.cols),
-                                              dtype=STORAGE[dtype]) for layer in self.layers}
+        # a grouped layer's buffer starts at 0: its cells off the diagonal blocks stay 0, so
+        # a recorder fills only the blocks in place (``slot``)
+        self._buffers = {layer.name: (np.zeros if (layer.groups or 1) > 1 else np.empty)(
+            (chunk_iterations, layer.rows, layer.cols), dtype=STORAGE[dtype])
+            for layer in self.layers}
         self._fill = 0
         self._chunks = 0
         self._iterations = 0
@@ -105,10 +108,19 @@ class TraceWriter:
                              f"{self.chunk_iterations} iterations was already written; only the "
                              f"last chunk may be short")
 
-    def append(self, grads: Mapping[str, np.ndarray]) -> None:
-        """Add one iteration: ``grads[name]`` is the (rows, cols) gradient matrix of each layer."""
+    def slot(self, name: str) -> np.ndarray:
+        """The (rows, cols) storage of layer ``name`` in the next ``append``, to be filled in
+        place (values in the storage dtype: ``to_storage``); pass its name in ``filled``."""
+        self._check_open()
+        return self._buffers[name][self._fill]
+
+    def append(self, grads: Mapping[str, np.ndarray], filled=()) -> None:
+        """Add one iteration: ``grads[name]`` is the (rows, cols) gradient matrix of each layer
+        (or the layer is in ``filled``: written in place through ``slot``)."""
         self._check_open()
         for layer in self.layers:
+            if layer.name in filled:
+                continue
             g = grads.get(layer.name)
             if g is None:
                 raise TraceError(f"layer {layer.name}: no gradient given for this iteration")
