@@ -103,13 +103,14 @@ def _print_left_digital(r: dict) -> None:
         names = "; ".join(f"{d['name']} ({d['reason']}, {d['parameters']} parameters)"
                           for d in skipped[:6])
         more = f"; and {len(skipped) - 6} more (report.json skipped)" if len(skipped) > 6 else ""
-        print(f"not mapped {len(skipped)} weight-bearing modules, "
+        print(f"not mapped {len(skipped)} weight-bearing module{'s' * (len(skipped) > 1)}, "
               f"{1 - cov['mapped_fraction']:.2%} of the weights, left digital and not timed: "
               f"{names}{more}")
     if left:
         total = sum(d.get("macs", 0) for d in left)
-        print(f"not timed  {total:.4g} digital MACs per iteration in {len(left)} modules "
-              f"({left[0]['work']}; report.json left_out)")
+        names = ", ".join(d["name"] for d in left[:3]) + (", ..." if len(left) > 3 else "")
+        print(f"not timed  {total:.4g} digital MACs per iteration: {left[0]['work']} in "
+              f"{len(left)} module{'s' * (len(left) > 1)} ({names}; report.json left_out)")
 
 
 def _print_phases(r: dict, indent: int = 10) -> None:

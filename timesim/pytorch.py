@@ -398,7 +398,7 @@ class _Probe:
     def left_out(self) -> tuple[dict, ...]:
         """Attention's activation x activation products: digital work not timed."""
         return tuple({"name": name.rsplit(".", 1)[0], "work": "attention scores and context "
-                      "(activation x activation, forward and backward), not timed",
+                      "(activation x activation, forward and backward)",
                       "macs": m} for name, m in self.macs.items())
 
     def layer_infos(self) -> tuple[LayerInfo, ...]:
