@@ -392,3 +392,22 @@ def test_torchvision_mobilenet_v2_records_whole(tmp_path):
     assert sum(1 for l in meta.layers if (l.groups or 1) > 1) == 17 and meta.skipped == ()
     rep = timesim.simulate(timesim.load_hwconfig(), str(tmp_path / "t"))
     assert rep["coverage"]["mapped_fraction"] == 1.0
+
+
+def test_an_evaluation_pass_before_training_sets_neither_batch_nor_vectors(tmp_path):
+    """A no_grad pass (batch 1, 3 tokens) before training (batch 4, 7 tokens): the manifest has
+    the training batch and tokens."""
+    torch.manual_seed(6)
+    model = Encoder(batch_first=True)
+    x, y = tokens(True, 4, 7), torch.randint(0, CLASSES, (4,))
+    with pytest.warns(timesim.errors.TimesimWarning):
+        with TraceRecorder(model, tmp_path / "t") as rec:
+            with torch.no_grad():
+                model(tokens(True, 1, 3))
+            for _ in range(2):
+                model.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                rec.step()
+    meta = open_trace(tmp_path / "t").meta
+    assert meta.batch_size == 4
+    assert {l.vectors_per_sample for l in meta.layers if l.name in PROJECTIONS} == {7}

@@ -287,10 +287,14 @@ class _Probe:
             self.batch = int(n)
             self.batch_note = f"{how} of {layer.path!r}'s input {list(shape)}"
 
+    def _training(self) -> bool:
+        """A pass that sets geometry, batch and vectors: one with gradients (an evaluation
+        under no_grad before training does not), or any pass of ``timing_manifest``."""
+        return self.timing or torch.is_grad_enabled()
+
     def _count(self, name: str, n: int, macs: int = 0) -> None:
-        """Input vectors (and attention MACs) of the training passes before the first step
-        (forward passes without gradients, e.g. an evaluation, count only in ``timing``)."""
-        if not self._frozen and (self.timing or torch.is_grad_enabled()):
+        """Input vectors (and attention MACs) of the training passes before the first step."""
+        if not self._frozen and self._training():
             self.vectors[name] = self.vectors.get(name, 0) + n
             if macs:
                 self.macs[name] = self.macs.get(name, 0) + macs
@@ -300,7 +304,7 @@ class _Probe:
 
         def hook(_mod, inputs, output):
             x = inputs[0]
-            if name not in self.seen:
+            if name not in self.seen and self._training():
                 shape = tuple(x.shape)
                 self.seen[name] = (shape, tuple(output.shape))
                 if x.dim() < (4 if layer.role == "conv2d" else 2):
@@ -338,13 +342,15 @@ class _Probe:
             else:                                                # unbatched (L, E)
                 n, L, S = 1, q.shape[0], k.shape[0]
             first = group[0]
-            if first.name not in self.seen:
+            training = self._training()
+            if first.name not in self.seen and training:
                 self._batch(first, n, f"dim {0 if bf else 1} (batch_first={bf})"
                             if q.dim() == 3 else "an unbatched input", tuple(q.shape))
             per = {"qkv": L if (k is q and v is q) else L + S, "q": L, "k": S, "v": S, "out": L}
             src = {"qkv": q, "q": q, "k": k, "v": v, "out": None}
             for layer in group:
-                self.seen.setdefault(layer.name, (tuple(q.shape), tuple(output[0].shape)))
+                if training:
+                    self.seen.setdefault(layer.name, (tuple(q.shape), tuple(output[0].shape)))
                 # the scores Q·Kᵀ and the context A·V: L·S·E MACs each per sample forward;
                 # backward computes four such products (dA, dV, dQ, dK): 6·L·S·E in training
                 macs = 6 * n * L * S * mod.embed_dim if layer is first else 0
