@@ -1,7 +1,8 @@
 """PyTorch integration (the ``torch`` extra; the core package never imports this module).
 
-- ``TraceRecorder``: hooks every nn.Linear and nn.Conv2d and writes their weight gradients as a
-  trace (DESIGN §6 orientation) while a model trains.
+- ``TraceRecorder``: hooks every nn.Linear, nn.Conv2d (grouped ones as a block-diagonal
+  matrix) and nn.MultiheadAttention projection and writes their weight gradients as a trace
+  (DESIGN §6 orientation) while a model trains; what it leaves digital is listed.
 - ``SparseUpdate``: wraps an optimizer and applies the chip's update policy in the loop, so the
   accuracy a user reports is the accuracy of the policy; it co-simulates live (write counts, ARS,
   lifetime, cycles, energy) and ``report(out)`` writes the same run folder as ``timesim run``.
