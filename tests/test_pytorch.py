@@ -160,7 +160,7 @@ def test_killed_recording_keeps_complete_chunks(tmp_path):
 
 def test_timing_only_manifest_is_timed_by_the_engine(tmp_path):
     from timesim.examples.digits import LeNet
-    meta = timing_manifest(LeNet(), torch.zeros(32, 1, 8, 8), tmp_path / "m", iterations=100)
+    meta = timing_manifest(LeNet(), torch.rand(32, 1, 8, 8), tmp_path / "m", iterations=100)
     assert [l.name for l in meta.layers] == ["conv1", "conv2", "fc1", "fc2"]
     assert meta.layers[1].input_hw == (4, 4) and meta.batch_size == 32
     r = subprocess.run([sys.executable, "-m", "timesim", "run", "--trace", str(tmp_path / "m"),
@@ -298,11 +298,14 @@ def test_recorder_records_what_maps_and_says_what_it_left_out(tmp_path, caplog):
                 record_steps(net, rec)
     assert "not mapped to crossbars" in caplog.text and "stem" in caplog.text
     meta = open_trace(str(tmp_path / "t")).meta
-    assert [l.name for l in meta.layers] == ["body", "head"]
+    # the depthwise conv and both attention projections are mapped (issue 24)
+    assert [l.name for l in meta.layers] == ["dw", "body", "att.in_proj", "att.out_proj",
+                                             "head"]
     reasons = {d["name"]: d["reason"] for d in meta.skipped}
-    assert reasons["stem"].startswith("frozen") and reasons["dw"].startswith("grouped")
-    assert "Conv1d" in reasons["seq"] and "MultiheadAttention" in reasons["att"]
-    assert "att.out_proj" in reasons
+    assert set(reasons) == {"stem", "seq"}
+    assert reasons["stem"].startswith("frozen") and "Conv1d" in reasons["seq"]
+    params = {d["name"]: d["parameters"] for d in meta.skipped}
+    assert params == {"stem": 4 * 3 * 3 * 3, "seq": 6 * 6 * 3}
     assert any("stem" in str(w.message) for w in seen)
     # exclude= and layers= choose
     with TraceRecorder(net, tmp_path / "u", exclude=["head"]) as rec:
@@ -310,7 +313,8 @@ def test_recorder_records_what_maps_and_says_what_it_left_out(tmp_path, caplog):
         net.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         rec.step()
-    assert [l.name for l in open_trace(str(tmp_path / "u")).meta.layers] == ["body"]
+    assert [l.name for l in open_trace(str(tmp_path / "u")).meta.layers] == [
+        "dw", "body", "att.in_proj", "att.out_proj"]
     with pytest.raises(timesim.TraceError, match="no module named 'nope'"):
         TraceRecorder(net, tmp_path / "v", layers=["nope"])
 
@@ -339,14 +343,14 @@ def test_sparse_update_skips_what_the_recorder_skips():
     torch.manual_seed(0)
     net = Mixed()
     su = SparseUpdate(torch.optim.SGD(net.parameters(), lr=0.1), None, model=net)
-    assert [n for n, _ in su.params] == ["body", "head"]
+    assert [n for n, _ in su.params] == ["dw", "body", "att.in_proj", "att.out_proj", "head"]
     x, y = batch(0)
     su.zero_grad()
     nn.functional.cross_entropy(net(x), y).backward()
-    dw_before = net.dw.weight.detach().clone()
+    seq_before = net.seq.weight.detach().clone()
     su.step()
     # a left-out weight is updated densely by the optimizer (digital)
-    assert not torch.equal(dw_before, net.dw.weight.detach())
+    assert not torch.equal(seq_before, net.seq.weight.detach())
 
 
 def test_sparse_update_without_model_says_which_weights_it_leaves_dense():

@@ -103,7 +103,27 @@ def cmd_run(args) -> int:
         _print_estimate(report, out)
     else:
         _print_summary(report, out)
+    _print_left_digital(report)
     return 0
+
+
+def _print_left_digital(r: dict) -> None:
+    """The weights and the work the chip does not cover (report ``skipped``, ``left_out``):
+    cycles, energy and lifetime above are for the mapped layers only."""
+    skipped, left = r.get("skipped") or [], r.get("left_out") or []
+    if skipped:
+        cov = r["coverage"]
+        names = "; ".join(f"{d['name']} ({d['reason']}, {d['parameters']} parameters)"
+                          for d in skipped[:6])
+        more = f"; and {len(skipped) - 6} more (report.json skipped)" if len(skipped) > 6 else ""
+        print(f"not mapped {len(skipped)} weight-bearing module{'s' * (len(skipped) > 1)}, "
+              f"{1 - cov['mapped_fraction']:.2%} of the weights, left digital and not timed: "
+              f"{names}{more}")
+    if left:
+        total = sum(d.get("macs", 0) for d in left)
+        names = ", ".join(d["name"] for d in left[:3]) + (", ..." if len(left) > 3 else "")
+        print(f"not timed  {total:.4g} digital MACs per iteration: {left[0]['work']} in "
+              f"{len(left)} module{'s' * (len(left) > 1)} ({names}; report.json left_out)")
 
 
 def _print_phases(r: dict, indent: int = 10) -> None:
@@ -304,7 +324,16 @@ def cmd_trace_info(args) -> int:
             geo = f"  k={l.kernel[0]}x{l.kernel[1]} {l.in_channels}->{l.out_channels}"
             if l.output_hw:
                 geo += f" out {l.output_hw[0]}x{l.output_hw[1]}"
+            if l.groups and l.groups > 1:
+                geo += f" groups={l.groups}"
+        if l.vectors_per_sample:
+            geo += f"  {l.vectors_per_sample} vectors per sample"
         print(f"  {l.name:<24}{l.kind:<8}{l.rows:>7} x {l.cols:<6}{geo}")
+    for d in m.skipped:
+        n = f", {d['parameters']} parameters" if "parameters" in d else ""
+        print(f"  not mapped: {d['name']} ({d['reason']}{n})")
+    for d in m.left_out:
+        print(f"  not timed: {d['name']}: {d.get('macs', '?')} MACs per iteration ({d['work']})")
     return 0
 
 

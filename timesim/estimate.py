@@ -21,6 +21,7 @@ from .config import HwConfig
 from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
 from .policies import effective_selection, topk_count
+from .report import left_digital
 from .trace.format import TraceMeta
 
 
@@ -117,4 +118,5 @@ def estimate(hw: HwConfig, meta: TraceMeta, iterations: int | None = None,
         "run": {"wall_s": time.perf_counter() - start,
                 "row_writes_per_iteration": {l.name: math.ceil(w.row_writes / T)
                                              for l, w in zip(meta.layers, work)}},
+        **left_digital(meta),
     }

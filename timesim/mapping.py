@@ -37,8 +37,9 @@ class LayerMapping:
     phys_cols: int            # cols × cells_per_weight
     row_blocks: int
     col_tiles: int
-    vectors: int              # input vectors per iteration (batch × output positions)
-    positions: int            # output positions per sample (1 for linear)
+    vectors: int              # input vectors per iteration (batch × positions)
+    positions: int            # input vectors per sample: the manifest's vectors_per_sample,
+                              # else output positions (conv2d) or 1 (linear)
     copies: int = 1           # weight copies (duplication)
     kernel_rows: int = 1      # kh for conv2d: an input row is fetched once per kernel row
     pool: int = 1             # pooling window area after the layer (1: none)
@@ -145,7 +146,9 @@ def map_layer(layer: LayerInfo, hw: HwConfig, batch: int, copies: int = 1,
     cpw = x.cells_per_weight * slices
     phys_cols = layer.cols * cpw
     positions = 1
-    if layer.kind == "conv2d" and layer.output_hw is not None:
+    if layer.vectors_per_sample is not None:         # tokens of a sequence (DESIGN §10)
+        positions = layer.vectors_per_sample
+    elif layer.kind == "conv2d" and layer.output_hw is not None:
         positions = layer.output_hw[0] * layer.output_hw[1]
     activity = (layer.input_activity if layer.input_activity is not None
                 else hw.dac.input_activity)

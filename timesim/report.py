@@ -77,6 +77,21 @@ def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
     return report
 
 
+def left_digital(meta) -> dict:
+    """report.json's ``skipped`` (DESIGN §10: weight-bearing layers left digital or out, from
+    the manifest), ``left_out`` (digital work not timed: attention's activation x activation
+    products, MACs per iteration) and ``coverage``: the share of the model's weights that the
+    report covers (older manifests without parameter counts: the skipped ones count as 0)."""
+    skipped = [{"name": d.get("name", ""), "reason": d.get("reason", ""),
+                "parameters": int(d.get("parameters", 0))} for d in meta.skipped]
+    mapped = sum(layer.weights for layer in meta.layers)
+    left = sum(d["parameters"] for d in skipped)
+    return {"skipped": skipped,
+            "left_out": [dict(d) for d in meta.left_out],
+            "coverage": {"mapped_parameters": mapped, "skipped_parameters": left,
+                         "mapped_fraction": mapped / (mapped + left) if mapped + left else 1.0}}
+
+
 RUN_FILES = ("report.json", "actions.csv", "max_writes_history.csv", "hwconfig.yaml",
              *(f"{fig}.{ext}" for fig in ("writes_boxplot", "max_writes", "breakdown", "faults")
                for ext in ("png", "pdf", "svg")))

@@ -30,6 +30,7 @@ from .report import (
     build_report,
     clear_run_folder,
     hwconfig_hash,
+    left_digital,
     trace_fingerprint,
     write_run,
 )
@@ -205,6 +206,7 @@ class Simulation:
                                                           self.meta.model, self.weights)
         if self.nonfinite is not None:
             report["nonfinite"] = self.nonfinite
+        report.update(left_digital(self.meta))          # what the chip does not cover
         wall = time.perf_counter() - self.start
         report.pop("wall_s")
         report["run"] = {"created": report.pop("created"), "wall_s": wall,

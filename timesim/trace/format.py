@@ -44,10 +44,21 @@ class LayerInfo:
     padding: tuple[int, int] | None = None
     input_activity: float | None = None     # fraction of input bits that are 1 (optional)
     pool: tuple[int, int] | None = None     # pooling window after the layer (optional)
+    # input vectors per sample (tokens of a sequence, or a conv's output positions): replaces
+    # the positions read off output_hw (optional; absent: 1 for linear, H_out·W_out for conv2d)
+    vectors_per_sample: int | None = None
+    # conv2d groups (optional; absent: 1): a block-diagonal matrix, group g's weights in rows
+    # [g·C_in/groups·kh·kw, ...) x cols [g·C_out/groups, ...), every other cell held at 0
+    groups: int | None = None
 
     @property
     def cells(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def weights(self) -> int:
+        """The layer's weights (cells off a grouped layer's diagonal blocks excluded)."""
+        return self.rows * self.cols // (self.groups or 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -69,7 +80,8 @@ class TraceMeta:
     checksums: dict[str, str] = field(default_factory=dict)
     complete: bool = True           # False: a writer checkpoint; the writer was still running
     timing_only: bool = False       # shapes and geometry, no gradient chunks
-    skipped: tuple = ()             # [{name, reason}]: modules with weights not recorded
+    skipped: tuple = ()             # [{name, reason, parameters}]: weights not recorded
+    left_out: tuple = ()            # [{name, work, macs}]: digital work not timed (attention)
 
     @property
     def n_chunks(self) -> int:
@@ -91,6 +103,8 @@ class TraceMeta:
             out["timing_only"] = True
         if self.skipped:
             out["skipped"] = [dict(d) for d in self.skipped]
+        if self.left_out:
+            out["left_out"] = [dict(d) for d in self.left_out]
         return out
 
 
@@ -152,18 +166,43 @@ def _layer(raw: Any, where: str) -> LayerInfo:
         for key, lo in (("input_hw", 1), ("output_hw", 1), ("stride", 1), ("padding", 0)):
             if raw.get(key) is not None:
                 geo[key] = _pair(raw[key], f"{where}.{key}", lo)
+        if raw.get("groups") is not None:
+            g = geo["groups"] = _int(raw["groups"], f"{where}.groups", 1, MAX_DIM)
+            if geo["in_channels"] % g or geo["out_channels"] % g:
+                raise TraceError(f"{where}.groups: {g} must divide in_channels "
+                                 f"{geo['in_channels']} and out_channels {geo['out_channels']}")
     else:
+        if raw.get("groups") is not None:
+            raise TraceError(f"{where}.groups: only a conv2d layer has groups")
         for key in ("input_hw", "output_hw"):
             if raw.get(key) is not None:
                 geo[key] = _pair(raw[key], f"{where}.{key}", 1)
     if raw.get("pool") is not None:
         geo["pool"] = _pair(raw["pool"], f"{where}.pool", 1)
+    if raw.get("vectors_per_sample") is not None:
+        geo["vectors_per_sample"] = _int(raw["vectors_per_sample"], f"{where}.vectors_per_sample",
+                                         1, MAX_ITERATIONS)
     act = raw.get("input_activity")
     if act is not None:
         if isinstance(act, bool) or not isinstance(act, (int, float)) or not 0 <= act <= 1:
             raise TraceError(f"{where}.input_activity: must be a fraction in [0, 1], got {act!r}")
         geo["input_activity"] = float(act)
     return LayerInfo(name=name, kind=kind, rows=rows, cols=cols, **geo)
+
+
+def _entries(raw: dict, key: str, text: set, counts: set, where: str) -> tuple:
+    """A list of {text fields, integer count fields} (``skipped``, ``left_out``)."""
+    items = raw.get(key) or []
+    want = "{" + ", ".join(sorted(text) + sorted(counts)) + "}"
+    if not isinstance(items, list):
+        raise TraceError(f"{where}: {key}: must be a list of {want}")
+    for i, d in enumerate(items):
+        if (not isinstance(d, dict) or not set(d) <= text | counts
+                or not all(isinstance(d.get(k, ""), str) for k in text)):
+            raise TraceError(f"{where}: {key}[{i}]: must be a mapping {want}, got {d!r}")
+        for k in counts & set(d):
+            _int(d[k], f"{where}: {key}[{i}].{k}", 0, 1 << 62)
+    return tuple(dict(d) for d in items)
 
 
 def parse_manifest(raw: Any, where: str) -> TraceMeta:
@@ -177,7 +216,7 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
                          f"got {raw.get('version')!r}")
     known = {"format", "version", "model", "source", "dataset", "batch_size", "iterations",
              "chunk_iterations", "dtype", "layers", "checksums", "complete", "timing_only",
-             "skipped"}
+             "skipped", "left_out"}
     unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise TraceError(f"{where}: {unknown[0]}: unknown key")
@@ -209,11 +248,8 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
             if not isinstance(raw[key], bool):
                 raise TraceError(f"{where}: {key}: must be true or false, got {raw[key]!r}")
             flags[key] = raw[key]
-    skipped = raw.get("skipped") or []
-    if not isinstance(skipped, list) or not all(
-            isinstance(d, dict) and set(d) <= {"name", "reason"} for d in skipped):
-        raise TraceError(f"{where}: skipped: must be a list of {{name, reason}}")
-    flags["skipped"] = tuple(skipped)
+    flags["skipped"] = _entries(raw, "skipped", {"name", "reason"}, {"parameters"}, where)
+    flags["left_out"] = _entries(raw, "left_out", {"name", "work"}, {"macs"}, where)
     return TraceMeta(model=raw.get("model") or "", source=raw.get("source") or "",
                      dataset=raw.get("dataset") or "", batch_size=batch, iterations=iterations,
                      chunk_iterations=chunk, dtype=dtype, layers=layers, checksums=checksums,

@@ -59,15 +59,19 @@ class TraceWriter:
         self.dtype = dtype
         self.chunk_iterations = chunk_iterations
         self._prepare_dir(overwrite)
-        self._buffers = {layer.name: np.empty((chunk_iterations, layer.rows, layer.cols),
-                                              dtype=STORAGE[dtype]) for layer in self.layers}
+        # a grouped layer's buffer starts at 0: its cells off the diagonal blocks stay 0, so
+        # a recorder fills only the blocks in place (``slot``)
+        self._buffers = {layer.name: (np.zeros if (layer.groups or 1) > 1 else np.empty)(
+            (chunk_iterations, layer.rows, layer.cols), dtype=STORAGE[dtype])
+            for layer in self.layers}
         self._fill = 0
         self._chunks = 0
         self._iterations = 0
         self._checksums: dict[str, str] = {}
         self._closed = False
         self._short = False             # a short chunk was written: it must be the last
-        self.skipped: tuple[dict[str, str], ...] = ()   # modules not recorded, with why
+        self.skipped: tuple[dict, ...] = ()     # weights not recorded, with why
+        self.left_out: tuple[dict, ...] = ()    # digital work not timed (attention products)
         # checkpoint: after every chunk, a manifest marked `complete: false` that covers the
         # chunks on disk, so a killed recording keeps its finished chunks (`trace seal`)
         self.checkpoint = checkpoint
@@ -104,10 +108,19 @@ class TraceWriter:
                              f"{self.chunk_iterations} iterations was already written; only the "
                              f"last chunk may be short")
 
-    def append(self, grads: Mapping[str, np.ndarray]) -> None:
-        """Add one iteration: ``grads[name]`` is the (rows, cols) gradient matrix of each layer."""
+    def slot(self, name: str) -> np.ndarray:
+        """The (rows, cols) storage of layer ``name`` in the next ``append``, to be filled in
+        place (values in the storage dtype: ``to_storage``); pass its name in ``filled``."""
+        self._check_open()
+        return self._buffers[name][self._fill]
+
+    def append(self, grads: Mapping[str, np.ndarray], filled=()) -> None:
+        """Add one iteration: ``grads[name]`` is the (rows, cols) gradient matrix of each layer
+        (or the layer is in ``filled``: written in place through ``slot``)."""
         self._check_open()
         for layer in self.layers:
+            if layer.name in filled:
+                continue
             g = grads.get(layer.name)
             if g is None:
                 raise TraceError(f"layer {layer.name}: no gradient given for this iteration")
@@ -175,7 +188,7 @@ class TraceWriter:
     def _write_manifest(self, complete: bool) -> TraceMeta:
         meta = TraceMeta(iterations=self._iterations, chunk_iterations=self.chunk_iterations,
                          dtype=self.dtype, layers=self.layers, checksums=dict(self._checksums),
-                         skipped=tuple(self.skipped),
+                         skipped=tuple(self.skipped), left_out=tuple(self.left_out),
                          complete=complete, **self.info)
         doc = meta.to_dict()
         parse_manifest(doc, str(self.path / "manifest.yaml"))
