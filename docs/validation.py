@@ -45,6 +45,7 @@ class Reference:
     overrides: tuple[str, ...] = ()
     network_from: str | None = None      # NetWork.csv / inputs taken from another reference
     update_fraction: float | None = None  # a sparse update: this fraction of weights moves
+    known_gaps: tuple[str, ...] = ()      # "FW energy", ...: beyond target, explained in the docs
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -76,7 +77,7 @@ def available() -> tuple[Reference, ...]:
         d = yaml.safe_load(meta.read_text())
         refs.append(Reference(name, d["title"], int(d.get("batch", 200)),
                               tuple(d.get("overrides", ())), d.get("network_from"),
-                              d.get("update_fraction")))
+                              d.get("update_fraction"), tuple(d.get("known_gaps", ()))))
     return tuple(r for r in refs if (r.folder / "breakdown.csv").exists())
 
 
@@ -354,7 +355,9 @@ def _derive_energy(vgg: Reference, conv: Reference, ns: dict, nsc: dict, eng, co
         e, cnt = (eng, counts) if ref is vgg else _engine(ref)
         for m, rec in zip(e.mapping.layers, ref_ns["layers"]):
             feats.append([_per_image(cnt, m.name, "forward", "interconnect", t, B)
-                          for t in trees])
+                          for t in trees]
+                         + [_per_image(cnt, m.name, "forward", "buffer", "read_byte", B)
+                            + _per_image(cnt, m.name, "forward", "buffer", "write_byte", B)])
             gb = (_per_image(cnt, m.name, "forward", "global_buffer", "read_byte", B)
                   + _per_image(cnt, m.name, "forward", "global_buffer", "write_byte", B))
             y.append((rec["energy_FW(J)"] - rec["Peak_energy_FW(J)"]) / B * 1e12
@@ -367,6 +370,7 @@ def _derive_energy(vgg: Reference, conv: Reference, ns: dict, nsc: dict, eng, co
            "accumulation.bit_energy_pJ": e_bit, "global_buffer.read_energy_pJ": e_byte}
     for t, v in zip(trees, sol):
         out[f"interconnect.{t}_pJ"] = float(v)
+    out["buffer.read_energy_pJ"] = float(sol[len(trees)])
     return out
 
 
@@ -385,7 +389,7 @@ def _derive_area(ns: dict, nsc: dict, eng) -> dict:
     per_xbar = (ac["other"] - a["other"]) / (conv_n - n)
     bit = (a["other"] - per_xbar * n) / units.buffer_bits
     rest = a["total"] - a["routing"]
-    acc_bits = units.write_parallel * 128 * 128 * (eng.hw.gradient.bits + 8)
+    acc_bits = units.write_parallel * 128 * 128 * (units.gradient_bits + 8)
     return {"xbar.area_um2": a["cim"] / n * 1e12, "adc.area_um2": a["adc"] / adcs * 1e12,
             "accumulation.area_um2": a["accumulation"] / adcs * 1e12,
             "xbar.periphery_area_um2": per_xbar * 1e12,

@@ -42,10 +42,24 @@ def test_the_references_are_there():
     assert {"vgg8", "heldout-a", "vgg8-conventional"} <= set(REFS)
 
 
+# a gap a reference may show, explained in docs/validation.md; it must stay below this bound,
+# and the test fails when it closes so that the page is updated
+GAP_BOUND = 1.45
+
+
+def _within(cmp: dict, what: str, r: float) -> None:
+    known = what in REFS[cmp["reference"]].known_gaps
+    if known:
+        assert V.TARGET_PHASE < r <= GAP_BOUND, (cmp["reference"], what, r,
+                                                 "explained gap moved: update docs/validation")
+    else:
+        assert r <= V.TARGET_PHASE, (cmp["reference"], what, r)
+
+
 def test_every_phase_within_target(cmp):
     for p in cmp["phases"]:
-        assert V.ratio(p["ts_latency"], p["ns_latency"]) <= V.TARGET_PHASE, (cmp["reference"], p)
-        assert V.ratio(p["ts_energy"], p["ns_energy"]) <= V.TARGET_PHASE, (cmp["reference"], p)
+        _within(cmp, f"{p['phase']} latency", V.ratio(p["ts_latency"], p["ns_latency"]))
+        _within(cmp, f"{p['phase']} energy", V.ratio(p["ts_energy"], p["ns_energy"]))
 
 
 def test_iteration_and_area_within_target(cmp):
@@ -102,6 +116,7 @@ def test_preset_numbers_are_consistent_with_their_documented_derivation():
         "interconnect.tile_bit_side_conventional_pJ":
             hw.interconnect.conventional_tile_tree_energy_j * pj,
         "interconnect.bus_bit_side_pJ": hw.interconnect.pe_bus_energy_j * pj,
+        "buffer.read_energy_pJ": hw.buffer.read_energy_j * pj,
         "xbar.area_um2": hw.xbar.area_m2 * um2,
         "adc.area_um2": hw.adc.area_m2 * um2,
         "accumulation.area_um2": hw.accumulation.area_m2 * um2,

@@ -53,7 +53,7 @@ def area_report(hw: HwConfig, plan: Floorplan | None = None, batch: int = 1) -> 
         # the accumulator: write_parallel arrays' worth of adders of the gradient's bits
         # plus the batch's carry bits (Chip.cpp:437)
         acc_bits = (u.write_parallel * hw.gradient.array_rows * hw.gradient.array_cols
-                    * (hw.gradient.bits + max(1, math.ceil(math.log2(max(2, batch))))))
+                    * (u.gradient_bits + max(1, math.ceil(math.log2(max(2, batch))))))
         m2["gradient"] = hw.gradient.units * (arrays * hw.gradient.array_area_m2
                                               + acc_bits * hw.gradient.accumulator_bit_area_m2)
         units.update(gradient_arrays=arrays, gradient_accumulator_bits=acc_bits)

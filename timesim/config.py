@@ -131,7 +131,11 @@ class Gradient:
     storage: str = _f("str", choices=("sram", "dram"), doc="where the batch's weight gradient "
                       "accumulates: on chip, or in DRAM (to DRAM and back once per sample, as "
                       "NeuroSim V2.1)")
-    bits: int = _f("int", "pos", doc="bits of one weight-gradient value in storage")
+    bits: Any = _f("auto_int", doc="bits of one weight-gradient value in storage; auto "
+                   "(gradient.model=sram-grid): the grid's output, adc_bits + input bits + one "
+                   "per adder stage over the grid's rows (WeightGradientUnit.cpp:134-135)")
+    adc_bits: int = _f("int", "pos", doc="sram-grid: bits of the grid's sense amplifiers "
+                       "(NeuroSim's levelOutputWG = 2^adc_bits)")
     area_m2: float = _f("area", "nonneg", doc="one weight-gradient unit")
     model: str = _f("str", choices=("throughput", "sram-grid"), doc="throughput: "
                     "macs_per_cycle for every layer; sram-grid: NeuroSim V2.1's grid of SRAM "

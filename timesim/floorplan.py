@@ -67,14 +67,16 @@ class ChipUnits:
     write_parallel: int        # arrays programmed at once (numArrayWriteParallel)
     bus_bits: int              # global bus width (0 for a fixed floorplan)
     gradient_grid: tuple[int, int]   # SRAM arrays of the weight-gradient grid (rows, cols)
+    gradient_bits: int = 0     # bits of one weight-gradient value (gradient.bits, resolved)
 
     @property
     def buffer_bits(self) -> int:
         return self.input_bits + self.overhead_bits
 
     def buffer_cores(self, line_bits: int) -> int:
-        """Register-file cores of line_bits x line_bits bits (Chip.cpp:441)."""
-        return -(-self.buffer_bits // (line_bits * line_bits))
+        """Register-file cores of line_bits x line_bits bits (Chip.cpp:441 takes the ceiling of
+        an integer division, so a partly used core is not counted: we follow its code)."""
+        return max(1, self.buffer_bits // (line_bits * line_bits))
 
     def buffer_lanes(self, line_bits: int) -> int:
         """Cores accessed at once: as many as the global bus has lanes (Chip.cpp:823)."""
@@ -324,6 +326,10 @@ def size_units(plan: Floorplan, io: Sequence[LayerIO], hw: HwConfig, batch: int)
     if io:
         grid = (max(1, io[ref].positions // g.array_rows),
                 max(1, io[ref].in_channels * nb // g.array_cols))
+    gbits = g.bits
+    if gbits == "auto":      # the grid's sense amps, input bits and its adder tree over rows
+        gbits = g.adc_bits + nb + (math.ceil(math.log2(grid[0])) if grid[0] > 1 else 0)
     units = ChipUnits(input_bits=input_bits, overhead_bits=overhead,
-                      write_parallel=max(1, parallel), bus_bits=bus, gradient_grid=grid)
+                      write_parallel=max(1, parallel), bus_bits=bus, gradient_grid=grid,
+                      gradient_bits=int(gbits))
     return dataclasses.replace(plan, units=units)

@@ -279,7 +279,17 @@ class CostTable:
         partial gradient goes to DRAM and comes back to be accumulated (NeuroSim V2.1)."""
         if self.hw.gradient.storage != "dram":
             return 0
-        return 2 * m.rows * m.cols * self.hw.gradient.bits
+        return 2 * m.rows * m.cols * self.gradient_value_bits
+
+    @property
+    def gradient_value_bits(self) -> int:
+        """``gradient.bits``, or (auto) the weight-gradient grid's output width."""
+        b = self.hw.gradient.bits
+        if b != "auto":
+            return int(b)
+        if self.floorplan is None or self.floorplan.units is None:
+            raise ConfigError("gradient.bits=auto: needs the network's layers")
+        return self.floorplan.units.gradient_bits
 
     def transfer(self, m: LayerMapping, bits: int, tile: bool = True, done: int = 0,
                  tile_bits: tuple[int, int] | None = None) -> Transfer:

@@ -196,6 +196,9 @@ class NetworkChip:
         tiles_col = max(1, m.chip_tiles // tiles_row)
         in_all = m.rows * m.positions * nb / (grid if novel else 1) * tiles_col
         out_all = m.phys_cols * out_bits * m.positions / K * tiles_row
+        # the tile buffers: every bit written once and read once
+        a["buffer", "write_byte"] = (in_all + out_all) / 8
+        a["buffer", "read_byte"] = (in_all + out_all) / 8
         kind = "novel" if novel else "conventional"
         a["interconnect", f"tile_bit_side_{kind}"] = (in_all + out_all) * pe / self.sa
         # PE buses: the inputs in, each ADC's output out, per subarray row of the PE
