@@ -30,44 +30,14 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
     """Per layer: {(phase, component, action): count over the whole run}."""
     c = engine.costs
     hw = engine.hw
-    S = c.slices_in
     ars_on = hw.controller.wear_leveling != "none"
     B = engine.mapping.batch_size
     out = {}
     for i, (m, p) in enumerate(zip(engine.mapping.layers, policies)):
-        V, R, PC, RB, CT, n = m.vectors, m.rows, m.phys_cols, m.row_blocks, m.col_tiles, m.cells
-        a: dict[Key, int] = {}
-        bi, bo = c.bits_in(m) * B, c.bits_out(m) * B
-        if c.netchip is not None:
-            _network_phases(a, c, m, i, T, B)
-        else:
-            # forward: inputs on the rows; only rows whose input bit is 1 draw current
-            a["forward", "crossbar", "cell_read"] = T * round(V * S * R * PC * m.activity)
-            a["forward", "dac", "conversion"] = T * V * S * R * CT
-            a["forward", "adc", "conversion"] = T * V * S * PC * RB
-            a["forward", "accumulation", "add"] = T * V * (S * PC * RB + PC * (RB - 1))
-            a["forward", "activation", "op"] = T * V * m.cols
-            a["forward", "pooling", "op"] = T * V * m.cols if m.pool > 1 else 0
-            _move(a, "forward", T, bi, bo, c.psum_bits(m) * B)
-            if i > 0:                        # layer 0 propagates no error to the input
-                a["backward", "crossbar", "cell_read"] = T * round(V * S * PC * R * m.activity)
-                a["backward", "dac", "conversion"] = T * V * S * PC * RB
-                a["backward", "adc", "conversion"] = T * V * S * R * CT
-                a["backward", "accumulation", "add"] = T * V * (S * R * CT + R * (CT - 1))
-                _move(a, "backward", T, bo, bi, c.psum_bits(m, backward=True) * B)
-        a["gradient", "gradient", "mac"] = T * n * V
-        if hw.gradient.model == "sram-grid":     # NeuroSim's gradient accumulator
-            a["gradient", "gradient", "accumulate"] = T * n * B
-        a["gradient", "global_buffer", "read_byte"] = T * _bytes(bi + bo)
-        g = c.gradient_bits(m) * B
-        if c.netchip is not None:        # every bit through the global buffer: written, read
-            a["gradient", "global_buffer", "write_byte"] = T * _bytes(bi + bo + g // 2)
-            a["gradient", "global_buffer", "read_byte"] += T * _bytes(g // 2)
-        if g:
-            a["gradient", "dram", "bit"] = T * g
-            a["gradient", "global_buffer", "write_byte"] = (
-                a.get(("gradient", "global_buffer", "write_byte"), 0) + T * _bytes(g // 2))
-            a["gradient", "global_buffer", "read_byte"] += T * _bytes(g // 2)
+        R, PC, n = m.rows, m.phys_cols, m.cells
+        # what the layer does every iteration (CostTable.iteration_actions: the same volumes
+        # its timing uses), then what the policy's counters say it wrote
+        a: dict[Key, int] = {k: T * v for k, v in c.iteration_actions(m, i, B).items()}
         # paper Sec. 3.2: SGS compares each element once as its row streams out and tracks
         # the best of the rows (k²C·N + k²C); top-k costs O(n log₂ k) comparisons
         if p.selection in ("sgs-row", "sgs-element"):
@@ -102,34 +72,6 @@ def action_counts(engine: Engine, policies: Sequence[LayerPolicy], T: int
         out[engine.mapping.layers[0].name]["reprogram", "multiplex", "cell_pulse"] = (
             T * engine.reprogram_cells)
     return out
-
-
-def _network_phases(a: dict, c, m, i: int, T: int, B: int) -> None:
-    """Forward and backward on a network-sized chip: ``netchip``'s counts per sample and phase
-    (the backward pass does what the forward pass does, NeuroSim V2.1's accounting); every
-    activation, pooling and global-buffer count from the same volumes the timing uses."""
-    per = c.netchip.actions(m, c.bits_in(m), c.bits_out(m))
-    for phase in ("forward", "backward") if i > 0 else ("forward",):
-        for (comp, action), n in per.items():
-            a[phase, comp, action] = T * round(n * B)
-    a["forward", "activation", "op"] = T * m.vectors * m.cols
-    a["forward", "pooling", "op"] = T * m.vectors * m.cols if m.pool > 1 else 0
-
-
-def _bytes(bits: int) -> int:
-    return -(-bits // 8)
-
-
-def _move(a: dict, phase: str, T: int, bits_in: int, bits_out: int, psum: int) -> None:
-    """Inputs from the global buffer over the interconnect into the tile buffers, outputs
-    back: every input bit and every partial-sum bit of the outputs is written to and read
-    from a tile buffer once; activated (pooled) outputs cross the interconnect."""
-    tb = _bytes(bits_in) + _bytes(psum)
-    a[phase, "buffer", "write_byte"] = T * tb
-    a[phase, "buffer", "read_byte"] = T * tb
-    a[phase, "global_buffer", "read_byte"] = T * _bytes(bits_in)
-    a[phase, "global_buffer", "write_byte"] = T * _bytes(bits_out)
-    a[phase, "interconnect", "bit"] = T * (bits_in + bits_out)
 
 
 def action_latency(engine: Engine) -> dict[tuple[str, str], int]:

@@ -328,6 +328,57 @@ class CostTable:
                                            self.gb_bits_per_cycle),
                         interconnect=self._ns(ic_ns, done, images))
 
+    # -- what a layer does in one iteration (action counts; energy = counts x table) ----------
+
+    def iteration_actions(self, m: LayerMapping, i: int, batch: int
+                          ) -> dict[tuple[str, str, str], int]:
+        """{(phase, component, action): count} of layer ``m`` (the i-th) in one iteration of
+        ``batch`` samples: its forward and backward MVMs and data movement and its weight
+        gradient, from the volumes its timing uses (``bits_in``, ``bits_out``, ``psum_bits``,
+        ``gradient_bits``; on a network-sized chip ``netchip.actions``). The selection, writes
+        and ARS come from the policy's counters (``energy.action_counts``)."""
+        B = batch
+        a: dict[tuple[str, str, str], int] = {}
+        bi, bo = self.bits_in(m) * B, self.bits_out(m) * B
+        V, R, PC, RB, CT, S = (m.vectors, m.rows, m.phys_cols, m.row_blocks, m.col_tiles,
+                               self.slices_in)
+        if self.netchip is not None:
+            per = self.netchip.actions(m, self.bits_in(m), self.bits_out(m))
+            for phase in ("forward", "backward") if i > 0 else ("forward",):
+                for (comp, action), n in per.items():
+                    a[phase, comp, action] = round(n * B)
+            a["forward", "activation", "op"] = V * m.cols
+            a["forward", "pooling", "op"] = V * m.cols if m.pool > 1 else 0
+        else:
+            # forward: inputs on the rows; only rows whose input bit is 1 draw current
+            a["forward", "crossbar", "cell_read"] = round(V * S * R * PC * m.activity)
+            a["forward", "dac", "conversion"] = V * S * R * CT
+            a["forward", "adc", "conversion"] = V * S * PC * RB
+            a["forward", "accumulation", "add"] = V * (S * PC * RB + PC * (RB - 1))
+            a["forward", "activation", "op"] = V * m.cols
+            a["forward", "pooling", "op"] = V * m.cols if m.pool > 1 else 0
+            _move(a, "forward", bi, bo, self.psum_bits(m) * B)
+            if i > 0:                        # layer 0 propagates no error to the input
+                a["backward", "crossbar", "cell_read"] = round(V * S * PC * R * m.activity)
+                a["backward", "dac", "conversion"] = V * S * PC * RB
+                a["backward", "adc", "conversion"] = V * S * R * CT
+                a["backward", "accumulation", "add"] = V * (S * R * CT + R * (CT - 1))
+                _move(a, "backward", bo, bi, self.psum_bits(m, backward=True) * B)
+        a["gradient", "gradient", "mac"] = m.cells * V
+        if self.hw.gradient.model == "sram-grid":     # NeuroSim's gradient accumulator
+            a["gradient", "gradient", "accumulate"] = m.cells * B
+        a["gradient", "global_buffer", "read_byte"] = _bytes(bi + bo)
+        g = self.gradient_bits(m) * B
+        if self.netchip is not None:     # every bit through the global buffer: written, read
+            a["gradient", "global_buffer", "write_byte"] = _bytes(bi + bo + g // 2)
+            a["gradient", "global_buffer", "read_byte"] += _bytes(g // 2)
+        if g:
+            a["gradient", "dram", "bit"] = g
+            a["gradient", "global_buffer", "write_byte"] = (
+                a.get(("gradient", "global_buffer", "write_byte"), 0) + _bytes(g // 2))
+            a["gradient", "global_buffer", "read_byte"] += _bytes(g // 2)
+        return {k: v for k, v in a.items() if v}
+
     # -- per-layer timing ---------------------------------------------------------------------
 
     def mvm_cycles(self, row_blocks: int) -> int:
@@ -439,6 +490,22 @@ class CostTable:
             mvm=mvm, mvm_t=mvm_t, select_row=select_row, select_drain=drain, topk_select=topk,
             row_write=row_write, cell_write=cell_write, row_read=row_read, write_jobs=jobs,
             rows=m.rows)
+
+
+def _bytes(bits: int) -> int:
+    return -(-bits // 8)
+
+
+def _move(a: dict, phase: str, bits_in: int, bits_out: int, psum: int) -> None:
+    """Inputs from the global buffer over the interconnect into the tile buffers, outputs
+    back: every input bit and every partial-sum bit of the outputs is written to and read
+    from a tile buffer once; activated (pooled) outputs cross the interconnect."""
+    tb = _bytes(bits_in) + _bytes(psum)
+    a[phase, "buffer", "write_byte"] = tb
+    a[phase, "buffer", "read_byte"] = tb
+    a[phase, "global_buffer", "read_byte"] = _bytes(bits_in)
+    a[phase, "global_buffer", "write_byte"] = _bytes(bits_out)
+    a[phase, "interconnect", "bit"] = bits_in + bits_out
 
 
 def wave_sizes(batch: int, waves: int) -> list[int]:
