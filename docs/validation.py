@@ -267,7 +267,7 @@ def derive() -> dict:
             sc = max(1, nc // max(1, -(-cols // g.array_cols)))
         else:
             sr, sc = nr, max(1, cols // g.array_cols)
-        passes = -(-m.cells // (wp * g.array_rows * g.array_cols))
+        passes = -(-m.cells // (wp * eng.hw.xbar.rows * eng.hw.xbar.cols))
         feats.append([m.kernel_area * m.cols / (sr * sc), m.kernel_area, passes])
         y.append(rec["Peak_latency_WG(s)"] * 1e9 / B)
     t_read, t_load, t_acc = _lstsq(feats, y)
@@ -369,9 +369,14 @@ def _derive_energy(vgg: Reference, conv: Reference, ns: dict, nsc: dict, eng, co
     out = {"adc.energy_pJ": e_conv, "xbar.array_read_energy_pJ": e_read,
            "accumulation.bit_energy_pJ": e_bit, "global_buffer.read_energy_pJ": e_byte}
     for t, v in zip(trees, sol):
-        out[f"interconnect.{t}_pJ"] = float(v)
+        out[f"interconnect.{TREE_KEYS[t]}_pJ"] = float(v)
     out["buffer.read_energy_pJ"] = float(sol[len(trees)])
     return out
+
+
+TREE_KEYS = {"chip_bit_side": "chip_tree_energy", "tile_bit_side_novel": "novel_tile_tree_energy",
+             "tile_bit_side_conventional": "conventional_tile_tree_energy",
+             "bus_bit_side": "pe_bus_energy"}
 
 
 def _derive_area(ns: dict, nsc: dict, eng) -> dict:
@@ -389,7 +394,8 @@ def _derive_area(ns: dict, nsc: dict, eng) -> dict:
     per_xbar = (ac["other"] - a["other"]) / (conv_n - n)
     bit = (a["other"] - per_xbar * n) / units.buffer_bits
     rest = a["total"] - a["routing"]
-    acc_bits = units.write_parallel * 128 * 128 * (units.gradient_bits + 8)
+    acc_bits = (units.write_parallel * eng.hw.xbar.rows * eng.hw.xbar.cols
+                * (units.gradient_bits + 8))
     return {"xbar.area_um2": a["cim"] / n * 1e12, "adc.area_um2": a["adc"] / adcs * 1e12,
             "accumulation.area_um2": a["accumulation"] / adcs * 1e12,
             "xbar.periphery_area_um2": per_xbar * 1e12,

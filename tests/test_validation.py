@@ -111,11 +111,11 @@ def test_preset_numbers_are_consistent_with_their_documented_derivation():
         "xbar.array_read_energy_pJ": hw.xbar.array_read_energy_j * pj,
         "accumulation.bit_energy_pJ": hw.accumulation.bit_energy_j * pj,
         "global_buffer.read_energy_pJ": hw.global_buffer.read_energy_j * pj,
-        "interconnect.chip_bit_side_pJ": hw.interconnect.chip_tree_energy_j * pj,
-        "interconnect.tile_bit_side_novel_pJ": hw.interconnect.novel_tile_tree_energy_j * pj,
-        "interconnect.tile_bit_side_conventional_pJ":
+        "interconnect.chip_tree_energy_pJ": hw.interconnect.chip_tree_energy_j * pj,
+        "interconnect.novel_tile_tree_energy_pJ": hw.interconnect.novel_tile_tree_energy_j * pj,
+        "interconnect.conventional_tile_tree_energy_pJ":
             hw.interconnect.conventional_tile_tree_energy_j * pj,
-        "interconnect.bus_bit_side_pJ": hw.interconnect.pe_bus_energy_j * pj,
+        "interconnect.pe_bus_energy_pJ": hw.interconnect.pe_bus_energy_j * pj,
         "buffer.read_energy_pJ": hw.buffer.read_energy_j * pj,
         "xbar.area_um2": hw.xbar.area_m2 * um2,
         "adc.area_um2": hw.adc.area_m2 * um2,

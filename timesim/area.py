@@ -20,7 +20,8 @@ from .config import HwConfig
 from .floorplan import Floorplan
 
 
-def area_report(hw: HwConfig, plan: Floorplan | None = None, batch: int = 1) -> dict:
+def area_report(hw: HwConfig, plan: Floorplan | None = None, batch: int = 1,
+                write_parallel: int | None = None) -> dict:
     x = hw.xbar
     if plan is None:
         n = hw.chip.crossbars
@@ -50,9 +51,10 @@ def area_report(hw: HwConfig, plan: Floorplan | None = None, batch: int = 1) -> 
         units["global_buffer_bits"] = u.buffer_bits
     if u is not None and hw.gradient.model == "sram-grid":
         arrays = u.gradient_grid[0] * u.gradient_grid[1]
-        # the accumulator: write_parallel arrays' worth of adders of the gradient's bits
+        # the accumulator: write_parallel crossbars' worth of adders of the gradient's bits
         # plus the batch's carry bits (Chip.cpp:437)
-        acc_bits = (u.write_parallel * hw.gradient.array_rows * hw.gradient.array_cols
+        wp = u.write_parallel if write_parallel is None else write_parallel
+        acc_bits = (wp * hw.xbar.rows * hw.xbar.cols
                     * (u.gradient_bits + max(1, math.ceil(math.log2(max(2, batch))))))
         m2["gradient"] = hw.gradient.units * (arrays * hw.gradient.array_area_m2
                                               + acc_bits * hw.gradient.accumulator_bit_area_m2)

@@ -172,10 +172,12 @@ def _print_summary(r: dict, out: Path) -> None:
     print(f"chip      {r['hwconfig']['name']}  {r['hwconfig']['xbar']['rows']}x"
           f"{r['hwconfig']['xbar']['cols']} crossbars")
     print(f"policy    {p['selection']} + {wl}")
-    print(f"{'layer':<22}{'policy':<13}{'rows x cols':>13}{'max':>9}{'mean':>10}{'sparsity':>10}")
+    width = max([21] + [len(layer["name"]) for layer in r["trace"]["layers"]]) + 1
+    print(f"{'layer':<{width}}{'policy':<13}{'rows x cols':>13}{'max':>9}{'mean':>10}"
+          f"{'sparsity':>10}")
     for layer in r["trace"]["layers"]:
         s = w["by_layer"][layer["name"]]
-        print(f"{layer['name']:<22}{p['by_layer'][layer['name']]:<13}"
+        print(f"{layer['name']:<{width}}{p['by_layer'][layer['name']]:<13}"
               f"{str(layer['rows']) + ' x ' + str(layer['cols']):>13}{s['max']:>9}"
               f"{s['mean']:>10.2f}{s['sparsity']:>10.4f}")
     print(f"max writes per cell      {w['max']}  (dense baseline: {r['iterations']})")

@@ -108,7 +108,9 @@ class Dac:
 
 @dataclass(frozen=True)
 class Adc:
-    bits: int = _f("int", "pos", doc="resolution")
+    bits: int = _f("int", "pos", doc="resolution: what the analog model quantizes to "
+                   "(docs/analog.md) and the adder widths of a network floorplan; the cost of a "
+                   "conversion is adc.latency, adc.energy and adc.area as given")
     cols_per_adc: int = _f("int", "pos", doc="columns multiplexed onto one ADC")
     range: Any = _f("range", doc="auto: each ADC's full scale calibrated on the partial sums "
                     "(per input and weight slice, mean-squared-error optimal clip); a number: "
@@ -564,7 +566,7 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     return sec, name, parsed
 
 
-def _build(merged: dict[str, Any], source: str) -> HwConfig:
+def _build(merged: dict[str, Any], source: str, overrides: Iterable[str] = ()) -> HwConfig:
     sections = {}
     for sec, cls in SECTIONS.items():
         body = merged.get(sec, {})
@@ -574,7 +576,8 @@ def _build(merged: dict[str, Any], source: str) -> HwConfig:
         sections[sec] = cls(**body)
     hw = HwConfig(version=merged.get("version", CONFIG_VERSION),
                   name=merged.get("name", Path(source).stem), source=source, **sections)
-    _cross_check(hw, source)
+    sets = list(overrides)
+    _cross_check(hw, source if not sets else f"{source} with --set {' --set '.join(sets)}")
     return hw
 
 
@@ -679,7 +682,7 @@ def load_hwconfig(path: str | Path | None = None, overrides: Iterable[str] = ())
         attr, si = _resolve_key(sec, key, value, f"--set {text}")
         merged[sec][attr] = si
         origin[(sec, attr)] = f"--set {text}"
-    hw = _build(merged, source)
+    hw = _build(merged, source, overrides)
     from .plausible import warn_implausible
 
     warn_implausible(hw, origin)

@@ -65,10 +65,11 @@ class LayerMapping:
         return self.rows * self.cols
 
     def programmed_copies(self, rule: str, pe_grid: int) -> int:
-        """Copies a write programs: all of them, or (``neurosim``) NeuroSim V2.1's accounting:
-        every copy on a novel tile (Tile.cpp:739) or on a conventional tile whose PEs all hold
-        copies (Tile.cpp:382-413), only the original elsewhere."""
-        if rule == "all" or self.placement == "novel":
+        """Copies a write programs: all of them, or (``neurosim``, on a network floorplan)
+        NeuroSim V2.1's accounting: every copy on a novel tile (Tile.cpp:739) or on a
+        conventional tile whose PEs all hold copies (Tile.cpp:382-413), only the original
+        elsewhere. A fixed floorplan has no such tiles: every copy."""
+        if rule == "all" or self.placement in ("novel", "fixed"):
             return self.copies
         if self.placement == "conventional" and min(self.copy_grid) >= pe_grid:
             return self.copies
@@ -95,7 +96,8 @@ class NetworkMapping:
         return {"crossbars_needed": self.crossbars_needed,
                 "crossbars_available": self.crossbars_available,
                 "multiplexed": self.multiplexed, "batch_size": self.batch_size,
-                "floorplan": self.floorplan.to_dict(),
+                "floorplan": {**self.floorplan.to_dict(),
+                              "write_parallel_arrays": self.write_parallel},
                 "by_layer": {m.name: {"row_blocks": m.row_blocks, "col_tiles": m.col_tiles,
                                       "tiles": m.tiles, "copies": m.copies,
                                       "crossbars": m.arrays, "chip_tiles": m.chip_tiles,
@@ -124,16 +126,25 @@ def cells_per_weight(hw: HwConfig) -> tuple[int, int]:
 def pool_after(layers: Sequence[LayerInfo], i: int) -> int:
     """Pooling window area after layer i: the manifest's ``pool``, else read off the geometry
     (the next conv layer's input is smaller than this layer's output by an integer factor,
-    e.g. 2x2 max-pool: 4)."""
+    e.g. 2x2 max-pool: 4; or the next linear layer flattens fewer positions than this layer
+    outputs)."""
     layer = layers[i]
     if layer.pool is not None:
         return layer.pool[0] * layer.pool[1]
     if layer.kind != "conv2d" or layer.output_hw is None or i + 1 >= len(layers):
         return 1
     nxt = layers[i + 1]
+    ho, wo = layer.output_hw
+    if nxt.kind == "linear":
+        # a flattened map: the linear layer's inputs are C_out x h x w of a pooled output
+        if layer.cols and nxt.rows % layer.cols == 0:
+            area = nxt.rows // layer.cols
+            if 0 < area < ho * wo and (ho * wo) % area == 0:
+                return (ho * wo) // area
+        return 1
     if nxt.kind != "conv2d" or nxt.input_hw is None:
         return 1
-    (ho, wo), (hi, wi) = layer.output_hw, nxt.input_hw
+    hi, wi = nxt.input_hw
     if hi < ho and wi < wo and ho % hi == 0 and wo % wi == 0:
         return (ho // hi) * (wo // wi)
     return 1

@@ -186,7 +186,8 @@ class Simulation:
         add_training_time(report["lifetime"], report["seconds"] / T)
         report["energy_j"] = energy_report(self.engine, counts)
         report["area_mm2"] = area_report(self.hw, self.engine.mapping.floorplan,
-                                        self.engine.mapping.batch_size)
+                                        self.engine.mapping.batch_size,
+                                        self.engine.mapping.write_parallel)
         report["mapping"] = self.engine.mapping.to_dict()
         report["ars"]["normalized_write_energy"] = normalized_ars_energy(self.engine, counts, T)
         capped = {p.layer.name: p.pulses_capped for p in self.policies if p.pulses_capped}

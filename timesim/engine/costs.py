@@ -240,7 +240,7 @@ class CostTable:
         else:               # one position: the grid's rows all take copies (Chip.cpp:1057)
             sr, sc = nr, max(1, cols // g.array_cols)
         k2 = m.kernel_area
-        passes = cdiv(m.cells, write_parallel * g.array_rows * g.array_cols)
+        passes = cdiv(m.cells, write_parallel * self.hw.xbar.rows * self.hw.xbar.cols)
         return 1e9 * (k2 * (m.cols * g.read_latency_s / (sr * sc) + g.load_latency_s)
                       + passes * g.accumulate_latency_s)
 
