@@ -5,8 +5,7 @@ Public API (DESIGN §8): ``load_hwconfig``, ``open_trace``, ``simulate``.
 
 import logging
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .config import HwConfig, load_hwconfig  # noqa: E402
 from .errors import ConfigError, SimulationError, TimesimError, TraceError  # noqa: E402
 
