@@ -360,7 +360,8 @@ def simulate(hw: HwConfig, trace, out=None,
         return simulate_sharded(hw, trace, scheduler, out=out,
                                 checkpoint_every=checkpoint_every, resume=resume,
                                 shards=shards, fingerprint=fp, label=label,
-                                trace_fp=fp_trace, threads=threads or 1)
+                                trace_fp=fp_trace, threads=threads or 1,
+                                simulation=Simulation)
     sim = Simulation(hw, trace.meta, fine=fine, faults=faults, threads=threads)
     sim.fused = bool(fused)
     if faults and hasattr(trace, "path") and (Path(trace.path) / "weights.npz").is_file():
