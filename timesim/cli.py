@@ -69,6 +69,7 @@ def cmd_run(args) -> int:
 
         require_matplotlib()
     trace = open_trace(args.trace if args.trace else bundled_trace())
+    evaluator = _evaluator(args.eval, args.faults)
     if args.resume and not args.out:
         raise ConfigError("--resume: needs the --out of the run to continue")
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime(
@@ -78,7 +79,7 @@ def cmd_run(args) -> int:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           nonfinite=args.nonfinite, faults=args.faults, threads=args.threads,
-                          scheduler=args.scheduler, shards=args.shards)
+                          scheduler=args.scheduler, shards=args.shards, evaluator=evaluator)
     finally:
         if bar is not None:
             bar.close()
@@ -91,6 +92,17 @@ def cmd_run(args) -> int:
     else:
         _print_summary(report, out)
     return 0
+
+
+def _evaluator(spec: str | None, faults: bool):
+    """``--eval module:function``, imported before the run so that a wrong name fails first."""
+    if spec is None:
+        return None
+    if not faults:
+        raise ConfigError("--eval: scores the model on the worn chip; give --faults too")
+    from .faults import load_evaluator
+
+    return load_evaluator(spec)
 
 
 def _print_phases(r: dict, indent: int = 10) -> None:
@@ -411,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--faults", action="store_true",
                      help="also measure each worn layer's analog MVM error (report faults; "
                           "with --plots, faults.png); the failed fractions are always there")
+    run.add_argument("--eval", metavar="MODULE:FUNCTION",
+                     help="with --faults: score the trace's model on the worn chip with this "
+                          "evaluator (report faults.accuracy; docs/analog.md)")
     run.add_argument("--checkpoint-every", type=_nonneg_int, default=10000, metavar="N",
                      help="save the full state into --out every N iterations (0: never; "
                           "default 10000)")
