@@ -250,7 +250,8 @@ def cmd_trace_synth(args) -> int:
 def cmd_trace_fit(args) -> int:
     import time
 
-    from .trace.fit import fit_trace, write_model
+    from .trace.fit import fit_trace
+    from .trace.fitted import write_model
 
     out = Path(args.out)
     if out.suffix.lower() not in (".yaml", ".yml"):

@@ -13,7 +13,7 @@ n = 4) and rescaled give an approximately standard normal z (kurtosis 2.7, trunc
 
 with a persistent (or slowly changing) cell field M and per-iteration row and column factors
 P, U (rows) and Q, V (cols): the stationary workloads have P = Q = 1 (exact in float32), the
-fitted ones put their drift and training-phase scale there (trace/synth.py, trace/fit.py).
+fitted ones put their drift and training-phase scale there (trace/synth.py, trace/fitted.py).
 A fitted workload may also give each cell its own noise scale W (rows × cols): the noise term
 is then (U[r] · V[c]) · (W[r, c] · z); an empty W (shape (0, 0)) means none.
 "Fused" kernels compute g in registers while accumulating it, so a synthetic run never writes
@@ -108,7 +108,7 @@ def _gate_block(seed, stream, t0, probs, table, slope, step, grid, scale, imp, w
     an interval is found by integer arithmetic; the few values in the finer upper tail are
     looked up by a scan. Uniforms: the two 32-bit halves x of each splitmix64 hash of stream
     (seed, stream, t0 + i), u = (x + 0.5) / 2^32. ``u``: a uint64 scratch row. The row and
-    column factors of the fitted workloads (trace/fit.py).
+    column factors of the fitted workloads (trace/fitted.py).
 
     On the grid, y = u · grid = (2x + 1) · grid / 2^33 is exact in float64 (an integer of at
     most 40 bits times a power of two), its interval k = ⌊y⌋ is the integer (2x + 1) · grid
