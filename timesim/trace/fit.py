@@ -11,6 +11,7 @@ arrays that ``fitted.write_model`` stores and ``fitted.load_model`` replays (doc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -152,6 +153,45 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
 
     trace = open_trace(trace)
     meta = trace.meta
+    plan = _plan(trace, windows, start)
+    sigma, sq = _scale_pass(trace, plan, progress)
+    imp = {layer.name: _importance(sq[layer.name] / plan.span) for layer in meta.layers}
+    # the scale σ(t) as the model has it: knots of the smoothed recorded scale, then a power law
+    scales = {name: _fit_scale(sig) for name, sig in sigma.items()}
+    smooth = {name: scale_curve(np.arange(plan.K, dtype=np.float64), kt, np.log(ks), -slope)
+              for name, (kt, ks, slope, _) in scales.items()}
+    acc = _window_pass(trace, plan, sigma, smooth, imp, sq, progress)
+    layers_doc, arrays = [], {}
+    for layer in meta.layers:
+        doc, arr = _fit_layer(layer, plan, imp[layer.name], acc[layer.name],
+                              sq[layer.name] / plan.span, scales[layer.name])
+        layers_doc.append(doc)
+        arrays.update(arr)
+    doc = {"format": FORMAT, "version": VERSION, "model": meta.model, "dataset": meta.dataset,
+           "batch_size": meta.batch_size,
+           "source": {"trace": str(getattr(trace, "path", "")), "iterations": plan.K,
+                      "statistics_from": plan.t_first, "windows": plan.windows},
+           "layers": layers_doc}
+    return doc, arrays
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which iterations the fit's statistics come from: ``windows`` windows of ``wlen``
+    iterations from ``t_first`` (``used`` in all, of the ``span`` from ``t_first`` to the
+    trace's end ``K``); ``n_vr`` the block length of the variance ratio."""
+    K: int
+    t_first: int
+    span: int
+    windows: int
+    wlen: int
+    used: int
+    n_vr: int
+
+
+def _plan(trace, windows: int, start: float) -> _Plan:
+    """Check that the trace can be fitted and lay out its statistics' windows."""
+    meta = trace.meta
     K = meta.iterations
     if meta.timing_only:
         raise TraceError(f"{trace.path}: a timing-only manifest has no gradients to fit")
@@ -168,238 +208,268 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
     # the block length of the variance ratio (a goodness-of-fit number): a power of two, at
     # most a window and an eighth of the statistics
     n_vr = 1 << max(1, int(math.log2(max(2, min(wlen, used // 8)))))
+    return _Plan(K, t_first, span, windows, wlen, used, n_vr)
 
-    def chunks():
-        """(t0, n, layer, float64 gradients) in slices of at most ~8 M values (~64 MB), so
-        memory stays bounded whatever the recorded chunk size."""
-        for ch in trace.chunks():
-            for layer in meta.layers:
-                raw = np.asarray(ch.arrays[layer.name])
-                step = max(1, (8 << 20) // layer.cells)
-                for i in range(0, ch.n, step):
-                    part = to_float32(np.ascontiguousarray(raw[i:i + step]), meta.dtype)
-                    yield _Slice(ch.t0 + i, part.shape[0]), layer, np.asarray(part,
-                                                                            dtype=np.float64)
 
-    # pass 1: per-iteration scale and per-cell mean square of the scale-normalised gradient
-    sigma = {layer.name: np.zeros(K) for layer in meta.layers}
-    sq = {layer.name: np.zeros((layer.rows, layer.cols)) for layer in meta.layers}
-    for ch, layer, g in chunks():
+def _slices(trace):
+    """(iterations, layer, float64 gradients) in slices of at most ~8 M values (~64 MB), so
+    memory stays bounded whatever the recorded chunk size."""
+    meta = trace.meta
+    for ch in trace.chunks():
+        for layer in meta.layers:
+            raw = np.asarray(ch.arrays[layer.name])
+            step = max(1, (8 << 20) // layer.cells)
+            for i in range(0, ch.n, step):
+                part = to_float32(np.ascontiguousarray(raw[i:i + step]), meta.dtype)
+                yield _Slice(ch.t0 + i, part.shape[0]), layer, np.asarray(part,
+                                                                        dtype=np.float64)
+
+
+def _scale_pass(trace, plan: _Plan, progress) -> tuple[dict, dict]:
+    """Pass 1: each layer's per-iteration scale (RMS) and the per-cell sum of squares of the
+    scale-normalised gradient over the statistics' iterations."""
+    layers = trace.meta.layers
+    sigma = {layer.name: np.zeros(plan.K) for layer in layers}
+    sq = {layer.name: np.zeros((layer.rows, layer.cols)) for layer in layers}
+    for ch, layer, g in _slices(trace):
         s = np.sqrt((g ** 2).reshape(ch.n, -1).mean(1))
         if not np.isfinite(s).all():
             raise TraceError(f"{layer.name}: non-finite gradients in iterations {ch.t0}.."
                              f"{ch.t0 + ch.n - 1}; fit a trace without them")
         sigma[layer.name][ch.t0:ch.t0 + ch.n] = s
         h = g / np.maximum(s, _EPS)[:, None, None]
-        keep = ch.t0 + np.arange(ch.n) >= t_first
+        keep = ch.t0 + np.arange(ch.n) >= plan.t_first
         sq[layer.name] += (h[keep] ** 2).sum(0)
         if progress:
-            progress(0.5 * (ch.t0 + ch.n) / K)
-    imp = {}
-    row_ms = {k: v.mean(1) / span for k, v in sq.items()}
-    col_ms = {k: v.mean(0) / span for k, v in sq.items()}
-    for layer in meta.layers:
-        R = np.sqrt(sq[layer.name] / span)
-        live = R > 1e-6 * max(np.median(R[R > 0]) if (R > 0).any() else 1.0, _EPS)
-        L = np.log(np.maximum(R, _EPS))
-        a, b = _two_way(L, live)
-        dead_r = ~live.any(1)
-        dead_c = ~live.any(0)
-        res = (L - a[:, None] - b[None, :])[live]
-        tot = ((L[live] - L[live].mean()) ** 2).sum() if live.any() else 0.0
-        r2 = float(1 - (res ** 2).sum() / tot) if tot > 0 else 1.0
-        # what the row × column fit leaves: each cell's own noise scale (0 where no gradient)
-        cell = np.where(live, np.exp(L - a[:, None] - b[None, :]), 0.0)
-        imp[layer.name] = (np.where(dead_r, 0.0, np.exp(a)), np.where(dead_c, 0.0, np.exp(b)),
-                           dead_r, dead_c, r2, live, cell)
+            progress(0.5 * (ch.t0 + ch.n) / plan.K)
+    return sigma, sq
 
-    # the scale σ(t) as the model has it: knots of the smoothed recorded scale, then a power law
-    scales = {name: _fit_scale(sig) for name, sig in sigma.items()}
-    smooth = {name: scale_curve(np.arange(K, dtype=np.float64), kt, np.log(ks), -slope)
-              for name, (kt, ks, slope, _) in scales.items()}
 
-    # pass 2: window means of g / σ(t) (direction), noise moments, row/col window RMS, gates
-    acc = {}
-    for layer in meta.layers:
-        acc[layer.name] = dict(
-            mean=np.zeros((windows, layer.rows, layer.cols)),
-            # sums of u over blocks of n_vr iterations: the running sum, its value at the last
-            # block boundary, Σ over complete blocks and cells of S², Σ of u²
-            cum=np.zeros((layer.rows, layer.cols)), last=np.zeros((layer.rows, layer.cols)),
-            s2=0.0, blocks=0, u2=0.0, u2c=np.zeros((layer.rows, layer.cols)),
-            m2=0.0, count=0, h4=np.zeros((layer.rows, layer.cols)),
-            u4=np.zeros((layer.rows, layer.cols)),
-            row=np.zeros((2, windows, layer.rows)), col=np.zeros((2, windows, layer.cols)),
-            gate={"row": np.zeros(_HIST_BINS), "col": np.zeros(_HIST_BINS),
-                  "loud": np.zeros(_HIST_BINS)},
-            gate_zeros={"row": 0, "col": 0, "loud": 0})
-    for ch, layer, g in chunks():
-        s_r, q_c, dead_r, dead_c, _, live, _ = imp[layer.name]
-        a = acc[layer.name]
-        sig = np.maximum(sigma[layer.name][ch.t0:ch.t0 + ch.n], _EPS)
-        h = g / sig[:, None, None]
-        # the direction is measured on g / σ(t) with the *smoothed* σ the model multiplies
-        # by: normalised per iteration, a gradient's mean changes meaning. Near a minimum
-        # most batches push a weight one way and a few loud ones push it back, so that g
-        # sums to ~0 (the weight stays put) while g / (its own iteration's scale) keeps the
-        # quiet batches' push: a persistent direction that the real run does not have
-        u = g / np.maximum(smooth[layer.name][ch.t0:ch.t0 + ch.n], _EPS)[:, None, None]
-        t = ch.t0 + np.arange(ch.n)
-        inside = (t >= t_first) & (t < t_first + used)
-        if not inside.any():
-            continue
-        h, u, t = h[inside], u[inside], t[inside] - t_first
-        # the layer's loudness: each iteration's scale over the smoothed σ(t) (a loud batch
-        # makes every cell of the layer loud at once)
-        lam = sig[inside] / np.maximum(smooth[layer.name][ch.t0:ch.t0 + ch.n][inside], _EPS)
-        a["gate_zeros"]["loud"] += int((lam <= _EPS).sum())
-        a["gate"]["loud"] += np.histogram(np.clip(np.log10(lam[lam > _EPS]), _HIST_LO,
-                                                  _HIST_HI - 1e-9), bins=_HIST_BINS,
-                                          range=(_HIST_LO, _HIST_HI))[0]
-        # gates: each row's (column's) per-iteration RMS over its RMS across the trace
-        for axis, dim, ms_all in (("row", 2, row_ms[layer.name]), ("col", 1, col_ms[layer.name])):
-            alive = ms_all > 0
-            x = np.sqrt((h ** 2).mean(dim)[:, alive] / ms_all[alive])
-            # weighted by each row's (column's) power: the rows that carry the gradient
-            # set its shape; a rarely active row is spiky but holds little of it
-            wt = np.broadcast_to(ms_all[alive], x.shape)
-            a["gate_zeros"][axis] += float(wt[x == 0].sum())
-            lx = np.log10(x[x > 0])
-            a["gate"][axis] += np.histogram(np.clip(lx, _HIST_LO, _HIST_HI - 1e-9),
-                                            bins=_HIST_BINS, range=(_HIST_LO, _HIST_HI),
-                                            weights=wt[x > 0])[0]
-        for w in np.unique(t // wlen):
-            sel = (t // wlen) == w
-            hw = h[sel]
-            h2 = hw * hw                  # squares by multiplication: x ** 4 is a slow pow()
-            for parity in (0, 1):
-                hp = h2[t[sel] % 2 == parity]
-                a["row"][parity, w] += hp.mean(2).sum(0)
-                a["col"][parity, w] += hp.mean(1).sum(0)
-            # weighted by power, as the policies see it (cells with little gradient matter
-            # little, whatever their mean)
-            uw = u[sel]
-            u2 = uw * uw
-            a["mean"][w] += uw.sum(0)
-            u2s = u2.sum(0)
-            a["u2c"] += u2s
-            a["m2"] += float(u2s[live].sum())
-            a["h4"] += (h2 * h2).sum(0)
-            a["u4"] += (u2 * u2).sum(0)
-            a["count"] += int(live.sum()) * hw.shape[0]
-        _block_sums(a, u, t, n_vr)
-        if progress:
-            progress(0.5 + 0.5 * (ch.t0 + ch.n) / K)
+def _importance(ms: np.ndarray) -> tuple:
+    """Row and column importances of a layer from its per-cell mean square ``ms``: a two-way
+    fit of log RMS over the live cells; (s_r, q_c, dead rows, dead columns, the fit's R²,
+    live cells, each cell's own noise scale, row mean squares, column mean squares)."""
+    R = np.sqrt(ms)
+    live = R > 1e-6 * max(np.median(R[R > 0]) if (R > 0).any() else 1.0, _EPS)
+    L = np.log(np.maximum(R, _EPS))
+    a, b = _two_way(L, live)
+    dead_r = ~live.any(1)
+    dead_c = ~live.any(0)
+    res = (L - a[:, None] - b[None, :])[live]
+    tot = ((L[live] - L[live].mean()) ** 2).sum() if live.any() else 0.0
+    r2 = float(1 - (res ** 2).sum() / tot) if tot > 0 else 1.0
+    # what the row × column fit leaves: each cell's own noise scale (0 where no gradient)
+    cell = np.where(live, np.exp(L - a[:, None] - b[None, :]), 0.0)
+    return (np.where(dead_r, 0.0, np.exp(a)), np.where(dead_c, 0.0, np.exp(b)),
+            dead_r, dead_c, r2, live, cell)
 
-    layers_doc, arrays = [], {}
-    for layer in meta.layers:
+
+def _new_stats(layer, windows: int) -> dict:
+    """Pass 2's sums for one layer."""
+    shape = (layer.rows, layer.cols)
+    return dict(
+        mean=np.zeros((windows,) + shape),
+        # sums of u over blocks of n_vr iterations: the running sum, its value at the last
+        # block boundary, Σ over complete blocks and cells of S², Σ of u²
+        cum=np.zeros(shape), last=np.zeros(shape),
+        s2=0.0, blocks=0, u2=0.0, u2c=np.zeros(shape),
+        m2=0.0, count=0, h4=np.zeros(shape),
+        u4=np.zeros(shape),
+        row=np.zeros((2, windows, layer.rows)), col=np.zeros((2, windows, layer.cols)),
+        gate={"row": np.zeros(_HIST_BINS), "col": np.zeros(_HIST_BINS),
+              "loud": np.zeros(_HIST_BINS)},
+        gate_zeros={"row": 0, "col": 0, "loud": 0})
+
+
+def _window_pass(trace, plan: _Plan, sigma: dict, smooth: dict, imp: dict, sq: dict,
+                 progress) -> dict:
+    """Pass 2: window means of g / σ(t) (direction), noise moments, row/col window RMS,
+    gates and loudness, per layer (``_new_stats``)."""
+    layers = trace.meta.layers
+    row_ms = {k: v.mean(1) / plan.span for k, v in sq.items()}
+    col_ms = {k: v.mean(0) / plan.span for k, v in sq.items()}
+    acc = {layer.name: _new_stats(layer, plan.windows) for layer in layers}
+    for ch, layer, g in _slices(trace):
         name = layer.name
-        s_r, q_c, dead_r, dead_c, r2, live, cell = imp[name]
-        a = acc[name]
-        # direction strength b and correlation time, from the covariances of the means of
-        # *different* windows (power-weighted over the cells, as the policies see them): the
-        # mean square of a window's own mean holds the noise's correlation over a few
-        # iterations as well, which is not a direction (docs/fidelity.md)
-        mean_w = a["mean"] / wlen                         # (W, rows, cols)
-        m2 = a["m2"] / max(a["count"], 1)
-        cov = np.array([(mean_w[:-lag, live] * mean_w[lag:, live]).mean() if live.any() else 0.0
-                        for lag in range(1, windows)])     # a layer with no gradient: none
-        B, tau_d, err = _fit_direction(cov, wlen, used)
-        # what the model does not have: the variance of a cell's gradient summed over n
-        # iterations against n times its variance, real and model (the model's only
-        # correlation over time is the direction's); real gradients revert (< 1), a weight
-        # near its optimum being pushed back (docs/fidelity.md)
-        vr = (a["s2"] / max(a["blocks"] * n_vr, 1) / (a["u2"] / used) if a["u2"] > 0
-              else 1.0)
-        vr_model = _direction_variance_ratio(n_vr, min(B / max(m2, _EPS), 1.0), tau_d)
-        b2 = B / max(m2 - B, _EPS)
-        err_d = err / max(m2 / wlen, _EPS)    # against the noise variance of one window's mean
-        beta = _bias_exponent(mean_w, sq[name] / span, np.outer(s_r, q_c), live) if B else 0.0
-        gates = {axis: gate_table(a["gate"][axis], a["gate_zeros"][axis])
-                 for axis in ("row", "col", "loud")}
-        # each cell's kurtosis E[h⁴] / E[h²]², averaged with weights E[h²] (power)
-        h2c = sq[name] / span
-        kurt = float((a["h4"][live] / used / np.maximum(h2c[live], _EPS)).sum()
-                     / max(h2c[live].sum(), _EPS))
-        u2c = a["u2c"] / used
-        kurt_raw = float((a["u4"][live] / used / np.maximum(u2c[live], _EPS)).sum()
-                         / max(u2c[live].sum(), _EPS))
-        gates["row"], gates["col"], alpha = _temper_gates(gates["row"], gates["col"],
-                                                          math.sqrt(b2), kurt)
-        g_row, g_col = gate_moments(gates["row"]), gate_moments(gates["col"])
-        # the mean part is gated too: what the windows see is E[gate_r]·E[gate_c]·b (the
-        # loudness λ is the batch noise's: the mean, the whole data's gradient, has none)
-        gain = 1.0 / max(g_row[0] * g_col[0], 1e-3)
-        bias = math.sqrt(b2) * gain
-        table = _bias_table(mean_w, a["u2c"] / used, np.sqrt(sq[name] / span), live, wlen,
-                            tau_d, gain) if B else []
-        lags = np.arange(1, windows, dtype=float) * wlen
-        # importance drift: deviations of each window's log mean square of a row (column)
-        # from its mean over windows, measured apart on even and odd iterations: their
-        # covariance is the drift's, without the sampling noise (independent between the two)
-        drift = {}
-        for axis in ("row", "col"):
-            ms = a[axis] / (wlen / 2)                      # (2, W, n)
-            ok = (ms > 0).all(axis=(0, 1))
-            if ok.sum() < 2:
-                drift[axis] = (0.0, float(used), 0.0)
-                continue
-            lm = 0.5 * np.log(ms[:, :, ok])
-            dev = lm - lm.mean(1, keepdims=True)
-            var = float(np.mean(dev[0] * dev[1]))
-            if var <= 0:
-                drift[axis] = (0.0, float(used), 0.0)
-                continue
-            rho_i = [float(np.mean([(dev[0, w] * dev[1, w + lag]).mean()
-                                    + (dev[1, w] * dev[0, w + lag]).mean()
-                                    for w in range(windows - lag)])) / (2 * var)
-                     for lag in range(1, windows)]
-            tau_i, err_i = _fit_tau(np.array(lags, float), np.clip(rho_i, -1, 1), used)
-            drift[axis] = (math.sqrt(var), tau_i, err_i)
-        # the importances' RMS over time includes exp(2δ²) from the drift: take it out
-        s_fit = s_r * math.exp(-drift["row"][0] ** 2)
-        q_fit = q_c * math.exp(-drift["col"][0] ** 2)
-        knots_t, knots_s, slope, r2_scale = scales[name]
-        layers_doc.append({
-            "layer": {k: v for k, v in layer.to_dict().items()},
-            "row_sigma": _r(np.log(s_fit[~dead_r]).std() if (~dead_r).sum() > 1 else 0.0),
-            "cell_sigma": _r(np.log(cell[live]).std() if live.sum() > 1 else 0.0),
-            "col_sigma": _r(np.log(q_fit[~dead_c]).std() if (~dead_c).sum() > 1 else 0.0),
-            "dead_rows": int(dead_r.sum()), "dead_cols": int(dead_c.sum()),
-            "bias": _r(bias), "bias_exponent": _r(beta),
-            "bias_by_rms": [[_r(x), _r(y)] for x, y in table],
-            "tau_direction": _r(tau_d),
-            "row_drift": _r(drift["row"][0]), "col_drift": _r(drift["col"][0]),
-            "tau_importance": _r(math.sqrt(drift["row"][1] * drift["col"][1])),
-            "scale": {"knots": [[_r(t), _r(s, 6)] for t, s in zip(knots_t, knots_s)],
-                      "gamma": _r(-slope)},
-            "fit": {"importance_r2": _r(r2), "scale_r2": _r(r2_scale),
-                    "direction_rmse": _r(err_d),
-                    "variance_ratio": {"iterations": n_vr, "real": _r(vr),
-                                       "model": _r(vr_model)},
-                    "importance_rmse": _r(max(drift["row"][2], drift["col"][2])),
-                    "kurtosis": _r(kurt),
-                    "kurtosis_model": _r(_model_kurtosis(bias, g_row, g_col)),
-                    "gate_exponent": _r(alpha),
-                    "kurtosis_raw": _r(kurt_raw),
-                    "kurtosis_raw_model": _r(_model_kurtosis(bias, g_row, g_col)
-                                             * gate_moments(gates["loud"])[2])},
-            "gates": {"row_zero": _r(float((gates["row"] == 0).mean())),
-                      "col_zero": _r(float((gates["col"] == 0).mean())),
-                      "row_m4": _r(g_row[2]), "col_m4": _r(g_col[2]),
-                      "loud_m4": _r(gate_moments(gates["loud"])[2])},
-        })
-        arrays[f"{name}/row_gate"] = gates["row"].astype(np.float64)
-        arrays[f"{name}/col_gate"] = gates["col"].astype(np.float64)
-        arrays[f"{name}/loud_gate"] = gates["loud"].astype(np.float64)
-        arrays[f"{name}/row"] = s_fit.astype(np.float32)
-        arrays[f"{name}/cell"] = cell.astype(np.float32)
-        arrays[f"{name}/col"] = q_fit.astype(np.float32)
-    doc = {"format": FORMAT, "version": VERSION, "model": meta.model, "dataset": meta.dataset,
-           "batch_size": meta.batch_size,
-           "source": {"trace": str(getattr(trace, "path", "")), "iterations": K,
-                      "statistics_from": t_first, "windows": windows},
-           "layers": layers_doc}
+        if _accumulate(acc[name], plan, ch, g, sigma[name][ch.t0:ch.t0 + ch.n],
+                       smooth[name][ch.t0:ch.t0 + ch.n], imp[name][5],
+                       row_ms[name], col_ms[name]) and progress:
+            progress(0.5 + 0.5 * (ch.t0 + ch.n) / plan.K)
+    return acc
+
+
+def _accumulate(a: dict, plan: _Plan, ch, g: np.ndarray, sig_raw: np.ndarray,
+                smooth: np.ndarray, live: np.ndarray, row_ms: np.ndarray,
+                col_ms: np.ndarray) -> bool:
+    """Add one slice of a layer to its pass-2 sums; False when it holds none of the
+    statistics' iterations."""
+    wlen = plan.wlen
+    sig = np.maximum(sig_raw, _EPS)
+    h = g / sig[:, None, None]
+    # the direction is measured on g / σ(t) with the *smoothed* σ the model multiplies
+    # by: normalised per iteration, a gradient's mean changes meaning. Near a minimum
+    # most batches push a weight one way and a few loud ones push it back, so that g
+    # sums to ~0 (the weight stays put) while g / (its own iteration's scale) keeps the
+    # quiet batches' push: a persistent direction that the real run does not have
+    u = g / np.maximum(smooth, _EPS)[:, None, None]
+    t = ch.t0 + np.arange(ch.n)
+    inside = (t >= plan.t_first) & (t < plan.t_first + plan.used)
+    if not inside.any():
+        return False
+    h, u, t = h[inside], u[inside], t[inside] - plan.t_first
+    # the layer's loudness: each iteration's scale over the smoothed σ(t) (a loud batch
+    # makes every cell of the layer loud at once)
+    lam = sig[inside] / np.maximum(smooth[inside], _EPS)
+    a["gate_zeros"]["loud"] += int((lam <= _EPS).sum())
+    a["gate"]["loud"] += np.histogram(np.clip(np.log10(lam[lam > _EPS]), _HIST_LO,
+                                              _HIST_HI - 1e-9), bins=_HIST_BINS,
+                                      range=(_HIST_LO, _HIST_HI))[0]
+    # gates: each row's (column's) per-iteration RMS over its RMS across the trace
+    for axis, dim, ms_all in (("row", 2, row_ms), ("col", 1, col_ms)):
+        alive = ms_all > 0
+        x = np.sqrt((h ** 2).mean(dim)[:, alive] / ms_all[alive])
+        # weighted by each row's (column's) power: the rows that carry the gradient
+        # set its shape; a rarely active row is spiky but holds little of it
+        wt = np.broadcast_to(ms_all[alive], x.shape)
+        a["gate_zeros"][axis] += float(wt[x == 0].sum())
+        lx = np.log10(x[x > 0])
+        a["gate"][axis] += np.histogram(np.clip(lx, _HIST_LO, _HIST_HI - 1e-9),
+                                        bins=_HIST_BINS, range=(_HIST_LO, _HIST_HI),
+                                        weights=wt[x > 0])[0]
+    for w in np.unique(t // wlen):
+        sel = (t // wlen) == w
+        hw = h[sel]
+        h2 = hw * hw                  # squares by multiplication: x ** 4 is a slow pow()
+        for parity in (0, 1):
+            hp = h2[t[sel] % 2 == parity]
+            a["row"][parity, w] += hp.mean(2).sum(0)
+            a["col"][parity, w] += hp.mean(1).sum(0)
+        # weighted by power, as the policies see it (cells with little gradient matter
+        # little, whatever their mean)
+        uw = u[sel]
+        u2 = uw * uw
+        a["mean"][w] += uw.sum(0)
+        u2s = u2.sum(0)
+        a["u2c"] += u2s
+        a["m2"] += float(u2s[live].sum())
+        a["h4"] += (h2 * h2).sum(0)
+        a["u4"] += (u2 * u2).sum(0)
+        a["count"] += int(live.sum()) * hw.shape[0]
+    _block_sums(a, u, t, plan.n_vr)
+    return True
+
+
+def _importance_drift(a: dict, plan: _Plan) -> dict[str, tuple[float, float, float]]:
+    """(δ, τ_importance, RMSE) per axis: deviations of each window's log mean square of a row
+    (column) from its mean over windows, measured apart on even and odd iterations: their
+    covariance is the drift's, without the sampling noise (independent between the two)."""
+    windows, wlen, used = plan.windows, plan.wlen, plan.used
+    lags = np.arange(1, windows, dtype=float) * wlen
+    drift = {}
+    for axis in ("row", "col"):
+        ms = a[axis] / (wlen / 2)                      # (2, W, n)
+        ok = (ms > 0).all(axis=(0, 1))
+        if ok.sum() < 2:
+            drift[axis] = (0.0, float(used), 0.0)
+            continue
+        lm = 0.5 * np.log(ms[:, :, ok])
+        dev = lm - lm.mean(1, keepdims=True)
+        var = float(np.mean(dev[0] * dev[1]))
+        if var <= 0:
+            drift[axis] = (0.0, float(used), 0.0)
+            continue
+        rho_i = [float(np.mean([(dev[0, w] * dev[1, w + lag]).mean()
+                                + (dev[1, w] * dev[0, w + lag]).mean()
+                                for w in range(windows - lag)])) / (2 * var)
+                 for lag in range(1, windows)]
+        tau_i, err_i = _fit_tau(np.array(lags, float), np.clip(rho_i, -1, 1), used)
+        drift[axis] = (math.sqrt(var), tau_i, err_i)
+    return drift
+
+
+def _fit_layer(layer, plan: _Plan, imp: tuple, a: dict, h2c: np.ndarray,
+               scale: tuple) -> tuple[dict, dict[str, np.ndarray]]:
+    """One layer's parameters from its importances, pass-2 sums, per-cell mean square
+    ``h2c`` and scale fit: its YAML entry and its arrays."""
+    name = layer.name
+    windows, wlen, used, n_vr = plan.windows, plan.wlen, plan.used, plan.n_vr
+    s_r, q_c, dead_r, dead_c, r2, live, cell = imp
+    # direction strength b and correlation time, from the covariances of the means of
+    # *different* windows (power-weighted over the cells, as the policies see them): the
+    # mean square of a window's own mean holds the noise's correlation over a few
+    # iterations as well, which is not a direction (docs/fidelity.md)
+    mean_w = a["mean"] / wlen                         # (W, rows, cols)
+    m2 = a["m2"] / max(a["count"], 1)
+    cov = np.array([(mean_w[:-lag, live] * mean_w[lag:, live]).mean() if live.any() else 0.0
+                    for lag in range(1, windows)])     # a layer with no gradient: none
+    B, tau_d, err = _fit_direction(cov, wlen, used)
+    # what the model does not have: the variance of a cell's gradient summed over n
+    # iterations against n times its variance, real and model (the model's only
+    # correlation over time is the direction's); real gradients revert (< 1), a weight
+    # near its optimum being pushed back (docs/fidelity.md)
+    vr = (a["s2"] / max(a["blocks"] * n_vr, 1) / (a["u2"] / used) if a["u2"] > 0
+          else 1.0)
+    vr_model = _direction_variance_ratio(n_vr, min(B / max(m2, _EPS), 1.0), tau_d)
+    b2 = B / max(m2 - B, _EPS)
+    err_d = err / max(m2 / wlen, _EPS)    # against the noise variance of one window's mean
+    beta = _bias_exponent(mean_w, h2c, np.outer(s_r, q_c), live) if B else 0.0
+    gates = {axis: gate_table(a["gate"][axis], a["gate_zeros"][axis])
+             for axis in ("row", "col", "loud")}
+    # each cell's kurtosis E[h⁴] / E[h²]², averaged with weights E[h²] (power)
+    kurt = float((a["h4"][live] / used / np.maximum(h2c[live], _EPS)).sum()
+                 / max(h2c[live].sum(), _EPS))
+    u2c = a["u2c"] / used
+    kurt_raw = float((a["u4"][live] / used / np.maximum(u2c[live], _EPS)).sum()
+                     / max(u2c[live].sum(), _EPS))
+    gates["row"], gates["col"], alpha = _temper_gates(gates["row"], gates["col"],
+                                                      math.sqrt(b2), kurt)
+    g_row, g_col = gate_moments(gates["row"]), gate_moments(gates["col"])
+    # the mean part is gated too: what the windows see is E[gate_r]·E[gate_c]·b (the
+    # loudness λ is the batch noise's: the mean, the whole data's gradient, has none)
+    gain = 1.0 / max(g_row[0] * g_col[0], 1e-3)
+    bias = math.sqrt(b2) * gain
+    table = _bias_table(mean_w, a["u2c"] / used, np.sqrt(h2c), live, wlen,
+                        tau_d, gain) if B else []
+    drift = _importance_drift(a, plan)
+    # the importances' RMS over time includes exp(2δ²) from the drift: take it out
+    s_fit = s_r * math.exp(-drift["row"][0] ** 2)
+    q_fit = q_c * math.exp(-drift["col"][0] ** 2)
+    knots_t, knots_s, slope, r2_scale = scale
+    doc = {
+        "layer": {k: v for k, v in layer.to_dict().items()},
+        "row_sigma": _r(np.log(s_fit[~dead_r]).std() if (~dead_r).sum() > 1 else 0.0),
+        "cell_sigma": _r(np.log(cell[live]).std() if live.sum() > 1 else 0.0),
+        "col_sigma": _r(np.log(q_fit[~dead_c]).std() if (~dead_c).sum() > 1 else 0.0),
+        "dead_rows": int(dead_r.sum()), "dead_cols": int(dead_c.sum()),
+        "bias": _r(bias), "bias_exponent": _r(beta),
+        "bias_by_rms": [[_r(x), _r(y)] for x, y in table],
+        "tau_direction": _r(tau_d),
+        "row_drift": _r(drift["row"][0]), "col_drift": _r(drift["col"][0]),
+        "tau_importance": _r(math.sqrt(drift["row"][1] * drift["col"][1])),
+        "scale": {"knots": [[_r(t), _r(s, 6)] for t, s in zip(knots_t, knots_s)],
+                  "gamma": _r(-slope)},
+        "fit": {"importance_r2": _r(r2), "scale_r2": _r(r2_scale),
+                "direction_rmse": _r(err_d),
+                "variance_ratio": {"iterations": n_vr, "real": _r(vr),
+                                   "model": _r(vr_model)},
+                "importance_rmse": _r(max(drift["row"][2], drift["col"][2])),
+                "kurtosis": _r(kurt),
+                "kurtosis_model": _r(_model_kurtosis(bias, g_row, g_col)),
+                "gate_exponent": _r(alpha),
+                "kurtosis_raw": _r(kurt_raw),
+                "kurtosis_raw_model": _r(_model_kurtosis(bias, g_row, g_col)
+                                         * gate_moments(gates["loud"])[2])},
+        "gates": {"row_zero": _r(float((gates["row"] == 0).mean())),
+                  "col_zero": _r(float((gates["col"] == 0).mean())),
+                  "row_m4": _r(g_row[2]), "col_m4": _r(g_col[2]),
+                  "loud_m4": _r(gate_moments(gates["loud"])[2])},
+    }
+    arrays = {f"{name}/row_gate": gates["row"].astype(np.float64),
+              f"{name}/col_gate": gates["col"].astype(np.float64),
+              f"{name}/loud_gate": gates["loud"].astype(np.float64),
+              f"{name}/row": s_fit.astype(np.float32),
+              f"{name}/cell": cell.astype(np.float32),
+              f"{name}/col": q_fit.astype(np.float32)}
     return doc, arrays
 
 
