@@ -1,7 +1,7 @@
-"""Imports in one direction: no import cycle in the package, counting the imports inside
-functions (a lazy import is still a dependency), and the core never imports the PyTorch side
-(``timesim.pytorch``, ``timesim.accuracy``) or the examples (STYLE.md: the PyTorch integration
-is one module the core never imports)."""
+"""The package's shape. Imports in one direction: no import cycle, counting the imports
+inside functions (a lazy import is still a dependency), and the core never imports the PyTorch
+side (``timesim.pytorch``, ``timesim.accuracy``) or the examples (STYLE.md: the PyTorch
+integration is one module the core never imports). No function over 150 lines."""
 
 import ast
 from pathlib import Path
@@ -106,3 +106,16 @@ def test_no_import_cycle_and_the_core_never_imports_torch_or_the_examples():
     assert {"timesim.pytorch", "timesim.accuracy", "timesim.examples.digits"} <= outer
     bad = {m: sorted(graph[m] & outer) for m in graph if m not in outer and graph[m] & outer}
     assert bad == {}
+
+
+def test_no_function_runs_past_150_lines():
+    """A function that long holds steps that can be named (STYLE.md: a room you can name)."""
+    root = Path(timesim.__file__).resolve().parent
+    long = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 150:
+                    long.append(f"{path.relative_to(root)}:{node.name} ({lines} lines)")
+    assert long == []
