@@ -13,7 +13,7 @@ The model of one layer's gradient at iteration t (docs/fidelity.md):
   or columns that never get a gradient, such as dead ReLUs or blank border pixels, stay 0) with
   a drifting part x of unit variance and correlation time τ_importance;
 - m_t: a unit-normal direction field of correlation time τ_direction, b its strength against
-  the fresh noise z (kernels/select.py).
+  the fresh noise z (kernels/generate.py).
 
 The drifting fields are *keyframe* processes: independent unit-normal keyframes K_j every τ
 iterations, x(t) = cos(π f / 2) · K_j + sin(π f / 2) · K_{j+1} with j = ⌊t / τ⌋, f = t / τ − j:
