@@ -18,9 +18,9 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name):
-    # ``timesim.pytorch`` and ``timesim.analog`` load on first use: importing timesim must not
-    # import torch
-    if name in ("pytorch", "analog"):
+    # ``timesim.pytorch``, ``timesim.accuracy`` and ``timesim.analog`` load on first use:
+    # importing timesim must not import torch
+    if name in ("pytorch", "accuracy", "analog"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
