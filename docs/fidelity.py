@@ -94,7 +94,8 @@ def real(model: str, method: str, work: Path, iterations: int, record: int,
 def fitted(model: str, method: str, work: Path, iterations: int, record: int) -> dict:
     """Step 3 for one (model, method)."""
     from timesim.simulate import simulate
-    from timesim.trace.fit import fit_trace, write_model
+    from timesim.trace.fit import fit_trace
+    from timesim.trace.fitted import write_model
 
     hw = _hw(method)
     trace = work / f"trace-{model}-{method}-{record}"

@@ -89,7 +89,7 @@ def fitted_variant(hw, fit: Path, edit, iterations: int) -> dict:
     """Run a copy of the fitted model with ``edit(layer document, arrays)`` applied to every
     layer."""
     from timesim.simulate import simulate
-    from timesim.trace.fit import write_model
+    from timesim.trace.fitted import write_model
 
     doc = yaml.safe_load(fit.read_text())
     with np.load(fit.with_suffix(".npz")) as z:
@@ -162,7 +162,8 @@ def main() -> None:
     out.append(f"2. replayed through top-k: max writes {mx} at iteration {T}; a written cell's "
                f"gradient after a write of A, in units of A, by lag: " + ", ".join(kappa))
     # 3. where the reversion lives
-    from timesim.trace.fit import _fit_scale, scale_curve
+    from timesim.trace.fit import _fit_scale
+    from timesim.trace.fitted import scale_curve
 
     s = np.sqrt((flat ** 2).mean(1))
     kt, ks, slope, _ = _fit_scale(s)
@@ -200,7 +201,7 @@ def main() -> None:
                f"fitted {ff[0]} / {ff[1]} ({ff[0] / 2048:.3f} and "
                f"{(ff[1] - ff[0]) / 6144:.3f})")
     # 6. variance ratio by power bin, real and fitted
-    from timesim.trace.fit import FittedTrace
+    from timesim.trace.fitted import FittedTrace
 
     synth = FittedTrace(str(fit), iterations=T, chunk=100)
     li = synth.index[a.layer]
@@ -297,7 +298,7 @@ def long_run(work: Path, layer: str, k: int) -> list[str]:
     from fidelity import _hw
 
     from timesim.examples.digits import train
-    from timesim.trace.fit import FittedTrace
+    from timesim.trace.fitted import FittedTrace
 
     trace = work / "trace-mlp-topk-8000"
     if not (trace / "manifest.yaml").is_file():
@@ -355,7 +356,8 @@ def long_run(work: Path, layer: str, k: int) -> list[str]:
     M = None                                     # noqa: F841
     # point 5: fitted on the last quarter of the long recording, run for the whole length
     from timesim.simulate import simulate
-    from timesim.trace.fit import fit_trace, write_model
+    from timesim.trace.fit import fit_trace
+    from timesim.trace.fitted import write_model
 
     y = work / "fit-mlp-topk-8000-0.75.yaml"
     write_model(y, *fit_trace(trace, start=0.75))
@@ -394,7 +396,8 @@ def replay_counts(row, T: int, n: int, k: int, feedback=None) -> str:
 
 def _smooth(X: np.ndarray) -> np.ndarray:
     """The smoothed σ(t) of a (iterations, cells) gradient, as the fit computes it."""
-    from timesim.trace.fit import _fit_scale, scale_curve
+    from timesim.trace.fit import _fit_scale
+    from timesim.trace.fitted import scale_curve
 
     s = np.sqrt((X ** 2).mean(1))
     kt, ks, slope, _ = _fit_scale(s)

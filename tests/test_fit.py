@@ -12,11 +12,11 @@ from timesim.cli import main
 from timesim.compare import wasserstein
 from timesim.errors import TraceError
 from timesim.trace import TraceWriter, open_trace
-from timesim.trace.fit import (
+from timesim.trace.fit import fit_trace
+from timesim.trace.fitted import (
     GATE_PROBS,
     PROFILES,
     FittedTrace,
-    fit_trace,
     keyframe_correlation,
     load_model,
     write_model,
@@ -500,7 +500,8 @@ def test_tempering_keeps_a_gates_exact_zeros():
     """A row with no gradient in an iteration (its gate 0, 20% of the draws here) stays without
     one however far the spread is tempered; the rest is rescaled to unit power. Asked for less
     kurtosis than the zeros allow, the gate goes flat but keeps them."""
-    from timesim.trace.fit import _temper_gates, gate_moments
+    from timesim.trace.fit import _temper_gates
+    from timesim.trace.fitted import gate_moments
 
     row = np.where(GATE_PROBS < 0.2, 0.0, np.exp(3 * (GATE_PROBS - 0.6)))
     row = row / math.sqrt(gate_moments(row)[1])

@@ -1,5 +1,5 @@
 """Fused generate-and-select kernels: the same results as generating each chunk first, and a
-generator that computes exactly the formula of kernels/select.py."""
+generator that computes exactly the formula of kernels/generate.py."""
 
 import json
 

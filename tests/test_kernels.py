@@ -170,3 +170,17 @@ def test_half_precision_inputs_match_reference_on_decoded_values(dtype):
     np.testing.assert_array_equal(G, decoded)
     for selection in ("sgs-row", "sgs-element", "topk"):
         compare(G, selection, "ars", 3, 4, 4, 1, 0.1)
+
+
+def test_policy_kernels_name_the_generator_they_were_cached_with():
+    """select.py's kernels call generate.py's jitted functions, and numba's cache keys them on
+    select.py alone: the hash of generate.py written in select.py makes every change to the
+    generator a change to select.py (whose cached kernels then recompile)."""
+    import hashlib
+    from pathlib import Path
+
+    from timesim.kernels import generate, select
+
+    digest = hashlib.sha256(Path(generate.__file__).read_bytes()).hexdigest()
+    assert select._GENERATE_SHA256 == digest, (
+        f"kernels/generate.py changed: set _GENERATE_SHA256 = {digest!r} in kernels/select.py")

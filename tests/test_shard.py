@@ -12,7 +12,7 @@ from timesim.cli import main
 from timesim.errors import SimulationError
 from timesim.report import trace_fingerprint
 from timesim.shard import merge_signatures, partition, run_shard
-from timesim.simulate import run_fingerprint
+from timesim.simulate import Simulation, run_fingerprint
 from timesim.trace import open_trace
 
 distributed = pytest.importorskip("distributed")
@@ -64,7 +64,7 @@ def test_sharded_trace_directory_and_shard_resume(client, tmp_path):
     fp = run_fingerprint(hw, trace_fingerprint(open_trace(trace)))
     groups = partition([layer.cells for layer in open_trace(trace).meta.layers], 2)
     lost = client.submit(run_shard, hw, str(Path(trace).resolve()), groups[0], 0, str(out),
-                         32, False, fp, 1, 96, pure=False)
+                         32, False, fp, 1, 96, simulation=Simulation, pure=False)
     with pytest.raises(SimulationError, match="stopped after 96"):
         lost.result()
     assert (out / "shards" / "shard-0.npz").is_file()

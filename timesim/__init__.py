@@ -5,8 +5,7 @@ Public API (DESIGN §8): ``load_hwconfig``, ``open_trace``, ``simulate``.
 
 import logging
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .config import HwConfig, load_hwconfig  # noqa: E402
 from .errors import ConfigError, SimulationError, TimesimError, TraceError  # noqa: E402
 
@@ -19,9 +18,9 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name):
-    # ``timesim.pytorch`` and ``timesim.analog`` load on first use: importing timesim must not
-    # import torch
-    if name in ("pytorch", "analog"):
+    # ``timesim.pytorch``, ``timesim.accuracy`` and ``timesim.analog`` load on first use:
+    # importing timesim must not import torch
+    if name in ("pytorch", "accuracy", "analog"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

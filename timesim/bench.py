@@ -237,7 +237,7 @@ def bench_fit(iterations: int, reps: int, threads: int | None = None) -> dict:
     import tempfile
     from pathlib import Path
 
-    from .trace.fit import GATE_PROBS, write_model
+    from .trace.fitted import GATE_PROBS, write_model
     from .trace.models import resnet20
 
     rng = np.random.default_rng(0)

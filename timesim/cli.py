@@ -82,6 +82,7 @@ def cmd_run(args) -> int:
 
         require_matplotlib()
     trace = open_trace(args.trace if args.trace else bundled_trace())
+    evaluator = _evaluator(args.eval, args.faults)
     if args.resume and not args.out:
         raise ConfigError("--resume: needs the --out of the run to continue")
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime(
@@ -91,7 +92,7 @@ def cmd_run(args) -> int:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           nonfinite=args.nonfinite, faults=args.faults, threads=args.threads,
-                          scheduler=args.scheduler, shards=args.shards)
+                          scheduler=args.scheduler, shards=args.shards, evaluator=evaluator)
     finally:
         if bar is not None:
             bar.close()
@@ -124,6 +125,17 @@ def _print_left_digital(r: dict) -> None:
         names = ", ".join(d["name"] for d in left[:3]) + (", ..." if len(left) > 3 else "")
         print(f"not timed  {total:.4g} digital MACs per iteration: {left[0]['work']} in "
               f"{len(left)} module{'s' * (len(left) > 1)} ({names}; report.json left_out)")
+
+
+def _evaluator(spec: str | None, faults: bool):
+    """``--eval module:function``, imported before the run so that a wrong name fails first."""
+    if spec is None:
+        return None
+    if not faults:
+        raise ConfigError("--eval: scores the model on the worn chip; give --faults too")
+    from .faults import load_evaluator
+
+    return load_evaluator(spec)
 
 
 def _print_phases(r: dict, indent: int = 10) -> None:
@@ -273,7 +285,8 @@ def cmd_trace_synth(args) -> int:
 def cmd_trace_fit(args) -> int:
     import time
 
-    from .trace.fit import fit_trace, write_model
+    from .trace.fit import fit_trace
+    from .trace.fitted import write_model
 
     out = Path(args.out)
     if out.suffix.lower() not in (".yaml", ".yml"):
@@ -462,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--faults", action="store_true",
                      help="also measure each worn layer's analog MVM error (report faults; "
                           "with --plots, faults.png); the failed fractions are always there")
+    run.add_argument("--eval", metavar="MODULE:FUNCTION",
+                     help="with --faults: score the trace's model on the worn chip with this "
+                          "evaluator (report faults.accuracy; docs/analog.md)")
     run.add_argument("--checkpoint-every", type=_nonneg_int, default=10000, metavar="N",
                      help="save the full state into --out every N iterations (0: never; "
                           "default 10000)")

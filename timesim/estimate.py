@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .area import area_report
 from .config import HwConfig
 from .energy import action_counts, energy_report, write_actions_csv

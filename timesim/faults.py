@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from .config import HwConfig
+from .errors import ConfigError
 from .lifetime import failure_iterations, physical_cell_endurance
 from .mapping import cells_per_weight
 
@@ -99,53 +100,91 @@ def fault_free_warning(hw: HwConfig, errors: dict) -> str | None:
 
 EVAL_POINTS = 8
 
+# Traces whose manifest ``model`` starts with one of these name their evaluator by it (the bundled
+# digits examples); any other trace: ``timesim run --faults --eval module:function``. Named, not
+# imported: the core never imports the examples or torch (tests/test_imports.py).
+EVALUATORS = {"digits-": "timesim.examples.digits:evaluator"}
 
-def model_accuracy(hw: HwConfig, policies, T: int, model_name: str, weights) -> dict | None:
-    """Accuracy of the worn chip on the trace's model vs iteration (``timesim run --faults``):
-    the model of a trace recorded from the bundled digits examples (manifest ``model``
-    digits-mlp or digits-lenet) with the weights ``TraceRecorder`` saved (weights.npz),
-    evaluated on the digits test set through ``crossbar_forward`` with every layer's cells worn
-    as its measured write rates give at each iteration (``analog.cell_wear``, write counts ×
-    t / T). None when the model is not one timesim can rebuild or torch is missing."""
+
+def load_evaluator(spec: str):
+    """``module:function`` -> the function (``timesim run --eval``); ConfigError naming it."""
+    import importlib
+
+    module, sep, name = str(spec).partition(":")
+    if not sep or not module or not name:
+        raise ConfigError(f"--eval {spec}: expected module:function")
     try:
-        import torch
+        fn = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ConfigError(f"--eval {spec}: cannot import {module} ({exc})") from None
+    except AttributeError:
+        raise ConfigError(f"--eval {spec}: {module} has no {name}") from None
+    if not callable(fn):
+        raise ConfigError(f"--eval {spec}: {name} is not a function")
+    return fn
 
-        from .analog import cell_wear
-        from .examples.digits import MODELS, load_digits_split
-        from .pytorch import crossbar_forward, load_weights
+
+def model_accuracy(hw: HwConfig, policies, T: int, meta, weights, evaluator=None
+                   ) -> dict | None:
+    """Accuracy of the worn chip on the trace's model vs iteration (``timesim run --faults``).
+
+    ``evaluator``: ``module:function`` (or the function) that turns the trace into a scorer:
+    ``evaluator(meta, weights)`` with the trace's ``TraceMeta`` and the weights its recorder
+    saved (weights.npz, or None) returns an object with ``name``, ``size`` (samples),
+    ``digital()`` and ``chip(hw, wear)`` (``timesim.accuracy.ModelScorer`` for a PyTorch
+    model), or None when it cannot score this trace. Without one, a trace recorded from the
+    bundled digits examples uses theirs (``EVALUATORS``). None when there is no evaluator or
+    the default one cannot run (torch missing)."""
+    if evaluator is None:
+        spec = next((v for k, v in EVALUATORS.items() if meta.model.startswith(k)), None)
+        if spec is None or weights is None:
+            return None
+        try:
+            evaluator = load_evaluator(spec)
+        except ConfigError:                     # the bundled examples need torch
+            return None
+    elif not callable(evaluator):
+        evaluator = load_evaluator(evaluator)
+    try:
+        scorer = evaluator(meta, weights)
     except ImportError:
         return None
-    key = model_name.removeprefix("digits-")
-    if key not in MODELS or not model_name.startswith("digits-"):
+    if scorer is None:
         return None
-    model = load_weights(MODELS[key](), weights).eval()
-    _, _, x_te, y_te = load_digits_split(0)
-    names = [p.layer.name for p in policies]
+    layers = [(p.layer.name, p.writes, p.l2p) for p in policies]
+    return accuracy_curve(hw, layers, T, scorer)
 
-    def accuracy(out) -> float:
-        return float((out.argmax(1) == y_te).float().mean())
 
-    with torch.no_grad():
-        digital = accuracy(model(x_te))
-    fault_free = accuracy(crossbar_forward(model, x_te, hw))
+def accuracy_curve(hw: HwConfig, layers, T: int, scorer, points: int = EVAL_POINTS) -> dict:
+    """``scorer`` on the digital model, the fault-free chip and the chip worn as the run's
+    write counts give at ``points`` iterations from the run's length to 4× the iteration at
+    which its first layer reaches the failed bound; every layer's cells worn as its measured
+    write rates give there (``analog.cell_wear``, write counts × t / T).
+
+    ``layers``: (name, writes, rowmap) of every layer of the run, in the trace's order (the
+    index seeds each cell's endurance). The report's ``faults.accuracy``."""
+    from .analog import cell_wear
+
+    digital = scorer.digital()
+    fault_free = scorer.chip(hw, None)
     # from the run's length to the iteration its first layer reaches the failed bound (x 4)
     ends = []
-    for i, p in enumerate(policies):
-        e = _endurance(hw, i, p.writes.shape)
-        t = np.sort(failure_iterations(p.writes[None], e, T).ravel())
+    for i, (_, writes, _) in enumerate(layers):
+        e = _endurance(hw, i, writes.shape)
+        t = np.sort(failure_iterations(writes[None], e, T).ravel())
         k = max(1, math.ceil(hw.endurance.failed_bound * t.size))
         if math.isfinite(float(t[k - 1])):
             ends.append(float(t[k - 1]))
     last = 4 * min(ends) if ends else 4.0 * T
     grid = np.unique(np.geomspace(max(1.0, min(T, last / 100)), max(last, T + 1.0),
-                                  EVAL_POINTS).round())
+                                  points).round())
     acc, failed = [], []
     for t in grid:
-        wear = {n: cell_wear(p.writes, hw, i, p.l2p, scale=float(t) / T)
-                for i, (n, p) in enumerate(zip(names, policies))}
-        acc.append(accuracy(crossbar_forward(model, x_te, hw, wear)))
+        wear = {n: cell_wear(writes, hw, i, l2p, scale=float(t) / T)
+                for i, (n, writes, l2p) in enumerate(layers)}
+        acc.append(scorer.chip(hw, wear))
         cells = sum(w.stuck.size for w in wear.values())
         failed.append(sum(float((w.stuck != 0).sum()) for w in wear.values()) / cells)
-    return {"model": model_name, "test_images": int(len(y_te)), "digital": digital,
+    return {"model": scorer.name, "test_images": int(scorer.size), "digital": digital,
             "fault_free": fault_free, "iterations": [float(t) for t in grid],
             "failed_fraction": failed, "accuracy": acc}

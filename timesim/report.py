@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import __version__
+from ._version import __version__
 from .config import HwConfig
 from .errors import SimulationError
 from .lifetime import lifetime_report

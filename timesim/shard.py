@@ -68,10 +68,12 @@ class _Runs:
 
 def run_shard(hw: HwConfig, source: str, layers: list[int], shard: int,
               out: str | None = None, checkpoint_every: int = 0, resume: bool = False,
-              fingerprint: str = "", threads: int = 1, stop_after: int | None = None) -> dict:
-    """Worker side: simulate ``layers`` of trace ``source`` on chip ``hw``. ``stop_after``
-    (tests): raise after that many iterations, as a lost worker would stop."""
-    from .simulate import Simulation
+              fingerprint: str = "", threads: int = 1, stop_after: int | None = None, *,
+              simulation: type) -> dict:
+    """Worker side: simulate ``layers`` of trace ``source`` on chip ``hw`` with
+    ``simulation`` (``simulate.Simulation``, handed down by ``simulate``: this module sits
+    below simulate.py and does not import it). ``stop_after`` (tests): raise after that many
+    iterations, as a lost worker would stop."""
     from .trace import TraceDir, open_trace
 
     trace = open_trace(source)
@@ -87,7 +89,7 @@ def run_shard(hw: HwConfig, source: str, layers: list[int], shard: int,
         sl = slots if slots is not None else np.full_like(ops[:n], -1)
         runs.add(sim.iterations, np.concatenate([ops, swaps, sl], axis=1))
 
-    sim = Simulation(hw, meta, threads=threads, layers=layers, signature_sink=sink)
+    sim = simulation(hw, meta, threads=threads, layers=layers, signature_sink=sink)
     names = [meta.layers[i].name for i in layers]
     path = Path(out) / SHARDS / f"shard-{shard}.npz" if out else None
     start_chunk = 0
@@ -177,9 +179,10 @@ def merge_signatures(results: list[dict], L: int, T: int):
 
 def simulate_sharded(hw: HwConfig, trace, scheduler, out=None, checkpoint_every: int = 0,
                      resume: bool = False, shards: int | None = None, fingerprint: str = "",
-                     label: str = "", trace_fp: str = "", threads: int = 1) -> dict:
-    """Client side: split, run the shards on the cluster, merge, time and report."""
-    from .simulate import Simulation
+                     label: str = "", trace_fp: str = "", threads: int = 1, *,
+                     simulation: type) -> dict:
+    """Client side: split, run the shards on the cluster, merge, time and report (each shard
+    and the merge with ``simulation``, as ``run_shard``)."""
 
     try:
         from distributed import Client
@@ -202,7 +205,8 @@ def simulate_sharded(hw: HwConfig, trace, scheduler, out=None, checkpoint_every:
         t0 = time.perf_counter()
         futures = [client.submit(run_shard, hw, source, g, k, str(out) if out else None,
                                  checkpoint_every, resume, fingerprint, threads,
-                                 pure=False, key=f"timesim-shard-{k}-{time.time_ns()}")
+                                 simulation=simulation, pure=False,
+                                 key=f"timesim-shard-{k}-{time.time_ns()}")
                    for k, g in enumerate(groups)]
         results = client.gather(futures)
         wall = time.perf_counter() - t0
@@ -210,7 +214,7 @@ def simulate_sharded(hw: HwConfig, trace, scheduler, out=None, checkpoint_every:
         if own:
             client.close()
     T = results[0]["iterations"]
-    sim = Simulation(hw, meta)
+    sim = simulation(hw, meta)
     for r in results:
         for i, st in zip(r["layers"], r["states"]):
             sim.policies[i].load_state(st)

@@ -59,6 +59,7 @@ class Simulation:
         self._pool = None
         self._local = threading.local()
         self.weights: Path | None = None      # the trace's trained weights (weights.npz)
+        self.evaluator = None    # scores the model on the worn chip (faults.model_accuracy)
         self.meta = meta
         self.start = time.perf_counter()
         self.layer_indices = list(range(len(meta.layers))) if layers is None else list(layers)
@@ -200,11 +201,11 @@ class Simulation:
                         MAX_PULSES, MAX_PULSES, ", ".join(capped))
         report["faults"] = faults_report(self.hw, self.policies, T, probe=self.faults)
         report["faults"]["accuracy"] = None
-        if self.faults and self.weights is not None:
+        if self.faults and (self.weights is not None or self.evaluator is not None):
             from .faults import model_accuracy
 
-            report["faults"]["accuracy"] = model_accuracy(self.hw, self.policies, T,
-                                                          self.meta.model, self.weights)
+            report["faults"]["accuracy"] = model_accuracy(self.hw, self.policies, T, self.meta,
+                                                          self.weights, self.evaluator)
         if self.nonfinite is not None:
             report["nonfinite"] = self.nonfinite
         report.update(left_digital(self.meta))          # what the chip does not cover
@@ -326,7 +327,7 @@ def simulate(hw: HwConfig, trace, out=None,
              checkpoint_every: int = 0, resume: bool = False,
              nonfinite: str = "error", faults: bool = False,
              threads: int | None = None, fused: bool = True, scheduler=None,
-             shards: int | None = None) -> dict:
+             shards: int | None = None, evaluator=None) -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
@@ -346,6 +347,8 @@ def simulate(hw: HwConfig, trace, out=None,
     ``scheduler``: a Dask scheduler address (or a ``distributed.Client``): the layers are
     split into ``shards`` (default: one per worker) simulated on the cluster, and merged
     here into the same report (shard.py); ``threads`` is then per worker (default 1).
+    ``evaluator``: with ``faults``, ``module:function`` (or the function) that scores the
+    trace's model on the worn chip (report ``faults.accuracy``; ``faults.model_accuracy``).
     """
     if nonfinite not in ("error", "skip", "zero"):
         from .errors import ConfigError
@@ -398,16 +401,18 @@ def simulate(hw: HwConfig, trace, out=None,
         from .errors import ConfigError
         from .shard import simulate_sharded
 
-        if nonfinite != "error" or fine or faults:
+        if nonfinite != "error" or fine or faults or evaluator is not None:
             raise ConfigError("--scheduler: runs with --nonfinite skip/zero, fine timing or "
                               "--faults are local only")
         fp = run_fingerprint(hw, fp_trace, nonfinite) if out is not None else ""
         return simulate_sharded(hw, trace, scheduler, out=out,
                                 checkpoint_every=checkpoint_every, resume=resume,
                                 shards=shards, fingerprint=fp, label=label,
-                                trace_fp=fp_trace, threads=threads or 1)
+                                trace_fp=fp_trace, threads=threads or 1,
+                                simulation=Simulation)
     sim = Simulation(hw, trace.meta, fine=fine, faults=faults, threads=threads)
     sim.fused = bool(fused)
+    sim.evaluator = evaluator
     if faults and hasattr(trace, "path") and (Path(trace.path) / "weights.npz").is_file():
         sim.weights = Path(trace.path) / "weights.npz"
     start_chunk = 0

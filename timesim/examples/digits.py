@@ -2,7 +2,8 @@
 under dense SGD or under the chip's update policy (``SparseUpdate``), optionally recording a trace.
 
 Used by ``traces/make_digits_traces.py`` (example traces), ``traces/digits_results.py``
-(docs/results.md) and the tests.
+(docs/results.md) and the tests; ``evaluator`` scores a digits trace's model on the worn chip
+(``timesim run --faults``, report ``faults.accuracy``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..pytorch import SparseUpdate, TraceRecorder
+from ..accuracy import ModelScorer
+from ..pytorch import SparseUpdate, TraceRecorder, load_weights
 
 
 class MLP(nn.Module):
@@ -93,6 +95,18 @@ def load_digits_split(seed: int = 0):
     cut = int(0.8 * len(y))
     tr, te = order[:cut], order[cut:]
     return x[tr], y[tr], x[te], y[te]
+
+
+def evaluator(meta, weights) -> ModelScorer | None:
+    """The evaluator of a trace recorded from these examples (manifest ``model`` digits-mlp,
+    digits-lenet, ...; ``faults.EVALUATORS``): its model with the weights ``TraceRecorder``
+    saved (weights.npz), scored on the digits test set (360 images); None for another model."""
+    key = meta.model.removeprefix("digits-")
+    if weights is None or key not in MODELS or not meta.model.startswith("digits-"):
+        return None
+    model = load_weights(MODELS[key](), weights).eval()
+    _, _, x_te, y_te = load_digits_split(0)
+    return ModelScorer(model, x_te, y_te, name=meta.model)
 
 
 @dataclass

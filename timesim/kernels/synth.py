@@ -1,15 +1,15 @@
 """Counter-based random numbers for synthetic gradients (Python entry points).
 
-The jitted generator lives in ``select.py`` beside the policy kernels that consume it in
-registers (fused generate-and-select); its docstring defines the numbers. Any element can be
-regenerated from its counter alone.
+The jitted generator lives in ``generate.py`` (its docstring defines the numbers); the policy
+kernels of ``select.py`` consume it in registers (fused generate-and-select). Any element can
+be regenerated from its counter alone.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .select import (
+from .generate import (
     _fitted_factors,
     _gate_block,
     _gradient_chunk,
@@ -35,7 +35,7 @@ def inverse_cdf_block(seed: int, stream: int, t0: int, n: int, size: int, probs:
                       step: np.ndarray | None = None) -> np.ndarray:
     """(n, size) float32 draws by inverse CDF (``table`` at ``probs``, linear in between;
     ``probs`` begins with the uniform grid k / ``grid``) from two 32-bit uniforms per hash of
-    stream (seed, stream, t0 + i) (select._gate_block); row i times ``scale[i]`` and
+    stream (seed, stream, t0 + i) (generate._gate_block); row i times ``scale[i]`` and
     ``imp[which[i]]`` (row vectors; default ones). ``slope``, ``step``: the table's slope per
     interval and its rise per interval of the grid, if precomputed."""
     out = np.empty((n, size), dtype=np.float32)
@@ -59,7 +59,7 @@ def gradient_chunk(out: np.ndarray, seed: int, layer: int, t0: int, M: np.ndarra
                    W: np.ndarray = NO_CELLSCALE) -> None:
     """Fill ``out`` (n, rows, cols) float32 in place with iterations t0 .. t0+n-1 of one layer:
     out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z, z times W[r, c] first
-    when W is given (select.py)."""
+    when W is given (generate.py)."""
     _gradient_chunk(out, np.int64(seed), np.int64(layer), np.int64(t0), M, P, Q, U, V, W)
 
 

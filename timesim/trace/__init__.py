@@ -7,7 +7,8 @@ from pathlib import Path
 from ..errors import TraceError
 from .format import LayerInfo, TraceMeta
 from .reader import Chunk, TraceDir
-from .synth import SynthTrace, parse_synth
+from .source import parse_synth
+from .synth import SynthTrace
 from .writer import TraceWriter
 
 
