@@ -357,7 +357,8 @@ def _derive_energy(vgg: Reference, conv: Reference, ns: dict, nsc: dict, eng, co
             feats.append([_per_image(cnt, m.name, "forward", "interconnect", t, B)
                           for t in trees]
                          + [_per_image(cnt, m.name, "forward", "buffer", "read_byte", B)
-                            + _per_image(cnt, m.name, "forward", "buffer", "write_byte", B)])
+                            + _per_image(cnt, m.name, "forward", "buffer", "write_byte", B),
+                            _per_image(cnt, m.name, "forward", "buffer", "register_clock", B)])
             gb = (_per_image(cnt, m.name, "forward", "global_buffer", "read_byte", B)
                   + _per_image(cnt, m.name, "forward", "global_buffer", "write_byte", B))
             y.append((rec["energy_FW(J)"] - rec["Peak_energy_FW(J)"]) / B * 1e12
@@ -371,6 +372,7 @@ def _derive_energy(vgg: Reference, conv: Reference, ns: dict, nsc: dict, eng, co
     for t, v in zip(trees, sol):
         out[f"interconnect.{TREE_KEYS[t]}_pJ"] = float(v)
     out["buffer.read_energy_pJ"] = float(sol[len(trees)])
+    out["buffer.register_clock_energy_pJ"] = float(sol[len(trees) + 1])
     return out
 
 

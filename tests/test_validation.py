@@ -117,6 +117,7 @@ def test_preset_numbers_are_consistent_with_their_documented_derivation():
             hw.interconnect.conventional_tile_tree_energy_j * pj,
         "interconnect.pe_bus_energy_pJ": hw.interconnect.pe_bus_energy_j * pj,
         "buffer.read_energy_pJ": hw.buffer.read_energy_j * pj,
+        "buffer.register_clock_energy_pJ": hw.buffer.register_clock_energy_j * pj,
         "xbar.area_um2": hw.xbar.area_m2 * um2,
         "adc.area_um2": hw.adc.area_m2 * um2,
         "accumulation.area_um2": hw.accumulation.area_m2 * um2,

@@ -208,6 +208,8 @@ class Buffer:
     accumulator_bits: int = _f("int", "pos", doc="bits per residual-accumulator entry")
     line_bits: int = _f("int", "pos", doc="chip.floorplan=network: bits per access of a tile "
                         "buffer line")
+    register_clock_energy_j: float = _f("energy", "nonneg", doc="chip.floorplan=network: one "
+                                        "clock of one bit of a PE's input or output registers")
     line_latency_s: float = _f("time", "nonneg", doc="chip.floorplan=network: one access of "
                                "one tile-buffer line")
     area_m2: float = _f("area", "nonneg", doc="the buffer of one tile")

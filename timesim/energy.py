@@ -78,6 +78,7 @@ def action_latency(engine: Engine) -> dict[tuple[str, str], int]:
     c = engine.costs
     return {("crossbar", "cell_read"): c.read, ("dac", "conversion"): c.dac,
             ("crossbar", "array_read"): c.read, ("accumulation", "adder_bit"): 0,
+            ("buffer", "register_clock"): 0,
             ("interconnect", "chip_bit_side"): 0, ("interconnect", "tile_bit_side_novel"): 0,
             ("interconnect", "tile_bit_side_conventional"): 0,
             ("interconnect", "bus_bit_side"): 0,

@@ -58,6 +58,8 @@ ACTIONS = {
     ("pooling", "op"): "one input compared in max-pooling",
     ("buffer", "read_byte"): "one byte read from a tile buffer",
     ("buffer", "write_byte"): "one byte written to a tile buffer",
+    ("buffer", "register_clock"): "one clock of one bit of a PE's input or output registers "
+                                  "(chip.floorplan=network)",
     ("global_buffer", "read_byte"): "one byte read from the global buffer",
     ("global_buffer", "write_byte"): "one byte written to the global buffer",
     ("interconnect", "bit"): "one bit moved between the global buffer and a tile",
@@ -168,6 +170,7 @@ class CostTable:
             ("pooling", "op"): hw.pooling.energy_j,
             ("buffer", "read_byte"): hw.buffer.read_energy_j,
             ("buffer", "write_byte"): hw.buffer.write_energy_j,
+            ("buffer", "register_clock"): hw.buffer.register_clock_energy_j,
             ("global_buffer", "read_byte"): hw.global_buffer.read_energy_j,
             ("global_buffer", "write_byte"): hw.global_buffer.write_energy_j,
             ("interconnect", "bit"): hw.interconnect.energy_per_bit_j,

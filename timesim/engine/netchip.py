@@ -31,6 +31,9 @@ from ..config import HwConfig
 from ..floorplan import Floorplan
 from ..mapping import LayerMapping
 
+# a register's data (D to Q) energy relative to its clock's (DFF.cpp's capacitances)
+DATA_PER_CLOCK = 0.8
+
 
 @dataclass(frozen=True)
 class LayerPath:
@@ -196,6 +199,22 @@ class NetworkChip:
         tiles_col = max(1, m.chip_tiles // tiles_row)
         in_all = m.rows * m.positions * nb / (grid if novel else 1) * tiles_col
         out_all = m.phys_cols * out_bits * m.positions / K * tiles_row
+        # the PEs' input and output registers: clocked whole for every PE row and every
+        # output bit of every PE (DFF.cpp:147-167 as ProcessingUnit.cpp:640-690 calls it), so an
+        # FC layer's single vector pays the whole arrays
+        if novel:
+            rows_pe, cols_pe = K * m.in_channels * tiles_col, K * m.phys_cols * tiles_row
+        elif min(m.copy_grid) >= grid:          # the matrix copied into every PE: one PE
+            rows_pe, cols_pe = m.rows, m.phys_cols
+        else:
+            rows_pe = m.rows * -(-m.phys_cols // pe)
+            cols_pe = m.phys_cols * -(-m.rows // pe)
+        in_regs = nb * self.sa
+        out_regs = (self.sa // hw.adc.cols_per_adc) * (out_bits - 1 - self.psum_bits
+                                                       + hw.adc.bits + nb + hw.xbar.cells_per_weight)
+        a["buffer", "register_clock"] = (
+            rows_pe * (in_regs + DATA_PER_CLOCK * min(nb * m.positions, in_regs))
+            + self.psum_bits * cols_pe * (out_regs + DATA_PER_CLOCK * min(m.positions, out_regs)))
         # the tile buffers: every bit written once and read once
         a["buffer", "write_byte"] = (in_all + out_all) / 8
         a["buffer", "read_byte"] = (in_all + out_all) / 8
