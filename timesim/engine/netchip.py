@@ -210,8 +210,9 @@ class NetworkChip:
             rows_pe = m.rows * -(-m.phys_cols // pe)
             cols_pe = m.phys_cols * -(-m.rows // pe)
         in_regs = nb * self.sa
-        out_regs = (self.sa // hw.adc.cols_per_adc) * (out_bits - 1 - self.psum_bits
-                                                       + hw.adc.bits + nb + hw.xbar.cells_per_weight)
+        stages = out_bits - 1 - self.psum_bits        # adder stages over the PE's rows
+        out_regs = (self.sa // hw.adc.cols_per_adc) * (stages + hw.adc.bits + nb
+                                                       + hw.xbar.cells_per_weight)
         a["buffer", "register_clock"] = (
             rows_pe * (in_regs + DATA_PER_CLOCK * min(nb * m.positions, in_regs))
             + self.psum_bits * cols_pe * (out_regs + DATA_PER_CLOCK * min(m.positions, out_regs)))
