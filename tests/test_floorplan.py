@@ -64,11 +64,79 @@ def test_non_square_crossbars_are_refused_for_a_network_floorplan():
         plan_network(SHAPES, hw)
 
 
-def test_run_on_a_network_floorplan_reports_it(tmp_path):
-    hw = timesim.load_hwconfig("neurosim-v2.1-rram")
-    report = timesim.simulate(hw, timesim.open_trace(
-        "synth:resnet20?iterations=2"), out=tmp_path / "r")
+def _manifest(tmp_path, layers, batch=8):
+    import yaml
+
+    doc = {"format": "timesim-trace", "version": 1, "model": "m", "source": "test",
+           "dataset": "none", "batch_size": batch, "iterations": 1, "chunk_iterations": 1,
+           "dtype": "float32", "timing_only": True, "layers": layers}
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "manifest.yaml").write_text(yaml.safe_dump(doc))
+    return str(tmp_path / "t")
+
+
+CONV = {"name": "conv", "kind": "conv2d", "rows": 576, "cols": 128, "kernel": [3, 3],
+        "in_channels": 64, "out_channels": 128, "input_hw": [16, 16], "output_hw": [14, 14],
+        "stride": [1, 1], "padding": [0, 0]}
+
+
+def test_run_reports_the_floorplan_and_counts_its_area(tmp_path):
+    trace = _manifest(tmp_path, [CONV, {"name": "fc", "kind": "linear", "rows": 256,
+                                        "cols": 10}], batch=32)
+    report = timesim.simulate(HW, timesim.open_trace(trace), out=tmp_path / "r")
     fp = report["mapping"]["floorplan"]
-    assert fp["mode"] == "network" and fp["tiles"] == sum(
-        v["chip_tiles"] for v in report["mapping"]["by_layer"].values())
-    assert report["area_mm2"]["units"]["crossbars"] == fp["crossbars"]
+    # by hand (test_tiles_copies_and_crossbars_by_hand): a novel tile of 9 PEs of 2x2
+    # crossbars and a conventional tile of 4x4 crossbars
+    assert (fp["tiles"], fp["crossbars"]) == (2, 52)
+    assert [v["copies"] for v in report["mapping"]["by_layer"].values()] == [4, 8]
+    area = report["area_mm2"]["by_component"]
+    assert area["crossbar"] == pytest.approx(52 * HW.xbar.area_m2 * 1e6)
+    assert area["adc"] == pytest.approx(52 * 32 * HW.adc.area_m2 * 1e6)
+
+
+def test_write_parallel_as_set_sizes_the_gradient_accumulator(tmp_path):
+    trace = _manifest(tmp_path, [CONV], batch=32)
+    reports = {}
+    for wp in (2, 16):
+        hw = timesim.load_hwconfig("neurosim-v2.1-rram", [f"write.parallel_arrays={wp}"])
+        reports[wp] = timesim.simulate(hw, timesim.open_trace(trace))
+        assert reports[wp]["mapping"]["floorplan"]["write_parallel_arrays"] == wp
+    # accumulator: write_parallel crossbars of 128 x 128 adders of (gradient bits + 5) bits;
+    # gradient bits auto: 4 + 8 + ceil(log2 1 grid row) = 12
+    grow = (16 - 2) * 128 * 128 * (12 + 5) * HW.gradient.accumulator_bit_area_m2 * 1e6
+    got = (reports[16]["area_mm2"]["by_component"]["gradient"]
+           - reports[2]["area_mm2"]["by_component"]["gradient"])
+    assert got == pytest.approx(grow)
+
+
+def test_neurosim_copies_rule_programs_every_copy_on_a_fixed_floorplan(tmp_path):
+    trace = _manifest(tmp_path, [CONV], batch=32)
+    e = {}
+    for rule in ("all", "neurosim"):
+        hw = timesim.load_hwconfig("neurosim-v2.1-rram", ["chip.floorplan=fixed",
+                                                          "mapping.duplicate=3",
+                                                          f"write.copies={rule}"])
+        e[rule] = timesim.simulate(hw, timesim.open_trace(trace))["energy_j"]["by_phase"]
+    assert e["neurosim"]["write"] == pytest.approx(e["all"]["write"])
+
+
+def test_pooling_read_off_a_flattening_linear_layer_but_not_a_token_layer():
+    from timesim.mapping import pool_after
+    from timesim.trace.format import LayerInfo
+
+    conv = LayerInfo("c", "conv2d", 576, 128, kernel=(3, 3), input_hw=(16, 16),
+                     output_hw=(8, 8))
+    # 128 channels x 4 x 4 flattened: a 2x2 pool of the 8x8 map
+    assert pool_after([conv, LayerInfo("fc", "linear", 2048, 10)], 0) == 4
+    # 128 x 8 x 8: no pool
+    assert pool_after([conv, LayerInfo("fc", "linear", 8192, 10)], 0) == 1
+    # a patch embedding's 64 positions become 64 tokens of a per-token linear layer
+    tok = LayerInfo("q", "linear", 128, 384, vectors_per_sample=64)
+    assert pool_after([conv, tok], 0) == 1
+
+
+def test_auto_global_buffer_needs_a_line_latency(tmp_path):
+    trace = _manifest(tmp_path, [CONV])
+    hw = timesim.load_hwconfig("neurosim-v2.1-rram", ["global_buffer.line_latency=0 ns"])
+    with pytest.raises(ConfigError, match="line_latency"):
+        timesim.simulate(hw, timesim.open_trace(trace))

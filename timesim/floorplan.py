@@ -307,7 +307,8 @@ def size_units(plan: Floorplan, io: Sequence[LayerIO], hw: HwConfig, batch: int)
     input_bits = nb * (io[ref].input_volume if io else 0)
     batch_bits = max(1, math.ceil(math.log2(batch))) if batch > 1 else 1
     weight_bits = hw.xbar.weight_bits + (1 if hw.xbar.cells_per_weight == 1 else 0)
-    overhead = sa * batch_bits
+    columns = hw.xbar.cells_per_weight * -(-weight_bits // hw.xbar.cell_bits)  # per weight
+    overhead = sa * columns * batch_bits
     parallel = overhead // (sa * weight_bits)
     while overhead < input_bits:
         overhead *= 2

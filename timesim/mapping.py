@@ -137,6 +137,9 @@ def pool_after(layers: Sequence[LayerInfo], i: int) -> int:
     ho, wo = layer.output_hw
     if nxt.kind == "linear":
         # a flattened map: the linear layer's inputs are C_out x h x w of a pooled output
+        # (a linear layer applied per token, e.g. after a patch embedding, flattens nothing)
+        if getattr(nxt, "vectors_per_sample", None):
+            return 1
         if layer.cols and nxt.rows % layer.cols == 0:
             area = nxt.rows // layer.cols
             if 0 < area < ho * wo and (ho * wo) % area == 0:
@@ -188,8 +191,9 @@ def map_network(layers: Sequence[LayerInfo], hw: HwConfig, batch_size: int) -> N
         plan = plan_fixed([m.tiles for m in base], [m.vectors for m in base], hw)
     io = []
     for layer, m in zip(layers, base):
-        hw_in = layer.input_hw if layer.kind == "conv2d" and layer.input_hw else (1, 1)
-        io.append(LayerIO(input_volume=hw_in[0] * hw_in[1] * m.in_channels,
+        hw_in = layer.input_hw if layer.kind == "conv2d" and layer.input_hw else None
+        values = hw_in[0] * hw_in[1] if hw_in else m.positions      # a linear layer's tokens
+        io.append(LayerIO(input_volume=values * m.in_channels,
                           positions=m.positions, in_channels=m.in_channels))
     plan = size_units(plan, io, hw, batch)
     mapped = tuple(dataclasses.replace(m, copies=p.copies, chip_tiles=p.tiles,

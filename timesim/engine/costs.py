@@ -153,6 +153,7 @@ class CostTable:
         self.acc_bytes = math.ceil(hw.buffer.accumulator_bits / 8)
         self.floorplan = floorplan
         self.chip_tiles = (floorplan.tiles if floorplan is not None
+                           and floorplan.mode == "network"
                            else max(1, hw.chip.crossbars // hw.chip.xbars_per_tile))
         self.network = floorplan is not None and floorplan.mode == "network"
         self.netchip = NetworkChip(hw, floorplan) if self.network else None
@@ -210,6 +211,9 @@ class CostTable:
         if units is None:
             raise ConfigError("global_buffer.bits_per_cycle=auto: needs the network's layers "
                               "(the buffer is sized to the largest layer input)")
+        if gb.line_latency_s <= 0:
+            raise ConfigError("global_buffer.line_latency: must be positive with "
+                              "global_buffer.bits_per_cycle=auto (a line takes time to access)")
         lanes = units.buffer_lanes(gb.line_bits)
         return max(1, int(lanes * gb.line_bits / (2 * gb.line_latency_s * self.f)))
 

@@ -251,7 +251,7 @@ class NetworkChip:
         pe_rows = min(m.in_channels if novel else m.rows, pe)
         pe_inputs = -(-pe_rows // self.sa)
         pe_trees = (pe // self.sa) * self.sa // cpa
-        full_dup = (not novel and m.copies >= grid * grid)
+        full_dup = not novel and min(m.copy_grid) >= grid
         if pe_inputs > 1 and not full_dup:
             pes = K if novel else max(1, -(-m.rows // pe)) * max(1, -(-m.phys_cols // pe))
             total += pes * reads * pe_trees * _fa_bits(pe_inputs, self.psum_bits)
