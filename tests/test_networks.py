@@ -255,9 +255,10 @@ def test_replay_equals_live_for_tokens_attention_and_depthwise(tmp_path, selecti
                 opt.step()
     live = opt.report(out=tmp_path / "live")
     replay = timesim.simulate(hw, str(tmp_path / "t"), out=tmp_path / "replay")
-    for key in ("writes", "ars", "lifetime", "cycles", "energy_j", "skipped", "left_out",
-                "coverage"):
+    for key in ("writes", "ars", "lifetime", "cycles", "energy_j", "skipped", "digital",
+                "left_out", "coverage", "area_mm2"):
         assert live[key] == replay[key], key
+    assert live["digital"] and live["energy_j"]["by_component"]["attention"] > 0
     for name in live["writes"]["by_layer"]:
         np.testing.assert_array_equal(np.load(tmp_path / "live" / "writes" / f"{name}.npy"),
                                       np.load(tmp_path / "replay" / "writes" / f"{name}.npy"))
