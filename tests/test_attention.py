@@ -139,3 +139,25 @@ def test_two_modules_share_one_attention_unit(tmp_path):
             "engine.pipeline=layer", "controller.wear_leveling=none"])
         cycles[units] = timesim.simulate(hw, folder)["cycles"]["total"]
     assert cycles[2] < cycles[1]
+
+
+def test_run_prints_what_is_timed_and_what_is_left_out(tmp_path, capsys):
+    import yaml
+
+    from timesim.cli import main
+
+    folder = timing_manifest(tmp_path / "m", LAYERS, iterations=T, batch_size=B)
+    p = tmp_path / "m" / "manifest.yaml"
+    doc = yaml.safe_load(p.read_text())
+    doc["left_out"] = [ENTRY, {**ENTRY, "name": "dec.cross_attn", "macs": 600}]
+    p.write_text(yaml.safe_dump(doc))
+    assert main(["run", "--trace", folder, "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert f"attention  {MACS:.4g} digital MACs per iteration timed on the attention unit " \
+           f"in 1 module" in out and "(enc.attn; report.json digital)" in out
+    assert "not timed  600 digital MACs per iteration" in out and "dec.cross_attn" in out
+    assert main(["run", "--trace", folder, "--out", str(tmp_path / "r0"),
+                 "--set", "attention.units=0"]) == 0
+    out = capsys.readouterr().out
+    assert "timed on the attention unit" not in out
+    assert f"not timed  {MACS + 600:.4g} digital MACs per iteration" in out
