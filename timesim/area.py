@@ -6,7 +6,8 @@ a network uses; with ``network`` the tiles and crossbars NeuroSim V2.1 places fo
 Per crossbar: the array, its periphery, a DAC per row and per column and an ADC with its
 shift-add per ``adc.cols_per_adc`` lines on both sides (forward reads columns, backward reads
 rows: TIME, NeuroSim V2.1 training mode), and its CE share; per tile: buffer, activation and
-pooling units, interconnect port; per chip: global buffer, weight-gradient units, the rest.
+pooling units, interconnect port; per chip: global buffer, weight-gradient units, attention
+units (for a network with attention products to time), the rest.
 A network-sized chip adds what NeuroSim sizes to the network (Chip.cpp:378-443): the global
 buffer's bits, the global H-tree (bus bits × the chip's side) and the weight-gradient grid
 with its accumulator.
@@ -21,7 +22,9 @@ from .floorplan import Floorplan
 
 
 def area_report(hw: HwConfig, plan: Floorplan | None = None, batch: int = 1,
-                write_parallel: int | None = None) -> dict:
+                write_parallel: int | None = None, attention: bool = False) -> dict:
+    """``attention``: the network has attention products the chip times, so the chip has its
+    ``attention.units`` (a network without them is reported without the units)."""
     x = hw.xbar
     if plan is None:
         n = hw.chip.crossbars
@@ -42,9 +45,11 @@ def area_report(hw: HwConfig, plan: Floorplan | None = None, batch: int = 1,
         "interconnect": tiles * hw.interconnect.area_m2,
         "global_buffer": hw.global_buffer.area_m2,
         "gradient": hw.gradient.units * hw.gradient.area_m2,
+        **({"attention": hw.attention.units * hw.attention.area_m2} if attention else {}),
         "other": hw.chip.other_area_m2,
     }
-    units = {"crossbars": n, "tiles": tiles, "adcs": adcs}
+    units = {"crossbars": n, "tiles": tiles, "adcs": adcs,
+             **({"attention_units": hw.attention.units} if attention else {})}
     u = plan.units if plan is not None else None
     if u is not None and plan.mode == "network":
         m2["global_buffer"] += u.buffer_bits * hw.global_buffer.bit_area_m2

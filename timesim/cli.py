@@ -109,9 +109,16 @@ def cmd_run(args) -> int:
 
 
 def _print_left_digital(r: dict) -> None:
-    """The weights and the work the chip does not cover (report ``skipped``, ``left_out``):
-    cycles, energy and lifetime above are for the mapped layers only."""
-    skipped, left = r.get("skipped") or [], r.get("left_out") or []
+    """The digital work the attention unit timed (report ``digital``), and the weights and the
+    work the chip does not cover (``skipped``, ``left_out``): cycles, energy and lifetime above
+    are for the mapped layers and the timed digital work only."""
+    skipped, left, timed = r.get("skipped") or [], r.get("left_out") or [], r.get("digital") or []
+    if timed:
+        total = sum(d.get("macs", 0) for d in timed)
+        names = ", ".join(d["name"] for d in timed[:3]) + (", ..." if len(timed) > 3 else "")
+        print(f"attention  {total:.4g} digital MACs per iteration timed on the attention unit "
+              f"in {len(timed)} module{'s' * (len(timed) > 1)}, charged to their out_proj "
+              f"({names}; report.json digital)")
     if skipped:
         cov = r["coverage"]
         names = "; ".join(f"{d['name']} ({d['reason']}, {d['parameters']} parameters)"
@@ -348,7 +355,8 @@ def cmd_trace_info(args) -> int:
         n = f", {d['parameters']} parameters" if "parameters" in d else ""
         print(f"  not mapped: {d['name']} ({d['reason']}{n})")
     for d in m.left_out:
-        print(f"  not timed: {d['name']}: {d.get('macs', '?')} MACs per iteration ({d['work']})")
+        print(f"  digital: {d['name']}: {d.get('macs', '?')} MACs per iteration ({d['work']}; "
+              f"timed on the attention unit with {d['name']}.out_proj, else left out)")
     return 0
 
 

@@ -162,6 +162,19 @@ class Gradient:
 
 
 @dataclass(frozen=True)
+class Attention:
+    macs_per_cycle: int = _f("int", "pos", doc="multiply-accumulates per cycle of one attention "
+                             "unit: the digital unit that computes attention's activation x "
+                             "activation products (scores Q·Kᵀ, context A·V and their gradients)")
+    units: int = _f("int", "nonneg", doc="attention units on the chip, shared by all attention "
+                    "modules (a module's products occupy one unit); 0: none, the products are "
+                    "reported as left out (report.json left_out)")
+    mac_energy_j: float = _f("energy", "nonneg", doc="one multiply-accumulate")
+    area_m2: float = _f("area", "nonneg", doc="one attention unit (counted only for a network "
+                        "whose attention products it times)")
+
+
+@dataclass(frozen=True)
 class Ce:
     compare_latency_s: float = _f("time", "nonneg", doc="one comparator-tree stage")
     compare_energy_j: float = _f("energy", "nonneg", doc="one magnitude comparison")
@@ -324,7 +337,8 @@ class Controller:
 SECTIONS: dict[str, type] = {
     "clock": Clock, "chip": Chip, "mapping": Mapping, "engine": EngineCfg, "xbar": Xbar,
     "dac": Dac, "adc": Adc, "accumulation": Accumulation, "activation": Activation,
-    "pooling": Pooling, "gradient": Gradient, "ce": Ce, "write": Write, "buffer": Buffer,
+    "pooling": Pooling, "gradient": Gradient, "attention": Attention, "ce": Ce, "write": Write,
+    "buffer": Buffer,
     "global_buffer": GlobalBuffer, "interconnect": Interconnect, "dram": Dram,
     "endurance": Endurance, "controller": Controller,
 }
@@ -347,6 +361,7 @@ class HwConfig:
     activation: Activation
     pooling: Pooling
     gradient: Gradient
+    attention: Attention
     ce: Ce
     write: Write
     buffer: Buffer

@@ -19,8 +19,8 @@ from .engine.costs import ACTIONS, log2_ceil
 from .policies import LayerPolicy
 
 COMPONENTS = ("crossbar", "dac", "adc", "accumulation", "activation", "pooling", "buffer",
-              "global_buffer", "interconnect", "dram", "gradient", "ce", "write", "counters",
-              "ars", "multiplex")
+              "global_buffer", "interconnect", "dram", "gradient", "attention", "ce", "write",
+              "counters", "ars", "multiplex")
 
 Key = tuple[str, str, str]          # (phase, component, action)
 
@@ -87,7 +87,7 @@ def action_latency(engine: Engine) -> dict[tuple[str, str], int]:
             ("buffer", "read_byte"): 1, ("buffer", "write_byte"): 1,
             ("global_buffer", "read_byte"): 1, ("global_buffer", "write_byte"): 1,
             ("interconnect", "bit"): c.hop, ("dram", "bit"): 1,
-            ("gradient", "mac"): 1, ("gradient", "accumulate"): 1,
+            ("gradient", "mac"): 1, ("gradient", "accumulate"): 1, ("attention", "mac"): 1,
             ("ce", "compare"): c.compare,
             ("write", "cell_pulse"): c.pulse, ("write", "verify_read"): c.read,
             ("write", "row_phase"): c.pulse,
@@ -112,6 +112,8 @@ def energy_report(engine: Engine, counts: dict[str, dict[Key, int]]) -> dict:
             e_layer += e
         by_layer[layer] = e_layer
         by_layer_phase[layer] = per_phase
+    if not engine.mapping.attention:                 # no attention products timed
+        by_component.pop("attention")
     if not engine.mapping.multiplexed:
         by_component.pop("multiplex")
         by_phase.pop("reprogram")

@@ -49,6 +49,8 @@ class LayerMapping:
     in_channels: int = 0      # C_in (rows for linear)
     placement: str = "fixed"  # the floorplan's tile kind: fixed | novel | conventional
     copy_grid: tuple[int, int] = (1, 1)   # copies along rows and columns (network floorplan)
+    attention_macs: int = 0   # MACs per iteration of the attention products charged to the
+                              # layer (its module's out_proj; ``attention_work``)
 
     @property
     def tiles(self) -> int:
@@ -92,6 +94,11 @@ class NetworkMapping:
         NeuroSim's Chip.cpp sizes it for this network and batch."""
         return self.floorplan.units.write_parallel if self.parallel_auto else self.parallel_set
 
+    @property
+    def attention(self) -> bool:
+        """Whether the attention unit times products of this network (``attention_work``)."""
+        return any(m.attention_macs for m in self.layers)
+
     def to_dict(self) -> dict:
         return {"crossbars_needed": self.crossbars_needed,
                 "crossbars_available": self.crossbars_available,
@@ -105,7 +112,9 @@ class NetworkMapping:
                                       "input_activity": m.activity, "pool": m.pool,
                                       "slices": m.slices,
                                       "cells_per_weight": m.cells_per_weight,
-                                      "vectors_per_iteration": m.vectors}
+                                      "vectors_per_iteration": m.vectors,
+                                      **({"attention_macs_per_iteration": m.attention_macs}
+                                         if m.attention_macs else {})}
                              for m in self.layers}}
 
 
@@ -178,12 +187,40 @@ def map_layer(layer: LayerInfo, hw: HwConfig, batch: int, copies: int = 1,
                         kernel_area=area, in_channels=max(1, layer.rows // area))
 
 
-def map_network(layers: Sequence[LayerInfo], hw: HwConfig, batch_size: int) -> NetworkMapping:
+def attention_work(layers: Sequence[LayerInfo], left_out: Sequence[dict], hw: HwConfig
+                   ) -> tuple[dict[str, int], list[dict], list[dict]]:
+    """Which of a manifest's ``left_out`` entries the attention unit times (DESIGN §10).
+
+    An attention module's products (scores Q·Kᵀ, context A·V) run between its input and its
+    output projection, so they are charged to the layer ``<module>.out_proj`` when that is a
+    mapped layer and the chip has an attention unit (``attention.units`` > 0). Returns
+    ({out_proj layer: MACs per iteration}, the timed entries with their ``layer``, the
+    entries still left out)."""
+    names = {layer.name for layer in layers}
+    by_layer: dict[str, int] = {}
+    timed, left = [], []
+    for d in left_out:
+        layer = f"{d.get('name', '')}.out_proj"
+        if hw.attention.units > 0 and layer in names and d.get("macs", 0) > 0:
+            by_layer[layer] = by_layer.get(layer, 0) + int(d["macs"])
+            timed.append({**dict(d), "layer": layer})
+        else:
+            left.append(dict(d))
+    return by_layer, timed, left
+
+
+def map_network(layers: Sequence[LayerInfo], hw: HwConfig, batch_size: int,
+                left_out: Sequence[dict] = ()) -> NetworkMapping:
     """Map every layer and place it on the chip (``floorplan``). With ``chip.floorplan: fixed``
-    a network larger than the chip is an error unless ``chip.multiplex``."""
+    a network larger than the chip is an error unless ``chip.multiplex``. ``left_out``: the
+    manifest's digital work; the attention products ``attention_work`` times are charged to
+    their out_proj layers (``LayerMapping.attention_macs``)."""
     batch = max(1, batch_size)
     pools = [pool_after(layers, i) for i in range(len(layers))]
-    base = [map_layer(layer, hw, batch, 1, p) for layer, p in zip(layers, pools)]
+    macs = attention_work(layers, left_out, hw)[0]
+    base = [dataclasses.replace(map_layer(layer, hw, batch, 1, p),
+                                attention_macs=macs.get(layer.name, 0))
+            for layer, p in zip(layers, pools)]
     if hw.chip.floorplan == "network":
         plan = plan_network([LayerShape(m.name, m.rows, m.phys_cols, m.kernel_area,
                                         m.in_channels) for m in base], hw)

@@ -16,6 +16,7 @@ from ._version import __version__
 from .config import HwConfig
 from .errors import SimulationError
 from .lifetime import lifetime_report
+from .mapping import attention_work
 from .policies import LayerPolicy
 
 
@@ -77,17 +78,19 @@ def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
     return report
 
 
-def left_digital(meta) -> dict:
+def left_digital(meta, hw: HwConfig) -> dict:
     """report.json's ``skipped`` (DESIGN §10: weight-bearing layers left digital or out, from
-    the manifest), ``left_out`` (digital work not timed: attention's activation x activation
-    products, MACs per iteration) and ``coverage``: the share of the model's weights that the
-    report covers (older manifests without parameter counts: the skipped ones count as 0)."""
+    the manifest), ``digital`` (attention's activation x activation products that the attention
+    unit times, each with the out_proj ``layer`` it is charged to), ``left_out`` (digital work
+    not timed: products whose out_proj is not mapped, or a chip without an attention unit; MACs
+    per iteration) and ``coverage``: the share of the model's weights that the report covers
+    (older manifests without parameter counts: the skipped ones count as 0)."""
     skipped = [{"name": d.get("name", ""), "reason": d.get("reason", ""),
                 "parameters": int(d.get("parameters", 0))} for d in meta.skipped]
     mapped = sum(layer.weights for layer in meta.layers)
     left = sum(d["parameters"] for d in skipped)
-    return {"skipped": skipped,
-            "left_out": [dict(d) for d in meta.left_out],
+    _, timed, untimed = attention_work(meta.layers, meta.left_out, hw)
+    return {"skipped": skipped, "digital": timed, "left_out": untimed,
             "coverage": {"mapped_parameters": mapped, "skipped_parameters": left,
                          "mapped_fraction": mapped / (mapped + left) if mapped + left else 1.0}}
 

@@ -188,7 +188,8 @@ class Simulation:
         report["energy_j"] = energy_report(self.engine, counts)
         report["area_mm2"] = area_report(self.hw, self.engine.mapping.floorplan,
                                         self.engine.mapping.batch_size,
-                                        self.engine.mapping.write_parallel)
+                                        self.engine.mapping.write_parallel,
+                                        self.engine.mapping.attention)
         report["mapping"] = self.engine.mapping.to_dict()
         report["ars"]["normalized_write_energy"] = normalized_ars_energy(self.engine, counts, T)
         capped = {p.layer.name: p.pulses_capped for p in self.policies if p.pulses_capped}
@@ -208,7 +209,7 @@ class Simulation:
                                                           self.weights, self.evaluator)
         if self.nonfinite is not None:
             report["nonfinite"] = self.nonfinite
-        report.update(left_digital(self.meta))          # what the chip does not cover
+        report.update(left_digital(self.meta, self.hw))          # what the chip does not cover
         wall = time.perf_counter() - self.start
         report.pop("wall_s")
         report["run"] = {"created": report.pop("created"), "wall_s": wall,

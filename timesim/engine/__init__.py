@@ -49,7 +49,8 @@ class Engine:
         self.meta = meta
         self.selections = list(selections)
         self.fine = fine
-        self.mapping: NetworkMapping = map_network(meta.layers, hw, meta.batch_size)
+        self.mapping: NetworkMapping = map_network(meta.layers, hw, meta.batch_size,
+                                                   meta.left_out)
         self.costs = CostTable(hw, self.mapping.floorplan)
         batch = self.mapping.batch_size
         self.timings: list[LayerTiming] = [
@@ -225,7 +226,8 @@ class Engine:
             work = [LayerWork(timing=t, swaps=s) for t, s in zip(self.timings, swaps)]
             e = self.hw.engine
             res = simulate_iteration(work, self.reprogram_cycles, self.fine, e.pipeline,
-                                     self.hw.gradient.units, self.hw.gradient.storage)
+                                     self.hw.gradient.units, self.hw.gradient.storage,
+                                     self.hw.attention.units)
             self.events += res.events
             self.simulated += 1
             if len(self._base) >= MAX_DISTINCT:

@@ -5,10 +5,10 @@ gradient row (fine mode) or all of a layer's rows, an ARS pass. Statistics are n
 fixed size; nothing grows with the number of iterations.
 
 Shared, chip-wide resources that processes queue on (``Chip``): the global buffer, the
-interconnect root, the DRAM interface, the weight-gradient units and (``writes``) the arrays that
-may be programmed at once. Per layer (``Crossbars``): the layer's arrays with their DACs, ADCs
-and shift-add, one capacity-1 resource (an MVM pass, a write and an ARS pass never overlap on
-the same arrays, and forward and backward share the ADCs).
+interconnect root, the DRAM interface, the weight-gradient units, the attention units and
+(``writes``) the arrays that may be programmed at once. Per layer (``Crossbars``): the layer's
+arrays with their DACs, ADCs and shift-add, one capacity-1 resource (an MVM pass, a write and
+an ARS pass never overlap on the same arrays, and forward and backward share the ADCs).
 """
 
 from __future__ import annotations
@@ -84,12 +84,13 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> int:
 class Chip:
     """The chip-wide resources every layer shares."""
 
-    def __init__(self, env: simpy.Environment, gradient_units: int):
+    def __init__(self, env: simpy.Environment, gradient_units: int, attention_units: int = 1):
         self.env = env
         self.global_buffer = simpy.Resource(env, capacity=1)
         self.interconnect = simpy.Resource(env, capacity=1)
         self.dram = simpy.Resource(env, capacity=1)
         self.gradient = simpy.Resource(env, capacity=gradient_units)
+        self.attention = simpy.Resource(env, capacity=max(1, attention_units))
 
     def _hold(self, res: simpy.Resource, cycles: int):
         if cycles <= 0:
@@ -97,6 +98,17 @@ class Chip:
         with res.request() as req:
             yield req
             yield self.env.timeout(cycles)
+
+    def attend(self, layer: int, phase: str, cycles: int, spans: Spans):
+        """``cycles`` of attention products for ``layer`` on one attention unit (busy time of
+        the layer's ``phase``)."""
+        if cycles <= 0:
+            return
+        with self.attention.request() as req:
+            yield req
+            t0 = int(self.env.now)
+            yield self.env.timeout(cycles)
+            spans.busy(layer, phase, t0, int(self.env.now))
 
     def load(self, t: Transfer):
         """Global buffer -> interconnect -> the layer's tile buffers (store and forward)."""

@@ -14,6 +14,7 @@ weight-gradient unit(s) and the DRAM interface. A layer's copies occupy whole ti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -73,6 +74,8 @@ ACTIONS = {
     ("dram", "bit"): "one bit moved to or from off-chip DRAM",
     ("gradient", "mac"): "one multiply-accumulate in the weight-gradient unit",
     ("gradient", "accumulate"): "one weight's gradient of one sample added to the batch's",
+    ("attention", "mac"): "one multiply-accumulate of attention's activation x activation "
+                          "products (scores, context and their gradients) in the attention unit",
     ("ce", "compare"): "one magnitude comparison in the comparator tree or top-k unit",
     ("write", "cell_pulse"): "one programming pulse on one physical cell (every copy)",
     ("write", "verify_read"): "one read-verify of one physical cell",
@@ -114,6 +117,8 @@ class WaveCost:
     wg_in: Transfer
     wg_compute: int
     wg_store: Transfer
+    fw_digital: int = 0      # the attention unit, before the forward MVM (scores, context)
+    bw_digital: int = 0      # the attention unit, after the backward MVM (their gradients)
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,7 @@ class CostTable:
             ("dram", "bit"): hw.dram.energy_per_bit_j,
             ("gradient", "mac"): hw.gradient.mac_energy_j,
             ("gradient", "accumulate"): hw.gradient.accumulate_energy_j,
+            ("attention", "mac"): hw.attention.mac_energy_j,
             ("ce", "compare"): hw.ce.compare_energy_j,
             ("write", "cell_pulse"): w.pulse_energy_j,
             ("write", "verify_read"): x.read_energy_j,
@@ -371,6 +377,10 @@ class CostTable:
                 a["backward", "adc", "conversion"] = V * S * R * CT
                 a["backward", "accumulation", "add"] = V * (S * R * CT + R * (CT - 1))
                 _move(a, "backward", bo, bi, self.psum_bits(m, backward=True) * B)
+        fw, bw = attention_split(m.attention_macs)
+        a["forward", "attention", "mac"] = fw
+        if i > 0:                            # with the layer's backward pass (timing: waves)
+            a["backward", "attention", "mac"] = bw
         a["gradient", "gradient", "mac"] = m.cells * V
         if self.hw.gradient.model == "sram-grid":     # NeuroSim's gradient accumulator
             a["gradient", "gradient", "accumulate"] = m.cells * B
@@ -419,20 +429,26 @@ class CostTable:
         bi, bo = self.bits_in(m), self.bits_out(m)
         po, pb = self.psum_bits(m), self.psum_bits(m, backward=True)
         g = self.gradient_bits(m)
+        fw_macs, bw_macs = attention_split(m.attention_macs)
+        per_unit = batch * hw.attention.macs_per_cycle
         out = []
         done = 0
         for images in wave_sizes(batch, hw.engine.waves):
             v0, v = m.positions * done, m.positions * images          # vectors before, in it
             per_copy = part(v0, v, m.copies)
             act = self._activation(m, v0 + v) - self._activation(m, v0)
+            # the wave's share of the attention products (MACs per iteration over the batch)
+            digital = (part(fw_macs * done, fw_macs * images, per_unit),
+                       part(bw_macs * done, bw_macs * images, per_unit))
             store = Transfer()
             if g:
                 store = Transfer(global_buffer=part(g * done, g * images,
                                                     self.gb_bits_per_cycle),
                                  dram=part(g * done, g * images, hw.dram.bits_per_cycle))
             if self.netchip is not None:
-                out.append(self._net_wave(m, images, done, per_copy, mvm, mvm_t, act, store,
-                                          write_parallel))
+                out.append(dataclasses.replace(
+                    self._net_wave(m, images, done, per_copy, mvm, mvm_t, act, store,
+                                   write_parallel), fw_digital=digital[0], bw_digital=digital[1]))
                 done += images
                 continue
             out.append(WaveCost(
@@ -447,7 +463,7 @@ class CostTable:
                                      tile_bits=(pb * images, pb * done)),
                 wg_in=self.transfer(m, (bi + bo) * images, tile=False, done=(bi + bo) * done),
                 wg_compute=self._gradient_cycles(m, done, images, write_parallel),
-                wg_store=store))
+                wg_store=store, fw_digital=digital[0], bw_digital=digital[1]))
             done += images
         return tuple(out)
 
@@ -513,6 +529,14 @@ def _move(a: dict, phase: str, bits_in: int, bits_out: int, psum: int) -> None:
     a[phase, "global_buffer", "read_byte"] = _bytes(bits_in)
     a[phase, "global_buffer", "write_byte"] = _bytes(bits_out)
     a[phase, "interconnect", "bit"] = bits_in + bits_out
+
+
+def attention_split(macs: int) -> tuple[int, int]:
+    """An attention module's MACs per iteration (the manifest's ``left_out`` ``macs``) as
+    (forward, backward): forward computes the scores Q·Kᵀ and the context A·V, backward four
+    products of the same size (dA, dV, dQ, dK), so forward is a third."""
+    fw = macs // 3
+    return fw, macs - fw
 
 
 def wave_sizes(batch: int, waves: int) -> list[int]:

@@ -5,10 +5,12 @@ The batch moves in ``engine.waves`` waves. Order and overlap:
    ARS on every layer whose controller swaps this iteration (start of the iteration, Sec. 4);
 2. forward, layer by layer: a wave is loaded from the global buffer over the interconnect into
    the layer's tile buffers, computed on the layer's crossbars (copies in parallel), activated,
-   pooled and stored back. ``engine.pipeline: none`` (NeuroSim V2.1's layer-by-layer mode): a
-   layer starts once the previous layer finished every wave; ``layer`` (PipeLayer, ISAAC): a
-   layer starts a wave as soon as the previous layer stored it, through a bounded buffer of two
-   waves between layers;
+   pooled and stored back (an attention module's out_proj first has the wave's attention
+   products, scores and context, computed on a shared attention unit, and in the backward pass
+   their gradients after its own MVM). ``engine.pipeline: none`` (NeuroSim V2.1's
+   layer-by-layer mode): a layer starts once the previous layer finished every wave;
+   ``layer`` (PipeLayer, ISAAC): a layer starts a wave as soon as the previous layer stored it,
+   through a bounded buffer of two waves between layers;
 3. backward (activation gradient) in reverse order, the same way, through Wᵀ; layer 0 does not
    propagate an error;
 4. weight gradient, per wave, on a shared weight-gradient unit, as soon as the layer's output
@@ -67,11 +69,11 @@ class IterationResult:
 
 def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
                        fine: bool = False, pipeline: str = "none", gradient_units: int = 1,
-                       storage: str = "sram") -> IterationResult:
+                       storage: str = "sram", attention_units: int = 1) -> IterationResult:
     env = simpy.Environment()
     L = len(layers)
     spans = Spans(L)
-    chip = Chip(env, gradient_units)
+    chip = Chip(env, gradient_units, attention_units)
     xbars = [Crossbars(env, i, spans) for i in range(L)]
     W = len(layers[0].timing.waves)
     cap = 2 if pipeline == "layer" else W
@@ -101,9 +103,13 @@ def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
             if pipeline == "layer" and inbox is not None:
                 yield inbox.get()
             t0 = int(env.now)
-            lin, comp, lout = wave
+            lin, comp, lout, digital = wave
             yield from chip.load(lin)
+            if phase == "forward":          # the attention products feed the out_proj
+                yield from chip.attend(i, phase, digital, spans)
             yield from xbars[i].run(phase, comp)
+            if phase == "backward":         # ... and take its error back to the in_proj
+                yield from chip.attend(i, phase, digital, spans)
             yield from chip.store(lout)
             if outbox is not None:          # a full inter-layer buffer holds the layer up
                 yield outbox.put(w)
@@ -118,7 +124,7 @@ def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
     bstore = [simpy.Store(env, capacity=cap) for _ in range(L)]
     fwd_done = []
     for i, w in enumerate(layers):
-        waves = [(x.fw_in, x.fw_compute, x.fw_out) for x in w.timing.waves]
+        waves = [(x.fw_in, x.fw_compute, x.fw_out, x.fw_digital) for x in w.timing.waves]
         last = i == L - 1
         outbox = (bstore[i] if i > 0 else None) if last else fstore[i + 1]
         fwd_done.append(env.process(stage(
@@ -126,7 +132,8 @@ def simulate_iteration(layers: Sequence[LayerWork], reprogram_cycles: int = 0,
             err[i] if last else None)))
     bwd_done = [None] * L
     for i in range(L - 1, 0, -1):
-        waves = [(x.bw_in, x.bw_compute, x.bw_out) for x in layers[i].timing.waves]
+        waves = [(x.bw_in, x.bw_compute, x.bw_out, x.bw_digital)
+                 for x in layers[i].timing.waves]
         bwd_done[i] = env.process(stage(
             i, "backward", bstore[i], bstore[i - 1] if i > 1 else None, ars_done[i], waves,
             err[i - 1]))
