@@ -36,6 +36,22 @@ DATA_PER_CLOCK = 0.8
 
 
 @dataclass(frozen=True)
+class _Place:
+    """Where a layer sits, as both its timing and its counts need it."""
+
+    novel: bool
+    K: int                    # PEs per tile (the kernel area on a novel tile, else 1)
+    grid: int                 # PEs along a tile side
+    pe: int                   # cells along a PE side
+    side: int                 # cells along a tile side (for rows)
+    out_bits: int             # 1 + the adder width of a PE's outputs
+    tiles_row: int            # the layer's tiles along its rows
+    tiles_col: int
+    share: int                # its share of the global bus, bits per transfer
+    full_dup: bool            # a conventional layer copied into every PE of its tile
+
+
+@dataclass(frozen=True)
 class LayerPath:
     """Nanoseconds per sample and phase."""
 
@@ -96,18 +112,41 @@ class NetworkChip:
     def _side_mm(self, crossbars: int) -> float:
         return math.sqrt(crossbars * self.xbar_mm2)
 
+    def _place(self, m: LayerMapping) -> _Place:
+        p = self.plan
+        grid, pe, side = self._kind(m)
+        novel = m.placement == "novel"
+        tiles_row = self._tiles_row(m)
+        u = p.units
+        share = max(1, math.ceil(u.bus_bits * m.chip_tiles / p.tiles)) if u and u.bus_bits else 1
+        return _Place(novel=novel, K=p.novel_pes if novel else 1, grid=grid, pe=pe, side=side,
+                      out_bits=self.psum_bits + math.ceil(math.log2(max(1, pe // self.sa))) + 1,
+                      tiles_row=tiles_row, tiles_col=max(1, m.chip_tiles // tiles_row),
+                      share=share, full_dup=not novel and min(m.copy_grid) >= grid)
+
+    def _chip_tree(self, pe: int) -> tuple[int, int]:
+        """The chip's adder trees over a layer's tile rows: (trees, first stage's bits) —
+        as many trees as the widest tile's ADC lanes, wide enough for its partial sums
+        (Chip.cpp:450-483)."""
+        p = self.plan
+        through = (max(p.conventional_tile_side, math.ceil(math.sqrt(p.novel_pes))
+                       * p.novel_pe_side) if p.novel_pes else p.conventional_tile_side)
+        cm_grid = max(1, p.conventional_tile_side // p.conventional_pe_side)
+        widest = max(pe // self.sa, p.novel_pe_side // self.sa) * max(
+            cm_grid, math.ceil(math.sqrt(p.novel_pes)) if p.novel_pes else 1)
+        return (-(-through // self.hw.adc.cols_per_adc),
+                self.psum_bits + math.ceil(math.log2(max(1, widest))))
+
     def path(self, m: LayerMapping, bits_in: int, bits_out: int) -> LayerPath:
         """``bits_in``/``bits_out``: what the layer moves through the global buffer per sample
         and phase (``CostTable.bits_in``/``bits_out``)."""
         hw, p = self.hw, self.plan
         nb = hw.dac.input_bits
-        grid, pe, side = self._kind(m)
-        novel = m.placement == "novel"
-        K = p.novel_pes if novel else 1
+        g = self._place(m)
+        novel, K, grid, pe, side, out_bits = g.novel, g.K, g.grid, g.pe, g.side, g.out_bits
         # the busiest tile's rows and columns
         rows_t = min(m.in_channels, pe) * K if novel else min(m.rows, side)
         cols_t = min(m.phys_cols, pe if novel else side)
-        out_bits = self.psum_bits + math.ceil(math.log2(max(1, pe // self.sa))) + 1
         in_t = rows_t * m.positions * nb / (grid if novel else 1)
         out_t = cols_t * out_bits * m.positions / (K if novel else 1)
         b = hw.buffer
@@ -119,9 +158,7 @@ class NetworkChip:
         tile_in = 2 * in_t / lb * t / lanes_in
         tile_out = 2 * out_t / out_line * t
         # H-trees: the chip's on the layer's share of the global bus, the tile's one PE row wide
-        u = p.units
-        T = p.tiles
-        share = max(1, math.ceil(u.bus_bits * m.chip_tiles / T)) if u and u.bus_bits else 1
+        share = g.share
         tiles_per_kind = (p.xbars_per_novel_tile if novel else p.xbars_per_conventional_tile)
         gr, gc = p.grid
         wire = hw.interconnect.wire_delay_ns_per_mm
@@ -138,18 +175,10 @@ class NetworkChip:
         acc = 0.0
         if novel:
             acc += reads * _tree_bits(K, out_bits - 1) * bit
-        tiles_row = math.ceil(m.in_channels / p.novel_pe_side) if novel else math.ceil(
-            m.rows / p.conventional_tile_side)
-        tiles_col = max(1, m.chip_tiles // max(1, tiles_row))
-        if tiles_row > 1:
-            through = (max(p.conventional_tile_side, math.ceil(math.sqrt(p.novel_pes))
-                           * p.novel_pe_side) if p.novel_pes else p.conventional_tile_side)
-            trees = -(-through // hw.adc.cols_per_adc)
-            widest = max(pe // self.sa, p.novel_pe_side // self.sa) * max(
-                cm_grid, math.ceil(math.sqrt(p.novel_pes)) if p.novel_pes else 1)
-            first = self.psum_bits + math.ceil(math.log2(max(1, widest)))
-            acc += (tiles_col * m.cols * math.ceil(m.positions / trees)
-                    * _tree_bits(tiles_row, first) * bit)
+        if g.tiles_row > 1:
+            trees, first = self._chip_tree(pe)
+            acc += (g.tiles_col * m.cols * math.ceil(m.positions / trees)
+                    * _tree_bits(g.tiles_row, first) * bit)
         return LayerPath(tile_in=tile_in, tile_out=tile_out, ic_in=ic_in, ic_out=ic_out,
                          accumulate=acc, transfers=n_in + n_out)
 
@@ -177,26 +206,22 @@ class NetworkChip:
         slices = -(-nb // hw.dac.bits)
         rb = self.row_blocks(m)
         vec_bits = m.positions * slices
-        grid, pe, side = self._kind(m)
-        novel = m.placement == "novel"
-        K = p.novel_pes if novel else 1
-        out_bits = self.psum_bits + math.ceil(math.log2(max(1, pe // self.sa))) + 1
+        g = self._place(m)
+        novel, K, grid, pe, side, out_bits = g.novel, g.K, g.grid, g.pe, g.side, g.out_bits
         a: dict[tuple[str, str], float] = {
             ("adc", "conversion"): vec_bits * rb * m.phys_cols,
             ("crossbar", "array_read"): vec_bits * rb * -(-m.phys_cols // self.sa),
             ("global_buffer", "read_byte"): (bits_in + bits_out) / 8,
             ("global_buffer", "write_byte"): (bits_in + bits_out) / 8,
         }
-        a["accumulation", "adder_bit"] = self._adder_bits(m, novel, K, pe, grid, out_bits)
+        a["accumulation", "adder_bit"] = self._adder_bits(m, g)
         # H-trees: the chip's (charged per bus word), the tiles', the PE buses
-        u = p.units
-        share = max(1, math.ceil(u.bus_bits * m.chip_tiles / p.tiles)) if u and u.bus_bits else 1
+        share = g.share
         words = math.ceil((bits_in + bits_out) / share)
         gr, gc = p.grid
         tile_side = (grid * pe if novel else side) / self.sa
         a["interconnect", "chip_bit_side"] = share * words * _energy_path(gr, gc) * tile_side
-        tiles_row = self._tiles_row(m)
-        tiles_col = max(1, m.chip_tiles // tiles_row)
+        tiles_row, tiles_col = g.tiles_row, g.tiles_col
         in_all = m.rows * m.positions * nb / (grid if novel else 1) * tiles_col
         out_all = m.phys_cols * out_bits * m.positions / K * tiles_row
         # the PEs' input and output registers: clocked whole for every PE row and every
@@ -204,7 +229,7 @@ class NetworkChip:
         # FC layer's single vector pays the whole arrays
         if novel:
             rows_pe, cols_pe = K * m.in_channels * tiles_col, K * m.phys_cols * tiles_row
-        elif min(m.copy_grid) >= grid:          # the matrix copied into every PE: one PE
+        elif g.full_dup:                        # the matrix copied into every PE: one PE
             rows_pe, cols_pe = m.rows, m.phys_cols
         else:
             rows_pe = m.rows * -(-m.phys_cols // pe)
@@ -227,7 +252,7 @@ class NetworkChip:
             bus_out = (K * m.phys_cols * adc_bits * m.positions * tiles_row
                        * -(-m.in_channels // (tiles_row * self.sa)))
         else:
-            pes_row = 1 if min(m.copy_grid) >= grid else -(-m.rows // pe)
+            pes_row = 1 if g.full_dup else -(-m.rows // pe)
             bus_out = (m.phys_cols * adc_bits * m.positions * pes_row
                        * -(-min(m.rows, pe) // self.sa))
         a["interconnect", "bus_bit_side"] = ((m.rows * m.positions * nb * tiles_col + bus_out)
@@ -240,42 +265,33 @@ class NetworkChip:
             return max(1, math.ceil(m.in_channels / p.novel_pe_side))
         return max(1, math.ceil(m.rows / p.conventional_tile_side))
 
-    def _adder_bits(self, m: LayerMapping, novel: bool, K: int, pe: int, grid: int,
-                    out_bits: int) -> float:
+    def _adder_bits(self, m: LayerMapping, g: _Place) -> float:
         """Full-adder bits of the PE, tile and chip adder trees per sample, every tree of a
         unit charged (AdderTree.cpp:153-190)."""
         p, hw = self.plan, self.hw
+        novel, K, grid, pe = g.novel, g.K, g.grid, g.pe
         cpa = hw.adc.cols_per_adc
         reads = m.positions * cpa
         total = 0.0
         pe_rows = min(m.in_channels if novel else m.rows, pe)
         pe_inputs = -(-pe_rows // self.sa)
         pe_trees = (pe // self.sa) * self.sa // cpa
-        full_dup = not novel and min(m.copy_grid) >= grid
-        if pe_inputs > 1 and not full_dup:
+        if pe_inputs > 1 and not g.full_dup:
             pes = K if novel else max(1, -(-m.rows // pe)) * max(1, -(-m.phys_cols // pe))
             total += pes * reads * pe_trees * _fa_bits(pe_inputs, self.psum_bits)
         tile_trees = grid * self.sa // cpa
         if novel:
-            total += reads * tile_trees * _fa_bits(K, out_bits - 1)
-        elif not full_dup:
+            total += reads * tile_trees * _fa_bits(K, g.out_bits - 1)
+        elif not g.full_dup:
             inputs = max(1, -(-min(m.rows, p.conventional_tile_side) // pe))
             if m.copies == 1:
                 inputs = grid
             if inputs > 1:
-                total += reads * tile_trees * _fa_bits(inputs, out_bits - 1)
-        tiles_row = self._tiles_row(m)
-        if tiles_row > 1:
-            through = (max(p.conventional_tile_side, math.ceil(math.sqrt(p.novel_pes))
-                           * p.novel_pe_side) if p.novel_pes else p.conventional_tile_side)
-            trees = -(-through // cpa)
-            cm_grid = max(1, p.conventional_tile_side // p.conventional_pe_side)
-            widest = max(pe // self.sa, p.novel_pe_side // self.sa) * max(
-                cm_grid, math.ceil(math.sqrt(p.novel_pes)) if p.novel_pes else 1)
-            first = self.psum_bits + math.ceil(math.log2(max(1, widest)))
-            tiles_col = max(1, m.chip_tiles // tiles_row)
-            chip_reads = tiles_col * m.cols * math.ceil(m.positions / trees)
-            total += chip_reads * trees * _fa_bits(tiles_row, first)
+                total += reads * tile_trees * _fa_bits(inputs, g.out_bits - 1)
+        if g.tiles_row > 1:
+            trees, first = self._chip_tree(pe)
+            chip_reads = g.tiles_col * m.cols * math.ceil(m.positions / trees)
+            total += chip_reads * trees * _fa_bits(g.tiles_row, first)
         return total
 
 
