@@ -200,3 +200,21 @@ def test_network_that_does_not_fit_is_an_error_or_multiplexed(tmp_path):
     assert r["mapping"]["multiplexed"] and r["cycles"]["by_phase"]["reprogram"] > 0
     assert r["energy_j"]["by_component"]["multiplex"] == pytest.approx(
         9 * 1 * 8 * 8 * 8e-12)        # 9 iterations x 1 excess crossbar x 64 cells
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet20"])
+def test_a_layers_forward_and_backward_do_not_depend_on_the_simulation_waves(model):
+    """Waves are a simulation granularity (docs/architecture.md): without layer pipelining a
+    layer's forward and backward spans are its stream's work in one piece, whatever the number
+    of waves (gradients after the backward pass, ``dram``, so that no weight-gradient unit
+    contends with a backward wave: that contention does depend on the waves, as it should).
+    The routers' hop latency is paid once per stream; charged per wave, 8 waves cost 7 more
+    hop latencies per transfer than 1."""
+    spans = {}
+    for w in (1, 3, 8):
+        hw = timesim.load_hwconfig(None, [f"engine.waves={w}", "engine.pipeline=none",
+                                          "gradient.storage=dram"])
+        rep = timesim.simulate(hw, f"synth:{model}?iterations=2&seed=3")
+        spans[w] = {name: (p["forward"], p["backward"])
+                    for name, p in rep["cycles"]["by_layer_phase"].items()}
+    assert spans[1] == spans[3] == spans[8]

@@ -76,7 +76,10 @@ def test_a_linear_on_tokens_gets_one_input_vector_per_token(tmp_path):
         f = {s: reps[s]["cycles"]["by_layer_phase"][name]["forward"]
              - (4 * attention[s] if name.endswith("out_proj") else 0) for s in reps}
         assert f[200] - f[1] == pytest.approx((f[20] - f[1]) * 199 / 19, rel=1e-3), name
-        assert f[200] / f[20] == pytest.approx(10, rel=0.05), name
+        # the issue's target: 1 : 20 : 200 within 5% (the routers' latency is paid once per
+        # stream, not per simulation wave: it was 1 : 18.4 : 184)
+        assert f[20] / f[1] == pytest.approx(20, rel=0.05), name
+        assert f[200] / f[1] == pytest.approx(200, rel=0.05), name
     seq_first = _timing(False, 20, tmp_path)
     assert seq_first["cycles"] == reps[20]["cycles"]
     assert seq_first["energy_j"] == reps[20]["energy_j"]
