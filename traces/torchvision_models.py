@@ -89,9 +89,10 @@ def main() -> None:
     for name, model, batch in _models():
         r = run(name, model, batch, a.steps, a.out)
         cov = r["coverage"]
+        whole = cov["mapped_parameters"] + cov["skipped_parameters"]
         print(f"{name}: {r['layers']} layers mapped ({r['grouped']} grouped), "
-              f"{cov['mapped_parameters']} of {cov['mapped_parameters'] + cov['skipped_parameters']}"
-              f" weight parameters ({cov['mapped_fraction']:.4f}); replay equals live: "
+              f"{cov['mapped_parameters']} of {whole} weight parameters "
+              f"({cov['mapped_fraction']:.4f}); replay equals live: "
               f"{r['replay_equals_live']}")
         for s in r["skipped"]:
             print(f"  left digital: {s['name']} ({s['reason']}, {s['parameters']} parameters)")

@@ -25,7 +25,8 @@ try:
     from torch import nn
 except ImportError as exc:                    # one clear line naming the extra
     raise ModuleNotFoundError(
-        "timesim.pytorch needs PyTorch: pip install 'timesim[torch]' (torch==2.14.1, torchvision==0.29.1)",
+        "timesim.pytorch needs PyTorch: pip install 'timesim[torch]' "
+        "(torch==2.14.1, torchvision==0.29.1)",
         name="torch") from exc
 
 from ..config import HwConfig, load_hwconfig
