@@ -249,7 +249,8 @@ class GlobalBuffer:
 class Interconnect:
     bits_per_cycle: int = _f("int", "pos", doc="bandwidth of one tile's port on the "
                              "inter-tile network (a layer on t tiles moves t times as much)")
-    hop_latency_s: float = _f("time", "nonneg", doc="one router/H-tree stage")
+    hop_latency_s: float = _f("time", "nonneg",
+                              doc="one router/H-tree stage, paid once per layer stream")
     energy_per_bit_j: float = _f("energy", "nonneg", doc="one bit from the global buffer to "
                                  "a tile or back")
     area_m2: float = _f("area", "nonneg", doc="the network's share of one tile")
