@@ -442,3 +442,30 @@ def test_an_evaluation_pass_before_training_sets_neither_batch_nor_vectors(tmp_p
     meta = open_trace(tmp_path / "t").meta
     assert meta.batch_size == 4
     assert {l.vectors_per_sample for l in meta.layers if l.name in PROJECTIONS} == {7}
+
+
+def test_torchvision_swin_t_window_attention_is_counted_not_dropped(tmp_path):
+    """Swin's window attention calls F.linear on its qkv and proj weights (never the modules)
+    and multiplies q·kᵀ and attn·v with matmul. The qkv/proj layers get their tokens from
+    those calls (16x16 patches padded to 21x21 for 7x7 windows: 441 per sample), and each
+    block's products are charged to its proj. Hand count for the first block (C = 96, 3 heads
+    of 32, 9 windows of 49 tokens, batch 2): 2 products of 49·49·96 per window forward, x3 in
+    training = 3·2·9·2·49·49·96."""
+    models = _torchvision_models()
+    torch.manual_seed(0)
+    net = models.swin_t(num_classes=10)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 10, (2,))
+    with pytest.warns(timesim.errors.TimesimWarning) as said:
+        _record(net, x, y, tmp_path / "t", steps=1)
+    assert not any("no forward pass reached" in str(w.message) for w in said)
+    meta = open_trace(tmp_path / "t").meta
+    by = {layer.name: layer for layer in meta.layers}
+    assert by["features.1.0.attn.qkv"].vectors_per_sample == 441
+    assert by["features.1.0.attn.proj"].vectors_per_sample == 441
+    first = meta.left_out[0]
+    assert first["name"] == "features.1.0.attn" and first["layer"] == "features.1.0.attn.proj"
+    assert first["macs"] == 3 * 2 * 9 * 2 * 49 * 49 * 96
+    assert len(meta.left_out) == 12                 # one per block
+    rep = timesim.simulate(timesim.load_hwconfig(None, ["chip.multiplex=true"]),
+                           str(tmp_path / "t"))
+    assert len(rep["digital"]) == 12 and not rep["left_out"]

@@ -192,15 +192,18 @@ def attention_work(layers: Sequence[LayerInfo], left_out: Sequence[dict], hw: Hw
     """Which of a manifest's ``left_out`` entries the attention unit times (DESIGN §10).
 
     An attention module's products (scores Q·Kᵀ, context A·V) run between its input and its
-    output projection, so they are charged to the layer ``<module>.out_proj`` when that is a
-    mapped layer and the chip has an attention unit (``attention.units`` > 0). Returns
-    ({out_proj layer: MACs per iteration}, the timed entries with their ``layer``, the
-    entries still left out)."""
-    names = {layer.name for layer in layers}
+    output projection, so they are charged to the layer ``<module>.out_proj``; other
+    activation x activation products (a Swin window attention, a hand-written one) to the
+    entry's ``layer``, the mapped layer whose forward followed them. Timed when that layer
+    is mapped, is not the first layer (which has no backward pass to take the products'
+    gradients) and the chip has an attention unit (``attention.units`` > 0). Returns
+    ({layer: MACs per iteration}, the timed entries with their ``layer``, the entries still
+    left out)."""
+    names = {layer.name for layer in layers[1:]}
     by_layer: dict[str, int] = {}
     timed, left = [], []
     for d in left_out:
-        layer = f"{d.get('name', '')}.out_proj"
+        layer = d.get("layer") or f"{d.get('name', '')}.out_proj"
         if hw.attention.units > 0 and layer in names and d.get("macs", 0) > 0:
             by_layer[layer] = by_layer.get(layer, 0) + int(d["macs"])
             timed.append({**dict(d), "layer": layer})

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import TraceError
 from ..trace.format import LayerInfo
 from .layers import _Layer, _tell
+from .products import Products
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class _Probe:
                                                               with_kwargs=True))
             else:
                 self.handles.append(mod.register_forward_hook(self._hook(group[0])))
+        # products of two activations outside nn.MultiheadAttention, first step only
+        self.products: Products | None = Products(
+            model, lambda: not self._frozen and self._training(),
+            {layer.weight.untyped_storage().data_ptr(): (layer.path, self._functional(layer))
+             for layer in layers if layer.role in ("linear", "conv2d")})
 
     def _batch(self, layer: _Layer, n: int, how: str, shape: tuple) -> None:
         """The batch size from the first layer that runs (unless batch_size= gave it)."""
@@ -90,33 +96,42 @@ class _Probe:
             self.vectors[name] = self.vectors.get(name, 0) + n
             if macs:
                 self.macs[name] = self.macs.get(name, 0) + macs
+            if self.products is not None:
+                self.products.layer_ran(name)
 
     def _hook(self, layer: _Layer):
-        mod, name = layer.module, layer.name
-
         def hook(_mod, inputs, output):
-            x = inputs[0]
-            if name not in self.seen and self._training():
-                shape = tuple(x.shape)
-                self.seen[name] = (shape, tuple(output.shape))
-                if x.dim() < (4 if layer.role == "conv2d" else 2):
-                    self._batch(layer, 1, "an unbatched input", shape)
-                elif x.dim() == 2 or layer.role == "conv2d":
-                    self._batch(layer, shape[0], "dim 0", shape)
-                else:                       # (batch, tokens, features) or (tokens, batch, ...)
-                    bf, why = _convention(self.model, layer.path)
-                    if bf is None and not self.batch:
-                        self.guessed = True
-                        why = "the model states no batch_first; pass batch_size= if wrong"
-                    self._batch(layer, shape[0] if bf in (None, True) else shape[1],
-                                f"dim {0 if bf in (None, True) else 1} ({why})", shape)
-            if layer.role == "conv2d":
-                self._count(name, output.numel() // output.shape[-3])
-            else:
-                self._count(name, x.numel() // max(1, mod.in_features))
-            if self.input_bits:
-                self._count_bits(name, x.detach())
+            self._ran(layer, inputs[0], output)
         return hook
+
+    def _ran(self, layer: _Layer, x: torch.Tensor, output: torch.Tensor) -> None:
+        """Layer ``layer`` computed ``output`` from ``x``: through its module's forward (the
+        hook) or by a functional call on its weight (``products``: Swin's attention calls
+        F.linear on its qkv and proj weights, never the modules)."""
+        mod, name = layer.module, layer.name
+        if name not in self.seen and self._training():
+            shape = tuple(x.shape)
+            self.seen[name] = (shape, tuple(output.shape))
+            if x.dim() < (4 if layer.role == "conv2d" else 2):
+                self._batch(layer, 1, "an unbatched input", shape)
+            elif x.dim() == 2 or layer.role == "conv2d":
+                self._batch(layer, shape[0], "dim 0", shape)
+            else:                       # (batch, tokens, features) or (tokens, batch, ...)
+                bf, why = _convention(self.model, layer.path)
+                if bf is None and not self.batch:
+                    self.guessed = True
+                    why = "the model states no batch_first; pass batch_size= if wrong"
+                self._batch(layer, shape[0] if bf in (None, True) else shape[1],
+                            f"dim {0 if bf in (None, True) else 1} ({why})", shape)
+        if layer.role == "conv2d":
+            self._count(name, output.numel() // output.shape[-3])
+        else:
+            self._count(name, x.numel() // max(1, mod.in_features))
+        if self.input_bits:
+            self._count_bits(name, x.detach())
+
+    def _functional(self, layer: _Layer):
+        return lambda x, out: self._ran(layer, x, out)
 
     def _attention(self, group: list[_Layer]):
         """Geometry of an nn.MultiheadAttention call: query (L tokens), key/value (S tokens),
@@ -182,6 +197,10 @@ class _Probe:
         evaluation after the last step, do not); input vectors are those of the first step."""
         self._marked = (dict(self.ones), dict(self.bits))
         self._frozen = True
+        if self.products is not None:        # counted: its hooks cost every later pass
+            self._product_entries = self.products.entries()
+            self.products.remove()
+            self.products = None
 
     def activity(self, name: str) -> float | None:
         ones, bits = getattr(self, "_marked", ({}, {}))
@@ -192,12 +211,21 @@ class _Probe:
         for h in self.handles:
             h.remove()
         self.handles = []
+        if self.products is not None:
+            self._product_entries = self.products.entries()
+            self.products.remove()
+            self.products = None
 
     def left_out(self) -> tuple[dict, ...]:
-        """Attention's activation x activation products: digital work not timed."""
-        return tuple({"name": name.rsplit(".", 1)[0], "work": "attention scores and context "
-                      "(activation x activation, forward and backward)",
-                      "macs": m} for name, m in self.macs.items())
+        """Activation x activation products: nn.MultiheadAttention's scores and context
+        (charged to its out_proj by name) and the others (``products``, each with the mapped
+        layer that followed them, if any)."""
+        mha = tuple({"name": name.rsplit(".", 1)[0], "work": "attention scores and context "
+                     "(activation x activation, forward and backward)",
+                     "macs": m} for name, m in self.macs.items())
+        rest = (self.products.entries() if self.products is not None
+                else getattr(self, "_product_entries", []))
+        return mha + tuple(rest)
 
     def layer_infos(self) -> tuple[LayerInfo, ...]:
         infos = []

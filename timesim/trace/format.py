@@ -249,7 +249,7 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
                 raise TraceError(f"{where}: {key}: must be true or false, got {raw[key]!r}")
             flags[key] = raw[key]
     flags["skipped"] = _entries(raw, "skipped", {"name", "reason"}, {"parameters"}, where)
-    flags["left_out"] = _entries(raw, "left_out", {"name", "work"}, {"macs"}, where)
+    flags["left_out"] = _entries(raw, "left_out", {"name", "work", "layer"}, {"macs"}, where)
     return TraceMeta(model=raw.get("model") or "", source=raw.get("source") or "",
                      dataset=raw.get("dataset") or "", batch_size=batch, iterations=iterations,
                      chunk_iterations=chunk, dtype=dtype, layers=layers, checksums=checksums,
