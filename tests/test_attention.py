@@ -154,7 +154,7 @@ def test_run_prints_what_is_timed_and_what_is_left_out(tmp_path, capsys):
     assert main(["run", "--trace", folder, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert f"attention  {MACS:.4g} digital MACs per iteration timed on the attention unit " \
-           f"in 1 module" in out and "(enc.attn; report.json digital)" in out
+           f"in 1 module" in out and "(enc.attn -> enc.attn.out_proj; report.json digital)" in out
     assert "not timed  600 digital MACs per iteration" in out and "dec.cross_attn" in out
     assert main(["run", "--trace", folder, "--out", str(tmp_path / "r0"),
                  "--set", "attention.units=0"]) == 0

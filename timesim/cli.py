@@ -115,10 +115,11 @@ def _print_left_digital(r: dict) -> None:
     skipped, left, timed = r.get("skipped") or [], r.get("left_out") or [], r.get("digital") or []
     if timed:
         total = sum(d.get("macs", 0) for d in timed)
-        names = ", ".join(d["name"] for d in timed[:3]) + (", ..." if len(timed) > 3 else "")
+        names = (", ".join(f"{d['name']} -> {d['layer']}" for d in timed[:3])
+                 + (", ..." if len(timed) > 3 else ""))
         print(f"attention  {total:.4g} digital MACs per iteration timed on the attention unit "
-              f"in {len(timed)} module{'s' * (len(timed) > 1)}, charged to their out_proj "
-              f"({names}; report.json digital)")
+              f"in {len(timed)} module{'s' * (len(timed) > 1)}, each charged to the layer "
+              f"that follows its products ({names}; report.json digital)")
     if skipped:
         cov = r["coverage"]
         names = "; ".join(f"{d['name']} ({d['reason']}, {d['parameters']} parameters)"
