@@ -1,0 +1,135 @@
+"""The closed loop's parameters from a recording (``timesim trace fit``; docs/fidelity.md,
+"The closed loop"): for each layer its input direction h, and the response κ and persistence ρ
+of the state that the chip's writes drive (kernels/loop.py).
+
+A recording of dense training holds the gradients' answer to dense writes: every iteration's
+gradient g_t was applied (w −= lr·g_t), so along the layer's input direction h the projection
+Y_t[c] = Σ_r h_r g_t[r, c] / σ(t) of a column follows the loop's own dynamics under dense
+writes, an ARMA(1, 1)
+
+    Y_t − φ·Y_{t−1} = y_t − ρ·y_{t−1},     φ = ρ − κ,
+
+whose autocorrelation is r_k = r_1·φ^(k−1) with r_1 = (1 − φρ)(φ − ρ) / (1 + ρ² − 2φρ). The fit
+takes h as the principal eigenvector of the recorded row covariance Σ_t Σ_c u_t[:, c] u_t[:, c]ᵀ
+(u = g / σ(t), the statistics' iterations), the projection's pooled autocorrelation over lags
+1–32, (r_1, φ) by least squares, then ρ from r_1 and φ, κ = ρ − φ. How well each is determined:
+the same fit on the even and the odd columns and on the first and the second half of the
+iterations (``loop.spread``), and the acf's fit error against its sampling error.
+
+Two more streaming passes over the statistics' iterations (memory: rows² + iterations × cols
+per layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_LAGS = 32                      # autocorrelation lags fitted
+_PHI = np.linspace(0.0, 0.98, 99)
+
+
+def arma_r1(phi: float, rho: float) -> float:
+    """Lag-1 autocorrelation of Y_t − φY_{t−1} = y_t − ρy_{t−1} (y white)."""
+    return (1 - phi * rho) * (phi - rho) / max(1 + rho * rho - 2 * phi * rho, 1e-12)
+
+
+def loop_params(r: np.ndarray) -> dict:
+    """(φ, r_1) fitted to the autocorrelation r[0..K-1] (lags 1..K), then ρ and κ."""
+    k = np.arange(len(r))
+    best = None
+    for phi in _PHI:
+        basis = phi ** k
+        r1 = float((r * basis).sum() / (basis * basis).sum())
+        sse = float(((r - r1 * basis) ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, float(phi), r1)
+    sse, phi, r1 = best
+    # r_1(ρ) falls from 0 at ρ = φ to −(1 − φ)/2 at ρ = 1: bisect (no reversion: κ = 0)
+    if r1 >= 0:
+        rho = phi
+    elif r1 <= arma_r1(phi, 1.0):
+        rho = 1.0
+    else:
+        lo, hi = phi, 1.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if arma_r1(phi, mid) > r1:
+                lo = mid
+            else:
+                hi = mid
+        rho = 0.5 * (lo + hi)
+    return {"phi": phi, "r1": r1, "rho": rho, "kappa": rho - phi,
+            "rmse": math.sqrt(sse / len(r))}
+
+
+def _acf(Y: np.ndarray, lags: int = _LAGS) -> np.ndarray:
+    """Pooled autocorrelation (power-weighted over the columns) of Y (iterations × cols),
+    each column's mean removed."""
+    Y = Y - Y.mean(0)
+    den = (Y * Y).sum()
+    if den <= 0:
+        return np.zeros(lags)
+    n = Y.shape[0]
+    return np.array([(Y[:n - k] * Y[k:]).sum() / den * n / (n - k) for k in range(1, lags + 1)])
+
+
+def fit_loops(trace, plan, smooth: dict, slices) -> dict[str, tuple[dict, np.ndarray]]:
+    """Per layer: (the YAML ``loop`` entry, h). ``slices``: fit.py's ``_slices``."""
+    layers = trace.meta.layers
+    first, end = plan.t_first, plan.t_first + plan.used
+    cov = {layer.name: np.zeros((layer.rows, layer.rows)) for layer in layers}
+    for ch, layer, g in slices(trace):
+        u = _inside(ch, g, smooth[layer.name], first, end)
+        if u is not None:
+            x = u.transpose(1, 0, 2).reshape(layer.rows, -1)
+            cov[layer.name] += x @ x.T
+    h = {}
+    explained = {}
+    for layer in layers:
+        C = cov[layer.name]
+        w, v = np.linalg.eigh(C)
+        hv = v[:, -1] if w[-1] > 0 else np.zeros(layer.rows)
+        h[layer.name] = hv if hv.sum() >= 0 else -hv
+        explained[layer.name] = float(w[-1] / max(np.trace(C), 1e-300)) if w[-1] > 0 else 0.0
+    Y = {layer.name: np.zeros((plan.used, layer.cols)) for layer in layers}
+    for ch, layer, g in slices(trace):
+        u = _inside(ch, g, smooth[layer.name], first, end)
+        if u is not None:
+            t = ch.t0 + np.arange(ch.n)
+            t = t[(t >= first) & (t < end)] - first
+            Y[layer.name][t] = np.einsum("r,nrc->nc", h[layer.name], u)
+    out = {}
+    for layer in layers:
+        out[layer.name] = (_layer_doc(Y[layer.name], explained[layer.name]),
+                           h[layer.name].astype(np.float32))
+    return out
+
+
+def _inside(ch, g, smooth, first, end):
+    t = ch.t0 + np.arange(ch.n)
+    keep = (t >= first) & (t < end)
+    if not keep.any():
+        return None
+    return g[keep] / np.maximum(smooth[t[keep]], 1e-30)[:, None, None]
+
+
+def _layer_doc(Y: np.ndarray, explained: float) -> dict:
+    """The loop's parameters of one layer and how well they are determined."""
+    r = _acf(Y)
+    p = loop_params(r)
+    n, cols = Y.shape
+    parts = [Y[:, 0::2], Y[:, 1::2], Y[:n // 2], Y[n // 2:]]
+    sub = [loop_params(_acf(x)) for x in parts if x.shape[1] > 0 and x.shape[0] > 2 * _LAGS]
+    # the acf's sampling error: ~1/√(iterations × columns) for independent columns
+    se = 1.0 / math.sqrt(max(n * cols, 1))
+    return {"kappa": round(p["kappa"], 4), "rho": round(p["rho"], 4),
+            "fit": {"phi": round(p["phi"], 4), "r1": round(p["r1"], 4),
+                    "acf_rmse": round(p["rmse"], 4), "acf_se": round(se, 4),
+                    "response_32": round(float(r.sum()), 4),
+                    "explained": round(explained, 4),
+                    "spread": {"kappa": [round(min(s["kappa"] for s in sub), 4),
+                                         round(max(s["kappa"] for s in sub), 4)] if sub else [],
+                               "rho": [round(min(s["rho"] for s in sub), 4),
+                                       round(max(s["rho"] for s in sub), 4)] if sub else []}}}
