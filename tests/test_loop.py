@@ -33,9 +33,11 @@ def test_deps_hash_is_current():
         f"kernels/loop.py")
 
 
-def loop_model(path, rng, kappa=0.4, rho=0.9, rows=48, cols=32, bias=0.2):
+def loop_model(path, rng, kappa=0.4, rho=0.9, rows=48, cols=32, bias=0.2, kappa_cell=0.1,
+               rho_cell=0.8):
     doc = model_doc(rows=rows, cols=cols, bias=bias)
-    doc["layers"][0]["loop"] = {"kappa": kappa, "rho": rho}
+    doc["layers"][0]["loop"] = {"kappa": kappa, "rho": rho, "kappa_cell": kappa_cell,
+                                "rho_cell": rho_cell}
     h = np.abs(rng.standard_normal(rows)) + 0.1
     h /= np.sqrt((h * h).sum())
     write_model(path, doc, {"w/row": np.exp(rng.standard_normal(rows)).astype(np.float32),
@@ -50,13 +52,15 @@ def reference(model, sets, n, k=None):
     stream = np.concatenate([np.array(c.arrays["w"]) for c in
                              open_trace(f"synth:fit?model={model}&iterations={n}").chunks()])
     fitted = FittedTrace(str(model), iterations=n)
-    h, rho, kappa = fitted.fitted[0].loop
+    h, rho, kappa, kc, rc = fitted.fitted[0].loop
     rows, cols = stream.shape[1:]
     A = np.zeros((rows, cols), np.float32)
+    E = np.zeros((rows, cols), np.float32)
     f = np.zeros(cols, np.float32)
     writes = np.zeros((rows, cols), np.int64)
     for t in range(n):
-        A += stream[t] + h[:, None] * f[None, :]
+        A += (stream[t] + h[:, None] * f[None, :]) + E
+        E *= rc
         w = np.zeros(cols, np.float32)
         mag = np.abs(A)
         if sets == "topk":
@@ -70,10 +74,11 @@ def reference(model, sets, n, k=None):
             cells = [divmod(j, cols)]
         for r, c in cells:
             w[c] += h[r] * A[r, c]
+            E[r, c] -= kc * A[r, c]
             A[r, c] = 0
             writes[r, c] += 1
         f = rho * f - kappa * w
-    return writes, f
+    return writes, f, E
 
 
 @pytest.mark.parametrize("selection", ["topk", "sgs-row", "sgs-element"])
@@ -85,14 +90,16 @@ def test_loop_kernels_against_numpy(tmp_path, selection):
                                       "controller.topk_density=0.01"])
     n = 120
     pol = run_policy(hw, f"synth:fit?model={model}&iterations={n}&loop=on&chunk=16")
-    want, f = reference(model, selection, n, k=pol.k)
+    want, f, E = reference(model, selection, n, k=pol.k)
     np.testing.assert_array_equal(pol.writes, want)
-    np.testing.assert_allclose(pol.loop_f, f, rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(pol.loop_f, f)
+    np.testing.assert_array_equal(pol.loop_e, E)
+    assert np.abs(E).max() > 0 and np.abs(f).max() > 0
     # the loop changes what is written, and with κ = 0 it is the open loop exactly
     open_ = run_policy(hw, f"synth:fit?model={model}&iterations={n}").writes
     assert not np.array_equal(pol.writes, open_)
     doc = yaml.safe_load(model.read_text())
-    doc["layers"][0]["loop"]["kappa"] = 0.0
+    doc["layers"][0]["loop"]["kappa"] = doc["layers"][0]["loop"]["kappa_cell"] = 0.0
     (tmp_path / "k0.yaml").write_text(yaml.safe_dump(doc))
     zero = run_policy(hw, f"synth:fit?model={tmp_path / 'k0.yaml'}&iterations={n}&loop=on")
     np.testing.assert_array_equal(zero.writes, open_)
@@ -108,12 +115,13 @@ def run_policy(hw, src):
     return pol
 
 
-def dense_recording(path, h, kappa, rho, n=1500, cols=64, seed=0):
+def dense_recording(path, h, kappa, rho, n=1500, cols=64, seed=0, kc=0.0, rc=0.0):
     """A 'dense recording' of the loop's own dynamics: every gradient written."""
     rng = np.random.default_rng(seed)
     rows = h.shape[0]
     s = np.exp(0.5 * rng.standard_normal(rows))
     f = np.zeros(cols)
+    E = np.zeros((rows, cols))
     layer = LayerInfo("w", "linear", rows, cols)
     with TraceWriter(path, [layer], model="toy", source="test", dtype="float32",
                      chunk_iterations=100) as w:
@@ -121,9 +129,10 @@ def dense_recording(path, h, kappa, rho, n=1500, cols=64, seed=0):
             out = np.empty((100, rows, cols), np.float32)
             for i in range(100):
                 g = 0.3 * s[:, None] * rng.standard_normal((rows, cols)) \
-                    + h[:, None] * rng.standard_normal(cols)[None, :] + h[:, None] * f
+                    + h[:, None] * rng.standard_normal(cols)[None, :] + h[:, None] * f + E
                 out[i] = g
                 f = rho * f - kappa * (h @ g)
+                E = rc * E - kc * (g - np.outer(h, h @ g))
             w.append_chunk({"w": out})
     return path
 
@@ -141,6 +150,7 @@ def test_fit_recovers_a_known_loop(tmp_path):
     lo, hi = lp["fit"]["spread"]["kappa"]
     assert lo <= lp["kappa"] + 0.02 and hi >= lp["kappa"] - 0.02 and hi - lo < 0.2
     assert 0 < lp["fit"]["explained"] <= 1
+    assert lp["kappa_cell"] < 0.05              # what h leaves is white noise here
 
 
 def test_arma_inversion_by_hand():
@@ -252,3 +262,15 @@ def test_sharded_loop_run_equals_local(tmp_path):
     for name in ("w", "v"):
         np.testing.assert_array_equal(np.load(tmp_path / "local" / "writes" / f"{name}.npy"),
                                       np.load(tmp_path / "dist" / "writes" / f"{name}.npy"))
+
+
+def test_fit_recovers_a_known_cell_loop(tmp_path):
+    """Each cell answering its own (dense) writes beside the column state: κ_cell, ρ_cell."""
+    rng = np.random.default_rng(7)
+    h = np.abs(rng.standard_normal(40)) + 0.2
+    h /= np.sqrt((h * h).sum())
+    dense_recording(tmp_path / "t", h, kappa=0.35, rho=0.9, kc=0.3, rc=0.8, n=1200)
+    lp = fit_trace(str(tmp_path / "t"), start=0.0)[0]["layers"][0]["loop"]
+    assert lp["kappa_cell"] == pytest.approx(0.3, abs=0.08)
+    assert lp["rho_cell"] == pytest.approx(0.8, abs=0.08)
+    assert lp["kappa"] == pytest.approx(0.35, abs=0.08)

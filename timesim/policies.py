@@ -59,6 +59,7 @@ class LayerPolicy:
             self._cand = np.empty(layer.cells, dtype=np.int64)
             self._tau = np.zeros(1, dtype=np.int64)
         self.loop_f: np.ndarray | None = None    # the closed loop's state (kernels/loop.py)
+        self.loop_e: np.ndarray | None = None
         self._loop = None
         self.selected = np.empty(0, dtype=np.int64)
         self.swapped = np.empty(0, dtype=np.int64)
@@ -114,11 +115,13 @@ class LayerPolicy:
         """Apply iterations t0 .. t0+n-1 of a synthetic layer, generated inside the policy
         kernel (fused: no gradient chunk in memory). ``pieces``: consecutive (ta, m, M, P, Q,
         U, V, W) covering the n iterations (kernels/select.py); the results are those of
-        ``process`` on the chunk the generator would write. ``loop``: (h, ρ, κ) of a
-        closed-loop fitted workload (kernels/loop.py), its state ``loop_f`` kept here."""
+        ``process`` on the chunk the generator would write. ``loop``: (h, ρ, κ, κ_cell,
+        ρ_cell) of a closed-loop fitted workload (kernels/loop.py), its states ``loop_f``,
+        ``loop_e`` kept here."""
         self._loop = loop
         if loop is not None and self.loop_f is None:
             self.loop_f = np.zeros(self.layer.cols, dtype=np.float32)
+            self.loop_e = np.zeros((self.layer.rows, self.layer.cols), dtype=np.float32)
         if self.selection == "dense" and self.scale == 0:
             self.process(np.empty((n, 0, 0), dtype=np.float32), t0)
             return
@@ -195,7 +198,7 @@ class LayerPolicy:
         if self.selection == "topk":
             out["tau"] = self._tau
         if self.loop_f is not None:
-            out["loop_f"] = self.loop_f
+            out["loop_f"], out["loop_e"] = self.loop_f, self.loop_e
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -215,6 +218,7 @@ class LayerPolicy:
             self._tau[...] = state["tau"]
         if "loop_f" in state:
             self.loop_f = np.array(state["loop_f"], dtype=np.float32)
+            self.loop_e = np.array(state["loop_e"], dtype=np.float32)
 
     def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray,
                         out_slots: np.ndarray | None = None) -> None:

@@ -284,8 +284,8 @@ class FittedLayer:
 
 
 def _loop_params(raw, h: np.ndarray | None, rows: int, where: str):
-    """The closed loop's (h, ρ, κ) of a layer (kernels/loop.py), or None when the model has
-    none (fitted before the loop)."""
+    """The closed loop's (h, ρ, κ, κ_cell, ρ_cell) of a layer (kernels/loop.py), or None
+    when the model has none (fitted before the loop)."""
     if raw is None and h is None:
         return None
     if not isinstance(raw, dict) or h is None:
@@ -293,9 +293,12 @@ def _loop_params(raw, h: np.ndarray | None, rows: int, where: str):
                          f"the arrays (refit with 'timesim trace fit')")
     get = _Getter(raw, f"{where}: loop")
     rho, kappa = get.num("rho", 0, 1), get.num("kappa", 0, 2)
+    kc = get.num("kappa_cell", 0, 2) if "kappa_cell" in raw else 0.0
+    rc = get.num("rho_cell", 0, 1) if "rho_cell" in raw else 0.0
     if h.shape != (rows,) or not np.isfinite(h).all():
         raise TraceError(f"{where}: loop_h: expected {rows} finite values")
-    return h.astype(np.float32), np.float32(rho), np.float32(kappa)
+    return (h.astype(np.float32), np.float32(rho), np.float32(kappa), np.float32(kc),
+            np.float32(rc))
 
 
 class _Getter:
@@ -435,7 +438,7 @@ class FittedTrace(SynthTrace):
 
     def source(self, li: int, t0: int, n: int):
         """(seed, layer, pieces) for the fused kernels, and with ``loop=on`` the layer's
-        closed-loop parameters (h, ρ, κ) (kernels/loop.py)."""
+        closed-loop parameters (h, ρ, κ, κ_cell, ρ_cell) (kernels/loop.py)."""
         src = (self.seed, li, self.pieces(li, t0, n))
         return src + (self.fitted[li].loop,) if self.loop else src
 

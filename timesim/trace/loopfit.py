@@ -80,11 +80,13 @@ def fit_loops(trace, plan, smooth: dict, slices) -> dict[str, tuple[dict, np.nda
     layers = trace.meta.layers
     first, end = plan.t_first, plan.t_first + plan.used
     cov = {layer.name: np.zeros((layer.rows, layer.rows)) for layer in layers}
+    means = {layer.name: np.zeros((layer.rows, layer.cols)) for layer in layers}
     for ch, layer, g in slices(trace):
         u = _inside(ch, g, smooth[layer.name], first, end)
         if u is not None:
             x = u.transpose(1, 0, 2).reshape(layer.rows, -1)
             cov[layer.name] += x @ x.T
+            means[layer.name] += u.sum(0)
     h = {}
     explained = {}
     for layer in layers:
@@ -94,17 +96,59 @@ def fit_loops(trace, plan, smooth: dict, slices) -> dict[str, tuple[dict, np.nda
         h[layer.name] = hv if hv.sum() >= 0 else -hv
         explained[layer.name] = float(w[-1] / max(np.trace(C), 1e-300)) if w[-1] > 0 else 0.0
     Y = {layer.name: np.zeros((plan.used, layer.cols)) for layer in layers}
+    cell = {layer.name: _CellAcf(means[layer.name] / max(plan.used, 1), h[layer.name])
+            for layer in layers}
     for ch, layer, g in slices(trace):
         u = _inside(ch, g, smooth[layer.name], first, end)
         if u is not None:
             t = ch.t0 + np.arange(ch.n)
             t = t[(t >= first) & (t < end)] - first
             Y[layer.name][t] = np.einsum("r,nrc->nc", h[layer.name], u)
+            cell[layer.name].add(u, Y[layer.name][t])
     out = {}
     for layer in layers:
-        out[layer.name] = (_layer_doc(Y[layer.name], explained[layer.name]),
-                           h[layer.name].astype(np.float32))
+        doc = _layer_doc(Y[layer.name], explained[layer.name])
+        doc.update(cell[layer.name].fit())
+        out[layer.name] = (doc, h[layer.name].astype(np.float32))
     return out
+
+
+class _CellAcf:
+    """The per-cell response: the autocorrelation over lags 1–16, pooled over the cells
+    (power-weighted), of what the column state leaves, u − h·(hᵀu), each cell's mean removed
+    (streamed: a ring of the last 16 iterations)."""
+
+    LAGS = 16
+
+    def __init__(self, mean_u: np.ndarray, h: np.ndarray):
+        self.h = h
+        self.mean = mean_u - np.outer(h, h @ mean_u)
+        self.ring = np.zeros((self.LAGS,) + mean_u.shape)
+        self.seen = 0
+        self.lag = np.zeros(self.LAGS)
+        self.pairs = np.zeros(self.LAGS)
+        self.sq = 0.0
+
+    def add(self, u: np.ndarray, Y: np.ndarray) -> None:
+        for ut, yt in zip(u, Y):
+            e = ut - np.outer(self.h, yt) - self.mean
+            self.sq += float((e * e).sum())
+            for k in range(1, min(self.LAGS, self.seen) + 1):
+                self.lag[k - 1] += float((e * self.ring[(self.seen - k) % self.LAGS]).sum())
+                self.pairs[k - 1] += 1
+            self.ring[self.seen % self.LAGS] = e
+            self.seen += 1
+
+    def fit(self) -> dict:
+        """κ_cell and ρ_cell: the column state's ARMA(1, 1) fit (``loop_params``) on the
+        residual's autocorrelation."""
+        if self.sq <= 0 or self.seen < 2 * self.LAGS:
+            return {"kappa_cell": 0.0, "rho_cell": 0.0, "fit_cell": {"r": [], "acf_rmse": 0.0}}
+        r = self.lag / np.maximum(self.pairs, 1) / (self.sq / self.seen)
+        p = loop_params(r)
+        return {"kappa_cell": round(p["kappa"], 4), "rho_cell": round(p["rho"], 4),
+                "fit_cell": {"r": [round(float(x), 4) for x in r[:4]],
+                             "acf_rmse": round(p["rmse"], 4)}}
 
 
 def _inside(ch, g, smooth, first, end):
