@@ -125,17 +125,23 @@ def tables(work: Path, iterations: int, record: int, results: dict) -> str:
             p = sorted(METHODS, key=lambda m: -res["max"][("dense", m, loop)])
             order.append(f"{model} loop={loop}: {'kept' if r == p else 'NOT kept'} "
                          f"(real {' > '.join(r)}, fitted {' > '.join(p)})")
-    params = ["| model | layer | κ | ρ | κ spread | ρ spread | response 1–32 | explained by h | "
-              "acf fit error / sampling error |", "|---|---|---|---|---|---|---|---|---|"]
+    params = ["| model | layer | κ | ρ (fitted) | κ spread | ρ spread | response 1–32 | "
+              "explained by h | acf fit error / sampling error | κ_cell (fitted) | ρ_cell "
+              "(fitted) | cell r_1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fit_s = []
     for model, res in results.items():
         for L in res["docs"]["dense"]["layers"]:
             lp = L["loop"]
             f = lp["fit"]
+            c = lp["fit_cell"]
             params.append(f"| {model} | {L['layer']['name']} | {lp['kappa']:.3f} | "
-                          f"{lp['rho']:.3f} | {_span(f['spread']['kappa'])} | "
+                          f"{lp['rho']:.3f} ({f['rho_fit']:.3f}) | "
+                          f"{_span(f['spread']['kappa'])} | "
                           f"{_span(f['spread']['rho'])} | {f['response_32']:.2f} | "
-                          f"{f['explained']:.2f} | {f['acf_rmse']:.3f} / {f['acf_se']:.3f} |")
+                          f"{f['explained']:.2f} | {f['acf_rmse']:.3f} / {f['acf_se']:.3f} | "
+                          f"{lp['kappa_cell']:.3f} ({c.get('kappa_fit', 0):.3f}) | "
+                          f"{lp['rho_cell']:.3f} ({c.get('rho_fit', 0):.3f}) | "
+                          f"{c['r'][0] if c['r'] else 0:.3f} |")
         fit_s.append(f"{model} {res['fit_s']['dense']:.1f} s")
     return "\n".join([
         f"Fitted from the first {record} iterations, predicted at {iterations} "

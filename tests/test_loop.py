@@ -146,7 +146,10 @@ def test_fit_recovers_a_known_loop(tmp_path):
     lp = doc["layers"][0]["loop"]
     assert abs(float(np.dot(arrays["w/loop_h"], h))) > 0.99
     assert lp["kappa"] == pytest.approx(0.35, abs=0.06)
-    assert lp["rho"] == pytest.approx(0.9, abs=0.06)
+    assert lp["fit"]["rho_fit"] == pytest.approx(0.9, abs=0.06)
+    # the persistence the kernels use: the answer to one write at most half the write
+    assert lp["rho"] == pytest.approx(max(0, min(lp["fit"]["rho_fit"], 1 - 2 * lp["kappa"])),
+                                      abs=1e-3)
     lo, hi = lp["fit"]["spread"]["kappa"]
     assert lo <= lp["kappa"] + 0.02 and hi >= lp["kappa"] - 0.02 and hi - lo < 0.2
     assert 0 < lp["fit"]["explained"] <= 1
@@ -165,7 +168,10 @@ def test_arma_inversion_by_hand():
     r = np.array([(Y[:-k] * Y[k:]).mean() / (Y * Y).mean() for k in range(1, 33)])
     assert r[0] == pytest.approx(arma_r1(phi, rho), abs=0.01)
     p = loop_params(r)
-    assert p["phi"] == pytest.approx(phi, abs=0.05) and p["rho"] == pytest.approx(rho, abs=0.05)
+    assert p["phi"] == pytest.approx(phi, abs=0.05)
+    assert p["rho_fit"] == pytest.approx(rho, abs=0.05)
+    assert p["rho"] == max(0.0, min(p["rho_fit"], 1 - 2 * p["kappa"]))
+    assert p["kappa"] == min(p["kappa_fit"], 0.5)
     assert p["kappa"] == pytest.approx(rho - phi, abs=0.07)
     # no reversion: κ = 0
     assert loop_params(np.zeros(32))["kappa"] == 0.0
@@ -272,5 +278,8 @@ def test_fit_recovers_a_known_cell_loop(tmp_path):
     dense_recording(tmp_path / "t", h, kappa=0.35, rho=0.9, kc=0.3, rc=0.8, n=1200)
     lp = fit_trace(str(tmp_path / "t"), start=0.0)[0]["layers"][0]["loop"]
     assert lp["kappa_cell"] == pytest.approx(0.3, abs=0.08)
-    assert lp["rho_cell"] == pytest.approx(0.8, abs=0.08)
+    assert lp["fit_cell"]["kappa_fit"] == lp["kappa_cell"]          # below the bound
+    assert lp["fit_cell"]["rho_fit"] == pytest.approx(0.8, abs=0.08)
+    assert lp["rho_cell"] == pytest.approx(max(0, min(lp["fit_cell"]["rho_fit"],
+                                                      1 - 2 * lp["kappa_cell"])), abs=1e-3)
     assert lp["kappa"] == pytest.approx(0.35, abs=0.08)

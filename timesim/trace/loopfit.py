@@ -60,7 +60,15 @@ def loop_params(r: np.ndarray) -> dict:
             else:
                 hi = mid
         rho = 0.5 * (lo + hi)
-    return {"phi": phi, "r1": r1, "rho": rho, "kappa": rho - phi,
+    # what the kernels use: the answer to one write summed over the iterations after it,
+    # κ/(1 − ρ), at most half the write (what the chip's own writes get back under every
+    # policy: docs/fidelity.md, point 9): κ ≤ 1/2, ρ ≤ 1 − 2κ. Beyond it a state that a sparse
+    # policy writes only every G iterations answers a write with up to κ·G times it, the next
+    # write with more, and the loop runs away
+    kappa_fit = rho - phi
+    kappa = min(kappa_fit, 0.5)
+    return {"phi": phi, "r1": r1, "rho_fit": rho, "kappa_fit": kappa_fit,
+            "rho": max(0.0, min(rho, 1 - 2 * kappa)), "kappa": kappa,
             "rmse": math.sqrt(sse / len(r))}
 
 
@@ -148,6 +156,8 @@ class _CellAcf:
         p = loop_params(r)
         return {"kappa_cell": round(p["kappa"], 4), "rho_cell": round(p["rho"], 4),
                 "fit_cell": {"r": [round(float(x), 4) for x in r[:4]],
+                             "rho_fit": round(p["rho_fit"], 4),
+                             "kappa_fit": round(p["kappa_fit"], 4),
                              "acf_rmse": round(p["rmse"], 4)}}
 
 
@@ -170,6 +180,7 @@ def _layer_doc(Y: np.ndarray, explained: float) -> dict:
     se = 1.0 / math.sqrt(max(n * cols, 1))
     return {"kappa": round(p["kappa"], 4), "rho": round(p["rho"], 4),
             "fit": {"phi": round(p["phi"], 4), "r1": round(p["r1"], 4),
+                    "rho_fit": round(p["rho_fit"], 4), "kappa_fit": round(p["kappa_fit"], 4),
                     "acf_rmse": round(p["rmse"], 4), "acf_se": round(se, 4),
                     "response_32": round(float(r.sum()), 4),
                     "explained": round(explained, 4),
