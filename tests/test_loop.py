@@ -283,3 +283,24 @@ def test_fit_recovers_a_known_cell_loop(tmp_path):
     assert lp["rho_cell"] == pytest.approx(max(0, min(lp["fit_cell"]["rho_fit"],
                                                       1 - 2 * lp["kappa_cell"])), abs=1e-3)
     assert lp["kappa"] == pytest.approx(0.35, abs=0.08)
+
+
+def test_fit_bounds_memory_on_wide_layers(tmp_path, monkeypatch):
+    """Beyond MAX_COV_ROWS rows h comes from the rows' mean squares, beyond MAX_CELLS cells
+    the cell acf from an even stride of cells: the same loop, roughly."""
+    from timesim.trace import loopfit
+
+    rng = np.random.default_rng(8)
+    h = np.abs(rng.standard_normal(40)) + 0.2
+    h /= np.sqrt((h * h).sum())
+    dense_recording(tmp_path / "t", h, kappa=0.35, rho=0.9, kc=0.3, rc=0.8, n=1200)
+    full = fit_trace(str(tmp_path / "t"), start=0.0)[0]["layers"][0]["loop"]
+    monkeypatch.setattr(loopfit, "MAX_COV_ROWS", 8)
+    monkeypatch.setattr(loopfit, "MAX_CELLS", 500)
+    doc, arrays = fit_trace(str(tmp_path / "t"), start=0.0)
+    lp = doc["layers"][0]["loop"]
+    assert lp["fit"]["direction"] == "row rms" and full["fit"]["direction"] == "eigenvector"
+    assert float(np.dot(arrays["w/loop_h"], h)) > 0.8      # the rows' own noise is in it too
+    assert lp["kappa_cell"] == pytest.approx(full["kappa_cell"], abs=0.08)
+    assert lp["kappa"] == pytest.approx(full["kappa"], abs=0.1)
+    assert 0 < lp["fit"]["explained"] < full["fit"]["explained"] + 1e-9

@@ -83,27 +83,36 @@ def _acf(Y: np.ndarray, lags: int = _LAGS) -> np.ndarray:
     return np.array([(Y[:n - k] * Y[k:]).sum() / den * n / (n - k) for k in range(1, lags + 1)])
 
 
+MAX_COV_ROWS = 2048            # beyond: h from the rows' mean squares (no rows² matrix)
+MAX_CELLS = 1 << 16            # the cell acf on at most this many cells (an even stride)
+
+
 def fit_loops(trace, plan, smooth: dict, slices) -> dict[str, tuple[dict, np.ndarray]]:
-    """Per layer: (the YAML ``loop`` entry, h). ``slices``: fit.py's ``_slices``."""
+    """Per layer: (the YAML ``loop`` entry, h). ``slices``: fit.py's ``_slices``. Memory per
+    layer: rows² (rows ≤ MAX_COV_ROWS), 18 × min(cells, MAX_CELLS) and iterations × cols."""
     layers = trace.meta.layers
     first, end = plan.t_first, plan.t_first + plan.used
-    cov = {layer.name: np.zeros((layer.rows, layer.rows)) for layer in layers}
+    full = {layer.name: layer.rows <= MAX_COV_ROWS for layer in layers}
+    cov = {layer.name: np.zeros((layer.rows, layer.rows) if full[layer.name] else layer.rows)
+           for layer in layers}
     means = {layer.name: np.zeros((layer.rows, layer.cols)) for layer in layers}
     for ch, layer, g in slices(trace):
         u = _inside(ch, g, smooth[layer.name], first, end)
         if u is not None:
             x = u.transpose(1, 0, 2).reshape(layer.rows, -1)
-            cov[layer.name] += x @ x.T
+            cov[layer.name] += x @ x.T if full[layer.name] else (x * x).sum(1)
             means[layer.name] += u.sum(0)
     h = {}
-    explained = {}
     for layer in layers:
         C = cov[layer.name]
-        w, v = np.linalg.eigh(C)
-        hv = v[:, -1] if w[-1] > 0 else np.zeros(layer.rows)
+        if full[layer.name]:
+            w, v = np.linalg.eigh(C)
+            hv = v[:, -1] if w[-1] > 0 else np.zeros(layer.rows)
+        else:           # the principal direction of inputs that are mostly of one sign
+            hv = np.sqrt(C) / max(float(np.sqrt(C.sum())), 1e-300)
         h[layer.name] = hv if hv.sum() >= 0 else -hv
-        explained[layer.name] = float(w[-1] / max(np.trace(C), 1e-300)) if w[-1] > 0 else 0.0
     Y = {layer.name: np.zeros((plan.used, layer.cols)) for layer in layers}
+    power = {layer.name: 0.0 for layer in layers}
     cell = {layer.name: _CellAcf(means[layer.name] / max(plan.used, 1), h[layer.name])
             for layer in layers}
     for ch, layer, g in slices(trace):
@@ -112,10 +121,13 @@ def fit_loops(trace, plan, smooth: dict, slices) -> dict[str, tuple[dict, np.nda
             t = ch.t0 + np.arange(ch.n)
             t = t[(t >= first) & (t < end)] - first
             Y[layer.name][t] = np.einsum("r,nrc->nc", h[layer.name], u)
+            power[layer.name] += float((u * u).sum())
             cell[layer.name].add(u, Y[layer.name][t])
     out = {}
     for layer in layers:
-        doc = _layer_doc(Y[layer.name], explained[layer.name])
+        explained = float((Y[layer.name] ** 2).sum() / max(power[layer.name], 1e-300))
+        doc = _layer_doc(Y[layer.name], explained)
+        doc["fit"]["direction"] = "eigenvector" if full[layer.name] else "row rms"
         doc.update(cell[layer.name].fit())
         out[layer.name] = (doc, h[layer.name].astype(np.float32))
     return out
@@ -124,22 +136,26 @@ def fit_loops(trace, plan, smooth: dict, slices) -> dict[str, tuple[dict, np.nda
 class _CellAcf:
     """The per-cell response: the autocorrelation over lags 1–16, pooled over the cells
     (power-weighted), of what the column state leaves, u − h·(hᵀu), each cell's mean removed
-    (streamed: a ring of the last 16 iterations)."""
+    (streamed: a ring of the last 16 iterations; at most MAX_CELLS cells, an even stride)."""
 
     LAGS = 16
 
     def __init__(self, mean_u: np.ndarray, h: np.ndarray):
-        self.h = h
-        self.mean = mean_u - np.outer(h, h @ mean_u)
-        self.ring = np.zeros((self.LAGS,) + mean_u.shape)
+        rows, cols = mean_u.shape
+        self.sel = np.arange(0, rows * cols, max(1, -(-rows * cols // MAX_CELLS)))
+        self.hr = h[self.sel // cols]
+        self.col = self.sel % cols
+        self.mean = (mean_u - np.outer(h, h @ mean_u)).reshape(-1)[self.sel]
+        self.ring = np.zeros((self.LAGS, self.sel.size))
         self.seen = 0
         self.lag = np.zeros(self.LAGS)
         self.pairs = np.zeros(self.LAGS)
         self.sq = 0.0
 
     def add(self, u: np.ndarray, Y: np.ndarray) -> None:
-        for ut, yt in zip(u, Y):
-            e = ut - np.outer(self.h, yt) - self.mean
+        flat = u.reshape(u.shape[0], -1)
+        for ut, yt in zip(flat, Y):
+            e = ut[self.sel] - self.hr * yt[self.col] - self.mean
             self.sq += float((e * e).sum())
             for k in range(1, min(self.LAGS, self.seen) + 1):
                 self.lag[k - 1] += float((e * self.ring[(self.seen - k) % self.LAGS]).sum())
