@@ -322,6 +322,10 @@ def cmd_trace_fit(args) -> int:
           f"{doc['layers'][0]['fit']['variance_ratio']['iterations']} iterations over that "
           "many times its variance (1: uncorrelated; > 1: a persistent direction; < 1: "
           "reverting, as gradients near a minimum do); kurt: a cell's kurtosis, power-weighted")
+    print("closed loop (loop=on; docs/fidelity.md): " + "; ".join(
+        f"{L['layer']['name']} kappa {L['loop']['kappa']:.2f} rho {L['loop']['rho']:.2f} "
+        f"cell {L['loop']['kappa_cell']:.2f}/{L['loop']['rho_cell']:.2f}"
+        for L in doc["layers"]))
     print(f"wrote {out} and {out.with_suffix('.npz').name} in {time.perf_counter() - t:.1f} s; "
           f"replay: timesim run --trace 'synth:fit?model={out}&iterations=N'")
     return 0

@@ -7,6 +7,7 @@ import numpy as np
 from .config import HwConfig
 from .errors import TraceError
 from .kernels import select as K
+from .kernels.loop import loop_kernel
 from .mapping import cells_per_weight
 from .trace.format import LayerInfo
 
@@ -57,6 +58,9 @@ class LayerPolicy:
             self._keys = np.empty(layer.cells, dtype=np.int32)
             self._cand = np.empty(layer.cells, dtype=np.int64)
             self._tau = np.zeros(1, dtype=np.int64)
+        self.loop_f: np.ndarray | None = None    # the closed loop's state (kernels/loop.py)
+        self.loop_e: np.ndarray | None = None
+        self._loop = None
         self.selected = np.empty(0, dtype=np.int64)
         self.swapped = np.empty(0, dtype=np.int64)
         self.slots = np.empty(0, dtype=np.int64)
@@ -106,11 +110,18 @@ class LayerPolicy:
             self.selected = np.empty(n, dtype=np.int64)
             self.swapped = np.empty(n, dtype=np.int64)
 
-    def process_source(self, seed: int, layer: int, pieces, t0: int, n: int) -> None:
+    def process_source(self, seed: int, layer: int, pieces, t0: int, n: int,
+                       loop=None) -> None:
         """Apply iterations t0 .. t0+n-1 of a synthetic layer, generated inside the policy
         kernel (fused: no gradient chunk in memory). ``pieces``: consecutive (ta, m, M, P, Q,
         U, V, W) covering the n iterations (kernels/select.py); the results are those of
-        ``process`` on the chunk the generator would write."""
+        ``process`` on the chunk the generator would write. ``loop``: (h, ρ, κ, κ_cell,
+        ρ_cell) of a closed-loop fitted workload (kernels/loop.py), its states ``loop_f``,
+        ``loop_e`` kept here."""
+        self._loop = loop
+        if loop is not None and self.loop_f is None:
+            self.loop_f = np.zeros(self.layer.cols, dtype=np.float32)
+            self.loop_e = np.zeros((self.layer.rows, self.layer.cols), dtype=np.float32)
         if self.selection == "dense" and self.scale == 0:
             self.process(np.empty((n, 0, 0), dtype=np.float32), t0)
             return
@@ -141,7 +152,9 @@ class LayerPolicy:
                 self.p2l, self.writes, self.counters, self.stats, self.block_rows, self.half,
                 self.interval, self.ars_on, self.rkey, np.float64(self.scale), *src)
         out = (self.selected[off:off + n], self.swapped[off:off + n], self.slots[off:off + n])
-        if self.selection == "sgs-row":
+        if self._loop is not None and src[0]:
+            bad = loop_kernel(self, args, src, out)
+        elif self.selection == "sgs-row":
             bad = K._run_sgs_row(*args, *out)
         elif self.selection == "sgs-element":
             bad = K._run_sgs_element(*args, *out)
@@ -184,6 +197,8 @@ class LayerPolicy:
         out["scalars"] = np.array([self.iterations, self._dense_pending], dtype=np.int64)
         if self.selection == "topk":
             out["tau"] = self._tau
+        if self.loop_f is not None:
+            out["loop_f"], out["loop_e"] = self.loop_f, self.loop_e
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -201,6 +216,9 @@ class LayerPolicy:
         self.iterations, self._dense_pending = (int(x) for x in state["scalars"])
         if self.selection == "topk":
             self._tau[...] = state["tau"]
+        if "loop_f" in state:
+            self.loop_f = np.array(state["loop_f"], dtype=np.float32)
+            self.loop_e = np.array(state["loop_e"], dtype=np.float32)
 
     def write_signature(self, out_ops: np.ndarray, out_swaps: np.ndarray,
                         out_slots: np.ndarray | None = None) -> None:

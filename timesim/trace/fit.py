@@ -27,6 +27,7 @@ from .fitted import (
     keyframe_weights,
     scale_curve,
 )
+from .loopfit import fit_loops
 
 _HIST_LO, _HIST_HI, _HIST_BINS = -5.0, 3.0, 800        # log10 bins of the gate histograms
 
@@ -161,10 +162,13 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
     smooth = {name: scale_curve(np.arange(plan.K, dtype=np.float64), kt, np.log(ks), -slope)
               for name, (kt, ks, slope, _) in scales.items()}
     acc = _window_pass(trace, plan, sigma, smooth, imp, sq, progress)
+    # the closed loop's input direction, response and persistence (trace/loopfit.py)
+    loops = fit_loops(trace, plan, smooth, _slices)
     layers_doc, arrays = [], {}
     for layer in meta.layers:
         doc, arr = _fit_layer(layer, plan, imp[layer.name], acc[layer.name],
                               sq[layer.name] / plan.span, scales[layer.name])
+        doc["loop"], arr[f"{layer.name}/loop_h"] = loops[layer.name]
         layers_doc.append(doc)
         arrays.update(arr)
     doc = {"format": FORMAT, "version": VERSION, "model": meta.model, "dataset": meta.dataset,

@@ -115,7 +115,8 @@ class FittedLayer:
 
     def __init__(self, index: int, raw: dict, row: np.ndarray, col: np.ndarray,
                  gates: tuple[np.ndarray, np.ndarray], where: str,
-                 cell: np.ndarray | None = None, loud: np.ndarray | None = None):
+                 cell: np.ndarray | None = None, loud: np.ndarray | None = None,
+                 loop_h: np.ndarray | None = None):
         self.index = index
         self.info = _layer(raw.get("layer"), f"{where}: layers[{index}].layer")
         name = self.info.name
@@ -173,6 +174,7 @@ class FittedLayer:
             norm = math.sqrt(((sq[live] ** 2) * rel[live] ** 2).sum()
                              / (sq[live] ** 2).sum()) if live.any() else 1.0
             self.cell_bias = (self.bias * rel / norm * w_cell).astype(np.float32)
+        self.loop = _loop_params(raw.get("loop"), loop_h, self.info.rows, w)
         self.tau_d = get.num("tau_direction", 1, 1e15)
         self.row_drift = get.num("row_drift", 0, 10)
         self.col_drift = get.num("col_drift", 0, 10)
@@ -281,6 +283,24 @@ class FittedLayer:
         return out
 
 
+def _loop_params(raw, h: np.ndarray | None, rows: int, where: str):
+    """The closed loop's (h, ρ, κ, κ_cell, ρ_cell) of a layer (kernels/loop.py), or None
+    when the model has none (fitted before the loop)."""
+    if raw is None and h is None:
+        return None
+    if not isinstance(raw, dict) or h is None:
+        raise TraceError(f"{where}: loop: expected a mapping with kappa and rho and loop_h in "
+                         f"the arrays (refit with 'timesim trace fit')")
+    get = _Getter(raw, f"{where}: loop")
+    rho, kappa = get.num("rho", 0, 1), get.num("kappa", 0, 2)
+    kc = get.num("kappa_cell", 0, 2) if "kappa_cell" in raw else 0.0
+    rc = get.num("rho_cell", 0, 1) if "rho_cell" in raw else 0.0
+    if h.shape != (rows,) or not np.isfinite(h).all():
+        raise TraceError(f"{where}: loop_h: expected {rows} finite values")
+    return (h.astype(np.float32), np.float32(rho), np.float32(kappa), np.float32(kc),
+            np.float32(rc))
+
+
 class _Getter:
     def __init__(self, raw: dict, where: str):
         self.raw, self.where = raw, where
@@ -346,7 +366,8 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
                       for axis in ("row", "col"))
         layers.append(FittedLayer(i, raw, arrays[f"{name}/row"], arrays[f"{name}/col"], gates,
                                   where, arrays.get(f"{name}/cell"),
-                                  arrays.get(f"{name}/loud_gate")))
+                                  arrays.get(f"{name}/loud_gate"),
+                                  arrays.get(f"{name}/loop_h")))
     digest = hashlib.sha256(text.encode() + blob).hexdigest()
     return doc, layers, digest
 
@@ -358,7 +379,7 @@ class FittedTrace(SynthTrace):
 
     def __init__(self, model: str | None = None, iterations: int | None = None, seed: int = 0,
                  chunk: int | None = None, profile: str | None = None,
-                 network: str | None = None):
+                 network: str | None = None, loop: str = "off"):
         if profile is not None:
             doc, layers, digest = profile_model(network, profile, seed)
             where = f"synth:{network}"
@@ -366,6 +387,13 @@ class FittedTrace(SynthTrace):
             doc, layers, digest = load_model(model)
             where = "synth:fit"
         self.fitted = layers
+        if loop not in ("on", "off"):
+            raise TraceError(f"{where}: loop: expected on or off, got {loop!r}")
+        if loop == "on" and any(layer.loop is None for layer in layers):
+            raise TraceError(f"{where}: loop=on: the model has no closed-loop parameters "
+                             f"(fitted before the loop, or a profile): refit it with "
+                             f"'timesim trace fit'")
+        self.loop = loop == "on"
         infos = tuple(layer.info for layer in layers)
         iterations = int(doc["source"]["iterations"]) if iterations is None else iterations
         biggest = max(layer.cells for layer in infos)
@@ -384,6 +412,8 @@ class FittedTrace(SynthTrace):
             # the absolute path: the label must open the same model from any working directory
             self.params = dict(model=str(Path(model).resolve()), iterations=iterations,
                                seed=seed, chunk=chunk)
+            if self.loop:           # the label of an open-loop run stays what it was
+                self.params["loop"] = "on"
         self._shadow = None
         self.meta = TraceMeta(model=str(doc.get("model", "fit")),
                               source=f"timesim-fit sha256={digest} seed={seed}",
@@ -398,6 +428,19 @@ class FittedTrace(SynthTrace):
 
     def pieces(self, li: int, t0: int, n: int) -> list[tuple]:
         return self.fitted[li].pieces(self.seed, t0, n)
+
+    def generate(self, li: int, t0: int, n: int) -> np.ndarray:
+        if self.loop:
+            raise TraceError("synth:fit: loop=on is a function of the run (the chip's own "
+                             "writes feed back), simulated inside the policy kernels only; it "
+                             "cannot be written out or simulated unfused (use loop=off)")
+        return super().generate(li, t0, n)
+
+    def source(self, li: int, t0: int, n: int):
+        """(seed, layer, pieces) for the fused kernels, and with ``loop=on`` the layer's
+        closed-loop parameters (h, ρ, κ, κ_cell, ρ_cell) (kernels/loop.py)."""
+        src = (self.seed, li, self.pieces(li, t0, n))
+        return src + (self.fitted[li].loop,) if self.loop else src
 
 
 PROFILES = Path(__file__).resolve().parent.parent / "data" / "profiles"

@@ -70,6 +70,7 @@ FIT_PARAMS = {
     "iterations": (int, "training iterations (default: the recorded trace's)"),
     "seed": (int, "seed of the drifting fields and the noise (default 0)"),
     "chunk": (int, "iterations generated per chunk (default: 8 to 256)"),
+    "loop": (str, "on: the closed loop, the chip's writes fed back (docs/fidelity.md)"),
 }
 
 
