@@ -27,7 +27,7 @@ _NO_CHUNK = np.zeros((1, 1, 1), dtype=np.float32)
 _F1 = np.zeros((1, 1), dtype=np.float32)
 # the generator arguments of an unfused call (never read)
 _NO_CELLSCALE = np.zeros((0, 0), dtype=np.float32)
-_NO_SOURCE = (False, np.int64(0), np.int64(0), _F1, _F1, _F1, _F1, _F1, _NO_CELLSCALE)
+_NO_SOURCE = (np.int64(0), np.int64(0), np.int64(0), _F1, _F1, _F1, _F1, _F1, _NO_CELLSCALE)
 
 
 class LayerPolicy:
@@ -106,11 +106,13 @@ class LayerPolicy:
             self.selected = np.empty(n, dtype=np.int64)
             self.swapped = np.empty(n, dtype=np.int64)
 
-    def process_source(self, seed: int, layer: int, pieces, t0: int, n: int) -> None:
+    def process_source(self, seed: int, layer: int, pieces, t0: int, n: int,
+                       gen: int = 1) -> None:
         """Apply iterations t0 .. t0+n-1 of a synthetic layer, generated inside the policy
         kernel (fused: no gradient chunk in memory). ``pieces``: consecutive (ta, m, M, P, Q,
-        U, V, W) covering the n iterations (kernels/select.py); the results are those of
-        ``process`` on the chunk the generator would write."""
+        U, V, W) covering the n iterations (kernels/select.py); ``gen``: the generator (1 or
+        2, kernels/generate.py); the results are those of ``process`` on the chunk the
+        generator would write."""
         if self.selection == "dense" and self.scale == 0:
             self.process(np.empty((n, 0, 0), dtype=np.float32), t0)
             return
@@ -121,7 +123,7 @@ class LayerPolicy:
             from .kernels.synth import gradient_chunk
 
             for ta, m, *src in pieces:
-                gradient_chunk(out[ta - t0:ta - t0 + m], seed, layer, ta, *src)
+                gradient_chunk(out[ta - t0:ta - t0 + m], seed, layer, ta, *src, gen=gen)
             self.process(out, t0)
             return
         self._last = n
@@ -129,7 +131,8 @@ class LayerPolicy:
         for ta, m, *src in pieces:
             if ta != t0 + done:
                 raise ValueError(f"layer {self.layer.name}: pieces must be consecutive")
-            self._kernel(_NO_CHUNK, m, ta, done, (True, np.int64(seed), np.int64(layer), *src))
+            self._kernel(_NO_CHUNK, m, ta, done,
+                         (np.int64(gen), np.int64(seed), np.int64(layer), *src))
             done += m
         if done != n:
             raise ValueError(f"layer {self.layer.name}: pieces cover {done} of {n} iterations")

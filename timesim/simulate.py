@@ -99,7 +99,7 @@ class Simulation:
                     policy.process(np.empty((n, 0, 0), dtype=np.float32), t0)
                 elif source is not None:
                     # a synthetic layer: the policy kernel generates it in registers
-                    policy.process_source(*source, t0, n)
+                    policy.process_source(*source, t0, n, gen=getattr(arrays, "gen", 1))
                 else:
                     policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
             except Exception as exc:
