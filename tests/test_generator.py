@@ -240,3 +240,59 @@ def test_gen2_label_source_and_bad_values():
         open_trace("synth:resnet20?gen=3")
     with pytest.raises(TraceError, match="gen"):
         open_trace("synth:resnet20?profile=digits&gen=2")
+
+
+# ---- float16 replay decoded inside the policy kernels ------------------------------------------
+
+def test_half_decode_in_the_kernels_is_exact_for_all_65536_patterns():
+    from numba import njit
+
+    from timesim.kernels import select
+    from timesim.kernels.convert import _f16_to_f32_bits, _f16_to_f32_fast
+
+    from .reference import float16_bits_to_value
+
+    @njit
+    def decode(src, dst):
+        for i in range(src.shape[0]):
+            dst[i] = select._half_value(src[i])
+
+    src = np.arange(65536, dtype=np.uint16)
+    got = np.empty(65536, np.float32)
+    decode(src, got)
+    want = np.empty(65536, np.uint32)
+    _f16_to_f32_bits(src, want)                   # the branchy reference decoder
+    assert np.array_equal(got.view(np.uint32), want)
+    fast = np.empty(65536, np.uint32)
+    _f16_to_f32_fast(src, fast)
+    assert np.array_equal(fast, want)
+    ref = np.array([float16_bits_to_value(int(h)) for h in src])
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].astype(np.float64), ref[~nan])
+
+
+@pytest.mark.parametrize("selection", ["sgs-row", "sgs-element", "topk", "dense"])
+def test_float16_chunks_decoded_in_the_kernel_equal_the_converted_ones(selection):
+    from timesim.kernels.convert import to_float32
+    from timesim.policies import LayerPolicy
+    from timesim.trace.format import LayerInfo
+
+    rng = np.random.default_rng(1)
+    # normal, subnormal (1e-6) and large values; ties from the coarse float16 grid
+    g = (rng.standard_normal((40, 37, 21)) * rng.choice([1e-6, 1.0, 300.0], (40, 37, 21)))
+    g = g.astype(np.float16)
+    hw = timesim.load_hwconfig(None, [f"controller.selection={selection}",
+                                      "controller.wear_leveling=ars", "controller.interval=8",
+                                      "controller.topk_density=0.02", "write.pulses=delta"])
+    layer = LayerInfo("x", "linear", 37, 21)
+    a, b = LayerPolicy(layer, hw), LayerPolicy(layer, hw)
+    for t0, lo, hi in ((0, 0, 13), (13, 13, 40)):
+        a.process(to_float32(g[lo:hi], "float16"), t0)
+        b.process_half(g[lo:hi].view(np.uint16), t0)
+    for k, v in a.state().items():
+        assert np.array_equal(v, b.state()[k]), k
+    bad = g[:3].copy()
+    bad[2, 5, 7] = np.inf
+    with pytest.raises(timesim.errors.TraceError, match="iteration 42"):
+        b.process_half(bad.view(np.uint16), 40)

@@ -161,7 +161,7 @@ def _pass_seconds(arrays: list[np.ndarray], threads: int, reps: int) -> float:
         return _best(lambda: list(pool.map(work, groups)), reps)
 
 
-def bench_floor(model: str, iterations: int, reps: int) -> dict:
+def bench_floor(model: str, iterations: int, reps: int, gen: int = 1) -> dict:
     """Seconds per iteration of the fused policy path (sgs + ars, all cores) on a synthetic
     network against the memory floor measured in the same run: a read + write pass over the
     float32 accumulators of every weight (8 bytes each), on the same cores."""
@@ -169,12 +169,12 @@ def bench_floor(model: str, iterations: int, reps: int) -> dict:
 
     hw = load_hwconfig()
     cores = os.cpu_count() or 1
-    trace = SynthTrace(model, iterations=iterations, chunk=8)
+    trace = SynthTrace(model, iterations=iterations, chunk=8, gen=gen)
     cells = sum(layer.cells for layer in trace.meta.layers)
     arrays = [np.zeros((layer.rows, layer.cols), np.float32) for layer in trace.meta.layers]
     t_floor = _pass_seconds(arrays, cores, reps)
     del arrays
-    out = {"model": model, "weights": cells, "floor_ms": t_floor * 1e3,
+    out = {"model": model, "gen": gen, "weights": cells, "floor_ms": t_floor * 1e3,
            "floor_gb_per_s": 8 * cells / t_floor / 1e9}
     for fused in (True, False):
         sim = Simulation(hw, trace.meta, threads=cores)
@@ -288,7 +288,7 @@ class _NoPrefetch:
         return self._t.chunks(start_chunk, verify, prefetch=False)
 
 
-def run_bench(quick: bool = False, progress: bool = True) -> dict:
+def run_bench(quick: bool = False, progress: bool = True, targets: bool = True) -> dict:
     reps = 3 if quick else 7
     iters = 8 if quick else 32
     say = print if progress else (lambda *a, **k: None)
@@ -349,6 +349,10 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
         f"GB/s replayed vs {r['raw_read_gb_per_s']:.2f} GB/s raw sequential read "
         f"({r['ratio_to_raw_read']:.1f}x its time; reader thread {r['prefetch_speedup']:.2f}x "
         f"over none)")
+    if targets:
+        from .bench_targets import run_targets
+
+        result["targets"] = run_targets(quick, say)
     for pipeline in ("none", "layer"):
         x = e[pipeline]
         say(f"engine (pipeline {pipeline}): +{x['engine_overhead']:.1%} over the policy path "

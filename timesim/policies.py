@@ -94,6 +94,21 @@ class LayerPolicy:
         self._kernel(chunk, n, t0, 0, _NO_SOURCE)
         self.iterations += n
 
+    def process_half(self, bits: np.ndarray, t0: int) -> None:
+        """Apply iterations t0 .. t0+n-1 of a float16 chunk given as its uint16 bit patterns
+        (n, rows, cols): the kernel decodes each row as it adds it (no float32 copy of the
+        chunk); the same results as ``process`` on the chunk converted to float32."""
+        if self.selection == "dense":
+            from .kernels.convert import to_float32
+
+            self.process(to_float32(bits.view(np.float16), "float16"), t0)
+            return
+        n = bits.shape[0]
+        self._reserve(t0, n)
+        self._last = n
+        self._kernel(bits, n, t0, 0, _NO_SOURCE)
+        self.iterations += n
+
     def _reserve(self, t0: int, n: int) -> None:
         """Check that iterations continue where they stopped; size the per-iteration
         signature buffers for n."""

@@ -100,6 +100,10 @@ class Simulation:
                 elif source is not None:
                     # a synthetic layer: the policy kernel generates it in registers
                     policy.process_source(*source, t0, n, gen=getattr(arrays, "gen", 1))
+                elif dtype == "float16":
+                    # decoded inside the policy kernel, row by row (kernels/select.py)
+                    policy.process_half(np.asarray(arrays[policy.layer.name]).view(np.uint16),
+                                        t0)
                 else:
                     policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
             except Exception as exc:
