@@ -296,3 +296,57 @@ def test_float16_chunks_decoded_in_the_kernel_equal_the_converted_ones(selection
     bad[2, 5, 7] = np.inf
     with pytest.raises(timesim.errors.TraceError, match="iteration 42"):
         b.process_half(bad.view(np.uint16), 40)
+
+
+# ---- timesim bench: the issue-27 targets ------------------------------------------------------
+
+def test_bench_targets_projection_and_ratios(monkeypatch):
+    """A stub clock: a run of n iterations takes start + n · rate seconds (per case); the
+    projection to 64000 iterations must recover start + 64000 · rate, and the ratio divide it
+    by the numpy loop's 64000 iterations."""
+    import timesim.bench_targets as bt
+
+    rates = {(1, 2): 4e-4, (2, 2): 2e-4, (2, 1): 3e-4}
+
+    def fake_run(spec, threads):
+        n = int(spec.split("iterations=")[1].split("&")[0])
+        gen = 2 if "gen=2" in spec else 1
+        return 0.5 + n * rates[(gen, threads)]
+
+    monkeypatch.setattr(bt, "_run_seconds", fake_run)
+    monkeypatch.setattr(bt, "simulate", lambda *a, **k: None)
+    monkeypatch.setattr(bt, "numpy_loop_per_iteration", lambda model, reps: 1e-3)
+    monkeypatch.setattr(bt.os, "cpu_count", lambda: 2)
+    e = bt.end_to_end(400, 1)
+    for k, rate in (("gen1", 4e-4), ("gen2", 2e-4), ("gen2_1thread", 3e-4)):
+        assert e["projected_64000_s"][k] == pytest.approx(0.5 + 64000 * rate)
+        assert e["ratio_to_numpy_loop"][k] == pytest.approx((0.5 + 64000 * rate) / 64.0)
+    assert e["threads_speedup"] == pytest.approx((0.5 + 64000 * 3e-4) / (0.5 + 64000 * 2e-4))
+
+
+def test_bench_targets_numpy_loop_is_the_sum_over_layers(monkeypatch):
+    import timesim.bench_targets as bt
+
+    seen = []
+
+    def fake(A, block, writes, l2p):
+        seen.append(A.shape)
+
+    monkeypatch.setattr(bt, "_numpy_sgs_row", fake)
+    bt.numpy_loop_per_iteration("resnet20", 2)
+    shapes = [(layer.rows, layer.cols) for layer in open_trace("synth:resnet20").meta.layers]
+    assert seen == [s for s in shapes for _ in range(2)]
+
+
+def test_bench_targets_replay_and_threads_measure_what_they_say():
+    import timesim.bench_targets as bt
+
+    r = bt.replay_stream(192, 1)                       # 3 chunks of 64; the first untimed
+    layers = open_trace("synth:resnet20").meta.layers
+    data = 2 * 64 * 2 * sum(layer.cells for layer in layers)     # chunks 1 and 2, float16
+    assert data < r["bytes"] <= data + 2 * len(layers) * 256      # + the .npy headers
+    for k, v in r["gb_per_s"].items():
+        assert v == pytest.approx(r["bytes"] / r["seconds"][k] / 1e9)
+    x = bt.policy_threads("mlp", 64, 1)
+    assert x["speedup"] == pytest.approx(x["seconds"]["1"] / x["seconds"][str(x["cores"])])
+    assert x["control_speedup"] > 0
