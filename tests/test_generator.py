@@ -350,3 +350,48 @@ def test_bench_targets_replay_and_threads_measure_what_they_say():
     x = bt.policy_threads("mlp", 64, 1)
     assert x["speedup"] == pytest.approx(x["seconds"]["1"] / x["seconds"][str(x["cores"])])
     assert x["control_speedup"] > 0
+
+
+# ---- one layer on every core: sgs-row split over numba's threads -------------------------------
+
+@pytest.mark.parametrize("style", ["normal", "ties", "hot-row"])
+def test_split_sgs_row_equals_the_serial_kernel(style):
+    from timesim.policies import LayerPolicy
+    from timesim.trace.format import LayerInfo
+
+    from .conftest import random_grads
+
+    rng = np.random.default_rng(7)
+    g = random_grads(rng, 60, 300, 24, style)
+    hw = timesim.load_hwconfig(None, ["controller.selection=sgs-row",
+                                      "controller.wear_leveling=ars", "controller.interval=8",
+                                      "write.pulses=delta"])
+    layer = LayerInfo("x", "linear", 300, 24)
+    ref = LayerPolicy(layer, hw)
+    ref.process(g, 0)
+    for parts in (2, 3, 5, 64):          # 64 > the layer's row blocks: capped
+        b = LayerPolicy(layer, hw)
+        b.split = parts
+        b.process(g[:17], 0)
+        b.process(g[17:], 17)
+        for k, v in ref.state().items():
+            assert np.array_equal(v, b.state()[k]), (parts, k)
+    bad = g[:5].copy()
+    bad[3, 250, 1] = np.nan
+    with pytest.raises(timesim.errors.TraceError, match="iteration 63"):
+        b.process(bad, 60)
+
+
+def test_a_layer_too_big_to_balance_runs_split_with_the_same_results():
+    spec = "synth:mlp?iterations=300&gen=2"
+    sets = ["controller.wear_leveling=ars", "controller.interval=20", "write.pulses=delta"]
+    digests = {run_digest(spec, sets, threads=th) for th in (1, 2, 3)}
+    digests.add(run_digest(spec, sets, threads=2, fused=False))
+    assert len(digests) == 1
+    hw = timesim.load_hwconfig(None, sets)
+    trace = open_trace(spec)
+    sim = Simulation(hw, trace.meta, threads=2)
+    # fc2 (256 x 256) holds 78% of the MLP's cells: it runs alone on both threads
+    big = [layer.name for layer in trace.meta.layers if layer.cells == 65536]
+    assert [p.layer.name for p in sim._split_layers()] == big == ["fc2"]
+    assert Simulation(hw, open_trace("synth:resnet20").meta, threads=2)._split_layers() == []

@@ -51,6 +51,9 @@ class LayerPolicy:
         self.l2p = np.arange(rows, dtype=np.int64)
         self.p2l = np.arange(rows, dtype=np.int64)
         self.stats = np.zeros(K.N_STATS, dtype=np.int64)
+        # sgs-row: > 1 runs each iteration's rows on that many of numba's threads (one layer
+        # on every core; set by Simulation for a layer too big to balance); same results
+        self.split = 1
         self.iterations = 0
         self._dense_pending = 0
         if self.selection == "topk":
@@ -159,7 +162,9 @@ class LayerPolicy:
                 self.p2l, self.writes, self.counters, self.stats, self.block_rows, self.half,
                 self.interval, self.ars_on, self.rkey, np.float64(self.scale), *src)
         out = (self.selected[off:off + n], self.swapped[off:off + n], self.slots[off:off + n])
-        if self.selection == "sgs-row":
+        if self.selection == "sgs-row" and self.split > 1:
+            bad = K._run_sgs_row_split(*args, *out, np.int64(self.split))
+        elif self.selection == "sgs-row":
             bad = K._run_sgs_row(*args, *out)
         elif self.selection == "sgs-element":
             bad = K._run_sgs_element(*args, *out)

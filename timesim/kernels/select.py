@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .generate import (
@@ -300,6 +300,77 @@ def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_r
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
         rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W,
                                              zbuf)
+        if best >= _NONFINITE:
+            return i
+        if scale > 0:
+            slots[i] = _row_pulses(A[rbest], scale, stats)
+        A[rbest, :] = 0.0
+        p = l2p[rbest]
+        _bump_row(writes, p, stats)
+        counters[p] += 1
+        stats[POLICY_CELLS] += cols
+        stats[ROW_WRITES] += 1
+        selected[i] = rbest
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf, b0, b1):
+    """``_accumulate_argmax_row`` on the row blocks b0 .. b1-1 only (the same blocks, so the
+    same generated values): (r*, max) of those rows; (0, -1) for none."""
+    rows, cols = A.shape
+    step = _block_rows(cols)
+    best = np.int32(-1)
+    rbest = 0
+    for b in range(b0, b1):
+        r0 = b * step
+        r1 = min(rows, r0 + step)
+        _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf)
+        for r in range(r0, r1):
+            Air = Ai[r]
+            m = np.int32(0)
+            for c in range(cols):
+                m = max(m, np.int32(Air[c] & _ABS))
+            if m > best:
+                best = m
+                rbest = r
+    return rbest, best
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _run_sgs_row_split(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_rows,
+                       half, interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V,
+                       W, selected, swapped, slots, parts):
+    """``_run_sgs_row`` with each iteration's accumulate-and-max split over ``parts`` ranges
+    of row blocks, run on numba's threads (prange): one layer on every core. The ranges'
+    maxima are combined in row order with a strict ``>``, so the row chosen (ties: the lowest
+    index) and everything after it are the serial kernel's, for any ``parts``."""
+    rows, cols = A.shape
+    step = _block_rows(cols)
+    nblk = (rows + step - 1) // step
+    parts = max(1, min(parts, nblk))
+    zbufs = np.empty((parts, step * cols if fused else 0), dtype=np.float32)
+    pbest = np.empty(parts, dtype=np.int32)
+    prow = np.empty(parts, dtype=np.int64)
+    for i in range(n):
+        t = t0 + i
+        swapped[i] = 0
+        if ars_on and t >= 1 and t % interval == 0:
+            before = stats[SWAPS]
+            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
+            swapped[i] = stats[SWAPS] - before
+        key = _stream_key(seed, layer, t) if fused else np.uint64(0)
+        for q in prange(parts):
+            lr, lb = _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbufs[q],
+                                    q * nblk // parts, (q + 1) * nblk // parts)
+            prow[q] = lr
+            pbest[q] = lb
+        best = np.int32(-1)
+        rbest = 0
+        for q in range(parts):
+            if pbest[q] > best:
+                best = pbest[q]
+                rbest = prow[q]
         if best >= _NONFINITE:
             return i
         if scale > 0:
