@@ -352,7 +352,7 @@ def run_bench(quick: bool = False, progress: bool = True, targets: bool = True) 
     if targets:
         from .bench_targets import run_targets
 
-        result["targets"] = run_targets(quick, say)
+        result["targets"] = run_targets(quick, say, bench_floor)
     for pipeline in ("none", "layer"):
         x = e[pipeline]
         say(f"engine (pipeline {pipeline}): +{x['engine_overhead']:.1%} over the policy path "

@@ -200,10 +200,9 @@ def replay_stream(iterations: int, reps: int) -> dict:
             "ratio_to_raw_read": {k: t[k] / t["raw"] for k in ("verified", "unverified")}}
 
 
-def run_targets(quick: bool, say) -> dict:
-    """Every target of issue 27 in one run; printed as target / measured / ratio lines."""
-    from .bench import bench_floor
-
+def run_targets(quick: bool, say, bench_floor) -> dict:
+    """Every target of issue 27 in one run; printed as target / measured / ratio lines.
+    ``bench_floor``: bench.bench_floor (passed in: bench.py imports this module)."""
     reps = 2 if quick else 3
     e = end_to_end(512 if quick else 4096, reps)
     r20 = policy_threads("resnet20", 512 if quick else 4096, reps)
