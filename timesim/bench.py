@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from .config import load_hwconfig
-from .kernels.synth import _normal_row, _stream_key
+from .kernels.synth import _normal_row, _normal_row2, _stream_key
 from .policies import LayerPolicy
 from .simulate import simulate
 from .trace.format import LayerInfo
@@ -93,10 +93,13 @@ def bench_synth(n: int, reps: int) -> dict:
     _normal_row(key, 0, out[:8])
     warmup = time.perf_counter() - t
     t_hash = _best(lambda: _normal_row(key, 0, out), reps) / n
+    _normal_row2(key, 0, out[:8])
+    t_hash2 = _best(lambda: _normal_row2(key, 0, out), reps) / n
     rng = np.random.default_rng(0)
     t_np = _best(lambda: rng.standard_normal(n, dtype=np.float32), reps) / n
     return {"warmup_s": warmup, "hash_normal_ns": t_hash * 1e9, "numpy_normal_ns": t_np * 1e9,
-            "speedup_vs_numpy": t_np / t_hash}
+            "speedup_vs_numpy": t_np / t_hash, "gen2_normal_ns": t_hash2 * 1e9,
+            "gen2_speedup": t_hash / t_hash2}
 
 
 def bench_end_to_end(iterations: int) -> dict:
@@ -312,7 +315,8 @@ def run_bench(quick: bool = False, progress: bool = True, targets: bool = True) 
     s = bench_synth(1 << 16 if quick else 1 << 20, reps)
     result["synth_normal"] = s
     say(f"synthetic normal: {s['hash_normal_ns']:.3f} ns/value (numpy "
-        f"{s['numpy_normal_ns']:.3f} ns, {s['speedup_vs_numpy']:.1f}x)")
+        f"{s['numpy_normal_ns']:.3f} ns, {s['speedup_vs_numpy']:.1f}x); gen=2 "
+        f"{s['gen2_normal_ns']:.3f} ns/value ({s['gen2_speedup']:.2f}x gen=1)")
     a = bench_analog(3 if quick else 10)
     result["analog_mvm"] = a
     say(f"analog MVM 512x512, batch 128 (BLAS float32 matmul {a['blas_ms']:.3f} ms):")
