@@ -22,7 +22,7 @@ PARAMS = {
     "bias": (float, "persistent mean gradient relative to the noise (default 0.02)"),
     "row": (int, "hammer, hammer-chase: the attacked row (default 0)"),
     "gen": (int, "noise generator: 1 (one hash per value; every number in the docs) or 2 "
-                 "(two values per hash, ~1.5x faster; docs/performance.md) (default 1)"),
+                 "(two values per hash: the noise ~1.4x faster; docs/workloads.md) (default 1)"),
     "profile": (str, "per-layer-kind parameters fitted to real training instead of the "
                      "hand-set ones (bundled: digits; docs/fidelity.md)"),
 }
