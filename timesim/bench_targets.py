@@ -125,9 +125,10 @@ def control_threads(cores: int, reps: int = 3) -> float:
 
 
 def policy_threads(model: str, iterations: int, reps: int, gen: int = 2) -> dict:
-    """Two threads (all cores) against one on the policy path alone (chunks fed to a
-    ``Simulation``; the first chunk, JIT and page faults, untimed), next to the same
-    ratio for independent compute jobs measured just before and after (``control``)."""
+    """Two threads (all cores) against one on the chunk loop (chunks fed to a ``Simulation``:
+    the kernels and the engine's timing of new signatures; start-up and the first chunk, JIT
+    and page faults, untimed), next to the same ratio for independent compute jobs measured
+    just before and after (``control``)."""
     cores = os.cpu_count() or 1
     hw = load_hwconfig()
     trace = SynthTrace(model, iterations=iterations, gen=gen,
@@ -248,7 +249,7 @@ def run_targets(quick: bool, say, bench_floor) -> dict:
         f" one thread {f['one_thread_ms']:.1f} ms: on 16 cores at this per-core rate ~ "
         f"{f['one_thread_ms'] / 16 * 450450 / 60000:.0f} min, if memory bandwidth scales")
     for x in (r20, vgg):
-        say(f"  {x['model']} policy path, {x['cores']} threads vs 1 (gen=2, {x['iterations']} "
+        say(f"  {x['model']} chunk loop, {x['cores']} threads vs 1 (gen=2, {x['iterations']} "
             f"it.): {x['speedup']:.2f}x (target >= 1.7x; independent compute jobs on this "
             f"host now: {x['control_speedup']:.2f}x)")
     g = rp["gb_per_s"]
