@@ -395,3 +395,11 @@ def test_a_layer_too_big_to_balance_runs_split_with_the_same_results():
     big = [layer.name for layer in trace.meta.layers if layer.cells == 65536]
     assert [p.layer.name for p in sim._split_layers()] == big == ["fc2"]
     assert Simulation(hw, open_trace("synth:resnet20").meta, threads=2)._split_layers() == []
+
+
+def test_bench_split_layer_times_the_layer_it_names():
+    import timesim.bench_targets as bt
+
+    x = bt.split_layer("mlp", 1, 50, 1)
+    assert x["layer"] == "fc2" and x["shape"] == [256, 256]
+    assert x["speedup"] == pytest.approx(x["seconds"]["1"] / x["seconds"][str(x["cores"])])

@@ -168,6 +168,29 @@ def per_iteration_one_thread(model: str, iterations: int, gen: int = 2) -> float
     return (time.perf_counter() - t) / max(1, n)
 
 
+def split_layer(model: str, index: int, iterations: int, reps: int) -> dict:
+    """One sgs-row layer (gen=2, fused) with its rows split over all cores
+    (``LayerPolicy.split``) against the serial kernel, timed in turns."""
+    from .policies import LayerPolicy
+
+    cores = os.cpu_count() or 1
+    hw = load_hwconfig()
+    trace = SynthTrace(model, iterations=1 << 30, gen=2)
+    layer = trace.meta.layers[index]
+
+    def run(split):
+        pol = LayerPolicy(layer, hw, index)
+        pol.split = split
+        pol.process_source(*trace.source(index, 0, 4), 0, 4, gen=2)     # JIT, page faults
+        t = time.perf_counter()
+        pol.process_source(*trace.source(index, 4, iterations), 4, iterations, gen=2)
+        return time.perf_counter() - t
+
+    t = _alternating({"1": lambda: run(1), str(cores): lambda: run(cores)}, reps)
+    return {"model": model, "layer": layer.name, "shape": [layer.rows, layer.cols],
+            "cores": cores, "seconds": t, "speedup": t["1"] / t[str(cores)]}
+
+
 def replay_stream(iterations: int, reps: int) -> dict:
     """A float16 ResNet-20 trace directory streamed through the policy kernels (sgs + ars,
     all cores, the reader thread on; start-up and the first chunk untimed), checksums verified
@@ -234,6 +257,8 @@ def run_targets(quick: bool, say, bench_floor) -> dict:
     e = end_to_end(512 if quick else 4096, reps)
     r20 = policy_threads("resnet20", 512 if quick else 4096, reps)
     vgg = policy_threads("vgg16", 16 if quick else 64, reps)
+    splits = [split_layer("vgg16", 8, 8 if quick else 32, reps),
+              split_layer("mlp", 1, 500 if quick else 2000, reps)]
     f = bench_floor("resnet50", 17 if quick else 41, reps, gen=2)
     f["one_thread_ms"] = per_iteration_one_thread("resnet50", 17 if quick else 25) * 1e3
     rp = replay_stream(256 if quick else 1024, reps)
@@ -252,6 +277,10 @@ def run_targets(quick: bool, say, bench_floor) -> dict:
         say(f"  {x['model']} chunk loop, {x['cores']} threads vs 1 (gen=2, {x['iterations']} "
             f"it.): {x['speedup']:.2f}x (target >= 1.7x; independent compute jobs on this "
             f"host now: {x['control_speedup']:.2f}x)")
+    for x in splits:
+        say(f"  one layer on every core: {x['model']} {x['layer']} ({x['shape'][0]}x"
+            f"{x['shape'][1]}, sgs-row) split over {x['cores']} threads: {x['speedup']:.2f}x "
+            f"the serial kernel")
     g = rp["gb_per_s"]
     say(f"  float16 replay (resnet20, {rp['bytes'] / 1e6:.0f} MB streamed): {g['verified']:.2f}"
         f" GB/s with checksums, {g['unverified']:.2f} GB/s without (target >= 2), raw read "
@@ -259,4 +288,4 @@ def run_targets(quick: bool, say, bench_floor) -> dict:
         f"{rp['ratio_to_raw_read']['unverified']:.1f}x its time); crc32 of the same files on "
         f"one thread {g['crc32']:.2f} GB/s")
     return {"end_to_end": e, "threads_resnet20": r20, "threads_vgg16": vgg, "floor": f,
-            "replay": rp}
+            "replay": rp, "split_layer": splits}
