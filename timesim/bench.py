@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from .config import load_hwconfig
-from .kernels.synth import _normal_row, _stream_key
+from .kernels.synth import _normal_row, _normal_row2, _stream_key
 from .policies import LayerPolicy
 from .simulate import simulate
 from .trace.format import LayerInfo
@@ -93,10 +93,13 @@ def bench_synth(n: int, reps: int) -> dict:
     _normal_row(key, 0, out[:8])
     warmup = time.perf_counter() - t
     t_hash = _best(lambda: _normal_row(key, 0, out), reps) / n
+    _normal_row2(key, 0, out[:8])
+    t_hash2 = _best(lambda: _normal_row2(key, 0, out), reps) / n
     rng = np.random.default_rng(0)
     t_np = _best(lambda: rng.standard_normal(n, dtype=np.float32), reps) / n
     return {"warmup_s": warmup, "hash_normal_ns": t_hash * 1e9, "numpy_normal_ns": t_np * 1e9,
-            "speedup_vs_numpy": t_np / t_hash}
+            "speedup_vs_numpy": t_np / t_hash, "gen2_normal_ns": t_hash2 * 1e9,
+            "gen2_speedup": t_hash / t_hash2}
 
 
 def bench_end_to_end(iterations: int) -> dict:
@@ -161,7 +164,7 @@ def _pass_seconds(arrays: list[np.ndarray], threads: int, reps: int) -> float:
         return _best(lambda: list(pool.map(work, groups)), reps)
 
 
-def bench_floor(model: str, iterations: int, reps: int) -> dict:
+def bench_floor(model: str, iterations: int, reps: int, gen: int = 1) -> dict:
     """Seconds per iteration of the fused policy path (sgs + ars, all cores) on a synthetic
     network against the memory floor measured in the same run: a read + write pass over the
     float32 accumulators of every weight (8 bytes each), on the same cores."""
@@ -169,12 +172,12 @@ def bench_floor(model: str, iterations: int, reps: int) -> dict:
 
     hw = load_hwconfig()
     cores = os.cpu_count() or 1
-    trace = SynthTrace(model, iterations=iterations, chunk=8)
+    trace = SynthTrace(model, iterations=iterations, chunk=8, gen=gen)
     cells = sum(layer.cells for layer in trace.meta.layers)
     arrays = [np.zeros((layer.rows, layer.cols), np.float32) for layer in trace.meta.layers]
     t_floor = _pass_seconds(arrays, cores, reps)
     del arrays
-    out = {"model": model, "weights": cells, "floor_ms": t_floor * 1e3,
+    out = {"model": model, "gen": gen, "weights": cells, "floor_ms": t_floor * 1e3,
            "floor_gb_per_s": 8 * cells / t_floor / 1e9}
     for fused in (True, False):
         sim = Simulation(hw, trace.meta, threads=cores)
@@ -288,7 +291,7 @@ class _NoPrefetch:
         return self._t.chunks(start_chunk, verify, prefetch=False)
 
 
-def run_bench(quick: bool = False, progress: bool = True) -> dict:
+def run_bench(quick: bool = False, progress: bool = True, targets: bool = True) -> dict:
     reps = 3 if quick else 7
     iters = 8 if quick else 32
     say = print if progress else (lambda *a, **k: None)
@@ -312,7 +315,8 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
     s = bench_synth(1 << 16 if quick else 1 << 20, reps)
     result["synth_normal"] = s
     say(f"synthetic normal: {s['hash_normal_ns']:.3f} ns/value (numpy "
-        f"{s['numpy_normal_ns']:.3f} ns, {s['speedup_vs_numpy']:.1f}x)")
+        f"{s['numpy_normal_ns']:.3f} ns, {s['speedup_vs_numpy']:.1f}x); gen=2 "
+        f"{s['gen2_normal_ns']:.3f} ns/value ({s['gen2_speedup']:.2f}x gen=1)")
     a = bench_analog(3 if quick else 10)
     result["analog_mvm"] = a
     say(f"analog MVM 512x512, batch 128 (BLAS float32 matmul {a['blas_ms']:.3f} ms):")
@@ -349,6 +353,10 @@ def run_bench(quick: bool = False, progress: bool = True) -> dict:
         f"GB/s replayed vs {r['raw_read_gb_per_s']:.2f} GB/s raw sequential read "
         f"({r['ratio_to_raw_read']:.1f}x its time; reader thread {r['prefetch_speedup']:.2f}x "
         f"over none)")
+    if targets:
+        from .bench_targets import run_targets
+
+        result["targets"] = run_targets(quick, say, bench_floor)
     for pipeline in ("none", "layer"):
         x = e[pipeline]
         say(f"engine (pipeline {pipeline}): +{x['engine_overhead']:.1%} over the policy path "

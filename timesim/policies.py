@@ -28,7 +28,7 @@ _NO_CHUNK = np.zeros((1, 1, 1), dtype=np.float32)
 _F1 = np.zeros((1, 1), dtype=np.float32)
 # the generator arguments of an unfused call (never read)
 _NO_CELLSCALE = np.zeros((0, 0), dtype=np.float32)
-_NO_SOURCE = (False, np.int64(0), np.int64(0), _F1, _F1, _F1, _F1, _F1, _NO_CELLSCALE)
+_NO_SOURCE = (np.int64(0), np.int64(0), np.int64(0), _F1, _F1, _F1, _F1, _F1, _NO_CELLSCALE)
 
 
 class LayerPolicy:
@@ -52,6 +52,9 @@ class LayerPolicy:
         self.l2p = np.arange(rows, dtype=np.int64)
         self.p2l = np.arange(rows, dtype=np.int64)
         self.stats = np.zeros(K.N_STATS, dtype=np.int64)
+        # sgs-row: > 1 runs each iteration's rows on that many of numba's threads (one layer
+        # on every core; set by Simulation for a layer too big to balance); same results
+        self.split = 1
         self.iterations = 0
         self._dense_pending = 0
         if self.selection == "topk":
@@ -98,6 +101,21 @@ class LayerPolicy:
         self._kernel(chunk, n, t0, 0, _NO_SOURCE)
         self.iterations += n
 
+    def process_half(self, bits: np.ndarray, t0: int) -> None:
+        """Apply iterations t0 .. t0+n-1 of a float16 chunk given as its uint16 bit patterns
+        (n, rows, cols): the kernel decodes each row as it adds it (no float32 copy of the
+        chunk); the same results as ``process`` on the chunk converted to float32."""
+        if self.selection == "dense":
+            from .kernels.convert import to_float32
+
+            self.process(to_float32(bits.view(np.float16), "float16"), t0)
+            return
+        n = bits.shape[0]
+        self._reserve(t0, n)
+        self._last = n
+        self._kernel(bits, n, t0, 0, _NO_SOURCE)
+        self.iterations += n
+
     def _reserve(self, t0: int, n: int) -> None:
         """Check that iterations continue where they stopped; size the per-iteration
         signature buffers for n."""
@@ -111,13 +129,14 @@ class LayerPolicy:
             self.swapped = np.empty(n, dtype=np.int64)
 
     def process_source(self, seed: int, layer: int, pieces, t0: int, n: int,
-                       loop=None) -> None:
+                       loop=None, gen: int = 1) -> None:
         """Apply iterations t0 .. t0+n-1 of a synthetic layer, generated inside the policy
         kernel (fused: no gradient chunk in memory). ``pieces``: consecutive (ta, m, M, P, Q,
-        U, V, W) covering the n iterations (kernels/select.py); the results are those of
-        ``process`` on the chunk the generator would write. ``loop``: (h, ρ, κ, κ_cell,
-        ρ_cell) of a closed-loop fitted workload (kernels/loop.py), its states ``loop_f``,
-        ``loop_e`` kept here."""
+        U, V, W) covering the n iterations (kernels/select.py); ``gen``: the generator (1 or
+        2, kernels/generate.py); the results are those of ``process`` on the chunk the
+        generator would write. ``loop``: (h, ρ, κ, κ_cell, ρ_cell) of a closed-loop fitted
+        workload (kernels/loop.py; generator 1), its states ``loop_f``, ``loop_e`` kept
+        here."""
         self._loop = loop
         if loop is not None and self.loop_f is None:
             self.loop_f = np.zeros(self.layer.cols, dtype=np.float32)
@@ -132,7 +151,7 @@ class LayerPolicy:
             from .kernels.synth import gradient_chunk
 
             for ta, m, *src in pieces:
-                gradient_chunk(out[ta - t0:ta - t0 + m], seed, layer, ta, *src)
+                gradient_chunk(out[ta - t0:ta - t0 + m], seed, layer, ta, *src, gen=gen)
             self.process(out, t0)
             return
         self._last = n
@@ -140,7 +159,8 @@ class LayerPolicy:
         for ta, m, *src in pieces:
             if ta != t0 + done:
                 raise ValueError(f"layer {self.layer.name}: pieces must be consecutive")
-            self._kernel(_NO_CHUNK, m, ta, done, (True, np.int64(seed), np.int64(layer), *src))
+            self._kernel(_NO_CHUNK, m, ta, done,
+                         (np.int64(gen), np.int64(seed), np.int64(layer), *src))
             done += m
         if done != n:
             raise ValueError(f"layer {self.layer.name}: pieces cover {done} of {n} iterations")
@@ -154,6 +174,8 @@ class LayerPolicy:
         out = (self.selected[off:off + n], self.swapped[off:off + n], self.slots[off:off + n])
         if self._loop is not None and src[0]:
             bad = loop_kernel(self, args, src, out)
+        elif self.selection == "sgs-row" and self.split > 1:
+            bad = K._run_sgs_row_split(*args, *out, np.int64(self.split))
         elif self.selection == "sgs-row":
             bad = K._run_sgs_row(*args, *out)
         elif self.selection == "sgs-element":

@@ -40,6 +40,9 @@ from .trace.format import TraceMeta
 log = logging.getLogger(__name__)
 
 HISTORY_POINTS = 1000
+# a layer is split over the threads from this size on (smaller: the per-iteration hand-off
+# between threads costs more than the layer's work)
+SPLIT_CELLS = 1 << 16
 
 
 class Simulation:
@@ -100,20 +103,40 @@ class Simulation:
                 elif source is not None:
                     # a synthetic layer: the policy kernel generates it in registers
                     # (seed, layer, pieces[, closed-loop parameters]: kernels/loop.py)
-                    policy.process_source(*source[:3], t0, n, *source[3:])
+                    policy.process_source(*source[:3], t0, n, *source[3:],
+                                          gen=getattr(arrays, "gen", 1))
+                elif dtype == "float16":
+                    # decoded inside the policy kernel, row by row (kernels/select.py)
+                    policy.process_half(np.asarray(arrays[policy.layer.name]).view(np.uint16),
+                                        t0)
                 else:
                     policy.process(self._float32(arrays[policy.layer.name], dtype), t0)
             except Exception as exc:
                 return self.policies.index(policy), exc
         return None
 
-    def _groups(self) -> list[list[LayerPolicy]]:
+    def _split_layers(self) -> list[LayerPolicy]:
+        """sgs-row layers too big for the threads to balance by whole layers (more cells than
+        the network's share of one thread, and at least SPLIT_CELLS): each runs alone on every
+        thread, its rows split (``LayerPolicy.split``; the same results)."""
+        if self.threads < 2:
+            return []
+        total = sum(p.layer.cells for p in self.policies)
+        big = [p for p in self.policies if p.selection == "sgs-row"
+               and p.layer.cells >= SPLIT_CELLS and p.layer.cells * self.threads > total]
+        for p in big:
+            p.split = self.threads
+        return big
+
+    def _groups(self, skip=()) -> list[list[LayerPolicy]]:
         """Layers split over the threads, largest first onto the least loaded (by cells):
-        every layer is independent in the policy path (DESIGN §2)."""
-        k = min(self.threads, len(self.policies))
+        every layer is independent in the policy path (DESIGN §2). ``skip``: layers that run
+        apart (``_split_layers``)."""
+        policies = [p for p in self.policies if not any(p is q for q in skip)]
+        k = min(self.threads, len(policies))
         groups: list[list[LayerPolicy]] = [[] for _ in range(k)]
         load = [0] * k
-        for p in sorted(self.policies, key=lambda p: -p.layer.cells):
+        for p in sorted(policies, key=lambda p: -p.layer.cells):
             i = load.index(min(load))
             groups[i].append(p)
             load[i] += p.layer.cells
@@ -126,10 +149,13 @@ class Simulation:
         """Iterations t0 .. t0+n-1: ``arrays[layer]`` is (n, rows, cols) in ``dtype`` storage.
         With ``threads`` > 1 the layers run on that many threads (the kernels release the
         GIL); the results do not depend on it."""
-        groups = self._groups() if self.threads > 1 else [self.policies]
+        split = self._split_layers()
+        # split layers first, one after another, each on every thread (numba's); then the rest
+        failures = [self._process([p], arrays, t0, n, dtype) for p in split]
+        groups = self._groups(split) if self.threads > 1 else [self.policies]
         if len(groups) == 1:
-            failures = [self._process(groups[0], arrays, t0, n, dtype)]
-        else:
+            failures.append(self._process(groups[0], arrays, t0, n, dtype))
+        elif groups:
             from concurrent.futures import ThreadPoolExecutor
 
             if self._pool is None:
@@ -137,7 +163,7 @@ class Simulation:
                                                 thread_name_prefix="timesim-layers")
             futures = [self._pool.submit(self._process, g, arrays, t0, n, dtype)
                        for g in groups]
-            failures = [f.result() for f in futures]
+            failures += [f.result() for f in futures]
         failures = [f for f in failures if f is not None]
         if failures:                     # the first layer's error, whatever the threads
             raise min(failures, key=lambda f: f[0])[1]

@@ -8,7 +8,9 @@ exponent and normalizing subnormals.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 
 @njit(cache=True, nogil=True)
@@ -39,6 +41,38 @@ def _f16_to_f32_bits(src, dst):
         dst[i] = bits
 
 
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The bit pattern of a float32 as uint32 (an LLVM bitcast: free, vectorizes)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+_SUBNORMAL = np.float32(2.0 ** -24)
+
+
+@njit(cache=True, nogil=True)
+def _f16_to_f32_fast(src, dst):
+    """The same bits as ``_f16_to_f32_bits`` without branches or loops, so it vectorizes:
+    normal halves re-biased (+112 in the exponent; Inf/NaN +224, keeping NaN payloads),
+    subnormals (and zero) converted exactly as float32(mantissa) · 2^-24; then selects."""
+    for i in range(src.shape[0]):
+        h = np.uint32(src[i])
+        em = h & np.uint32(0x7FFF)
+        sign = (h & np.uint32(0x8000)) << np.uint32(16)
+        bits = (em << np.uint32(13)) + np.uint32(0x38000000)
+        if em >= np.uint32(0x7C00):
+            bits += np.uint32(0x38000000)
+        if em < np.uint32(0x0400):
+            bits = _f32_bits(np.float32(np.int32(em)) * _SUBNORMAL)
+        dst[i] = sign | bits
+
+
 def to_float32(x: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
     """A float32 copy (or view for float32) of a chunk stored as ``dtype`` (DESIGN §6)."""
     if dtype == "float32":
@@ -50,7 +84,7 @@ def to_float32(x: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.n
     if dtype == "bfloat16":
         _bf16_to_f32_bits(src, dst)
     elif dtype == "float16":
-        _f16_to_f32_bits(src, dst)
+        _f16_to_f32_fast(src, dst)
     else:
         raise ValueError(f"unknown dtype {dtype!r}")
     return out

@@ -50,7 +50,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "69e2ad328dae2ccb73a6dcadb6407edbd5521dfb59c86b23740a60bfa22a4628"
+_DEPS_SHA256 = "f699c0b3e5ae12230d7cf0165859b2bfb4e29b14417badfaea8021d8c3624b8b"
 
 
 @njit(cache=True, inline="always")

@@ -14,17 +14,21 @@ from .generate import (
     _gate_block,
     _gradient_chunk,
     _normal_row,
+    _normal_row2,
     _stream_key,
 )
 
-__all__ = ["_fitted_factors", "_normal_row", "_stream_key", "fill_normal", "gradient_chunk",
-           "inverse_cdf_block", "normal"]
+__all__ = ["_fitted_factors", "_normal_row", "_normal_row2", "_stream_key", "fill_normal",
+           "gradient_chunk", "inverse_cdf_block", "normal"]
 
 
-def normal(seed: int, layer: int, t: int, size: int) -> np.ndarray:
-    """``size`` approximately standard-normal float32 values of one stream (for tests and docs)."""
+def normal(seed: int, layer: int, t: int, size: int, gen: int = 1,
+           start: int = 0) -> np.ndarray:
+    """``size`` approximately standard-normal float32 values of one stream, from element
+    counter ``start`` on, by generator ``gen`` (1 or 2) (for tests and docs)."""
     out = np.empty(size, dtype=np.float32)
-    _normal_row(np.uint64(_stream_key(np.int64(seed), np.int64(layer), np.int64(t))), 0, out)
+    key = np.uint64(_stream_key(np.int64(seed), np.int64(layer), np.int64(t)))
+    (_normal_row2 if gen == 2 else _normal_row)(key, np.int64(start), out)
     return out
 
 
@@ -56,11 +60,12 @@ NO_CELLSCALE = np.zeros((0, 0), dtype=np.float32)
 
 def gradient_chunk(out: np.ndarray, seed: int, layer: int, t0: int, M: np.ndarray,
                    P: np.ndarray, Q: np.ndarray, U: np.ndarray, V: np.ndarray,
-                   W: np.ndarray = NO_CELLSCALE) -> None:
+                   W: np.ndarray = NO_CELLSCALE, gen: int = 1) -> None:
     """Fill ``out`` (n, rows, cols) float32 in place with iterations t0 .. t0+n-1 of one layer:
     out[i, r, c] = (M[r, c]·P[i, r])·Q[i, c] + (U[i, r]·V[i, c])·z, z times W[r, c] first
-    when W is given (generate.py)."""
-    _gradient_chunk(out, np.int64(seed), np.int64(layer), np.int64(t0), M, P, Q, U, V, W)
+    when W is given; z of generator ``gen`` (1 or 2; generate.py)."""
+    _gradient_chunk(out, np.int64(seed), np.int64(layer), np.int64(t0), M, P, Q, U, V, W,
+                    np.int64(gen))
 
 
 def fill_normal(out: np.ndarray, seed: int, stream: int) -> np.ndarray:

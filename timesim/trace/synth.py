@@ -52,6 +52,11 @@ class _LazyLayers(Mapping):
         itself (``LayerPolicy.process_source``), or None where it cannot (hammer)."""
         return self._trace.source(self._trace.index[name], self._t0, self._n)
 
+    @property
+    def gen(self) -> int:
+        """The generator the policy kernels are to use for ``source``'s pieces."""
+        return self._trace.gen
+
     def __iter__(self):
         return iter(self._trace.index)
 
@@ -59,13 +64,21 @@ class _LazyLayers(Mapping):
         return len(self._trace.index)
 
 
+GENERATORS = (1, 2)
+DEFAULT_GEN = 1     # gen=2 is opt-in for now: docs/performance.md, "Generator v2"
+
+
 class SynthTrace:
-    """A generated trace that never touches disk; same interface as a trace directory."""
+    """A generated trace that never touches disk; same interface as a trace directory.
+    ``gen``: the noise generator (kernels/generate.py): 1 (one splitmix64 hash per value, the
+    streams behind every number in the docs) or 2 (two values per hash, issue 27)."""
+
+    gen = 1          # fitted workloads (trace/fitted.py) use generator 1
 
     def __init__(self, model: str, iterations: int | None = None, seed: int = 0,
                  chunk: int | None = None,
                  row_sigma: float = 0.3, col_sigma: float = 0.15, bias: float = 0.02,
-                 row: int = 0):
+                 row: int = 0, gen: int = DEFAULT_GEN):
         if model not in MODELS:
             raise TraceError(f"synth:{model}: unknown model; expected one of "
                              f"{', '.join(MODELS)}")
@@ -85,9 +98,13 @@ class SynthTrace:
         for key, value in (("row_sigma", row_sigma), ("col_sigma", col_sigma), ("bias", bias)):
             if not (np.isfinite(value) and 0 <= value <= 10):
                 raise TraceError(f"{where}: {key}: must be in [0, 10], got {value}")
-        self.model, self.seed = model, seed
+        if gen not in GENERATORS:
+            raise TraceError(f"{where}: gen: must be 1 or 2, got {gen}")
+        self.model, self.seed, self.gen = model, seed, gen
         self.params = dict(iterations=iterations, seed=seed, chunk=chunk, row_sigma=row_sigma,
                            col_sigma=col_sigma, bias=bias)
+        if gen != 1:            # gen=1 labels stay as they were (old reports, checkpoints)
+            self.params["gen"] = gen
         self.hammer = model.startswith("hammer")
         if self.hammer:
             if not 0 <= row < layers[0].rows:
@@ -96,7 +113,8 @@ class SynthTrace:
         self.row = row
         self._shadow = None
         self.meta = TraceMeta(model=model, source=f"timesim-synth seed={seed} "
-                              f"row_sigma={row_sigma} col_sigma={col_sigma} bias={bias}",
+                              f"row_sigma={row_sigma} col_sigma={col_sigma} bias={bias}"
+                              + (f" gen={gen}" if gen != 1 else ""),
                               dataset=dataset, batch_size=128, iterations=iterations,
                               chunk_iterations=chunk, dtype="float32", layers=layers)
         self.index = {layer.name: i for i, layer in enumerate(layers)}
@@ -156,7 +174,7 @@ class SynthTrace:
         if self.hammer:
             return self._hammer(layer, t0, out)
         for ta, m, *src in self.pieces(li, t0, n):
-            gradient_chunk(out[ta - t0:ta - t0 + m], self.seed, li, ta, *src)
+            gradient_chunk(out[ta - t0:ta - t0 + m], self.seed, li, ta, *src, gen=self.gen)
         return out
 
     def bind(self, hw) -> None:
@@ -185,7 +203,7 @@ class SynthTrace:
         ones_r = np.ones((n, layer.rows), np.float32)
         ones_c = np.ones((n, layer.cols), np.float32)
         gradient_chunk(out, self.seed, 0, t0, zeros, ones_r, ones_c,
-                       np.full((n, layer.rows), 0.01, np.float32), ones_c)
+                       np.full((n, layer.rows), 0.01, np.float32), ones_c, gen=self.gen)
         for i in range(n):
             target = self.row
             if self._shadow is not None:
