@@ -164,6 +164,9 @@ def test_bench_reports_ratios_against_same_run_baselines():
     assert [(c["input_slices"], c["weight_slices"]) for c in a["cases"]] == [(1, 1), (1, 2),
                                                                              (8, 1), (8, 2)]
     assert all(c["ms"] > 0 and c["warmup_s"] >= 0 for c in a["cases"]) and a["blas_ms"] > 0
+    lp = res["fit_loop"]              # the closed loop against the open loop, same run
+    for sel in ("sgs", "topk"):
+        assert lp[sel]["ratio"] == pytest.approx(lp[sel]["loop_s"] / lp[sel]["open_s"])
 
 
 def test_bench_normalizes_by_the_work_actually_timed(monkeypatch):

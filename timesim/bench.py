@@ -240,32 +240,11 @@ def bench_fit(iterations: int, reps: int, threads: int | None = None) -> dict:
     import tempfile
     from pathlib import Path
 
-    from .trace.fitted import GATE_PROBS, write_model
-    from .trace.models import resnet20
+    from .bench_loop import fitted_model
 
-    rng = np.random.default_rng(0)
-    layers, arrays = [], {}
-    gate = np.quantile(rng.lognormal(0, 0.5, 100000), GATE_PROBS)
-    loud = np.quantile(rng.lognormal(0, 0.66, 100000), GATE_PROBS)
-    for layer in resnet20():
-        layers.append({"layer": layer.to_dict(), "bias": 0.1, "bias_exponent": 0.2,
-                       "bias_by_rms": [[0.01, 0.15], [0.1, 0.12], [1.0, 0.05], [3.0, 0.02]],
-                       "tau_direction": 2000.0, "row_drift": 0.2, "col_drift": 0.2,
-                       "tau_importance": 300.0,
-                       "scale": {"knots": [[0, 1e-3], [1000, 5e-4]], "gamma": 0.5}})
-        arrays[f"{layer.name}/row"] = np.exp(rng.standard_normal(layer.rows)).astype(np.float32)
-        arrays[f"{layer.name}/col"] = np.exp(rng.standard_normal(layer.cols)).astype(np.float32)
-        arrays[f"{layer.name}/cell"] = np.exp(
-            0.5 * rng.standard_normal((layer.rows, layer.cols))).astype(np.float32)
-        arrays[f"{layer.name}/row_gate"] = gate
-        arrays[f"{layer.name}/col_gate"] = gate
-        arrays[f"{layer.name}/loud_gate"] = loud
-    doc = {"format": "timesim-fit", "version": 1, "model": "resnet20-shaped", "dataset": "",
-           "batch_size": 128, "source": {"trace": "", "iterations": 1000}, "layers": layers}
     hw = load_hwconfig()
     with tempfile.TemporaryDirectory(prefix="timesim-bench-") as tmp:
-        model = Path(tmp) / "fit.yaml"
-        write_model(model, doc, arrays)
+        model = fitted_model(Path(tmp) / "fit.yaml")
         fit = f"synth:fit?model={model}&iterations={iterations}"
         plain = f"synth:resnet20?iterations={iterations}"
         simulate(hw, fit.replace(f"={iterations}", "=64"), threads=threads)   # warm-up
@@ -347,6 +326,14 @@ def run_bench(quick: bool = False, progress: bool = True, targets: bool = True) 
         f"{ft['threads']} threads {ft['fit_s']:.2f} s vs {ft['synth_s']:.2f} s = "
         f"{ft['ratio']:.2f}x; one thread {f1['fit_s']:.2f} s vs {f1['synth_s']:.2f} s = "
         f"{f1['ratio']:.2f}x")
+    from .bench_loop import bench_loop
+
+    lp = bench_loop(512 if quick else 4096, min(reps, 3), threads=1)
+    result["fit_loop"] = lp
+    say(f"synth:fit closed loop vs open loop (same model, one thread, {lp['iterations']} "
+        f"iterations): sgs+ars {lp['sgs']['loop_s']:.2f} s vs {lp['sgs']['open_s']:.2f} s = "
+        f"{lp['sgs']['ratio']:.2f}x; topk {lp['topk']['loop_s']:.2f} s vs "
+        f"{lp['topk']['open_s']:.2f} s = {lp['topk']['ratio']:.2f}x (target <= 1.5x)")
     r = bench_replay(128 if quick else 512, reps)
     result["replay"] = r
     say(f"replay: resnet20 float16 trace, {r['bytes'] / 1e6:.0f} MB: {r['replay_gb_per_s']:.2f} "

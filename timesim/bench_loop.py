@@ -15,8 +15,12 @@ from .config import load_hwconfig
 from .simulate import simulate
 
 
-def loop_model(path: Path) -> Path:
-    """A fitted model with ResNet-20's shapes, every part a fit writes and a closed loop."""
+def fitted_model(path: Path, loop: bool = False) -> Path:
+    """A fitted model with ResNet-20's shapes and every part a fit writes: drifting
+    importances, each cell's own scale, a drifting direction with its strength by RMS bin,
+    gates and the batch's loudness; with ``loop``, each layer's closed loop too (κ, ρ of the
+    digits MLP's dense fit, h along the row importance). ``bench.bench_fit`` times it
+    without the loop."""
     from .trace.fitted import GATE_PROBS, write_model
     from .trace.models import resnet20
 
@@ -29,8 +33,7 @@ def loop_model(path: Path) -> Path:
                        "bias_by_rms": [[0.01, 0.15], [0.1, 0.12], [1.0, 0.05], [3.0, 0.02]],
                        "tau_direction": 2000.0, "row_drift": 0.2, "col_drift": 0.2,
                        "tau_importance": 300.0,
-                       "scale": {"knots": [[0, 1e-3], [1000, 5e-4]], "gamma": 0.5},
-                       "loop": {"kappa": 0.35, "rho": 0.87}})
+                       "scale": {"knots": [[0, 1e-3], [1000, 5e-4]], "gamma": 0.5}})
         n = layer.name
         arrays[f"{n}/row"] = np.exp(rng.standard_normal(layer.rows)).astype(np.float32)
         arrays[f"{n}/col"] = np.exp(rng.standard_normal(layer.cols)).astype(np.float32)
@@ -38,8 +41,10 @@ def loop_model(path: Path) -> Path:
             0.5 * rng.standard_normal((layer.rows, layer.cols))).astype(np.float32)
         arrays[f"{n}/row_gate"] = arrays[f"{n}/col_gate"] = gate
         arrays[f"{n}/loud_gate"] = loud
-        h = arrays[f"{n}/row"].astype(np.float64)
-        arrays[f"{n}/loop_h"] = (h / np.sqrt((h * h).sum())).astype(np.float32)
+        if loop:
+            layers[-1]["loop"] = {"kappa": 0.35, "rho": 0.87}
+            h = arrays[f"{n}/row"].astype(np.float64)
+            arrays[f"{n}/loop_h"] = (h / np.sqrt((h * h).sum())).astype(np.float32)
     doc = {"format": "timesim-fit", "version": 1, "model": "resnet20-shaped", "dataset": "",
            "batch_size": 128, "source": {"trace": "", "iterations": 1000}, "layers": layers}
     write_model(path, doc, arrays)
@@ -52,7 +57,7 @@ def bench_loop(iterations: int, reps: int, threads: int | None = None,
     selection (sgs with ars; topk without wear levelling)."""
     out = {"iterations": iterations, "threads": threads or os.cpu_count() or 1}
     with tempfile.TemporaryDirectory(prefix="timesim-bench-") as tmp:
-        model = loop_model(Path(tmp) / "fit.yaml")
+        model = fitted_model(Path(tmp) / "fit.yaml", loop=True)
         for sel in selections:
             hw = load_hwconfig(None, [f"controller.selection={sel}",
                                       "controller.wear_leveling=" +
