@@ -332,7 +332,7 @@ def test_bench_targets_numpy_loop_is_the_sum_over_layers(monkeypatch):
     def fake(A, block, writes, l2p):
         seen.append(A.shape)
 
-    monkeypatch.setattr(bt, "_numpy_sgs_row", fake)
+    monkeypatch.setattr(bt, "numpy_sgs_row", fake)
     bt.numpy_loop_per_iteration("resnet20", 2)
     shapes = [(layer.rows, layer.cols) for layer in open_trace("synth:resnet20").meta.layers]
     assert seen == [s for s in shapes for _ in range(2)]

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from .bench_targets import numpy_sgs_row, run_targets
 from .config import load_hwconfig
 from .kernels.synth import _normal_row, _normal_row2, _stream_key
 from .policies import LayerPolicy
@@ -38,14 +39,6 @@ def _copy_seconds(nbytes_touched: int, reps: int) -> float:
     src = np.ones(n, dtype=np.float32)
     dst = np.empty_like(src)
     return _best(lambda: np.copyto(dst, src), reps)
-
-
-def _numpy_sgs_row(A, chunk, writes, l2p):
-    for G in chunk:
-        A += G
-        r = int(np.argmax(np.abs(A).max(axis=1)))
-        A[r] = 0
-        writes[l2p[r]] += 1
 
 
 def bench_policy(selection: str, rows: int, cols: int, iters: int, reps: int) -> dict:
@@ -76,7 +69,7 @@ def bench_policy(selection: str, rows: int, cols: int, iters: int, reps: int) ->
         A = np.zeros((rows, cols), np.float32)
         writes = np.zeros((rows, cols), np.int64)
         l2p = np.arange(rows)
-        t_np = _best(lambda: _numpy_sgs_row(A, chunk, writes, l2p), max(1, reps // 2)) / len(chunk)
+        t_np = _best(lambda: numpy_sgs_row(A, chunk, writes, l2p), max(1, reps // 2)) / len(chunk)
         t_copy = _copy_seconds(12 * elems, reps * 4)
         out.update({"numpy_ns_per_element": t_np / elems * 1e9,
                     "speedup_vs_numpy": t_np / t_kernel,
@@ -341,8 +334,6 @@ def run_bench(quick: bool = False, progress: bool = True, targets: bool = True) 
         f"({r['ratio_to_raw_read']:.1f}x its time; reader thread {r['prefetch_speedup']:.2f}x "
         f"over none)")
     if targets:
-        from .bench_targets import run_targets
-
         result["targets"] = run_targets(quick, say, bench_floor)
     for pipeline in ("none", "layer"):
         x = e[pipeline]

@@ -17,7 +17,9 @@ from .simulate import Simulation, simulate
 from .trace.synth import SynthTrace
 
 
-def _numpy_sgs_row(A, block, writes, l2p):
+def numpy_sgs_row(A, block, writes, l2p):
+    """The numpy baseline of an sgs-row step, per gradient G of ``block``: A += G, the row of
+    largest |A| zeroed and its writes counted (``bench.bench_policy`` and the targets)."""
     for G in block:
         A += G
         r = int(np.argmax(np.abs(A).max(axis=1)))
@@ -40,7 +42,7 @@ def numpy_loop_per_iteration(model: str, reps: int) -> float:
         best = float("inf")
         for _ in range(reps):
             t = time.perf_counter()
-            _numpy_sgs_row(A, block, writes, l2p)
+            numpy_sgs_row(A, block, writes, l2p)
             best = min(best, time.perf_counter() - t)
         total += best / len(block)
     return total

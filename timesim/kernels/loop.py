@@ -40,17 +40,18 @@ from .select import (
     POLICY_CELLS,
     PULSES,
     ROW_WRITES,
-    SWAPS,
-    _ars,
+    _ars_at,
     _block_rows,
     _bump_row,
     _pulses,
+    _row_abs_max,
     _row_pulses,
-    _topk_threshold,
+    _topk_pick,
+    _topk_write,
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "f699c0b3e5ae12230d7cf0165859b2bfb4e29b14417badfaea8021d8c3624b8b"
+_DEPS_SHA256 = "077ce23001295649814df423c296519b7905f611545e23ad37dbee09ab4ef9b6"
 
 
 @njit(cache=True, inline="always")
@@ -97,24 +98,11 @@ def _accumulate_argmax_row_loop(A, Ai, i, key, M, P, Q, U, V, W, zbuf, h, f, E, 
         r1 = min(rows, r0 + step)
         _add_rows_loop(A, i, r0, r1, key, M, P, Q, U, V, W, zbuf, h, f, E, rc)
         for r in range(r0, r1):
-            Air = Ai[r]
-            m = np.int32(0)
-            for c in range(cols):
-                m = max(m, np.int32(Air[c] & _ABS))
+            m = _row_abs_max(Ai[r])
             if m > best:
                 best = m
                 rbest = r
     return rbest, best
-
-
-@njit(cache=True)
-def _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows, half, stats, rkey):
-    """ARS at the start of iteration t (select.py's kernels do the same); the swaps made."""
-    if ars_on and t >= 1 and t % interval == 0:
-        before = stats[SWAPS]
-        _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
-        return stats[SWAPS] - before
-    return 0
 
 
 @njit(cache=True, nogil=True)
@@ -172,56 +160,6 @@ def _loop_sgs(A, Ai, n, t0, l2p, p2l, writes, counters, stats, block_rows, half,
     return -1
 
 
-@njit(cache=True)
-def _topk_write(A, k, chosen, l2p, writes, counters, stats, scale, cpw, drivers, h, w, E,
-                kc):
-    """Write the chosen cells (select.py's ``_run_topk``, its second half); adds each written
-    value's projection to w. Returns (distinct rows touched, pulse slots)."""
-    cols = A.shape[1]
-    flat = A.reshape(-1)
-    touched = 0
-    last_row = -1
-    mx = stats[MAX_WRITES]
-    mset = np.int64(0)
-    mres = np.int64(0)
-    nslots = np.int64(0)
-    in_row = np.int64(0)
-    for q in range(k):
-        j = chosen[q]
-        r = j // cols
-        c = j - r * cols
-        p = l2p[r]
-        if r != last_row and in_row > 0:
-            groups = (in_row * cpw + drivers - 1) // drivers
-            nslots += groups * (mset + mres) if scale > 0 else groups
-            mset = np.int64(0)
-            mres = np.int64(0)
-            in_row = np.int64(0)
-        in_row += 1
-        if scale > 0:
-            pj = _pulses(flat[j], scale, stats)
-            stats[PULSES] += pj
-            if flat[j] < 0:
-                mset = max(mset, pj)
-            else:
-                mres = max(mres, pj)
-        w[c] += h[r] * flat[j]
-        E[r, c] -= kc * flat[j]
-        flat[j] = 0.0
-        writes[p, c] += 1
-        mx = max(mx, writes[p, c])
-        if r != last_row:
-            counters[p] += 1
-            touched += 1
-            last_row = r
-    groups = (in_row * cpw + drivers - 1) // drivers
-    nslots += groups * (mset + mres) if scale > 0 else groups
-    stats[MAX_WRITES] = mx
-    stats[POLICY_CELLS] += k
-    stats[ROW_WRITES] += touched
-    return touched, nslots
-
-
 @njit(cache=True, nogil=True)
 def _loop_topk(A, Ai, n_it, t0, l2p, p2l, writes, counters, stats, block_rows, half,
                interval, ars_on, rkey, scale, seed, layer, M, P, Q, U, V, W, h, f, rho, kappa,
@@ -242,26 +180,9 @@ def _loop_topk(A, Ai, n_it, t0, l2p, p2l, writes, counters, stats, block_rows, h
         for r0 in range(0, rows, step):
             _add_rows_loop(A, i, r0, min(rows, r0 + step), key, M, P, Q, U, V, W, zbuf, h, f,
                            E, rc)
-        top = np.int32(0)
-        for j in range(n):
-            v = np.int32(flat_i[j] & _ABS)
-            keys[j] = v
-            top = max(top, v)
-        if top >= _NONFINITE:
+        ok, chosen = _topk_pick(flat_i, keys, cand, k, tau_state, limit)
+        if not ok:
             return i
-        tau = _topk_threshold(keys, k, tau_state[0], limit)
-        tau_state[0] = tau
-        tau32 = np.int32(tau)
-        m = 0
-        for j in range(n):
-            if keys[j] >= tau32:
-                cand[m] = ((np.int64(0x7FFFFFFF) - keys[j]) << 32) | j
-                m += 1
-        if m > k:
-            best = np.partition(cand[:m], k - 1)[:k]
-        else:
-            best = cand[:m]
-        chosen = np.sort(best & np.int64(0xFFFFFFFF))
         touched, nslots = _topk_write(A, k, chosen, l2p, writes, counters, stats, scale, cpw,
                                       drivers, h, w, E, kc)
         selected[i] = touched

@@ -251,6 +251,40 @@ def _row_pulses(row, scale, stats):
     return mset + mres
 
 
+@njit(cache=True, inline="always")
+def _row_abs_max(Air):
+    """max |A| of a row as the int32 bit patterns' magnitudes (a NaN or Inf is >= _NONFINITE)."""
+    m = np.int32(0)
+    for c in range(Air.shape[0]):
+        # the cast keeps the reduction in 32-bit lanes (numba widens & to int64)
+        m = max(m, np.int32(Air[c] & _ABS))
+    return m
+
+
+@njit(cache=True, inline="always")
+def _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows, half, stats, rkey):
+    """ARS at the start of iteration t (every ``interval``-th, from the first); the swaps it
+    made (every kernel, and kernels/loop.py's, start an iteration with it)."""
+    if ars_on and t >= 1 and t % interval == 0:
+        before = stats[SWAPS]
+        _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
+        return stats[SWAPS] - before
+    return 0
+
+
+@njit(cache=True, inline="always")
+def _write_row(A, r, p, scale, stats, writes, counters):
+    """Program logical row r (physical row p) whole and clear its accumulator; returns its
+    SET + RESET pulse slots (with ``scale`` > 0, write.pulses=delta; else 0)."""
+    pulse_slots = _row_pulses(A[r], scale, stats) if scale > 0 else np.int64(0)
+    A[r, :] = 0.0
+    _bump_row(writes, p, stats)
+    counters[p] += 1
+    stats[POLICY_CELLS] += A.shape[1]
+    stats[ROW_WRITES] += 1
+    return pulse_slots
+
+
 @njit(cache=True)
 def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf):
     """A += G_i; return (r*, max |A[r*, :]|) with the max as a sign-cleared int32 bit pattern.
@@ -266,11 +300,7 @@ def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf):
         r1 = min(rows, r0 + step)
         _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf)
         for r in range(r0, r1):
-            Air = Ai[r]
-            m = np.int32(0)
-            for c in range(cols):
-                # the cast keeps the reduction in 32-bit lanes (numba widens & to int64)
-                m = max(m, np.int32(Air[c] & _ABS))
+            m = _row_abs_max(Ai[r])
             if m > best:
                 best = m
                 rbest = r
@@ -292,24 +322,16 @@ def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_r
     zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
     for i in range(n):
         t = t0 + i
-        swapped[i] = 0
-        if ars_on and t >= 1 and t % interval == 0:
-            before = stats[SWAPS]
-            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
-            swapped[i] = stats[SWAPS] - before
+        swapped[i] = _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows,
+                             half, stats, rkey)
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
         rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W,
                                              zbuf)
         if best >= _NONFINITE:
             return i
+        pulse_slots = _write_row(A, rbest, l2p[rbest], scale, stats, writes, counters)
         if scale > 0:
-            slots[i] = _row_pulses(A[rbest], scale, stats)
-        A[rbest, :] = 0.0
-        p = l2p[rbest]
-        _bump_row(writes, p, stats)
-        counters[p] += 1
-        stats[POLICY_CELLS] += cols
-        stats[ROW_WRITES] += 1
+            slots[i] = pulse_slots
         selected[i] = rbest
     return -1
 
@@ -327,10 +349,7 @@ def _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf, b0, b1):
         r1 = min(rows, r0 + step)
         _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf)
         for r in range(r0, r1):
-            Air = Ai[r]
-            m = np.int32(0)
-            for c in range(cols):
-                m = max(m, np.int32(Air[c] & _ABS))
+            m = _row_abs_max(Ai[r])
             if m > best:
                 best = m
                 rbest = r
@@ -354,11 +373,8 @@ def _run_sgs_row_split(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, b
     prow = np.empty(parts, dtype=np.int64)
     for i in range(n):
         t = t0 + i
-        swapped[i] = 0
-        if ars_on and t >= 1 and t % interval == 0:
-            before = stats[SWAPS]
-            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
-            swapped[i] = stats[SWAPS] - before
+        swapped[i] = _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows,
+                             half, stats, rkey)
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
         for q in prange(parts):
             lr, lb = _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbufs[q],
@@ -373,14 +389,9 @@ def _run_sgs_row_split(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, b
                 rbest = prow[q]
         if best >= _NONFINITE:
             return i
+        pulse_slots = _write_row(A, rbest, l2p[rbest], scale, stats, writes, counters)
         if scale > 0:
-            slots[i] = _row_pulses(A[rbest], scale, stats)
-        A[rbest, :] = 0.0
-        p = l2p[rbest]
-        _bump_row(writes, p, stats)
-        counters[p] += 1
-        stats[POLICY_CELLS] += cols
-        stats[ROW_WRITES] += 1
+            slots[i] = pulse_slots
         selected[i] = rbest
     return -1
 
@@ -394,11 +405,8 @@ def _run_sgs_element(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, blo
     zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
     for i in range(n):
         t = t0 + i
-        swapped[i] = 0
-        if ars_on and t >= 1 and t % interval == 0:
-            before = stats[SWAPS]
-            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
-            swapped[i] = stats[SWAPS] - before
+        swapped[i] = _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows,
+                             half, stats, rkey)
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
         rbest, best = _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W,
                                              zbuf)
@@ -459,6 +467,92 @@ def _topk_threshold(keys, k, guess, limit):
         g = ng
 
 
+@njit(cache=True)
+def _topk_pick(flat_i, keys, cand, k, tau_state, limit):
+    """The k entries of largest |A| (ties: lower row-major index first), in row-major order:
+    (False, _) when some |A| is not finite. O(n): a threshold search over the integer
+    magnitude keys, then an exact sort of the few candidates at or above it."""
+    n = flat_i.shape[0]
+    top = np.int32(0)
+    for j in range(n):
+        v = np.int32(flat_i[j] & _ABS)
+        keys[j] = v
+        top = max(top, v)
+    if top >= _NONFINITE:
+        return False, cand[:0]
+    tau = _topk_threshold(keys, k, tau_state[0], limit)
+    tau_state[0] = tau
+    tau32 = np.int32(tau)
+    m = 0
+    for j in range(n):
+        if keys[j] >= tau32:
+            # (largest key, then lowest index) first under an ascending sort
+            cand[m] = ((np.int64(0x7FFFFFFF) - keys[j]) << 32) | j
+            m += 1
+    # the k smallest composite keys (largest |A|, then lowest index), O(m), then row order
+    if m > k:
+        best = np.partition(cand[:m], k - 1)[:k]
+    else:
+        best = cand[:m]
+    return True, np.sort(best & np.int64(0xFFFFFFFF))
+
+
+@njit(cache=True)
+def _topk_write(A, k, chosen, l2p, writes, counters, stats, scale, cpw, drivers, h, w, E,
+                kc):
+    """Write the chosen cells (row-major flat indices): a touched row holding m of them
+    (``cpw`` cells each) is programmed in ⌈m·cpw / drivers⌉ groups of cells one after
+    another, each taking the row's SET + RESET pulse slots with ``scale`` > 0, else one slot.
+    With a closed loop (kernels/loop.py: ``h`` not empty) each written value's projection
+    h_r·A goes to ``w`` and the cell's own state E to −kc·A. Returns (distinct rows touched,
+    pulse slots)."""
+    cols = A.shape[1]
+    flat = A.reshape(-1)
+    loop = h.shape[0] > 0
+    touched = 0
+    last_row = -1
+    mx = stats[MAX_WRITES]
+    mset = np.int64(0)
+    mres = np.int64(0)
+    nslots = np.int64(0)
+    in_row = np.int64(0)
+    for q in range(k):
+        j = chosen[q]
+        r = j // cols
+        c = j - r * cols
+        p = l2p[r]
+        if r != last_row and in_row > 0:         # a new row: the last one's groups are done
+            groups = (in_row * cpw + drivers - 1) // drivers
+            nslots += groups * (mset + mres) if scale > 0 else groups
+            mset = np.int64(0)
+            mres = np.int64(0)
+            in_row = np.int64(0)
+        in_row += 1
+        if scale > 0:
+            pj = _pulses(flat[j], scale, stats)
+            stats[PULSES] += pj
+            if flat[j] < 0:
+                mset = max(mset, pj)
+            else:
+                mres = max(mres, pj)
+        if loop:
+            w[c] += h[r] * flat[j]
+            E[r, c] -= kc * flat[j]
+        flat[j] = 0.0
+        writes[p, c] += 1
+        mx = max(mx, writes[p, c])
+        if r != last_row:
+            counters[p] += 1
+            touched += 1
+            last_row = r
+    groups = (in_row * cpw + drivers - 1) // drivers
+    nslots += groups * (mset + mres) if scale > 0 else groups
+    stats[MAX_WRITES] = mx
+    stats[POLICY_CELLS] += k
+    stats[ROW_WRITES] += touched
+    return touched, nslots
+
+
 @njit(cache=True, nogil=True)
 def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_rows, half,
               interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V, W,
@@ -474,82 +568,25 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
     """
     rows, cols = A.shape
     n = rows * cols
-    flat = A.reshape(n)
     flat_i = Ai.reshape(n)
     limit = 4 * k + 64             # window for the candidates: few probes, small sort
     zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
+    no_h = np.empty(0, dtype=np.float32)       # no closed loop (kernels/loop.py)
+    no_e = np.empty((0, 0), dtype=np.float32)
     for i in range(n_it):
         t = t0 + i
-        swapped[i] = 0
-        if ars_on and t >= 1 and t % interval == 0:
-            before = stats[SWAPS]
-            _ars(counters, l2p, p2l, writes, block_rows, half, stats, rkey, t)
-            swapped[i] = stats[SWAPS] - before
+        swapped[i] = _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows,
+                             half, stats, rkey)
         key = _stream_key(seed, layer, t) if fused else np.uint64(0)
         step = _block_rows(cols)
         for r0 in range(0, rows, step):
             _add_rows(A, chunk, i, r0, min(rows, r0 + step), fused, key, M, P, Q, U, V, W,
                       zbuf)
-        top = np.int32(0)
-        for j in range(n):
-            v = np.int32(flat_i[j] & _ABS)
-            keys[j] = v
-            top = max(top, v)
-        if top >= _NONFINITE:
+        ok, chosen = _topk_pick(flat_i, keys, cand, k, tau_state, limit)
+        if not ok:
             return i
-        tau = _topk_threshold(keys, k, tau_state[0], limit)
-        tau_state[0] = tau
-        tau32 = np.int32(tau)
-        m = 0
-        for j in range(n):
-            if keys[j] >= tau32:
-                # (largest key, then lowest index) first under an ascending sort
-                cand[m] = ((np.int64(0x7FFFFFFF) - keys[j]) << 32) | j
-                m += 1
-        # the k smallest composite keys (largest |A|, then lowest index), O(m), then row order
-        if m > k:
-            top = np.partition(cand[:m], k - 1)[:k]
-        else:
-            top = cand[:m]
-        chosen = np.sort(top & np.int64(0xFFFFFFFF))
-        touched = 0
-        last_row = -1
-        mx = stats[MAX_WRITES]
-        mset = np.int64(0)
-        mres = np.int64(0)
-        nslots = np.int64(0)
-        in_row = np.int64(0)
-        for q in range(k):
-            j = chosen[q]
-            r = j // cols
-            c = j - r * cols
-            p = l2p[r]
-            if r != last_row and in_row > 0:     # a new row: the last one's groups are done
-                groups = (in_row * cpw + drivers - 1) // drivers
-                nslots += groups * (mset + mres) if scale > 0 else groups
-                mset = np.int64(0)
-                mres = np.int64(0)
-                in_row = np.int64(0)
-            in_row += 1
-            if scale > 0:
-                pj = _pulses(flat[j], scale, stats)
-                stats[PULSES] += pj
-                if flat[j] < 0:
-                    mset = max(mset, pj)
-                else:
-                    mres = max(mres, pj)
-            flat[j] = 0.0
-            writes[p, c] += 1
-            mx = max(mx, writes[p, c])
-            if r != last_row:
-                counters[p] += 1
-                touched += 1
-                last_row = r
-        groups = (in_row * cpw + drivers - 1) // drivers
-        nslots += groups * (mset + mres) if scale > 0 else groups
-        stats[MAX_WRITES] = mx
-        stats[POLICY_CELLS] += k
-        stats[ROW_WRITES] += touched
+        touched, nslots = _topk_write(A, k, chosen, l2p, writes, counters, stats, scale, cpw,
+                                      drivers, no_h, no_h, no_e, 0.0)
         selected[i] = touched
         slots[i] = nslots
     return -1
