@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .bench_targets import numpy_sgs_row, run_targets
+from .bench_targets import numpy_sgs_row, run_targets, seconds_per_iteration
 from .config import load_hwconfig
 from .kernels.synth import _normal_row, _normal_row2, _stream_key
 from .policies import LayerPolicy
@@ -175,15 +175,7 @@ def bench_floor(model: str, iterations: int, reps: int, gen: int = 1) -> dict:
     for fused in (True, False):
         sim = Simulation(hw, trace.meta, threads=cores)
         sim.fused = fused
-        chunks = trace.chunks()
-        first = next(chunks)                       # warm-up: JIT, page faults of the state
-        sim.feed(first.arrays, first.t0, first.n)
-        t = time.perf_counter()
-        n = 0
-        for chunk in chunks:
-            sim.feed(chunk.arrays, chunk.t0, chunk.n)
-            n += chunk.n
-        per = (time.perf_counter() - t) / max(1, n)
+        per = seconds_per_iteration(sim, trace)
         key = "fused" if fused else "unfused"
         out[f"{key}_ms"] = per * 1e3
         out[f"{key}_ratio_to_floor"] = per / t_floor

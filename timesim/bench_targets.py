@@ -158,7 +158,12 @@ def per_iteration_one_thread(model: str, iterations: int, gen: int = 2) -> float
     rate that projects a run onto more cores (each core streaming its own layers)."""
     hw = load_hwconfig()
     trace = SynthTrace(model, iterations=iterations, chunk=8, gen=gen)
-    sim = Simulation(hw, trace.meta, threads=1)
+    return seconds_per_iteration(Simulation(hw, trace.meta, threads=1), trace)
+
+
+def seconds_per_iteration(sim: Simulation, trace) -> float:
+    """Seconds per iteration of feeding ``trace``'s chunks to ``sim``, the first chunk fed
+    before the clock starts (warm-up: JIT, page faults of the state)."""
     chunks = trace.chunks()
     first = next(chunks)
     sim.feed(first.arrays, first.t0, first.n)

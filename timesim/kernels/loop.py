@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "077ce23001295649814df423c296519b7905f611545e23ad37dbee09ab4ef9b6"
+_DEPS_SHA256 = "3026abf05263970b8d6aef024568dbdeceeb393f298161ab3f29404f43184ab0"
 
 
 @njit(cache=True, inline="always")

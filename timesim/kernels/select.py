@@ -293,18 +293,9 @@ def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf):
     are still in L1.
     """
     rows, cols = A.shape
-    best = np.int32(-1)
-    rbest = 0
     step = _block_rows(cols)
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf)
-        for r in range(r0, r1):
-            m = _row_abs_max(Ai[r])
-            if m > best:
-                best = m
-                rbest = r
-    return rbest, best
+    return _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf, 0,
+                          (rows + step - 1) // step)
 
 
 @njit(cache=True, nogil=True)
@@ -338,8 +329,10 @@ def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_r
 
 @njit(cache=True, inline="always")
 def _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf, b0, b1):
-    """``_accumulate_argmax_row`` on the row blocks b0 .. b1-1 only (the same blocks, so the
-    same generated values): (r*, max) of those rows; (0, -1) for none."""
+    """A += G_i on the row blocks b0 .. b1-1 (each block added, then its rows' maxima taken
+    while it is still in L1): (r*, max) of those rows, (0, -1) for none. All blocks:
+    ``_accumulate_argmax_row``; a range of them: one thread's part of the row split (the same
+    blocks, so the same generated values)."""
     rows, cols = A.shape
     step = _block_rows(cols)
     best = np.int32(-1)
