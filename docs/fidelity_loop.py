@@ -29,23 +29,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs"))
 
-METHODS = {"dense": ("dense", "none", "dense SGD"),
-           "topk": ("topk", "none", "top-0.1%, no wear levelling"),
-           "sgs": ("sgs", "ars", "SGS-ARS (1024, 32)")}
+from fidelity import METHODS, _hw  # noqa: E402  (the same methods and chips as fidelity.py)
+
 MODELS = {"mlp": ("MLP 64-256-256-10", 0.1), "lenet": ("LeNet-like CNN", 0.1),
           "mlp-tanh": ("MLP 64-128-64-10, tanh", 0.1),
           "cnn3": ("CNN, three 3×3 convolutions + FC", 0.1),
           "mlp-gelu": ("MLP 64-160-48-10, GELU, lr 0.05 (held out from the loop)", 0.05),
           "cnn-avg": ("CNN 5×5 + 3×3, avg-pool, ELU, 2 FC (held out from the loop)", 0.1)}
-
-
-def _hw(method: str):
-    import timesim
-
-    sel, wl, _ = METHODS[method]
-    return timesim.load_hwconfig(None, [f"controller.selection={sel}",
-                                        f"controller.wear_leveling={wl}"])
 
 
 def real(model: str, work: Path, iterations: int, record: int, reuse: bool) -> None:

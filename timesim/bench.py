@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .bench_targets import numpy_sgs_row, run_targets, seconds_per_iteration
+from .bench_targets import float16_trace, numpy_sgs_row, run_targets, seconds_per_iteration
 from .config import load_hwconfig
 from .kernels.synth import _normal_row, _normal_row2, _stream_key
 from .policies import LayerPolicy
@@ -188,16 +188,11 @@ def bench_replay(iterations: int, reps: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from .trace import TraceDir, TraceWriter
+    from .trace import TraceDir
 
-    synth = SynthTrace("resnet20", iterations=iterations, chunk=64)
     hw = load_hwconfig()
     with tempfile.TemporaryDirectory(prefix="timesim-bench-") as tmp:
-        path = Path(tmp) / "t"
-        with TraceWriter(path, synth.meta.layers, model="resnet20", source="bench",
-                         dtype="float16", chunk_iterations=64) as w:
-            for chunk in synth.chunks():
-                w.append_chunk(chunk.arrays)
+        path = float16_trace(Path(tmp) / "t", iterations)
         files = sorted(p for p in path.rglob("*.npy"))
         nbytes = sum(p.stat().st_size for p in files)
 

@@ -198,6 +198,19 @@ def split_layer(model: str, index: int, iterations: int, reps: int) -> dict:
             "cores": cores, "seconds": t, "speedup": t["1"] / t[str(cores)]}
 
 
+def float16_trace(path, iterations: int, gen: int = 1):
+    """A float16 trace directory at ``path`` of ``iterations`` of synth:resnet20 (generator
+    ``gen``), chunks of 64: what the replay benchmarks read."""
+    from .trace import TraceWriter
+
+    synth = SynthTrace("resnet20", iterations=iterations, chunk=64, gen=gen)
+    with TraceWriter(path, synth.meta.layers, model="resnet20", source="bench",
+                     dtype="float16", chunk_iterations=64) as w:
+        for chunk in synth.chunks():
+            w.append_chunk(chunk.arrays)
+    return path
+
+
 def replay_stream(iterations: int, reps: int) -> dict:
     """A float16 ResNet-20 trace directory streamed through the policy kernels (sgs + ars,
     all cores, the reader thread on; start-up and the first chunk untimed), checksums verified
@@ -205,17 +218,12 @@ def replay_stream(iterations: int, reps: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from .trace import TraceDir, TraceWriter
+    from .trace import TraceDir
 
-    synth = SynthTrace("resnet20", iterations=iterations, chunk=64, gen=2)
     hw = load_hwconfig()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="timesim-bench-") as tmp:
-        path = Path(tmp) / "t"
-        with TraceWriter(path, synth.meta.layers, model="resnet20", source="bench",
-                         dtype="float16", chunk_iterations=64) as w:
-            for chunk in synth.chunks():
-                w.append_chunk(chunk.arrays)
+        path = float16_trace(Path(tmp) / "t", iterations, gen=2)
         files = sorted(path.rglob("*.npy"))
         first = {p for p in files if p.name == files[0].name}
         nbytes = sum(p.stat().st_size for p in files if p not in first)

@@ -32,18 +32,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .generate import _normal_row, _normal_row_scaled, _stream_key
+from .generate import _stream_key
 from .select import (
-    _ABS,
     _NONFINITE,
     MAX_WRITES,
     POLICY_CELLS,
-    PULSES,
     ROW_WRITES,
     _ars_at,
     _block_rows,
     _bump_row,
-    _pulses,
+    _cell_pulses,
+    _first_col,
+    _noise_block,
     _row_abs_max,
     _row_pulses,
     _topk_pick,
@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "3026abf05263970b8d6aef024568dbdeceeb393f298161ab3f29404f43184ab0"
+_DEPS_SHA256 = "4a2f4abc9d565227906433e81950a9e1c43c7546264b5856095860221063ef52"
 
 
 @njit(cache=True, inline="always")
@@ -59,11 +59,7 @@ def _add_rows_loop(A, i, r0, r1, key, M, P, Q, U, V, W, zbuf, h, f, E, rc):
     """A[r0:r1] += iteration i's generated rows (kernels/select.py ``_add_rows``) + h_r·f_c
     + E_rc; then E_rc *= ρ_cell."""
     cols = A.shape[1]
-    z = zbuf[:(r1 - r0) * cols]
-    if W.shape[0] > 0:
-        _normal_row_scaled(key, r0 * cols, z, W.reshape(-1)[r0 * cols:r1 * cols])
-    else:
-        _normal_row(key, r0 * cols, z)
+    z = _noise_block(key, r0, r1, cols, zbuf, W, 1)        # fitted workloads: generator 1
     Qi = Q[i]
     Vi = V[i]
     for r in range(r0, r1):
@@ -126,15 +122,9 @@ def _loop_sgs(A, Ai, n, t0, l2p, p2l, writes, counters, stats, block_rows, half,
         p = l2p[rbest]
         hr = h[rbest]
         if element:
-            cbest = 0
-            Air = Ai[rbest]
-            for c in range(cols):
-                if (Air[c] & _ABS) == best:
-                    cbest = c
-                    break
+            cbest = _first_col(Ai[rbest], best)
             if scale > 0:
-                slots[i] = _pulses(A[rbest, cbest], scale, stats)
-                stats[PULSES] += slots[i]
+                slots[i] = _cell_pulses(A[rbest, cbest], scale, stats)
             w[cbest] += hr * A[rbest, cbest]
             E[rbest, cbest] -= kc * A[rbest, cbest]
             A[rbest, cbest] = 0.0
