@@ -142,6 +142,22 @@ def test_corrupt_chunk_exits_2(tmp_path, small_trace):
     r = cli("run", "--trace", str(bad), "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode == 2 and "fc2/000002.npy: checksum mismatch" in r.stderr
     assert not (tmp_path / "o" / "report.json").exists()
+    # --no-verify reads the chunk as it is: the flipped bit changes one gradient value
+    r = cli("run", "--trace", str(bad), "--out", str(tmp_path / "n"), "--no-verify",
+            cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "n" / "report.json").is_file()
+
+
+def test_no_verify_gives_the_verified_runs_numbers(small_trace, tmp_path):
+    """Skipping the checksums changes what is checked, not what is computed."""
+    import timesim
+    hw = timesim.load_hwconfig()
+    a = timesim.simulate(hw, str(small_trace), out=tmp_path / "a")
+    b = timesim.simulate(hw, str(small_trace), out=tmp_path / "b", verify=False)
+    for key in ("writes", "cycles", "energy_j", "lifetime"):
+        assert a[key] == b[key], key
+    with pytest.raises(timesim.errors.ConfigError, match="--no-verify"):
+        timesim.simulate(hw, str(small_trace), scheduler="tcp://127.0.0.1:1", verify=False)
 
 
 def test_bench_reports_ratios_against_same_run_baselines():

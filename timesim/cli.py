@@ -92,7 +92,8 @@ def cmd_run(args) -> int:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           nonfinite=args.nonfinite, faults=args.faults, threads=args.threads,
-                          scheduler=args.scheduler, shards=args.shards, evaluator=evaluator)
+                          scheduler=args.scheduler, shards=args.shards, evaluator=evaluator,
+                          verify=not args.no_verify)
     finally:
         if bar is not None:
             bar.close()
@@ -494,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=_nonneg_int, default=10000, metavar="N",
                      help="save the full state into --out every N iterations (0: never; "
                           "default 10000)")
+    run.add_argument("--no-verify", action="store_true",
+                     help="do not check the chunks' crc32 checksums while replaying (a trace "
+                          "already checked by 'timesim trace validate': replay at the "
+                          "kernels' speed; local runs only)")
     run.add_argument("--nonfinite", choices=("error", "skip", "zero"), default="error",
                      help="a NaN/Inf gradient: stop with an error (default), skip its iteration, "
                           "or replace it by 0 (both counted in the report)")

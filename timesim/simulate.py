@@ -355,7 +355,7 @@ def simulate(hw: HwConfig, trace, out=None,
              checkpoint_every: int = 0, resume: bool = False,
              nonfinite: str = "error", faults: bool = False,
              threads: int | None = None, fused: bool = True, scheduler=None,
-             shards: int | None = None, evaluator=None) -> dict:
+             shards: int | None = None, evaluator=None, verify: bool = True) -> dict:
     """Simulate every iteration of ``trace`` on chip ``hw``; write the run folder if ``out``.
 
     ``progress(n)`` is called with the number of iterations finished after each chunk.
@@ -377,6 +377,9 @@ def simulate(hw: HwConfig, trace, out=None,
     here into the same report (shard.py); ``threads`` is then per worker (default 1).
     ``evaluator``: with ``faults``, ``module:function`` (or the function) that scores the
     trace's model on the worn chip (report ``faults.accuracy``; ``faults.model_accuracy``).
+    ``verify``: check each chunk file's crc32 against the manifest before using it (False:
+    a trace already checked, e.g. by ``timesim trace validate``; replay then runs at the
+    kernels' speed, the checksums cost ~1 s per 2-3 GB on one core).
     """
     if nonfinite not in ("error", "skip", "zero"):
         from .errors import ConfigError
@@ -429,9 +432,9 @@ def simulate(hw: HwConfig, trace, out=None,
         from .errors import ConfigError
         from .shard import simulate_sharded
 
-        if nonfinite != "error" or fine or faults or evaluator is not None:
-            raise ConfigError("--scheduler: runs with --nonfinite skip/zero, fine timing or "
-                              "--faults are local only")
+        if nonfinite != "error" or fine or faults or evaluator is not None or not verify:
+            raise ConfigError("--scheduler: runs with --nonfinite skip/zero, fine timing, "
+                              "--faults or --no-verify are local only")
         fp = run_fingerprint(hw, fp_trace, nonfinite) if out is not None else ""
         return simulate_sharded(hw, trace, scheduler, out=out,
                                 checkpoint_every=checkpoint_every, resume=resume,
@@ -466,7 +469,7 @@ def simulate(hw: HwConfig, trace, out=None,
                         "--scheduler, or this local run starts from the beginning", out)
             clear_run_folder(out)
     last_saved = sim.iterations
-    for chunk in trace.chunks(start_chunk):
+    for chunk in trace.chunks(start_chunk, verify=verify):
         if nonfinite == "error":
             sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
         else:
