@@ -229,6 +229,16 @@ def write_profile(work: Path, models, record: int, path: Path) -> None:
     path.write_text(head + yaml.safe_dump({"kinds": out}, sort_keys=False, width=100))
 
 
+def replace_section(marker: str, text: str) -> Path:
+    """docs/fidelity.md with ``text`` between its ``<!-- MARKER -->`` and
+    ``<!-- /MARKER -->`` lines (this script's RESULTS, docs/fidelity_loop.py's LOOP)."""
+    doc = ROOT / "docs" / "fidelity.md"
+    body = doc.read_text()
+    doc.write_text(re.sub(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)",
+                          lambda m: m.group(1) + text + "\n" + m.group(2), body, flags=re.S))
+    return doc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/fidelity", help="folder for every run and trace")
@@ -270,12 +280,7 @@ def main() -> None:
     print(text)
     print(f"total {time.perf_counter() - t0:.0f} s")
     if not a.no_docs:
-        doc = ROOT / "docs" / "fidelity.md"
-        body = doc.read_text()
-        new = re.sub(r"(<!-- RESULTS -->\n).*?(<!-- /RESULTS -->)",
-                     lambda m: m.group(1) + text + "\n" + m.group(2), body, flags=re.S)
-        doc.write_text(new)
-        print(f"updated {doc}")
+        print(f"updated {replace_section('RESULTS', text)}")
 
 
 if __name__ == "__main__":

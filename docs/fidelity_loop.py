@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "docs"))
 
-from fidelity import METHODS, _hw  # noqa: E402  (the same methods and chips as fidelity.py)
+from fidelity import METHODS, _hw, replace_section  # noqa: E402  (as fidelity.py)
 
 MODELS = {"mlp": ("MLP 64-256-256-10", 0.1), "lenet": ("LeNet-like CNN", 0.1),
           "mlp-tanh": ("MLP 64-128-64-10, tanh", 0.1),
@@ -216,12 +215,7 @@ def main() -> None:
     print(text)
     print(f"total {time.perf_counter() - t0:.0f} s")
     if not a.no_docs:
-        doc = ROOT / "docs" / "fidelity.md"
-        body = doc.read_text()
-        new = re.sub(r"(<!-- LOOP -->\n).*?(<!-- /LOOP -->)",
-                     lambda m: m.group(1) + text + "\n" + m.group(2), body, flags=re.S)
-        doc.write_text(new)
-        print(f"updated {doc}")
+        print(f"updated {replace_section('LOOP', text)}")
 
 
 if __name__ == "__main__":
