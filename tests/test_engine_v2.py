@@ -283,3 +283,38 @@ def test_cli_lists_presets_and_runs_one_by_name(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "phases" in out and "area" in out
     assert main(["hwconfigs", "--show", "nope"]) == 2
+
+
+@pytest.mark.parametrize("pipeline", ["none", "layer"])
+@pytest.mark.parametrize("storage", ["sram", "dram"])
+@pytest.mark.parametrize("crossbars", [400, 30])
+def test_ars_iterations_derived_from_the_quiet_one_equal_their_full_simulation(
+        pipeline, storage, crossbars):
+    """The fast path derives an ARS iteration from the iteration without swaps when the swaps
+    cannot reorder it (``Engine._shifted``); against simpy's full simulation of each swap
+    vector (``simulate_iteration``, called here directly), on random vectors small enough to
+    be derived and large enough not to be, with and without time-multiplexing (30 crossbars:
+    the network is reprogrammed first)."""
+    hw = timesim.load_hwconfig(bundled_hwconfig("tiny"), [
+        f"engine.pipeline={pipeline}", f"gradient.storage={storage}", "engine.waves=3",
+        "gradient.macs_per_cycle=3", "chip.xbars_per_tile=4", f"chip.crossbars={crossbars}", "chip.multiplex=true"])
+    sels, ks = ["sgs-row"] * 4, [0] * 4
+    rng = np.random.default_rng(crossbars)
+    e = Engine(hw, meta(), sels, ks)
+    assert e.mapping.multiplexed == (crossbars == 30)
+    vectors = [tuple(int(v) for v in rng.integers(0, hi, 4) * (rng.random(4) < 0.6))
+               for hi in (2, 4, 40, 400) for _ in range(12)]
+    vectors += [(5, 0, 0, 0), (0, 0, 0, 300), (0, 1, 0, 0)]
+    for swaps in vectors:
+        got = e._phase_a(swaps)
+        want = simulate_iteration([LayerWork(timing=t, swaps=s)
+                                   for t, s in zip(e.timings, swaps)],
+                                  e.reprogram_cycles, False, pipeline, hw.gradient.units,
+                                  storage, hw.attention.units)
+        assert got.cycles == want.cycles, swaps
+        assert got.write_ready == want.write_ready, swaps
+        for k in ("start", "end", "spans", "busy", "chip_busy"):
+            assert (getattr(got, k) == getattr(want, k)).all(), (k, swaps)
+    # both ways were taken: derived vectors, and vectors the shift could not cover
+    assert e.derived > 5
+    assert e.simulated > 2

@@ -67,6 +67,7 @@ class Engine:
         self.chip_busy = np.zeros(len(PHASES), dtype=np.int64)
         self.events = 0
         self.simulated = 0           # iterations simulated in simpy (cache misses)
+        self.derived = 0             # ... derived from the one without swaps (``_shifted``)
         self.cache_clears = 0        # result caches emptied at MAX_DISTINCT entries
         self._seen: set[int] | None = set()
         self._add_wall = 0.0
@@ -223,6 +224,13 @@ class Engine:
 
     def _phase_a(self, swaps: tuple[int, ...]) -> IterationResult:
         if swaps not in self._base:
+            shifted = None if self.fine or not any(swaps) else self._shifted(swaps)
+            if shifted is not None:
+                self.derived += 1
+                if len(self._base) >= MAX_DISTINCT:
+                    self._clear(self._base)
+                self._base[swaps] = shifted
+                return shifted
             work = [LayerWork(timing=t, swaps=s) for t, s in zip(self.timings, swaps)]
             e = self.hw.engine
             res = simulate_iteration(work, self.reprogram_cycles, self.fine, e.pipeline,
@@ -234,6 +242,46 @@ class Engine:
                 self._clear(self._base)
             self._base[swaps] = res
         return self._base[swaps]
+
+    def _shifted(self, swaps: tuple[int, ...]) -> IterationResult | None:
+        """The iteration with these ARS swaps derived from the one without any, when the
+        swaps cannot change its order of events (None when they might: simulate it).
+
+        ARS runs first, on each layer's own arrays (``ArsController``), and gates only that
+        layer's forward and backward stages; every other process of the iteration waits,
+        through the layers' stores and events, for layer 0's forward. So layer 0's pass of
+        a₀ cycles delays the whole iteration by a₀, and layer j's pass of a_j changes nothing
+        else if it ends before layer j's stages, so delayed, would start:
+        R + a_j < a₀ + (layer j's first forward or backward wave without swaps), R the
+        reprogramming before ARS. Then every span moves by a₀, the ARS spans are [R, R + a_j]
+        and busy times do not change (tests/test_engine_v2.py compares this with the full
+        simulation on random swaps, pipelines and storages)."""
+        zero = (0,) * len(swaps)
+        base = self._phase_a(zero)
+        a = [s * (2 * t.row_read + 2 * t.row_write) for s, t in zip(swaps, self.timings)]
+        R = self.reprogram_cycles
+        FW, BW, ARS, REP = (PHASES.index(p) for p in ("forward", "backward", "ars",
+                                                        "reprogram"))
+        shift = a[0]
+        for j in range(1, len(a)):
+            need = min(int(base.start[j, FW]), int(base.start[j, BW]))
+            if a[j] > 0 and not R + a[j] < shift + need:
+                return None
+        start, end = base.start.copy(), base.end.copy()
+        moved = end >= 0
+        moved[:, REP] = False
+        start[moved] += shift
+        end[moved] += shift
+        busy, chip_busy = base.busy.copy(), base.chip_busy.copy()
+        for j, aj in enumerate(a):
+            if aj > 0:
+                start[j, ARS], end[j, ARS] = R, R + aj
+                busy[j, ARS] = aj
+        chip_busy[ARS] = max(a)
+        return IterationResult(cycles=base.cycles + shift,
+                               spans=np.where(end >= 0, end - start, 0), start=start, end=end,
+                               busy=busy, chip_busy=chip_busy, events=0,
+                               write_ready=tuple(w + shift for w in base.write_ready))
 
     def _clear(self, cache: dict) -> None:
         """A cache full at MAX_DISTINCT entries starts over (memory stays bounded; results
@@ -266,6 +314,7 @@ class Engine:
     def execution(self) -> dict:
         """How the engine got there (depends on resumes; not a result): for report["run"]."""
         return {"engine_simulated_iterations": self.simulated,
+                "engine_derived_iterations": self.derived,
                 "engine_cache_clears": self.cache_clears,
                 "engine_events": self.events,
                 "engine_events_per_s": self.events / self.wall_s if self.wall_s > 0 else None}
