@@ -297,7 +297,8 @@ def test_ars_iterations_derived_from_the_quiet_one_equal_their_full_simulation(
     the network is reprogrammed first)."""
     hw = timesim.load_hwconfig(bundled_hwconfig("tiny"), [
         f"engine.pipeline={pipeline}", f"gradient.storage={storage}", "engine.waves=3",
-        "gradient.macs_per_cycle=3", "chip.xbars_per_tile=4", f"chip.crossbars={crossbars}", "chip.multiplex=true"])
+        "gradient.macs_per_cycle=3", "chip.xbars_per_tile=4", f"chip.crossbars={crossbars}",
+        "chip.multiplex=true"])
     sels, ks = ["sgs-row"] * 4, [0] * 4
     rng = np.random.default_rng(crossbars)
     e = Engine(hw, meta(), sels, ks)

@@ -31,18 +31,19 @@ def run_digest(spec: str, sets: list[str], threads: int = 1, fused: bool = True)
     return h.hexdigest()[:16]
 
 
-# computed on main at 5e35408, before generator v2 (issue 27)
+# computed on main at 5e35408, before generator v2 (issue 27); `gen=1` added to the specs when
+# v2 became the default (the profile= workload is always v1 and takes no gen)
 GEN1 = [
-    ("synth:resnet20?iterations=300&seed=3",
+    ("synth:resnet20?iterations=300&seed=3&gen=1",
      ["controller.wear_leveling=ars", "controller.interval=50"], "2794ed79da472bab"),
-    ("synth:resnet20?iterations=120&seed=1",
+    ("synth:resnet20?iterations=120&seed=1&gen=1",
      ["controller.selection=topk", "controller.topk_density=0.01"], "8474fa6810de9245"),
-    ("synth:mlp?iterations=400",
+    ("synth:mlp?iterations=400&gen=1",
      ["controller.selection=sgs-element", "controller.wear_leveling=ars-random",
       "controller.interval=20", "write.pulses=delta"], "f9a6ed86b2727df7"),
     ("synth:resnet20?iterations=100&profile=digits",
      ["controller.wear_leveling=ars", "controller.interval=25"], "44696b4802079f68"),
-    ("synth:hammer-chase?iterations=300",
+    ("synth:hammer-chase?iterations=300&gen=1",
      ["controller.wear_leveling=ars", "controller.interval=10"], "b3bc49873e1ddcf4"),
 ]
 
@@ -61,7 +62,7 @@ def test_gen1_unfused_and_threaded_unchanged():
 def test_gen1_values_unchanged():
     assert hashlib.sha256(normal(7, 3, 11, 1000).tobytes()).hexdigest()[:16] \
         == "52357e750f731cb5"
-    chunk = open_trace("synth:resnet20?iterations=20&seed=2").generate(5, 4, 3)
+    chunk = open_trace("synth:resnet20?iterations=20&seed=2&gen=1").generate(5, 4, 3)
     assert hashlib.sha256(chunk.tobytes()).hexdigest()[:16] == "4b23de0759d79fb3"
 
 
@@ -224,7 +225,7 @@ def test_gen2_fused_unfused_and_threads_agree(spec, sets):
     digest = run_digest(spec, sets)
     assert run_digest(spec, sets, fused=False) == digest
     assert run_digest(spec, sets, threads=2) == digest
-    assert run_digest(spec.replace("&gen=2", ""), sets) != digest      # another stream
+    assert run_digest(spec.replace("&gen=2", "&gen=1"), sets) != digest    # another stream
 
 
 def test_gen2_label_source_and_bad_values():
@@ -232,14 +233,68 @@ def test_gen2_label_source_and_bad_values():
     assert t.gen == 2 and "gen=2" in t.label and "gen=2" in t.meta.source
     assert open_trace(t.label).gen == 2
     t1 = open_trace("synth:resnet20?iterations=10&gen=1")
-    assert t1.gen == 1 and "gen" not in t1.label        # gen=1 labels as before issue 27
-    assert open_trace("synth:resnet20?iterations=10").gen == 1
+    assert t1.gen == 1 and t1.label.endswith("&gen=1") and "gen" not in t1.meta.source
+    assert open_trace(t1.label).gen == 1          # a label re-opened (shards) is its stream
+    assert open_trace("synth:resnet20?iterations=10").gen == 2      # the default
     from timesim.errors import TraceError
 
     with pytest.raises(TraceError, match="gen: must be 1 or 2"):
         open_trace("synth:resnet20?gen=3")
     with pytest.raises(TraceError, match="gen"):
         open_trace("synth:resnet20?profile=digits&gen=2")
+
+
+# fingerprints computed at 6b08991, before v2 became the default: a gen=1 run keeps its
+# fingerprint (its checkpoints and finished runs are recognised with gen=1 in the spec)
+OLD_FINGERPRINTS = [
+    ("synth:resnet20?iterations=300&gen=1",
+     "2e377ac5e6ac2b21da9441220053bed19fe687000b8f83c14a21b7e5b3a6df96"),
+    ("synth:mlp-small?iterations=50&seed=3&gen=1",
+     "d15bbec45404c3681758d71fdac8a764ba7f21072a448028aaf56149b1895f49"),
+    ("synth:resnet20?iterations=300&gen=2",
+     "c4059cf49669062243bad4c6df943e755b0eb151321f573e2d86a2d4ca89c394"),
+    ("synth:resnet20?iterations=300",          # now generator 2: gen=2's fingerprint
+     "c4059cf49669062243bad4c6df943e755b0eb151321f573e2d86a2d4ca89c394"),
+]
+
+
+@pytest.mark.parametrize("spec,fp", OLD_FINGERPRINTS)
+def test_fingerprints_across_the_default_switch(spec, fp):
+    from timesim.report import trace_fingerprint
+
+    assert trace_fingerprint(open_trace(spec)) == fp
+
+
+def test_default_generator_is_2_and_an_old_gen1_checkpoint_resumes_with_gen1(tmp_path):
+    """A spec without gen runs generator 2 (the same writes as gen=2, not gen=1's); a run
+    checkpointed under gen=1 resumes with gen=1 in its spec, and without it is refused with
+    a line saying why."""
+    from timesim import checkpoint
+    from timesim.errors import SimulationError
+    from timesim.report import trace_fingerprint
+    from timesim.simulate import run_fingerprint
+
+    sets = ["controller.wear_leveling=ars", "controller.interval=50"]
+    spec = "synth:resnet20?iterations=300&seed=3&chunk=64"
+    assert run_digest(spec, sets) == run_digest(spec + "&gen=2", sets)
+    assert run_digest(spec, sets) != run_digest(spec + "&gen=1", sets)
+    hw = timesim.load_hwconfig(None, sets)
+    whole = timesim.simulate(hw, spec + "&gen=1")
+    out = tmp_path / "run"
+    # a checkpointed gen=1 run, interrupted after its checkpoint at iteration 128
+    trace = open_trace(spec + "&gen=1")
+    sim = Simulation(hw, trace.meta)
+    for chunk in trace.chunks():
+        sim.feed(chunk.arrays, chunk.t0, chunk.n)
+        if sim.iterations == 128:
+            break
+    out.mkdir()
+    checkpoint.save(out, sim, trace, run_fingerprint(hw, trace_fingerprint(trace)),
+                    {"trace_pos": 128})
+    with pytest.raises(SimulationError, match="gen=1 in its spec"):
+        timesim.simulate(hw, spec, out=out, resume=True, checkpoint_every=64)
+    resumed = timesim.simulate(hw, spec + "&gen=1", out=out, resume=True, checkpoint_every=64)
+    assert resumed["writes"] == whole["writes"] and resumed["lifetime"] == whole["lifetime"]
 
 
 # ---- float16 replay decoded inside the policy kernels ------------------------------------------

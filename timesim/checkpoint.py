@@ -97,8 +97,11 @@ def load(out: Path, sim, trace, fp: str) -> dict:
         raise SimulationError(f"{path}: checkpoint format {info.get('format')!r} not "
                               f"supported")
     if info["fingerprint"] != fp:
+        hint = ("; a synth: spec without gen= now means generator 2 (earlier versions: 1): "
+                "a run started by an earlier version resumes with gen=1 in its spec"
+                if getattr(trace, "params", {}).get("gen") == 2 else "")
         raise SimulationError(f"{path}: made with other arguments (hwconfig, --set or trace "
-                              f"differ); rerun with the same arguments or another --out")
+                              f"differ); rerun with the same arguments or another --out{hint}")
     try:
         load_state_arrays(arrays, sim.policies, trace)
     except (KeyError, ValueError) as exc:

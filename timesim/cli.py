@@ -262,7 +262,8 @@ def cmd_trace_synth(args) -> int:
     from .trace.format import STORAGE
     from .trace.synth import SynthTrace
 
-    synth = SynthTrace(args.model, iterations=args.iterations, seed=args.seed, chunk=args.chunk)
+    synth = SynthTrace(args.model, iterations=args.iterations, seed=args.seed, chunk=args.chunk,
+                       gen=args.gen)
     meta = synth.meta
     size = meta.iterations * sum(l.cells for l in meta.layers) * STORAGE[args.dtype].itemsize
     out = Path(args.out)
@@ -558,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--model", required=True, choices=sorted(MODELS))
     synth.add_argument("--iterations", type=_pos_int, required=True)
     synth.add_argument("--seed", type=_nonneg_int, default=0)
+    synth.add_argument("--gen", type=int, choices=(1, 2), default=2,
+                       help="noise generator (as synth:MODEL?gen=; 1: the docs' streams)")
     synth.add_argument("--out", required=True)
     synth.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     synth.add_argument("--chunk", type=_pos_int, default=64, help="iterations per chunk file")

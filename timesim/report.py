@@ -25,7 +25,8 @@ def trace_fingerprint(trace) -> str:
     per-chunk checksums when the writer recorded them) and, for a synthetic stream, its
     generator, seed and parameters; not where it lies on disk."""
     meta = trace.meta.to_dict()
-    synth = getattr(trace, "label", "") if not hasattr(trace, "path") else ""
+    synth = (getattr(trace, "fingerprint_label", getattr(trace, "label", ""))
+             if not hasattr(trace, "path") else "")
     blob = json.dumps({"meta": meta, "synth": synth}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

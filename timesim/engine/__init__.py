@@ -68,6 +68,7 @@ class Engine:
         self.events = 0
         self.simulated = 0           # iterations simulated in simpy (cache misses)
         self.derived = 0             # ... derived from the one without swaps (``_shifted``)
+        self.simpy_wall_s = 0.0      # seconds in those simulations
         self.cache_clears = 0        # result caches emptied at MAX_DISTINCT entries
         self._seen: set[int] | None = set()
         self._add_wall = 0.0
@@ -233,9 +234,11 @@ class Engine:
                 return shifted
             work = [LayerWork(timing=t, swaps=s) for t, s in zip(self.timings, swaps)]
             e = self.hw.engine
+            t0 = time.perf_counter()
             res = simulate_iteration(work, self.reprogram_cycles, self.fine, e.pipeline,
                                      self.hw.gradient.units, self.hw.gradient.storage,
                                      self.hw.attention.units)
+            self.simpy_wall_s += time.perf_counter() - t0
             self.events += res.events
             self.simulated += 1
             if len(self._base) >= MAX_DISTINCT:
@@ -315,6 +318,7 @@ class Engine:
         """How the engine got there (depends on resumes; not a result): for report["run"]."""
         return {"engine_simulated_iterations": self.simulated,
                 "engine_derived_iterations": self.derived,
+                "engine_simpy_wall_s": self.simpy_wall_s,
                 "engine_cache_clears": self.cache_clears,
                 "engine_events": self.events,
                 "engine_events_per_s": self.events / self.wall_s if self.wall_s > 0 else None}

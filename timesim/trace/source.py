@@ -21,8 +21,9 @@ PARAMS = {
     "col_sigma": (float, "lognormal sigma of column importance (default 0.15)"),
     "bias": (float, "persistent mean gradient relative to the noise (default 0.02)"),
     "row": (int, "hammer, hammer-chase: the attacked row (default 0)"),
-    "gen": (int, "noise generator: 1 (one hash per value; every number in the docs) or 2 "
-                 "(two values per hash: the noise ~1.4x faster; docs/workloads.md) (default 1)"),
+    "gen": (int, "noise generator: 2 (two values per hash: the noise ~1.4x faster) or 1 (one "
+                 "hash per value: the streams behind the numbers in the docs; docs/workloads.md) "
+                 "(default 2)"),
     "profile": (str, "per-layer-kind parameters fitted to real training instead of the "
                      "hand-set ones (bundled: digits; docs/fidelity.md)"),
 }
