@@ -244,6 +244,34 @@ def test_gen2_label_source_and_bad_values():
         open_trace("synth:resnet20?profile=digits&gen=2")
 
 
+def test_rows_hashed_in_the_add_are_the_same_streams(monkeypatch):
+    """Rows hashed in the loop that adds them (kernels/select.py STREAM, used when the
+    network's accumulators come from memory) give the stored gen=1 digests and, under gen=2,
+    the block-wise path's digests; on one and two threads, sgs-row (split too), sgs-element
+    and top-k."""
+    import importlib
+
+    # the module: timesim.simulate is also the function
+    S = importlib.import_module("timesim.simulate")
+    gen2 = [("synth:resnet20?iterations=150&seed=3&gen=2",
+             ["controller.wear_leveling=ars", "controller.interval=50"]),
+            ("synth:mlp?iterations=300&gen=2",
+             ["controller.selection=topk", "controller.topk_density=0.01"]),
+            ("synth:mlp?iterations=200&gen=2",
+             ["controller.selection=sgs-element", "controller.wear_leveling=ars"])]
+    blockwise = [run_digest(spec, sets) for spec, sets in gen2]
+    monkeypatch.setattr(S, "STREAM_BYTES", 0)
+    monkeypatch.setattr(S, "STREAM_COLS", 1)
+    sim = Simulation(timesim.load_hwconfig(), open_trace("synth:mlp?iterations=1").meta)
+    assert all(p.stream_rows for p in sim.policies)
+    for spec, sets, digest in GEN1[:4]:       # profile=digits: drifting factors (no UNIT)
+        assert run_digest(spec, sets) == digest
+    assert run_digest(*GEN1[0][:2], threads=2) == GEN1[0][2]
+    for (spec, sets), digest in zip(gen2, blockwise):
+        assert run_digest(spec, sets) == digest
+        assert run_digest(spec, sets, threads=2) == digest     # mlp's fc2: the row split
+
+
 # fingerprints computed at 6b08991, before v2 became the default: a gen=1 run keeps its
 # fingerprint (its checkpoints and finished runs are recognised with gen=1 in the spec)
 OLD_FINGERPRINTS = [

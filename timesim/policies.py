@@ -55,6 +55,9 @@ class LayerPolicy:
         # sgs-row: > 1 runs each iteration's rows on that many of numba's threads (one layer
         # on every core; set by Simulation for a layer too big to balance); same results
         self.split = 1
+        # generated rows hashed in the loop that adds them (kernels/select.py STREAM): set by
+        # Simulation when the network's accumulators are streamed from memory
+        self.stream_rows = False
         self.iterations = 0
         self._dense_pending = 0
         if self.selection == "topk":
@@ -160,11 +163,24 @@ class LayerPolicy:
             if ta != t0 + done:
                 raise ValueError(f"layer {self.layer.name}: pieces must be consecutive")
             self._kernel(_NO_CHUNK, m, ta, done,
-                         (np.int64(gen), np.int64(seed), np.int64(layer), *src))
+                         (np.int64(self._generator(gen, loop, src)), np.int64(seed),
+                          np.int64(layer), *src))
             done += m
         if done != n:
             raise ValueError(f"layer {self.layer.name}: pieces cover {done} of {n} iterations")
         self.iterations += n
+
+    def _generator(self, gen: int, loop, src) -> int:
+        """The kernels' ``fused`` argument: the generator, plus K.STREAM when rows are to be
+        hashed in the add (``stream_rows``; not for the closed loop; generator 2 only on
+        rows of even length, two values per hash, with unit factors), and K.UNIT when the
+        piece's factors P and Q (src[1], src[2]) are all 1. The same values either way."""
+        if not self.stream_rows or loop is not None:
+            return gen
+        unit = bool((src[1] == 1).all() and (src[2] == 1).all())
+        if gen == 2 and not (unit and self.layer.cols % 2 == 0):
+            return gen
+        return gen | K.STREAM | (K.UNIT if unit else 0)
 
     def _kernel(self, chunk, n: int, t0: int, off: int, src) -> None:
         """Run the policy kernel on iterations t0 .. t0+n-1 into signature slots off .. off+n-1."""

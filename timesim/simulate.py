@@ -43,6 +43,12 @@ HISTORY_POINTS = 1000
 # a layer is split over the threads from this size on (smaller: the per-iteration hand-off
 # between threads costs more than the layer's work)
 SPLIT_CELLS = 1 << 16
+# beyond this many bytes of accumulators and synthetic means (8 per cell: more than a server's
+# last-level cache, e.g. 32 MB per Zen 4 CCX) the layers come from memory every iteration, and
+# generated rows of 32 columns or more are hashed in the loop that adds them (1.3-1.6x there;
+# on rows in cache the block-wise generator is faster): kernels/select.py STREAM
+STREAM_BYTES = 32 << 20
+STREAM_COLS = 32
 
 
 class Simulation:
@@ -67,6 +73,9 @@ class Simulation:
         self.start = time.perf_counter()
         self.layer_indices = list(range(len(meta.layers))) if layers is None else list(layers)
         self.policies = [LayerPolicy(meta.layers[i], hw, i) for i in self.layer_indices]
+        streamed = 8 * sum(p.layer.cells for p in self.policies) > STREAM_BYTES
+        for p in self.policies:
+            p.stream_rows = streamed and p.layer.cols >= STREAM_COLS
         self.signature_sink = signature_sink
         self.engine = (Engine(hw, meta, [p.selection for p in self.policies],
                               [p.k for p in self.policies], fine=fine)

@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "4a2f4abc9d565227906433e81950a9e1c43c7546264b5856095860221063ef52"
+_DEPS_SHA256 = "4a186cb46ca8b4cd5922134e41f73d1555cc25a1a70c761306cc47a240d771b4"
 
 
 @njit(cache=True, inline="always")
