@@ -21,8 +21,15 @@ float32 operations in the same order, no FMA contraction without fastmath).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit
+
+# v2's two values of a hash are the two 32-bit halves of its byte sums; on a little-endian
+# machine the low half (the even element) comes first in memory, so a block of sums read as
+# int32 is the values in order (``_normal_row2_into``)
+_LITTLE = sys.byteorder == "little"
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -214,6 +221,16 @@ def _z2(s):
 def _normal_row2(key, start, out):
     """v2: out[i] = approx. N(0, 1) for element counters start .. start+len(out)-1 of stream
     ``key``; any start and length (an odd start or end takes one half of a hash)."""
+    _normal_row2_into(key, start, out, np.empty(2048, dtype=np.float32))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _normal_row2_into(key, start, out, buf):
+    """``_normal_row2`` with a scratch buffer ``buf`` (float32, 8-byte aligned, ≥ 2 entries;
+    the policy kernels pass a part of their block buffer). Little-endian: the byte sums of up
+    to len(buf)/2 hashes at a time into buf as uint64, then read back as int32 and scaled
+    (32-bit lanes, no stride-2 store: 0.30 against 0.35 ns a value here, the same values).
+    Else one hash at a time, two stores."""
     n = out.shape[0]
     i = 0
     if start & 1 and n > 0:
@@ -222,17 +239,23 @@ def _normal_row2(key, start, out):
     m = (n - i) >> 1
     base = key + np.uint64((start + i) >> 1) * _GOLDEN
     o = out[i:i + 2 * m]
-    for j in range(m):                      # two values per hash: a stride-2 vector store
-        s = _byte_sums(_mix64(base + np.uint64(j) * _GOLDEN))
-        o[2 * j] = _z2(s & _M32)
-        o[2 * j + 1] = _z2(s >> np.uint64(32))
+    if _LITTLE:
+        tile = buf.shape[0] >> 1
+        sums = buf[:2 * tile].view(np.uint64)
+        halves = buf[:2 * tile].view(np.int32)
+        j0 = 0
+        while j0 < m:
+            k = min(tile, m - j0)
+            for j in range(k):
+                sums[j] = _byte_sums(_mix64(base + np.uint64(j0 + j) * _GOLDEN))
+            oj = o[2 * j0:2 * (j0 + k)]
+            for e in range(2 * k):
+                oj[e] = np.float32(halves[e] - np.int32(510)) * _Z2_SCALE
+            j0 += k
+    else:
+        for j in range(m):
+            s = _byte_sums(_mix64(base + np.uint64(j) * _GOLDEN))
+            o[2 * j] = _z2(s & _M32)
+            o[2 * j + 1] = _z2(s >> np.uint64(32))
     if i + 2 * m < n:
         out[n - 1] = _z2(_byte_sums(_mix64(base + np.uint64(m) * _GOLDEN)) & _M32)
-
-
-@njit(cache=True, nogil=True)
-def _normal_row2_scaled(key, start, out, w):
-    """v2 with each cell's noise scale: out[i] = w[i] · z (the order of ``_normal_row_scaled``)."""
-    _normal_row2(key, start, out)
-    for i in range(out.shape[0]):
-        out[i] = w[i] * out[i]

@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "4a186cb46ca8b4cd5922134e41f73d1555cc25a1a70c761306cc47a240d771b4"
+_DEPS_SHA256 = "01526cc0eac5d2ef7f72e96eae36a86128aae1b8202efdba836fb663a8cbfe70"
 
 
 @njit(cache=True, inline="always")

@@ -27,8 +27,7 @@ from .generate import (
     _byte_sums,
     _mix64,
     _normal_row,
-    _normal_row2,
-    _normal_row2_scaled,
+    _normal_row2_into,
     _normal_row_scaled,
     _stream_key,
     _z,
@@ -43,7 +42,7 @@ STREAM = 4
 UNIT = 8
 
 # sha256 of generate.py, whose jitted functions the kernels here call (see above)
-_GENERATE_SHA256 = "8c7d6d0c2359d676ec4f88c8a11139749848567e19733b0486a154f124aab4f8"
+_GENERATE_SHA256 = "66b8ce4fbd230a6687f52e812ba0d2348b9e89227d6a1a5127aaf93aeda28eeb"
 
 # stats[] slots, per layer
 POLICY_CELLS = 0      # cells written by the update policy (ARS rewrites excluded)
@@ -114,16 +113,25 @@ def _grad_value_typed(x):
 
 
 @njit(cache=True, inline="always")
+def _zbuf(cols, fused):
+    """A policy kernel's block buffer: one block's values (``_block_rows``), and beyond them,
+    from an even index, generator 2's scratch (``_noise_block``)."""
+    return np.empty(2 * _block_rows(cols) * cols + 2 if fused else 0, dtype=np.float32)
+
+
+@njit(cache=True, inline="always")
 def _noise_block(key, r0, r1, cols, zbuf, W, gen):
     """The generator's values of rows r0 .. r1-1 of one iteration (stream ``key``), flat in
     zbuf's first (r1-r0)·cols entries: generator ``gen`` (1 or 2, generate.py), times each
     cell's noise scale W when W is not empty (fitted workloads)."""
     z = zbuf[:(r1 - r0) * cols]
     if gen == 2:
+        # generator 2's scratch: the even-aligned second half of zbuf (``_zbuf``)
+        _normal_row2_into(key, r0 * cols, z, zbuf[((zbuf.shape[0] >> 1) + 1) & ~1:])
         if W.shape[0] > 0:
-            _normal_row2_scaled(key, r0 * cols, z, W.reshape(-1)[r0 * cols:r1 * cols])
-        else:
-            _normal_row2(key, r0 * cols, z)
+            w = W.reshape(-1)[r0 * cols:r1 * cols]
+            for j in range(z.shape[0]):
+                z[j] = w[j] * z[j]
     elif W.shape[0] > 0:
         _normal_row_scaled(key, r0 * cols, z, W.reshape(-1)[r0 * cols:r1 * cols])
     else:
@@ -383,7 +391,7 @@ def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_r
     (seed, layer, M, P, Q, U, V, W) (module docstring); every kernel takes both the same way.
     """
     rows, cols = A.shape
-    zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
+    zbuf = _zbuf(cols, fused)
     for i in range(n):
         t = t0 + i
         swapped[i] = _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows,
@@ -434,7 +442,7 @@ def _run_sgs_row_split(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, b
     step = _block_rows(cols)
     nblk = (rows + step - 1) // step
     parts = max(1, min(parts, nblk))
-    zbufs = np.empty((parts, step * cols if fused else 0), dtype=np.float32)
+    zbufs = np.empty((parts, 2 * step * cols + 2 if fused else 0), dtype=np.float32)
     pbest = np.empty(parts, dtype=np.int32)
     prow = np.empty(parts, dtype=np.int64)
     for i in range(n):
@@ -468,7 +476,7 @@ def _run_sgs_element(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, blo
                      selected, swapped, slots):
     """Element-wise SGS over one chunk; ``selected`` gets the flat logical index r*cols+c."""
     rows, cols = A.shape
-    zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
+    zbuf = _zbuf(cols, fused)
     for i in range(n):
         t = t0 + i
         swapped[i] = _ars_at(t, ars_on, interval, counters, l2p, p2l, writes, block_rows,
@@ -629,7 +637,7 @@ def _run_topk(A, Ai, chunk, n_it, t0, l2p, p2l, writes, counters, stats, block_r
     n = rows * cols
     flat_i = Ai.reshape(n)
     limit = 4 * k + 64             # window for the candidates: few probes, small sort
-    zbuf = np.empty(_block_rows(cols) * cols if fused else 0, dtype=np.float32)
+    zbuf = _zbuf(cols, fused)
     no_h = np.empty(0, dtype=np.float32)       # no closed loop (kernels/loop.py)
     no_e = np.empty((0, 0), dtype=np.float32)
     for i in range(n_it):
