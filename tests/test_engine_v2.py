@@ -319,3 +319,25 @@ def test_ars_iterations_derived_from_the_quiet_one_equal_their_full_simulation(
     # both ways were taken: derived vectors, and vectors the shift could not cover
     assert e.derived > 5
     assert e.simulated > 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distinct_rows_counts_like_numpy_unique(seed):
+    """The engine's per-chunk grouping of signatures (a dict for the few rows unlike the
+    common one) against np.unique on random chunks: one signature, a few ARS rows (the
+    first row among them), and many distinct rows."""
+    from timesim.engine import _distinct_rows
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    base = rng.integers(0, 5, 12)
+    for odd in (0.0, 0.02, 0.3, 0.9):
+        sig = np.tile(base, (n, 1))
+        pick = rng.random(n) < odd
+        pick[0] = odd > 0 and seed % 2 == 0
+        sig[pick] = rng.integers(0, 3, (int(pick.sum()), 12))
+        uniq, counts = _distinct_rows(sig)
+        want_u, want_c = np.unique(sig, axis=0, return_counts=True)
+        got = sorted(zip(map(tuple, uniq.tolist()), counts.tolist()))
+        assert got == sorted(zip(map(tuple, want_u.tolist()), want_c.tolist()))
+        assert counts.sum() == n

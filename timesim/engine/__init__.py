@@ -40,6 +40,26 @@ MAX_DISTINCT = 100_000       # distinct signatures counted (and results cached)
 log = logging.getLogger(__name__)
 
 
+def _distinct_rows(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows of ``sig``, how many times each occurs), in any order. A chunk is
+    mostly one signature (sgs: only ARS iterations differ), so the rows unlike the first
+    are counted in a dict when they are few; np.unique sorts the rest."""
+    ref = 0
+    other = np.flatnonzero((sig != sig[ref]).any(axis=1))
+    if other.size > sig.shape[0] // 2:           # the first row is the odd one out
+        ref = int(other[0])
+        other = np.flatnonzero((sig != sig[ref]).any(axis=1))
+    if other.size == 0:
+        return sig[:1], np.array([sig.shape[0]])
+    if other.size > 64:
+        return np.unique(sig, axis=0, return_counts=True)
+    rows: dict[bytes, list[int]] = {sig[ref].tobytes(): [ref, sig.shape[0] - other.size]}
+    for i in other:
+        seen = rows.setdefault(sig[i].tobytes(), [int(i), 0])
+        seen[1] += 1
+    return sig[[v[0] for v in rows.values()]], np.array([v[1] for v in rows.values()])
+
+
 class Engine:
     """Collects write signatures during a run, then times them and reports cycles."""
 
@@ -162,11 +182,8 @@ class Engine:
              ) -> None:
         self.iterations += n
         sig = self._signature(ops, swaps, slots)
-        self._count_distinct(sig)
-        if (sig == sig[0]).all():
-            uniq, counts = sig[:1], np.array([n])
-        else:
-            uniq, counts = np.unique(sig, axis=0, return_counts=True)
+        uniq, counts = _distinct_rows(sig)
+        self._count_distinct(uniq)
         self._accumulate(uniq, counts, ops.shape[1])
 
     def _accumulate(self, uniq: np.ndarray, counts: np.ndarray, L: int) -> None:
@@ -296,11 +313,11 @@ class Engine:
         self.cache_clears += 1
         cache.clear()
 
-    def _count_distinct(self, sig: np.ndarray) -> None:
+    def _count_distinct(self, uniq: np.ndarray) -> None:
+        """Remember the distinct signatures ``uniq`` (rows, each once)."""
         if self._seen is None:
             return
-        same = sig.shape[0] == 1 or bool((sig == sig[0]).all())
-        for row in (sig[:1] if same else np.unique(sig, axis=0)):
+        for row in uniq:
             self._seen.add(zlib.crc32(np.ascontiguousarray(row).tobytes()))
         if len(self._seen) > MAX_DISTINCT:
             self._seen = None                 # too many to count; reported as null
