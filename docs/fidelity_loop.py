@@ -36,7 +36,9 @@ MODELS = {"mlp": ("MLP 64-256-256-10", 0.1), "lenet": ("LeNet-like CNN", 0.1),
           "mlp-tanh": ("MLP 64-128-64-10, tanh", 0.1),
           "cnn3": ("CNN, three 3×3 convolutions + FC", 0.1),
           "mlp-gelu": ("MLP 64-160-48-10, GELU, lr 0.05 (held out from the loop)", 0.05),
-          "cnn-avg": ("CNN 5×5 + 3×3, avg-pool, ELU, 2 FC (held out from the loop)", 0.1)}
+          "cnn-avg": ("CNN 5×5 + 3×3, avg-pool, ELU, 2 FC (held out from the loop)", 0.1),
+          "mlp-leaky": ("MLP 64-96-96-10, LeakyReLU, lr 0.02 (held out from the loop)",
+                        0.02)}
 
 
 def real(model: str, work: Path, iterations: int, record: int, reuse: bool) -> None:

@@ -113,8 +113,23 @@ class AvgCNN(nn.Module):
         return self.fc2(F.elu(self.fc1(x.flatten(1))))
 
 
-MODELS = {"mlp": MLP, "lenet": LeNet, "mlp-tanh": TanhMLP, "cnn3": CNN3, "mlp-gelu": GeluMLP,
-          "cnn-avg": AvgCNN}
+class LeakyMLP(nn.Module):
+    """64-96-96-10 with LeakyReLU: a third model added after the closed loop's design
+    (docs/fidelity_loop.py trains it at lr 0.02)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 96)
+        self.fc2 = nn.Linear(96, 96)
+        self.fc3 = nn.Linear(96, 10)
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return self.fc3(F.leaky_relu(self.fc2(F.leaky_relu(self.fc1(x)))))
+
+
+MODELS = {"mlp": MLP, "lenet": LeNet, "mlp-tanh": TanhMLP, "cnn3": CNN3,
+          "mlp-gelu": GeluMLP, "cnn-avg": AvgCNN, "mlp-leaky": LeakyMLP}
 
 
 def load_digits_split(seed: int = 0):
