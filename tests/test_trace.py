@@ -35,6 +35,17 @@ def write_trace(path, T=10, dtype="float32", chunk=4, seed=0):
     return g
 
 
+def _mapped(a) -> bool:
+    """``a`` is a view of a file mapping (np.memmap, or an array over an mmap.mmap)."""
+    import mmap
+
+    while a is not None:
+        if isinstance(a, (np.memmap, mmap.mmap)):
+            return True
+        a = a.obj if isinstance(a, memoryview) else getattr(a, "base", None)
+    return False
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_round_trip_all_dtypes(tmp_path, dtype):
     g = write_trace(tmp_path / "t", T=10, dtype=dtype, chunk=4)
@@ -46,7 +57,7 @@ def test_round_trip_all_dtypes(tmp_path, dtype):
     for chunk in tr.chunks():
         assert chunk.t0 == chunk.index * 4 and chunk.n == min(4, 10 - chunk.t0)
         for name, arr in chunk.arrays.items():
-            assert isinstance(arr, np.memmap)                 # streamed, not loaded
+            assert _mapped(arr)                               # streamed, not loaded
             seen[name].append(to_float32(arr, dtype))
     for name in g:
         got = np.concatenate(seen[name])
@@ -273,7 +284,8 @@ def test_conv2d_without_output_hw_is_refused(tmp_path):
 
 def test_prefetching_reader_gives_the_same_chunks_and_errors_in_order(tmp_path):
     """The reader thread changes nothing: same arrays, the layer subset reads only its files,
-    and a corrupted chunk is reported when it is reached, after the earlier ones."""
+    and a corrupted chunk file is reported when its array is first used (by the thread that
+    uses it), or, unread, before the next chunk: after the earlier ones, before any later."""
     from timesim.cli import main
     from timesim.trace import TraceDir
 
@@ -287,8 +299,17 @@ def test_prefetching_reader_gives_the_same_chunks_and_errors_in_order(tmp_path):
     assert list(sub.arrays) == ["fc2"]
     bad = tmp_path / "t" / "fc1" / "000003.npy"
     bad.write_bytes(bad.read_bytes()[:-4] + b"\0\0\0\1")
-    seen = []
-    with pytest.raises(TraceError, match="000003.npy: checksum mismatch"):
-        for c in TraceDir(tmp_path / "t").chunks():
-            seen.append(c.index)
-    assert seen == [0, 1, 2]
+    for prefetch in (True, False):
+        seen = []
+        with pytest.raises(TraceError, match="000003.npy: checksum mismatch"):
+            for c in TraceDir(tmp_path / "t").chunks(prefetch=prefetch):
+                seen.append(c.index)
+                assert c.arrays["fc2"].shape[0] == 8      # chunk 3's intact layer reads
+                c.arrays["fc1"]
+                seen.append("fc1")
+        assert seen == [0, "fc1", 1, "fc1", 2, "fc1", 3]
+        seen = []
+        with pytest.raises(TraceError, match="000003.npy: checksum mismatch"):
+            for c in TraceDir(tmp_path / "t").chunks(prefetch=prefetch):
+                seen.append(c.index)                     # nothing read
+        assert seen == [0, 1, 2, 3]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,68 @@ class Chunk:
     t0: int
     n: int
     arrays: dict[str, np.ndarray]
+
+
+class _CheckedChunk(Mapping):
+    """One chunk's layers by name, each file checked (checksum, header, shape) and mapped
+    when its array is first asked for; a bad file raises the reader's TraceError there."""
+
+    def __init__(self, trace: TraceDir, index: int, indices: list[int]):
+        self._trace, self._index = trace, index
+        self._where = {trace.meta.layers[i].name: i for i in indices}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self._trace.load_chunk(self._where[name], self._index)
+        return arr
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _check_rest(arrays: Mapping) -> None:
+    """Once the caller is done with a chunk: check the layers it did not use (iterating a
+    trace checks every file, whatever the caller read)."""
+    if isinstance(arrays, _CheckedChunk):
+        for name in arrays:
+            arrays[name]
+
+
+def _checked_array(path: Path, want: str, where: str) -> np.ndarray:
+    """A .npy chunk mapped once, its pages populated in one call (the checksum reads every
+    page anyway), checked against ``want`` (crc32:…), then viewed as its array (read-only;
+    the mapping lives as long as the array). One mapping instead of one for the checksum and
+    one for the array: half the page faults, which the threads of a replay take in turn."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            mm = b""
+        else:
+            mm = (mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ,
+                            flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+                  if hasattr(mmap, "PROT_READ") else
+                  mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+    got = f"crc32:{zlib.crc32(mm):08x}"
+    if got != want:
+        raise TraceError(f"{where}: checksum mismatch (manifest {want}, file {got}): the "
+                         f"chunk is corrupted")
+    head = io.BytesIO(mm[:min(size, 1 << 16)])
+    version = np.lib.format.read_magic(head)
+    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(head) if version == (1, 0)
+                             else np.lib.format.read_array_header_2_0(head))
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed (pickled data)")
+    count = int(np.prod(shape, dtype=np.int64))
+    if head.tell() + count * dtype.itemsize != size:
+        raise ValueError(f"{size} bytes, expected {head.tell() + count * dtype.itemsize} for "
+                         f"{dtype} {shape}")
+    arr = np.frombuffer(mm, dtype=dtype, count=count, offset=head.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def crc32_file(path: Path) -> str:
@@ -96,13 +159,13 @@ class TraceDir:
         where = f"{self.path}: layer {layer.name}: chunk {rel}"
         if not path.is_file():
             raise TraceError(f"{where}: missing")
-        if verify and rel in meta.checksums:
-            got = crc32_file(path)
-            if got != meta.checksums[rel]:
-                raise TraceError(f"{where}: checksum mismatch (manifest {meta.checksums[rel]}, "
-                                 f"file {got}): the chunk is corrupted")
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if verify and rel in meta.checksums:
+                arr = _checked_array(path, meta.checksums[rel], where)
+            else:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except TraceError:
+            raise
         except Exception as exc:  # a damaged header can raise anything literal_eval raises
             raise TraceError(f"{where}: not a readable .npy file "
                              f"({type(exc).__name__}: {exc})") from None
@@ -118,37 +181,44 @@ class TraceDir:
         return arr
 
     def _load_all(self, index: int, verify: bool,
-                  only: frozenset | None = None) -> dict[str, np.ndarray]:
-        """Every layer's chunk ``index`` (or the layers named in ``only``), its pages read in
-        (checksums read the whole file; without one the kernel is asked to read ahead)."""
-        arrays = {}
-        for i, layer in enumerate(self.meta.layers):
-            if only is not None and layer.name not in only:
-                continue
-            arrays[layer.name] = self.load_chunk(i, index, verify)
-            rel = f"{layer.name}/{chunk_name(index)}"
-            if not (verify and rel in self.meta.checksums) and hasattr(os, "posix_fadvise"):
-                fd = os.open(self.chunk_path(layer.name, index), os.O_RDONLY)
+                  only: frozenset | None = None) -> Mapping[str, np.ndarray]:
+        """Every layer's chunk ``index`` (or the layers named in ``only``), the kernel asked
+        to read its pages ahead. With ``verify``, each layer's file is checked (crc32) and
+        mapped when its array is first asked for, in the thread that asks: the layers'
+        threads check the files they are about to use, in parallel and spread as their work
+        is (a reader thread checking everything competed with them for the cores)."""
+        indices = [i for i, layer in enumerate(self.meta.layers)
+                   if only is None or layer.name in only]
+        for i in indices:
+            if hasattr(os, "posix_fadvise"):
+                try:
+                    fd = os.open(self.chunk_path(self.meta.layers[i].name, index), os.O_RDONLY)
+                except OSError:
+                    continue                    # load_chunk says what is wrong with it
                 try:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
                 finally:
                     os.close(fd)
-        return arrays
+        if verify:
+            return _CheckedChunk(self, index, indices)
+        return {self.meta.layers[i].name: self.load_chunk(i, index, False) for i in indices}
 
     def chunks(self, start_chunk: int = 0, verify: bool = True,
                prefetch: bool = True, layers=None) -> Iterator[Chunk]:
-        """Chunks in order. With ``prefetch`` a reader thread opens, checks and reads in the
-        next chunk while the caller works on this one (memory: the page cache of two
-        chunks; the mapped arrays stay the only copies). ``layers``: read only these layer
-        names (a shard of a distributed run)."""
+        """Chunks in order. With ``prefetch`` a reader thread asks for the next chunk's files
+        to be read in while the caller works on this one (memory: the page cache of two
+        chunks; the mapped arrays stay the only copies). With ``verify`` each layer's file
+        is checked against the manifest's crc32 when its array is first used (``_load_all``).
+        ``layers``: read only these layer names (a shard of a distributed run)."""
         meta = self.meta
         only = frozenset(layers) if layers is not None else None
         if meta.timing_only:
             raise TraceError(f"{self.path}: timing-only manifest: it has no gradients to read")
         if not prefetch or meta.n_chunks - start_chunk < 2:
             for index in range(start_chunk, meta.n_chunks):
-                yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index),
-                            self._load_all(index, verify, only))
+                arrays = self._load_all(index, verify, only)
+                yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index), arrays)
+                _check_rest(arrays)
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -159,6 +229,7 @@ class TraceDir:
                 if index + 1 < meta.n_chunks:
                     ahead = reader.submit(self._load_all, index + 1, verify, only)
                 yield Chunk(index, index * meta.chunk_iterations, meta.chunk_len(index), arrays)
+                _check_rest(arrays)
 
     def validate(self) -> dict:
         """Check every chunk (shape, dtype, checksum, finite values); raise on the first problem."""
