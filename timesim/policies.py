@@ -171,16 +171,17 @@ class LayerPolicy:
         self.iterations += n
 
     def _generator(self, gen: int, loop, src) -> int:
-        """The kernels' ``fused`` argument: the generator, plus K.STREAM when rows are to be
-        hashed in the add (``stream_rows``; not for the closed loop; generator 2 only on
-        rows of even length, two values per hash, with unit factors), and K.UNIT when the
-        piece's factors P and Q (src[1], src[2]) are all 1. The same values either way."""
-        if not self.stream_rows or loop is not None:
+        """The kernels' ``fused`` argument: the generator, plus K.UNIT when the piece's
+        factors P and Q (src[1], src[2]) are all 1, and K.STREAM when rows are to be hashed
+        in the add (``stream_rows``; generator 2 only on rows of even length, two values per
+        hash, with unit factors). None for the closed loop. The same values either way."""
+        if loop is not None:
             return gen
         unit = bool((src[1] == 1).all() and (src[2] == 1).all())
-        if gen == 2 and not (unit and self.layer.cols % 2 == 0):
-            return gen
-        return gen | K.STREAM | (K.UNIT if unit else 0)
+        flag = gen | (K.UNIT if unit else 0)
+        if self.stream_rows and (gen == 1 or (unit and self.layer.cols % 2 == 0)):
+            flag |= K.STREAM
+        return flag
 
     def _kernel(self, chunk, n: int, t0: int, off: int, src) -> None:
         """Run the policy kernel on iterations t0 .. t0+n-1 into signature slots off .. off+n-1."""

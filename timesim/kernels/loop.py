@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "01526cc0eac5d2ef7f72e96eae36a86128aae1b8202efdba836fb663a8cbfe70"
+_DEPS_SHA256 = "f3eff8fb44cb64a1e531c9da4ce550fc7cd35bc4436a8491b379555cf9679690"
 
 
 @njit(cache=True, inline="always")
