@@ -174,7 +174,7 @@ class LayerPolicy:
         """The kernels' ``fused`` argument: the generator, plus K.UNIT when the piece's
         factors P and Q (src[1], src[2]) are all 1, and K.STREAM when rows are to be hashed
         in the add (``stream_rows``; generator 2 only on rows of even length, two values per
-        hash, with unit factors). None for the closed loop. The same values either way."""
+        hash, with unit factors); neither for the closed loop. The same values either way."""
         if loop is not None:
             return gen
         unit = bool((src[1] == 1).all() and (src[2] == 1).all())

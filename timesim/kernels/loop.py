@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "f3eff8fb44cb64a1e531c9da4ce550fc7cd35bc4436a8491b379555cf9679690"
+_DEPS_SHA256 = "aba8bd98725bb5f36a2d84568a3562804da1a0798d36f944b1cb46893efd1df8"
 
 
 @njit(cache=True, inline="always")
