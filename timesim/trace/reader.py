@@ -25,7 +25,7 @@ class Chunk:
     index: int
     t0: int
     n: int
-    arrays: dict[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray]     # a dict, or checked as used (``_CheckedChunk``)
 
 
 class _CheckedChunk(Mapping):
