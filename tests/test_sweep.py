@@ -69,14 +69,20 @@ def test_interrupted_sweep_resumes_to_the_same_table(tmp_path):
     args = [sys.executable, "-m", "timesim", "sweep", "--trace",
             "synth:resnet20?iterations=1500", "--grid", "controller.interval=32,64,128,256",
             "--workers", "1", "--out", str(tmp_path / "s")]
+    psutil = pytest.importorskip("psutil")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
         if (tmp_path / "s" / "sweep.csv").exists() and len(table(tmp_path / "s")) >= 1:
             break
         time.sleep(0.05)
+    helpers = psutil.Process(proc.pid).children(recursive=True)    # forkserver, worker
+    assert helpers
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # the killed sweep's worker and forkserver end by themselves (they used to wait forever)
+    gone, alive = psutil.wait_procs(helpers, timeout=60)
+    assert not alive, alive
     partial = table(tmp_path / "s")
     assert 1 <= len(partial) < 4
     r = subprocess.run(args, capture_output=True, text=True)

@@ -17,6 +17,8 @@ import itertools
 import json
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -189,4 +191,22 @@ def _executor(workers: int | None, scheduler: str | None) -> tuple[Executor, obj
     # Workers start from a fresh interpreter (forkserver), never as a fork of this process:
     # a process whose numba threads have run (the analog MVM uses GNU OpenMP) cannot fork.
     ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-    return ProcessPoolExecutor(max_workers=n, mp_context=ctx), None
+    return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_end_with,
+                               initargs=(os.getpid(),)), None
+
+
+def _end_with(pid: int) -> None:
+    """In a sweep worker: end when the sweep process ``pid`` is gone. A sweep killed outright
+    (kill -9, the OOM killer) cannot shut its pool down, and its workers would wait forever
+    for work, each keeping the forkserver alive too."""
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except OSError:             # exists, not ours to signal: still there
+                pass
+
+    threading.Thread(target=watch, name="timesim-sweep-watch", daemon=True).start()
