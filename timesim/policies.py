@@ -58,6 +58,9 @@ class LayerPolicy:
         # generated rows hashed in the loop that adds them (kernels/select.py STREAM): set by
         # Simulation when the network's accumulators are streamed from memory
         self.stream_rows = False
+        # sgs-row layers from K.TB_CELLS cells on run K.TB_STEPS iterations per pass over
+        # their rows (temporal blocking; the same results; False: one pass an iteration)
+        self.temporal = True
         self.iterations = 0
         self._dense_pending = 0
         if self.selection == "topk":
@@ -191,6 +194,13 @@ class LayerPolicy:
         out = (self.selected[off:off + n], self.swapped[off:off + n], self.slots[off:off + n])
         if self._loop is not None and src[0]:
             bad = loop_kernel(self, args, src, out)
+        elif self.selection == "sgs-row" and self.temporal and self.scale == 0 \
+                and self.layer.cells >= K.TB_CELLS:
+            # K.TB_STEPS iterations per pass over the rows (kernels/select.py): the same results
+            if self.split > 1:
+                bad = K._run_sgs_row_tb_split(*args, *out, np.int64(self.split))
+            else:
+                bad = K._run_sgs_row_tb(*args, *out)
         elif self.selection == "sgs-row" and self.split > 1:
             bad = K._run_sgs_row_split(*args, *out, np.int64(self.split))
         elif self.selection == "sgs-row":

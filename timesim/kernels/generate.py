@@ -39,6 +39,10 @@ _INV16 = np.float32(1.0 / 65536.0)
 _M16 = np.uint64(0xFFFF)
 _M16X2 = np.uint64(0x0000FFFF0000FFFF)
 _M32 = np.uint64(0xFFFFFFFF)
+# the generators' integer sums become float32 first and are then offset, in float32: exact
+# (small integers), the same values as offsetting the integers, and int32 to float32 converts
+# 16 lanes an instruction where numba's int32 arithmetic (widened to int64) converts 8
+_TWO = np.float32(2.0)
 
 
 @njit(cache=True, inline="always")
@@ -63,7 +67,7 @@ def _z(h):
     +2 centres the 16-bit grid (x + 0.5) / 65536."""
     a = (h & _M16X2) + ((h >> np.uint64(16)) & _M16X2)     # two sums of two fields (SWAR)
     s = (a & _M32) + (a >> np.uint64(32))
-    return (np.float32(np.int32(s) + np.int32(2)) * _INV16 - np.float32(2.0)) * _SQRT3
+    return ((np.float32(np.int32(s)) + _TWO) * _INV16 - np.float32(2.0)) * _SQRT3
 
 
 @njit(cache=True, nogil=True)
@@ -202,6 +206,7 @@ def _gradient_chunk(out, seed, layer, t0, M, P, Q, U, V, W, gen=1):
 
 _M8X4 = np.uint64(0x00FF00FF00FF00FF)
 _Z2_SCALE = np.float32(np.sqrt(3.0 / (1.0 - 2.0 ** -16)) / 256.0)
+_MID2 = np.float32(510.0)
 
 
 @njit(cache=True, inline="always")
@@ -214,7 +219,7 @@ def _byte_sums(h):
 @njit(cache=True, inline="always")
 def _z2(s):
     """v2's value of one 32-bit byte sum s (0 .. 1020)."""
-    return np.float32(np.int32(s) - np.int32(510)) * _Z2_SCALE
+    return (np.float32(np.int32(s)) - _MID2) * _Z2_SCALE
 
 
 @njit(cache=True, nogil=True)
@@ -250,7 +255,7 @@ def _normal_row2_into(key, start, out, buf):
                 sums[j] = _byte_sums(_mix64(base + np.uint64(j0 + j) * _GOLDEN))
             oj = o[2 * j0:2 * (j0 + k)]
             for e in range(2 * k):
-                oj[e] = np.float32(halves[e] - np.int32(510)) * _Z2_SCALE
+                oj[e] = (np.float32(halves[e]) - _MID2) * _Z2_SCALE
             j0 += k
     else:
         for j in range(m):

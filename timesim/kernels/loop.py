@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "aba8bd98725bb5f36a2d84568a3562804da1a0798d36f944b1cb46893efd1df8"
+_DEPS_SHA256 = "a309292c555b870e2dfe75401a05da594de6cf8a19884a70c58a2cfab3ea4936"
 
 
 @njit(cache=True, inline="always")

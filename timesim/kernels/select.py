@@ -25,6 +25,7 @@ from .generate import (
     _GOLDEN,
     _LITTLE,
     _M32,
+    _MID2,
     _Z2_SCALE,
     _byte_sums,
     _mix64,
@@ -45,7 +46,7 @@ STREAM = 4
 UNIT = 8
 
 # sha256 of generate.py, whose jitted functions the kernels here call (see above)
-_GENERATE_SHA256 = "66b8ce4fbd230a6687f52e812ba0d2348b9e89227d6a1a5127aaf93aeda28eeb"
+_GENERATE_SHA256 = "34e074902232272b4155414356f2f5ae935cde2f9adbe3c078217831a109840f"
 
 # stats[] slots, per layer
 POLICY_CELLS = 0      # cells written by the update policy (ARS rewrites excluded)
@@ -193,7 +194,7 @@ def _add_rows2_unit(A, r0, r1, key, M, Ui, Vi, zbuf):
         hr = halves[off + (r - r0) * cols:off + (r - r0 + 1) * cols]
         u = Ui[r]
         for c in range(cols):
-            Ar[c] += Mr[c] + (u * Vi[c]) * (np.float32(hr[c] - np.int32(510)) * _Z2_SCALE)
+            Ar[c] += Mr[c] + (u * Vi[c]) * ((np.float32(hr[c]) - _MID2) * _Z2_SCALE)
 
 
 @njit(cache=True, inline="always")
@@ -392,11 +393,17 @@ def _write_row(A, r, p, scale, stats, writes, counters):
     SET + RESET pulse slots (with ``scale`` > 0, write.pulses=delta; else 0)."""
     pulse_slots = _row_pulses(A[r], scale, stats) if scale > 0 else np.int64(0)
     A[r, :] = 0.0
+    _count_row_write(p, A.shape[1], stats, writes, counters)
+    return pulse_slots
+
+
+@njit(cache=True, inline="always")
+def _count_row_write(p, cols, stats, writes, counters):
+    """The counts of programming a row of ``cols`` cells on physical row p (``_write_row``)."""
     _bump_row(writes, p, stats)
     counters[p] += 1
-    stats[POLICY_CELLS] += A.shape[1]
+    stats[POLICY_CELLS] += cols
     stats[ROW_WRITES] += 1
-    return pulse_slots
 
 
 @njit(cache=True)
@@ -500,6 +507,170 @@ def _run_sgs_row_split(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, b
         if scale > 0:
             slots[i] = pulse_slots
         selected[i] = rbest
+    return -1
+
+
+# ---- temporal blocking: K iterations per pass over an sgs-row layer ---------------------------
+#
+# Row-wise SGS writes one row an iteration; every other row just accumulates. So iterations
+# i .. i+K-1 can be added to a block of rows one after another while the block is in L1, as
+# if no row were written in between (speculation), keeping each row's max |A| after each of
+# them (``rmax``); the K choices are then made in order, and a row written at step k — whose
+# later sums the speculation got wrong — is regenerated from zero (its own buffer in ``D``),
+# its later maxima replaced. The accumulators cross the memory bus once per K iterations
+# instead of once per iteration, and every number is the serial kernel's: the same float32
+# additions in the same order on every cell, the same maxima, the same choices (ties: lowest
+# row, strict > in row order). Not with write.pulses=delta: a written row's value at its write
+# would be needed, and the speculation has already added past it.
+
+TB_STEPS = 8      # iterations per pass: ≤ K rows regenerated an iteration, 1.5 B of traffic
+                  # a cell and iteration instead of 12 (A read and written, M read)
+# from this many cells a layer does not stay in L2 between iterations (2 × 4 bytes a cell:
+# A and M; 1 MB L2 a core here): below it the serial kernel is as fast
+TB_CELLS = 1 << 17
+
+
+@njit(cache=True, inline="always")
+def _add_row_into(Dr, chunk, i, r, fused, key, M, P, Q, U, V, W, zbuf):
+    """Dr += iteration i's gradient row r (``_add_rows``' values, into another buffer)."""
+    cols = Dr.shape[0]
+    if fused:
+        z = _noise_block(key, r, r + 1, cols, zbuf, W, fused & 3)
+        Mr = M[r]
+        Qi = Q[i]
+        Vi = V[i]
+        p = P[i, r]
+        u = U[i, r]
+        for c in range(cols):
+            Dr[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * z[c]
+    else:
+        Gr = chunk[i, r]
+        for c in range(cols):
+            Dr[c] += _grad_value(Gr[c])
+
+
+@njit(cache=True, inline="always")
+def _speculate(A, Ai, chunk, i0, k_n, fused, keys, M, P, Q, U, V, W, zbuf, rmax, b0, b1):
+    """Iterations i0 .. i0+k_n-1 added to row blocks b0 .. b1-1, each block's k_n iterations
+    while it is in L1, as if no row were written; rmax[k, r] = row r's max |A| (bit pattern)
+    after iteration i0+k."""
+    rows, cols = A.shape
+    step = _block_rows(cols)
+    for b in range(b0, b1):
+        r0 = b * step
+        r1 = min(rows, r0 + step)
+        for k in range(k_n):
+            _add_rows(A, chunk, i0 + k, r0, r1, fused, keys[k], M, P, Q, U, V, W, zbuf)
+            for r in range(r0, r1):
+                rmax[k, r] = _row_abs_max(Ai[r])
+
+
+@njit(cache=True, inline="always")
+def _resolve(A, chunk, i0, k_n, t0, fused, keys, M, P, Q, U, V, W, zbuf, rmax, D, dirty,
+             slot, l2p, p2l, writes, counters, stats, block_rows, half, interval, ars_on,
+             rkey, selected, swapped):
+    """The choices of iterations i0 .. i0+k_n-1 in order after ``_speculate``: ARS, the rows
+    written earlier in this pass brought up to date (D, from zero at their write), the max,
+    the write. A's written rows get their true sums at the end. Returns the index of a
+    non-finite iteration, or -1."""
+    rows, cols = A.shape
+    Di = D.view(np.int32)
+    nd = 0
+    for k in range(k_n):
+        i = i0 + k
+        swapped[i] = _ars_at(t0 + i, ars_on, interval, counters, l2p, p2l, writes, block_rows,
+                             half, stats, rkey)
+        for d in range(nd):
+            r = dirty[d]
+            _add_row_into(D[d], chunk, i, r, fused, keys[k], M, P, Q, U, V, W, zbuf)
+            rmax[k, r] = _row_abs_max(Di[d])
+        best = np.int32(-1)
+        rbest = 0
+        rk = rmax[k]
+        for r in range(rows):
+            if rk[r] > best:
+                best = rk[r]
+                rbest = r
+        if best >= _NONFINITE:
+            return i
+        _count_row_write(l2p[rbest], cols, stats, writes, counters)
+        d = slot[rbest]
+        if d < 0:
+            d = nd
+            slot[rbest] = d
+            dirty[d] = rbest
+            nd += 1
+        D[d, :] = 0.0
+        selected[i] = rbest
+    for d in range(nd):
+        r = dirty[d]
+        A[r, :] = D[d]
+        slot[r] = -1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _run_sgs_row_tb(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_rows, half,
+                    interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U, V, W,
+                    selected, swapped, slots):
+    """``_run_sgs_row`` (write.pulses other than delta: ``scale`` 0) with TB_STEPS iterations
+    per pass over the rows (temporal blocking, above): the same results."""
+    rows, cols = A.shape
+    # generated rows are in L1 here, where the block generator is the faster one
+    fused = fused & ~STREAM
+    zbuf = _zbuf(cols, fused)
+    rmax = np.empty((TB_STEPS, rows), dtype=np.int32)
+    D = np.empty((TB_STEPS, cols), dtype=np.float32)
+    dirty = np.empty(TB_STEPS, dtype=np.int64)
+    slot = np.full(rows, -1, dtype=np.int64)
+    keys = np.zeros(TB_STEPS, dtype=np.uint64)
+    step = _block_rows(cols)
+    nblk = (rows + step - 1) // step
+    for i0 in range(0, n, TB_STEPS):
+        k_n = min(TB_STEPS, n - i0)
+        if fused:
+            for k in range(k_n):
+                keys[k] = _stream_key(seed, layer, t0 + i0 + k)
+        _speculate(A, Ai, chunk, i0, k_n, fused, keys, M, P, Q, U, V, W, zbuf, rmax, 0, nblk)
+        bad = _resolve(A, chunk, i0, k_n, t0, fused, keys, M, P, Q, U, V, W, zbuf, rmax, D,
+                       dirty, slot, l2p, p2l, writes, counters, stats, block_rows, half,
+                       interval, ars_on, rkey, selected, swapped)
+        if bad >= 0:
+            return bad
+    return -1
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _run_sgs_row_tb_split(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_rows,
+                          half, interval, ars_on, rkey, scale, fused, seed, layer, M, P, Q, U,
+                          V, W, selected, swapped, slots, parts):
+    """``_run_sgs_row_tb`` with each pass's speculation split over ``parts`` ranges of row
+    blocks on numba's threads (prange), the choices made after it: the same results for any
+    ``parts``, and one hand-off between threads per TB_STEPS iterations."""
+    rows, cols = A.shape
+    fused = fused & ~STREAM
+    step = _block_rows(cols)
+    nblk = (rows + step - 1) // step
+    parts = max(1, min(parts, nblk))
+    zbufs = np.empty((parts, 2 * step * cols + 2 if fused else 0), dtype=np.float32)
+    rmax = np.empty((TB_STEPS, rows), dtype=np.int32)
+    D = np.empty((TB_STEPS, cols), dtype=np.float32)
+    dirty = np.empty(TB_STEPS, dtype=np.int64)
+    slot = np.full(rows, -1, dtype=np.int64)
+    keys = np.zeros(TB_STEPS, dtype=np.uint64)
+    for i0 in range(0, n, TB_STEPS):
+        k_n = min(TB_STEPS, n - i0)
+        if fused:
+            for k in range(k_n):
+                keys[k] = _stream_key(seed, layer, t0 + i0 + k)
+        for q in prange(parts):
+            _speculate(A, Ai, chunk, i0, k_n, fused, keys, M, P, Q, U, V, W, zbufs[q], rmax,
+                       q * nblk // parts, (q + 1) * nblk // parts)
+        bad = _resolve(A, chunk, i0, k_n, t0, fused, keys, M, P, Q, U, V, W, zbufs[0], rmax,
+                       D, dirty, slot, l2p, p2l, writes, counters, stats, block_rows, half,
+                       interval, ars_on, rkey, selected, swapped)
+        if bad >= 0:
+            return bad
     return -1
 
 
