@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "a309292c555b870e2dfe75401a05da594de6cf8a19884a70c58a2cfab3ea4936"
+_DEPS_SHA256 = "810a51d4143e313acdc3884af3f428235a4f901ad9a30e6e0dffe7d2f3510377"
 
 
 @njit(cache=True, inline="always")

@@ -46,7 +46,7 @@ STREAM = 4
 UNIT = 8
 
 # sha256 of generate.py, whose jitted functions the kernels here call (see above)
-_GENERATE_SHA256 = "34e074902232272b4155414356f2f5ae935cde2f9adbe3c078217831a109840f"
+_GENERATE_SHA256 = "907a3509d90d7cf448ddfd8bb4946f6a0ca20a165ae6fdf35485f9fa22083a04"
 
 # stats[] slots, per layer
 POLICY_CELLS = 0      # cells written by the update policy (ARS rewrites excluded)
@@ -154,21 +154,23 @@ def _add_row_streamed(Ar, Mr, Qi, Vi, p, u, key, start, gen, unit):
     hash)."""
     cols = Ar.shape[0]
     if gen == 2:
-        base = key + np.uint64(start >> 1) * _GOLDEN
+        ctr = key + np.uint64(start >> 1) * _GOLDEN
         for j in range(cols >> 1):
-            s = _byte_sums(_mix64(base + np.uint64(j) * _GOLDEN))
+            s = _byte_sums(_mix64(ctr))
+            ctr += _GOLDEN          # a counter, not j · golden: one vector multiply fewer
             c = 2 * j
             Ar[c] += Mr[c] + (u * Vi[c]) * _z2(s & _M32)
             Ar[c + 1] += Mr[c + 1] + (u * Vi[c + 1]) * _z2(s >> np.uint64(32))
     elif unit:
-        base = key + np.uint64(start) * _GOLDEN
+        ctr = key + np.uint64(start) * _GOLDEN
         for c in range(cols):
-            Ar[c] += Mr[c] + (u * Vi[c]) * _z(_mix64(base + np.uint64(c) * _GOLDEN))
+            Ar[c] += Mr[c] + (u * Vi[c]) * _z(_mix64(ctr))
+            ctr += _GOLDEN
     else:
-        base = key + np.uint64(start) * _GOLDEN
+        ctr = key + np.uint64(start) * _GOLDEN
         for c in range(cols):
-            Ar[c] += ((Mr[c] * p) * Qi[c]
-                      + (u * Vi[c]) * _z(_mix64(base + np.uint64(c) * _GOLDEN)))
+            Ar[c] += (Mr[c] * p) * Qi[c] + (u * Vi[c]) * _z(_mix64(ctr))
+            ctr += _GOLDEN
 
 
 @njit(cache=True, inline="always")
@@ -183,9 +185,10 @@ def _add_rows2_unit(A, r0, r1, key, M, Ui, Vi, zbuf):
     h0 = start >> 1
     nh = ((start + (r1 - r0) * cols - 1) >> 1) - h0 + 1
     sums = zbuf[:2 * nh].view(np.uint64)
-    base = key + np.uint64(h0) * _GOLDEN
+    ctr = key + np.uint64(h0) * _GOLDEN
     for j in range(nh):
-        sums[j] = _byte_sums(_mix64(base + np.uint64(j) * _GOLDEN))
+        sums[j] = _byte_sums(_mix64(ctr))
+        ctr += _GOLDEN
     halves = zbuf[:2 * nh].view(np.int32)
     off = start & 1                 # an odd first value is the high half of the first hash
     for r in range(r0, r1):
@@ -458,15 +461,20 @@ def _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf, b0, b1):
     step = _block_rows(cols)
     best = np.int32(-1)
     rbest = 0
+    flat = Ai.reshape(rows * cols)
     for b in range(b0, b1):
         r0 = b * step
         r1 = min(rows, r0 + step)
         _add_rows(A, chunk, i, r0, r1, fused, key, M, P, Q, U, V, W, zbuf)
-        for r in range(r0, r1):
-            m = _row_abs_max(Ai[r])
-            if m > best:
-                best = m
-                rbest = r
+        # the block's max in one flat loop (no reduction per row: 16-column rows paid more
+        # for theirs than for their adds); only a block that beats the best so far is
+        # searched for its first row holding that max, the row a scan in row order with a
+        # strict > would pick
+        block = flat[r0 * cols:r1 * cols]
+        m = _row_abs_max(block)
+        if m > best:
+            best = m
+            rbest = r0 + _first_col(block, m) // cols
     return rbest, best
 
 
