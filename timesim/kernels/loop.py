@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "810a51d4143e313acdc3884af3f428235a4f901ad9a30e6e0dffe7d2f3510377"
+_DEPS_SHA256 = "ec6cc404b215a3a5314bacd7eec861a8f75bfc4b56da9775f02d3674f170c1fd"
 
 
 @njit(cache=True, inline="always")
