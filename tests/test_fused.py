@@ -127,3 +127,46 @@ def test_synthetic_pieces_are_writeable_contiguous_float32_whatever_the_chunk(n)
         rows, cols = trace.meta.layers[li].rows, trace.meta.layers[li].cols
         assert arrays[3].shape == (n, rows) and arrays[4].shape == (n, cols)
         np.testing.assert_array_equal(arrays[3], np.tile(trace.structure(li)[1], (n, 1)))
+
+
+@pytest.mark.parametrize("selection", ["sgs-row", "sgs-element", "topk"])
+@pytest.mark.parametrize("rows,cols", [(300, 9), (130, 16), (40, 33)])
+def test_stationary_narrow_pieces_added_flat_equal_the_unfused_ones(selection, rows, cols):
+    """Generator 2, unit P and Q, U and V the same in every iteration (a synth:MODEL stream):
+    the kernels add narrow rows from per-cell factors U·V in one flat loop (select.CELLUV);
+    against the generated chunk, also with every sgs-row layer blocked in time (a written
+    row regenerated with those factors) and split over three row ranges."""
+    from timesim.kernels import select as K
+
+    rng = np.random.default_rng(rows * cols)
+    hw = timesim.load_hwconfig(None, [f"controller.selection={selection}",
+                                      "controller.wear_leveling=ars", "controller.interval=6",
+                                      "controller.topk_density=0.02"])
+    layer = LayerInfo("x", "linear", rows, cols)
+    n = 29
+    M = (0.5 * rng.standard_normal((rows, cols))).astype(np.float32)
+    M[rows // 3] *= 30                           # one row wins often: rewritten in a pass
+    U = np.repeat(rng.lognormal(0, 0.5, (1, rows)).astype(np.float32), n, axis=0)
+    V = np.repeat(rng.lognormal(0, 0.5, (1, cols)).astype(np.float32), n, axis=0)
+    ones_r, ones_c = np.ones((n, rows), np.float32), np.ones((n, cols), np.float32)
+    src = (M, ones_r, ones_c, U, V, np.zeros((0, 0), np.float32))
+    chunk = np.empty((n, rows, cols), np.float32)
+    gradient_chunk(chunk, 4, 2, 0, *src, gen=2)
+    a = LayerPolicy(layer, hw, 2)
+    a.process(chunk, 0)
+    saved = K.TB_CELLS
+    for blocked, split in ((False, 1), (True, 1), (True, 3)):
+        K.TB_CELLS = 0 if blocked else saved
+        try:
+            b = LayerPolicy(layer, hw, 2)
+            b.split = split
+            assert b._generator(2, None, src)[0] & K.CELLUV
+            b.process_source(4, 2, [(0, 13, *(x[:13] if x.ndim == 2 and x.shape[0] == n
+                                               else x for x in src)),
+                                    (13, n - 13, *(x[13:] if x.ndim == 2 and x.shape[0] == n
+                                                   else x for x in src))], 0, n, gen=2)
+        finally:
+            K.TB_CELLS = saved
+        for k in ("writes", "counters", "l2p", "stats"):
+            assert np.array_equal(getattr(a, k), getattr(b, k)), (k, blocked, split)
+        assert np.array_equal(a.A.view(np.int32), b.A.view(np.int32))

@@ -165,26 +165,34 @@ class LayerPolicy:
         for ta, m, *src in pieces:
             if ta != t0 + done:
                 raise ValueError(f"layer {self.layer.name}: pieces must be consecutive")
+            flag, src = self._generator(gen, loop, tuple(src))
             self._kernel(_NO_CHUNK, m, ta, done,
-                         (np.int64(self._generator(gen, loop, src)), np.int64(seed),
-                          np.int64(layer), *src))
+                         (np.int64(flag), np.int64(seed), np.int64(layer), *src))
             done += m
         if done != n:
             raise ValueError(f"layer {self.layer.name}: pieces cover {done} of {n} iterations")
         self.iterations += n
 
-    def _generator(self, gen: int, loop, src) -> int:
-        """The kernels' ``fused`` argument: the generator, plus K.UNIT when the piece's
-        factors P and Q (src[1], src[2]) are all 1, and K.STREAM when rows are to be hashed
-        in the add (``stream_rows``; generator 2 only on rows of even length, two values per
-        hash, with unit factors); neither for the closed loop. The same values either way."""
+    def _generator(self, gen: int, loop, src: tuple) -> tuple[int, tuple]:
+        """The kernels' ``fused`` argument and generator arguments (M, P, Q, U, V, W): the
+        generator, plus K.UNIT when the piece's factors P and Q are all 1, and K.STREAM when
+        rows are to be hashed in the add (``stream_rows``; generator 2 only on rows of even
+        length, two values per hash, with unit factors); else, for generator 2 with unit
+        factors on rows narrower than K.CELLUV_COLS whose U and V stay the same over the
+        piece, K.CELLUV with W = U·V per cell (float32 products, as the kernels make them);
+        none for the closed loop. The same values either way."""
         if loop is not None:
-            return gen
-        unit = bool((src[1] == 1).all() and (src[2] == 1).all())
+            return gen, src
+        M, P, Q, U, V, W = src
+        unit = bool((P == 1).all() and (Q == 1).all())
         flag = gen | (K.UNIT if unit else 0)
         if self.stream_rows and (gen == 1 or (unit and self.layer.cols % 2 == 0)):
-            flag |= K.STREAM
-        return flag
+            return flag | K.STREAM, src
+        if (gen == 2 and unit and W.shape[0] == 0 and self.layer.cols < K.CELLUV_COLS
+                and (U == U[:1]).all() and (V == V[:1]).all()):
+            # each cell's noise factor made once for the piece: narrow rows added flat
+            return flag | K.CELLUV, (M, P, Q, U, V, U[0][:, None] * V[0][None, :])
+        return flag, src
 
     def _kernel(self, chunk, n: int, t0: int, off: int, src) -> None:
         """Run the policy kernel on iterations t0 .. t0+n-1 into signature slots off .. off+n-1."""

@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "ec6cc404b215a3a5314bacd7eec861a8f75bfc4b56da9775f02d3674f170c1fd"
+_DEPS_SHA256 = "c92f38a397ac2621449254413a04e2bcda24dd378550d0be5f4d18ea2004853b"
 
 
 @njit(cache=True, inline="always")
