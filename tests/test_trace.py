@@ -313,3 +313,35 @@ def test_prefetching_reader_gives_the_same_chunks_and_errors_in_order(tmp_path):
             for c in TraceDir(tmp_path / "t").chunks(prefetch=prefetch):
                 seen.append(c.index)                     # nothing read
         assert seen == [0, 1, 2, 3]
+
+
+def test_crc32_folded_by_carryless_multiplication_is_zlibs():
+    """kernels/crc.py against zlib.crc32: every length 0..300 (the table-only tail, one to
+    four 64-byte folds, a 16-byte remainder), misaligned slices, a running crc carried over
+    from a first part, buffers of one repeated byte, and a long random buffer; bytes, mmap-like
+    memoryviews and numpy arrays."""
+    import zlib
+
+    from timesim.kernels import crc as C
+
+    rng = np.random.default_rng(11)
+    big = rng.integers(0, 256, (1 << 20) + 37, dtype=np.uint8)
+    for n in list(range(301)) + [4095, 4096, 4097, 65536 + 13]:
+        for off in (0, 1, 7):
+            part = big[off:off + n]
+            want = zlib.crc32(part.tobytes())
+            assert C.crc32(part) == want
+            if C.FAST and n >= 64:          # the folding kernel itself, below crc32's cutoff
+                assert int(C._crc32_clmul(part, np.uint32(0), C._TABLE)) == want
+    for n, cut in ((5000, 1234), (100000, 64), (70000, 69999)):
+        data = big[:n].tobytes()
+        first = C.crc32(data[:cut])
+        assert C.crc32(data[cut:], first) == zlib.crc32(data)
+        if C.FAST:
+            assert int(C._crc32_clmul(big[cut:n], np.uint32(first), C._TABLE)) == \
+                zlib.crc32(data)
+    for byte in (0x00, 0xFF, 0x5A):
+        data = bytes([byte]) * 10007
+        assert C.crc32(data) == zlib.crc32(data)
+        assert C.crc32(memoryview(data)) == zlib.crc32(data)
+    assert C.crc32(big) == zlib.crc32(big.tobytes())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import mmap
 import os
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 
 from .. import yamlio
 from ..errors import TraceError
+from ..kernels.crc import crc32
 from .format import STORAGE, TraceMeta, chunk_name, parse_manifest
 
 
@@ -65,14 +65,8 @@ def _checked_array(path: Path, want: str, where: str) -> np.ndarray:
     one for the array: half the page faults, which the threads of a replay take in turn."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            mm = b""
-        else:
-            mm = (mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ,
-                            flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-                  if hasattr(mmap, "PROT_READ") else
-                  mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
-    got = f"crc32:{zlib.crc32(mm):08x}"
+        mm = _mapped(fh) if size else b""
+    got = f"crc32:{crc32(mm):08x}"
     if got != want:
         raise TraceError(f"{where}: checksum mismatch (manifest {want}, file {got}): the "
                          f"chunk is corrupted")
@@ -90,13 +84,21 @@ def _checked_array(path: Path, want: str, where: str) -> np.ndarray:
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
+def _mapped(fh) -> mmap.mmap:
+    """A read-only mapping of the whole open file, its pages populated in one call where
+    the platform can (MAP_POPULATE: a checksum reads every page anyway)."""
+    if hasattr(mmap, "PROT_READ"):
+        return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ,
+                         flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def crc32_file(path: Path) -> str:
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            return f"crc32:{zlib.crc32(b''):08x}"
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return f"crc32:{zlib.crc32(mm):08x}"
+        if os.fstat(fh.fileno()).st_size == 0:
+            return f"crc32:{crc32(b''):08x}"
+        with _mapped(fh) as mm:
+            return f"crc32:{crc32(mm):08x}"
 
 
 def read_manifest(path: Path) -> TraceMeta:
