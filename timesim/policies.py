@@ -189,8 +189,9 @@ class LayerPolicy:
         if self.stream_rows and (gen == 1 or (unit and self.layer.cols % 2 == 0)):
             return flag | K.STREAM, src
         if (gen == 2 and unit and W.shape[0] == 0 and self.layer.cols < K.CELLUV_COLS
-                and (U == U[:1]).all() and (V == V[:1]).all()):
+                and K._LITTLE and (U == U[:1]).all() and (V == V[:1]).all()):
             # each cell's noise factor made once for the piece: narrow rows added flat
+            # (little-endian: the kernel reads a hash's two values as its int32 halves)
             return flag | K.CELLUV, (M, P, Q, U, V, U[0][:, None] * V[0][None, :])
         return flag, src
 
