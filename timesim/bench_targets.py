@@ -284,7 +284,7 @@ def run_targets(quick: bool, say, bench_floor) -> dict:
     vgg = policy_threads("vgg16", 16 if quick else 64, reps)
     splits = [split_layer("vgg16", 8, 8 if quick else 32, reps),
               split_layer("mlp", 1, 500 if quick else 2000, reps)]
-    f = bench_floor("resnet50", 17 if quick else 41, reps, gen=2)
+    f = bench_floor("resnet50", 17 if quick else 81, reps, gen=2)
     f["one_thread_ms"] = per_iteration_one_thread("resnet50", 17 if quick else 25) * 1e3
     rp = replay_stream(256 if quick else 1024, reps)
     p, q = e["projected_64000_s"], e["ratio_to_numpy_loop"]
