@@ -51,7 +51,7 @@ from .select import (
 )
 
 # sha256 of kernels/select.py + kernels/generate.py (see above)
-_DEPS_SHA256 = "c92f38a397ac2621449254413a04e2bcda24dd378550d0be5f4d18ea2004853b"
+_DEPS_SHA256 = "7dc2aa09c6f7849ee88013881e73bf75eb9b8afd063b3fdf63d94bce8b774d40"
 
 
 @njit(cache=True, inline="always")

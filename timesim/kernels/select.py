@@ -445,12 +445,12 @@ def _count_row_write(p, cols, stats, writes, counters):
     stats[ROW_WRITES] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _accumulate_argmax_row(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf):
     """A += G_i; return (r*, max |A[r*, :]|) with the max as a sign-cleared int32 bit pattern.
 
-    One call per iteration: each block of rows is added, then their maxima taken while they
-    are still in L1.
+    One call per iteration (of ``_argmax_blocks``, compiled once for every kernel that uses
+    it): each block of rows is added, then their maxima taken while they are still in L1.
     """
     rows, cols = A.shape
     step = _block_rows(cols)
@@ -487,7 +487,7 @@ def _run_sgs_row(A, Ai, chunk, n, t0, l2p, p2l, writes, counters, stats, block_r
     return -1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _argmax_blocks(A, Ai, chunk, i, fused, key, M, P, Q, U, V, W, zbuf, b0, b1):
     """A += G_i on the row blocks b0 .. b1-1 (each block added, then its rows' maxima taken
     while it is still in L1): (r*, max) of those rows, (0, -1) for none. All blocks:
@@ -600,7 +600,7 @@ def _add_row_into(Dr, chunk, i, r, fused, key, M, P, Q, U, V, W, zbuf):
             Dr[c] += _grad_value(Gr[c])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _speculate(A, Ai, chunk, i0, k_n, fused, keys, M, P, Q, U, V, W, zbuf, rmax, b0, b1):
     """Iterations i0 .. i0+k_n-1 added to row blocks b0 .. b1-1, each block's k_n iterations
     while it is in L1, as if no row were written; rmax[k, r] = row r's max |A| (bit pattern)
@@ -616,7 +616,7 @@ def _speculate(A, Ai, chunk, i0, k_n, fused, keys, M, P, Q, U, V, W, zbuf, rmax,
                 rmax[k, r] = _row_abs_max(Ai[r])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True)
 def _resolve(A, chunk, i0, k_n, t0, fused, keys, M, P, Q, U, V, W, zbuf, rmax, D, dirty,
              slot, l2p, p2l, writes, counters, stats, block_rows, half, interval, ars_on,
              rkey, selected, swapped):
