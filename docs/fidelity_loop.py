@@ -4,6 +4,9 @@ dense recording").
     python docs/fidelity_loop.py --work runs/fid-loop          # ~25 min on one core
     python docs/fidelity_loop.py --work runs/fid-loop --reuse  # keep finished real runs
     python docs/fidelity_loop.py --work runs/fid-loop --reuse --diagnose   # + the diagnostics
+    python docs/fidelity_loop.py --work runs/fid-loop --reuse --decompose-only --decompose mlp
+    python docs/fidelity_loop.py --work runs/fid-loop --reuse --seeds 3   # + seeds 1 and 2
+                                   # the gap split in two (~5 min a model; 0.7 GB of trace)
 
 For each digits model (the four of docs/fidelity.md and two held out from the closed loop's
 design: ``mlp-gelu`` at lr 0.05, ``cnn-avg``):
@@ -191,6 +194,215 @@ def _top(x, frac: float) -> float:
     return float(s[:max(1, int(len(s) * frac))].sum() / s.sum())
 
 
+def decompose(work: Path, model: str, iterations: int, record: int) -> tuple[str, str]:
+    """The gap between a dense-recording fit and the real sparse run, split in two: the dense
+    training's own gradients over the whole run (recorded in float16), replayed through each
+    policy, are what a perfect open-loop model of the dense stream would give; fitted → dense
+    replay is what the fit misses of the dense stream, dense replay → real what the policy's
+    feedback on training adds. Then, on the layer where top-k's maximum is, a ladder of
+    streams from the fitted one to the dense training's own, each through top-k (`_ladder`)."""
+    from timesim.examples.digits import train
+    from timesim.simulate import simulate
+    from timesim.trace.fit import fit_trace
+    from timesim.trace.fitted import write_model
+
+    real(model, work, iterations, record, True)      # the runs and recordings not there yet
+    full = work / f"trace-{model}-dense-{iterations}-f16"
+    if not (full / "manifest.yaml").is_file():
+        train(model, iterations=iterations, lr=MODELS[model][1], record=str(full),
+              record_dtype="float16")
+    sparse = work / f"trace-{model}-topk-{iterations}-f16"      # the real top-k training's
+    if not (sparse / "manifest.yaml").is_file():
+        train(model, iterations=iterations, hw=_hw("topk"), lr=MODELS[model][1],
+              record=str(sparse), record_dtype="float16")
+    y = work / f"fit-{model}-dense.yaml"
+    if not y.is_file():
+        write_model(y, *fit_trace(work / f"trace-{model}-dense-{record}"))
+    rows = []
+    worst = None
+    for m in ("topk", "sgs"):
+        ref = json.loads((work / f"real-{model}-{m}-{iterations}" / "report.json")
+                         .read_text())["writes"]
+        rep = simulate(_hw(m), str(full))["writes"]
+        fit = simulate(_hw(m), f"synth:fit?model={y}&iterations={iterations}")["writes"]
+        rows.append(f"| {model} | {METHODS[m][2]} | {ref['max']} | {rep['max']} "
+                    f"(**{rep['max'] / ref['max']:.2f}**) | {fit['max']} "
+                    f"(**{fit['max'] / ref['max']:.2f}**) | {fit['max'] / rep['max']:.2f} |")
+        if m == "topk":
+            worst = max(ref["by_layer"], key=lambda n: ref["by_layer"][n]["max"])
+    stats = [f"| {model} | {worst} | {name} | {st['theta']:.1f} | {st['writes']} | "
+             + " | ".join(f"{v[0]:.2f} / {v[1]:.2f}" for v in st["vr"]) + " |"
+             for name, st in _ladder(work, model, worst, y, full, sparse, iterations // 2,
+                                     record)]
+    return "\n".join(rows), "\n".join(stats)
+
+
+_CLASSES = ((1e-3, 0.1), (0.1, 1.0), (1.0, 10.0), (10.0, 1e9))
+_BLOCK = 50
+
+
+def _ladder(work: Path, model: str, layer: str, fit: Path, full: Path, sparse: Path, n: int,
+            record: int):
+    """Top-0.1% on one layer over n iterations of nine streams, from the fitted model to the
+    dense training's own gradients, then the real top-k training's (``sparse``), each step
+    keeping one more property of the real stream:
+
+    1. the fitted model (dense recording, open loop);
+    2. the recording itself, resampled: each iteration a recorded one (its second half) drawn
+       at random, rescaled from the recording's σ trend to the fitted σ(t) (what any model
+       that draws iterations independently could do with the recording's statistics);
+    3. the dense training's iterations n/2 .. n−1 drawn the same way (the later stage of
+       training, which the recording has not seen), on the run's own σ trend;
+    4. the same drawn in blocks of 50 consecutive iterations (the order within 50 kept);
+    5. the dense training's first n iterations as they happened;
+    6–9. the same four for the top-k training's gradients (its iterations record/2 .. record
+       − 1 standing for the recording): what the run that is predicted sees."""
+    import numpy as np
+
+    from timesim.trace import open_trace
+    from timesim.trace.fitted import FittedTrace
+
+    def load(src, a, b):
+        out, t = [], 0
+        for ch in open_trace(src).chunks():
+            x = ch.arrays[layer]
+            lo, hi = max(a - t, 0), min(b - t, len(x))
+            if lo < hi:
+                out.append(np.asarray(x[lo:hi], dtype=np.float32))
+            t += len(x)
+            if t >= b:
+                break
+        return np.concatenate(out)
+
+    def trend(x):
+        s2 = (x.astype(np.float64) ** 2).mean(axis=(1, 2))
+        k = 101
+        return np.sqrt(np.convolve(np.pad(s2, k // 2, mode="edge"), np.ones(k) / k, "valid"))
+
+    ft = FittedTrace(model=str(fit), iterations=n)
+    li = ft.index[layer]
+    sig = ft.fitted[li].sigma(np.arange(n))
+    rng = np.random.default_rng(0)
+    rec = load(work / f"trace-{model}-dense-{record}", record // 2, record)
+    rtr = trend(rec)
+    pick = rng.integers(0, len(rec), n)
+    late = rng.integers(n // 2, n, n)
+    starts = rng.integers(n // 2, n - _BLOCK + 1, n // _BLOCK + 1)
+    blocks = (starts[:, None] + np.arange(_BLOCK)).ravel()[:n]
+    early = rng.integers(record // 2, record, n)
+    yield "fitted", _topk_stats((g for t0 in range(0, n, 100)
+                                 for g in ft.generate(li, t0, min(100, n - t0))), n)
+    yield "recording resampled", _topk_stats(
+        (rec[j] * np.float32(sig[t] / rtr[j]) for t, j in enumerate(pick)), n)
+    del rec
+    for what, path in (("dense", full), ("top-k", sparse)):
+        x = load(path, 0, n)
+        tr = trend(x)
+        if what == "top-k":
+            yield (f"top-k training's iterations {record // 2}–{record - 1} resampled",
+                   _topk_stats((x[j] * np.float32(tr[t] / tr[j]) for t, j in enumerate(early)),
+                               n))
+        yield f"later {what} iterations resampled", _topk_stats(
+            (x[j] * np.float32(tr[t] / tr[j]) for t, j in enumerate(late)), n)
+        yield f"… in blocks of {_BLOCK}", _topk_stats(
+            (x[j] * np.float32(tr[t] / tr[j]) for t, j in enumerate(blocks)), n)
+        yield f"{what} training", _topk_stats(iter(x), n)
+        del x
+
+
+def _topk_stats(stream, n: int) -> dict:
+    """Top-0.1% on a stream of one layer's gradients (n iterations), in numpy: the selection
+    threshold over the current σ (median over the second half), the most writes of one cell
+    in the second half, and per class of cells (power over the layer's mean, second half) the
+    variance ratio of sums over 10 and 250 iterations (1: white; below: the cell's gradient
+    reverts; above: it persists)."""
+    import numpy as np
+
+    from timesim.policies import topk_count
+
+    A = acc = None
+    half, lags = n // 2, (10, 250)
+    theta = []
+    for t, g in enumerate(stream):
+        if A is None:
+            A = np.zeros(g.size, np.float32)
+            k = topk_count(1e-3, g.size)
+            W, S2 = np.zeros(g.size), np.zeros(g.size)
+            acc = {L: np.zeros(g.size) for L in lags}
+            var = {L: np.zeros(g.size) for L in lags}
+        g = g.ravel()
+        A += g
+        idx = np.argpartition(-np.abs(A), k - 1)[:k]
+        if t >= half:
+            sig = float(np.sqrt((g.astype(np.float64) ** 2).mean()))
+            theta.append(float(np.abs(A[idx]).min()) / sig)
+            W[idx] += 1
+            u = g / sig
+            S2 += u * u
+            for L in lags:
+                acc[L] += u
+                if (t - half + 1) % L == 0:
+                    var[L] += acc[L] ** 2
+                    acc[L][:] = 0
+        A[idx] = 0
+    m = n - half
+    ms = S2 / m
+    pw = ms / ms.mean()
+    vr = []
+    for lo, hi in _CLASSES:
+        c = (pw >= lo) & (pw < hi)
+        vr.append(tuple(float(np.mean(var[L][c] / ((m // L) * L * ms[c]))) if c.any()
+                        else float("nan") for L in lags))
+    return {"theta": float(np.median(theta)), "writes": int(W.max()), "vr": vr}
+
+
+def seed_spread(work: Path, model: str, iterations: int, record: int, seeds: int) -> list[str]:
+    """The whole procedure again with other seeds (training seed s: its own data split,
+    initialisation and batches; the dense recording, the fit and the generator's seed s):
+    how far a single real run's max writes move from seed to seed, against the fit's."""
+    import statistics
+
+    from timesim.examples.digits import train
+    from timesim.simulate import simulate
+    from timesim.trace.fit import fit_trace
+    from timesim.trace.fitted import write_model
+
+    lr = MODELS[model][1]
+    ref = {m: [] for m in ("topk", "sgs")}
+    fit = {(m, lp): [] for m in ("topk", "sgs") for lp in ("off", "on")}
+    for s in range(seeds):
+        sfx = f"-s{s}" if s else ""
+        trace = work / f"trace-{model}-dense-{record}{sfx}"
+        if not (trace / "manifest.yaml").is_file():
+            train(model, iterations=record, hw=_hw("dense"), lr=lr, seed=s, record=str(trace))
+        y = work / f"fit-{model}-dense{sfx}.yaml"
+        if not y.is_file():
+            write_model(y, *fit_trace(trace))
+        for m in ("topk", "sgs"):
+            run = work / f"real-{model}-{m}-{iterations}{sfx}"
+            if not _finished(run, iterations):
+                train(model, iterations=iterations, hw=_hw(m), lr=lr, seed=s, out=str(run))
+            ref[m].append(json.loads((run / "report.json").read_text())["writes"]["max"])
+            for lp in ("off", "on"):
+                r = simulate(_hw(m), f"synth:fit?model={y}&iterations={iterations}&loop={lp}"
+                             f"&seed={s}")
+                fit[(m, lp)].append(r["writes"]["max"])
+        print(f"seed {s} {model}", flush=True)
+    rows = []
+    for m in ("topk", "sgs"):
+        med = statistics.median(ref[m])
+        cells = []
+        for lp in ("off", "on"):
+            f = fit[(m, lp)]
+            ratios = [a / b for a, b in zip(f, ref[m])]
+            cells.append(f"{', '.join(map(str, f))} | **{statistics.median(f) / med:.2f}** "
+                         f"({min(ratios):.2f}–{max(ratios):.2f})")
+        rows.append(f"| {MODELS[model][0]} | {METHODS[m][2]} | {', '.join(map(str, ref[m]))} | "
+                    f"{min(ref[m]) / med:.2f}–{max(ref[m]) / med:.2f} | " + " | ".join(cells)
+                    + " |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/fidelity-loop")
@@ -200,10 +412,16 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep finished runs and recordings")
     ap.add_argument("--diagnose", action="store_true", help="also print the diagnostics")
     ap.add_argument("--no-docs", action="store_true", help="print the tables only")
+    ap.add_argument("--decompose", choices=tuple(MODELS), action="append",
+                    help="split that model's gap (docs/fidelity.md, 'Where the gap is')")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="also the whole procedure with training seeds 0..N-1 (the SEEDS table)")
+    ap.add_argument("--decompose-only", action="store_true",
+                    help="only the --decompose tables (the LOOP tables left as they are)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    models = a.model or list(MODELS)
+    models = [] if a.decompose_only else a.model or list(MODELS)
     t0 = time.perf_counter()
     results = {}
     for model in models:
@@ -213,6 +431,44 @@ def main() -> None:
     if a.diagnose:
         for model in models:
             diagnose(work, model, a.record)
+    if a.decompose:
+        parts = [decompose(work, m, a.iterations, a.record) for m in a.decompose]
+        dtext = "\n".join([
+            f"Max writes over {a.iterations} iterations; in bold, over the real run.", "",
+            "| model | method | real | dense training's gradients replayed | fitted (dense "
+            "recording, open loop) | fitted / replayed |", "|---|---|---|---|---|---|",
+            *[p[0] for p in parts], "",
+            f"Top-0.1% on the layer with the real run's maximum, over the first "
+            f"{a.iterations // 2} iterations of nine streams (`_ladder` in the script: from the "
+            "fitted one to the dense training's own gradients, then the real top-k "
+            "training's, each keeping one more property of the real stream), counted over "
+            f"iterations {a.iterations // 4}–{a.iterations // 2 - 1}: the threshold (the k-th "
+            "largest |A|) over the layer's σ(t), one cell's most writes, and per class of "
+            "cells (power over the layer's mean) the variance ratio of 10- / 250-iteration "
+            "sums (1: white; below 1 the cell's gradient reverts, above it persists):", "",
+            "| model | layer | stream | threshold / σ | most writes | power 0.001–0.1 | "
+            "0.1–1 | 1–10 | ≥ 10 |", "|---|---|---|---|---|---|---|---|---|",
+            *[p[1] for p in parts]])
+        print(dtext)
+        if not a.no_docs:
+            print(f"updated {replace_section('DECOMPOSE', dtext)}")
+    if a.seeds:
+        rows = [r for m in models for r in seed_spread(work, m, a.iterations, a.record, a.seeds)]
+        stext = "\n".join([
+            f"Seeds 0–{a.seeds - 1} (training, recording, fit and generator), fitted from the "
+            f"first {a.record} dense iterations, predicted at {a.iterations}: max writes of "
+            "each seed's real run and of each seed's fit; the real runs' spread over their "
+            "median; in bold the fitted median over the real median, and the range of the "
+            "seed-by-seed ratios.", "",
+            "| model | method | real, by seed | real spread | dense recording, open loop, by "
+            "seed | median ratio (seed by seed) | closed loop, by seed | median ratio (seed by "
+            "seed) |", "|---|---|---|---|---|---|---|---|", *rows])
+        print(stext)
+        if not a.no_docs:
+            print(f"updated {replace_section('SEEDS', stext)}")
+    if a.decompose_only:
+        print(f"total {time.perf_counter() - t0:.0f} s")
+        return
     text = tables(work, a.iterations, a.record, results)
     print(text)
     print(f"total {time.perf_counter() - t0:.0f} s")
