@@ -1,4 +1,8 @@
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,26 @@ import timesim
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+_WARM: list[subprocess.Popen] = []
+
+
+def pytest_configure(config):
+    """Fill numba's cache on the second core while the suite runs on the first (tests/_warm.py
+    says why); ``TIMESIM_NO_WARM=1`` turns it off."""
+    if os.environ.get("TIMESIM_NO_WARM") or hasattr(config, "workerinput"):
+        return
+    _WARM.append(subprocess.Popen([sys.executable, str(Path(__file__).with_name("_warm.py"))],
+                                  cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL))
+
+
+def pytest_unconfigure(config):
+    for proc in _WARM:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait()
 
 
 @pytest.fixture
