@@ -5,8 +5,8 @@ dense recording").
     python docs/fidelity_loop.py --work runs/fid-loop --reuse  # keep finished real runs
     python docs/fidelity_loop.py --work runs/fid-loop --reuse --diagnose   # + the diagnostics
     python docs/fidelity_loop.py --work runs/fid-loop --reuse --decompose-only --decompose mlp
+                                   # the gap split in two (~3 min a model; 2 GB of trace)
     python docs/fidelity_loop.py --work runs/fid-loop --reuse --seeds 3   # + seeds 1 and 2
-                                   # the gap split in two (~5 min a model; 0.7 GB of trace)
 
 For each digits model (the four of docs/fidelity.md and two held out from the closed loop's
 design: ``mlp-gelu`` at lr 0.05, ``cnn-avg``):
