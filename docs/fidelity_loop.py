@@ -7,6 +7,8 @@ dense recording").
     python docs/fidelity_loop.py --work runs/fid-loop --reuse --decompose-only --decompose mlp
                                    # the gap split in two (~3 min a model; 2 GB of trace)
     python docs/fidelity_loop.py --work runs/fid-loop --reuse --seeds 3   # + seeds 1 and 2
+    python docs/fidelity_loop.py --work runs/fid-loop --reuse --decompose-only \
+        --mechanisms mlp       # two candidate mechanisms tested (after --decompose mlp)
 
 For each digits model (the four of docs/fidelity.md and two held out from the closed loop's
 design: ``mlp-gelu`` at lr 0.05, ``cnn-avg``):
@@ -237,6 +239,116 @@ def decompose(work: Path, model: str, iterations: int, record: int) -> tuple[str
     return "\n".join(rows), "\n".join(stats)
 
 
+def mechanisms(work: Path, model: str, iterations: int, record: int) -> tuple[str, str]:
+    """Two candidate mechanisms for the concentration of sparse training's gradients (docs/
+    fidelity.md, "Two mechanisms a dense recording would have to carry"), measured on the
+    first ``record`` iterations of the float16 recordings ``decompose`` makes:
+
+    1. *an earlier stage*: is top-k training at iterations record/2 .. record − 1 what dense
+       training was earlier (a clock that the chip's writes drive would then do)? Windows of
+       the dense training against it: the loudest 1% of cells' share of the power, the
+       loudest column and row over the mean, and top-0.1% on each window's iterations drawn
+       at random (as ``_ladder``, each over its training's σ trend: one scale) for n/2
+       iterations;
+    2. *a unit's power following its weights' movement*: per layer, the elasticity γ of a
+       column's (row's) power gain, iterations record − 100 .. record − 1 over 0..49, on
+       log(1 + its weights' net movement / the mean) over iterations 0 .. record − 101
+       (dense SGD: the gradient summed; top-k: what top-0.1% with its residual wrote), under
+       each training; then the gain of the 10% most moved units of top-k training, observed
+       and predicted by the dense γ (a loop whose unit gains the chip's writes drive would
+       need the dense γ to carry over). Neighbour layers too where a column of one is a row
+       of the next (an MLP's hidden unit: its error there, its activation here)."""
+    import numpy as np
+
+    from timesim.policies import topk_count
+    from timesim.trace import open_trace
+
+    worst = max((r := json.loads((work / f"real-{model}-topk-{iterations}" / "report.json")
+                                 .read_text())["writes"]["by_layer"]),
+                key=lambda n: r[n]["max"])
+    grads, moved, trends = {}, {}, {}
+    for what in ("dense", "topk"):
+        parts: dict[str, list] = {}
+        t = 0
+        for ch in open_trace(work / f"trace-{model}-{what}-{iterations}-f16").chunks():
+            for name, x in ch.arrays.items():
+                parts.setdefault(name, []).append(np.asarray(x, dtype=np.float32))
+            t += len(next(iter(ch.arrays.values())))
+            if t >= record:
+                break
+        for name, p in parts.items():
+            x = np.concatenate(p)[:record]
+            grads[what, name] = x
+            if what == "dense":
+                moved[what, name] = x[:record - 100].sum(0, dtype=np.float64)
+            else:
+                A = np.zeros(x[0].size, np.float32)
+                k = topk_count(1e-3, A.size)
+                D = np.zeros(A.size)
+                for i in range(record - 100):
+                    A += x[i].ravel()
+                    idx = np.argpartition(-np.abs(A), k - 1)[:k]
+                    D[idx] += A[idx]
+                    A[idx] = 0
+                moved[what, name] = D.reshape(x.shape[1:])
+        s2 = (grads[what, worst].astype(np.float64) ** 2).mean(axis=(1, 2))
+        k = 101
+        trends[what] = np.sqrt(np.convolve(np.pad(s2, k // 2, mode="edge"), np.ones(k) / k,
+                                           "valid"))
+
+    def power(x):
+        u = x.astype(np.float64) ** 2
+        return (u / u.mean(axis=(1, 2), keepdims=True)).mean(0)
+
+    def conc(ms):
+        col, row = ms.mean(0), ms.mean(1)
+        return (f"{_top(ms.ravel(), 0.01):.3f} | {col.max() / col.mean():.1f} | "
+                f"{row.max() / row.mean():.1f}")
+
+    n = iterations // 2
+    rng = np.random.default_rng(0)
+    half = record // 2
+    windows = [("dense", a, b) for a, b in ((0, 50), (50, 200), (200, half), (half, record))]
+    windows.append(("topk", half, record))
+    stage = []
+    for what, a, b in windows:
+        x, tr = grads[what, worst], trends[what]
+        pick = rng.integers(a, b, n)
+        st = _topk_stats((x[j] * np.float32(1 / tr[j]) for j in pick), n)
+        label = "dense" if what == "dense" else "top-k"
+        stage.append(f"| {model} | {worst} | {label} training, iterations {a}–{b - 1} | "
+                     f"{conc(power(x[a:b]))} | {st['writes']} |")
+
+    def gamma(what, target, axis, source, saxis):
+        p0 = power(grads[what, target][:50]).mean(axis=axis)
+        p1 = power(grads[what, target][record - 100:]).mean(axis=axis)
+        d = np.sqrt((moved[what, source] ** 2).sum(axis=saxis))
+        ok = (p0 > 1e-3) & (p1 > 1e-3)
+        y, z = np.log(p1[ok] / p0[ok]), np.log1p(d[ok] / d[ok].mean())
+        yc, zc = y - y.mean(), z - z.mean()
+        return float((yc * zc).sum() / (zc * zc).sum()), y, z
+
+    names = [n for (w, n) in grads if w == "dense"]
+    pairs = []
+    for i, name in enumerate(names):
+        pairs += [(name, 0, name, 0, "columns ← own columns"),
+                  (name, 1, name, 1, "rows ← own rows")]
+        nxt = names[i + 1] if i + 1 < len(names) else None
+        if nxt and grads["dense", name].shape[2] == grads["dense", nxt].shape[1]:
+            pairs += [(name, 0, nxt, 1, f"columns ← {nxt}'s rows"),
+                      (nxt, 1, name, 0, f"rows ← {name}'s columns")]
+    elastic = []
+    for target, axis, source, saxis, what in pairs:
+        gd, _, _ = gamma("dense", target, axis, source, saxis)
+        gt, y, z = gamma("topk", target, axis, source, saxis)
+        top = np.argsort(-z)[:max(1, len(z) // 10)]
+        obs = np.exp(y) / np.exp(y).mean()
+        pred = np.exp(gd * z) / np.exp(gd * z).mean()
+        elastic.append(f"| {model} | {target} {what} | {gd:.2f} | {gt:.2f} | "
+                       f"{obs[top].mean():.2f} | {pred[top].mean():.2f} |")
+    return "\n".join(stage), "\n".join(elastic)
+
+
 _CLASSES = ((1e-3, 0.1), (0.1, 1.0), (1.0, 10.0), (10.0, 1e9))
 _BLOCK = 50
 
@@ -414,6 +526,9 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true", help="print the tables only")
     ap.add_argument("--decompose", choices=tuple(MODELS), action="append",
                     help="split that model's gap (docs/fidelity.md, 'Where the gap is')")
+    ap.add_argument("--mechanisms", choices=tuple(MODELS), action="append",
+                    help="test two mechanisms of sparse training's concentration on that model "
+                         "(after --decompose has recorded it; docs/fidelity.md)")
     ap.add_argument("--seeds", type=int, default=0,
                     help="also the whole procedure with training seeds 0..N-1 (the SEEDS table)")
     ap.add_argument("--decompose-only", action="store_true",
@@ -452,6 +567,30 @@ def main() -> None:
         print(dtext)
         if not a.no_docs:
             print(f"updated {replace_section('DECOMPOSE', dtext)}")
+    if a.mechanisms:
+        parts = [mechanisms(work, m, a.iterations, a.record) for m in a.mechanisms]
+        mtext = "\n".join([
+            f"1. An earlier stage? On the layer with the real top-k maximum: windows of the "
+            f"first {a.record} iterations of each training, the loudest 1% of cells' share of "
+            "the power, the loudest column's and row's power over the mean, and one cell's "
+            f"most writes under top-0.1% over iterations {a.iterations // 4}–"
+            f"{a.iterations // 2 - 1} of {a.iterations // 2} iterations drawn at random from "
+            "the window (each over its σ trend).", "",
+            "| model | layer | iterations of | loudest 1% share | loudest column / mean | "
+            "loudest row / mean | most writes, drawn at random |", "|---|---|---|---|---|---|---|",
+            *[p[0] for p in parts], "",
+            f"2. A unit's power following its weights' movement? Elasticity γ of a column's "
+            f"(row's) power gain, iterations {a.record - 100}–{a.record - 1} over 0–49, on "
+            f"log(1 + net movement of the named weights over iterations 0–{a.record - 101} / "
+            "its mean) under dense SGD and under top-k training; then the gain of top-k "
+            "training's 10% most moved units (over the mean unit), observed and predicted with "
+            "the dense γ.", "",
+            "| model | power of ← movement of | γ dense | γ top-k | top-k's most moved: gain "
+            "observed | predicted from dense γ |", "|---|---|---|---|---|---|",
+            *[p[1] for p in parts]])
+        print(mtext)
+        if not a.no_docs:
+            print(f"updated {replace_section('MECHANISMS', mtext)}")
     if a.seeds:
         rows = [r for m in models for r in seed_spread(work, m, a.iterations, a.record, a.seeds)]
         stext = "\n".join([

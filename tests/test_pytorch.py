@@ -363,3 +363,73 @@ def test_sparse_update_without_model_says_which_weights_it_leaves_dense():
     with pytest.warns(TimesimWarning, match=r"shape \(6, 4, 3\) \(3-D weight without model=\)"):
         su = SparseUpdate(torch.optim.SGD(net.parameters(), lr=0.1), None, batch_size=2)
     assert [tuple(p.shape) for _, p in su.params] == [(3, 30)]
+
+
+def _record_training(net, path, stepper, steps=2, **kw):
+    with TraceRecorder(net, path, **kw) as rec:
+        for it in range(steps):
+            x, y = batch(it)
+            stepper.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            rec.step()
+            stepper.step()
+    return open_trace(path).meta
+
+
+def test_recording_says_how_its_training_applied_the_gradients(tmp_path):
+    """manifest ``updates``: dense under the user's own optimizer, the selection under
+    SparseUpdate, mixed where some recorded weights went through SparseUpdate and some not."""
+    torch.manual_seed(0)
+    net = Net()
+    assert _record_training(net, tmp_path / "d", torch.optim.SGD(net.parameters(), lr=0.1)
+                            ).updates == "dense"
+    hw = timesim.load_hwconfig(None, ["controller.selection=topk",
+                                      "controller.topk_density=0.01"])
+    net = Net()
+    sparse = SparseUpdate(torch.optim.SGD(net.parameters(), lr=0.1), hw, model=net)
+    assert _record_training(net, tmp_path / "k", sparse).updates == "topk"
+    net = Net()
+    with pytest.warns(Warning, match="excluded"):   # the Linear stays with the optimizer
+        part = SparseUpdate(torch.optim.SGD(net.parameters(), lr=0.1), hw, model=net,
+                            exclude=["head"])
+    assert _record_training(net, tmp_path / "m", part).updates == "mixed"
+
+
+def test_a_replay_under_another_policy_than_its_recording_says_so(tmp_path, caplog):
+    """One warning where a dense recording (or a fit of one) is simulated under a sparse
+    policy; none where the policy is the recording's, or dense (writes do not depend on the
+    gradients), or where the recording does not say."""
+    from timesim.trace.fit import fit_trace
+    from timesim.trace.fitted import FittedTrace, write_model
+
+    torch.manual_seed(0)
+    net = Net()
+    _record_training(net, tmp_path / "d", torch.optim.SGD(net.parameters(), lr=0.01),
+                     steps=64)
+    topk = timesim.load_hwconfig(None, ["controller.selection=topk",
+                                        "controller.topk_density=0.01"])
+    dense = timesim.load_hwconfig(None, ["controller.selection=dense"])
+
+    def said(hw, trace):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="timesim"):
+            report = timesim.simulate(hw, trace)
+        return [r.getMessage() for r in caplog.records if "recorded from training" in
+                r.getMessage()], report
+
+    lines, report = said(topk, str(tmp_path / "d"))
+    assert len(lines) == 1 and "dense SGD" in lines[0] and "'topk'" in lines[0]
+    assert report["trace"]["updates"] == "dense"
+    assert said(dense, str(tmp_path / "d"))[0] == []
+    doc, arrays = fit_trace(str(tmp_path / "d"), start=0.0)
+    assert doc["source"]["updates"] == "dense"
+    write_model(tmp_path / "f.yaml", doc, arrays)
+    fitted = FittedTrace(model=str(tmp_path / "f.yaml"), iterations=32)
+    assert fitted.meta.updates == "dense"
+    assert len(said(topk, fitted)[0]) == 1
+    sgs = timesim.load_hwconfig(None, ["controller.selection=sgs"])
+    net = Net()
+    _record_training(net, tmp_path / "s", SparseUpdate(
+        torch.optim.SGD(net.parameters(), lr=0.01), sgs, model=net))
+    assert said(sgs, str(tmp_path / "s"))[0] == []
+    assert "'sgs' updates" in said(topk, str(tmp_path / "s"))[0][0]

@@ -181,6 +181,8 @@ def test_nonfinite_values_named_by_layer_and_iteration(tmp_path, dtype):
     (lambda m: m["layers"][1].update(kind="lstm"), "kind: must be one of"),
     (lambda m: m["layers"].append(dict(m["layers"][1])), "duplicate layer name 'fc.0'"),
     (lambda m: m.update(surprise=1), "surprise: unknown key"),
+    (lambda m: m.update(updates=3), "updates: must be a string"),
+    (lambda m: m.update(updates="top-k"), "updates: must be one of dense|topk|"),
 ])
 def test_bad_manifests_name_the_key(tmp_path, edit, needle):
     write_trace(tmp_path / "t")

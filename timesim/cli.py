@@ -344,6 +344,8 @@ def cmd_trace_info(args) -> int:
     print(f"trace       {getattr(t, 'label', args.trace)}")
     print(f"model       {m.model}   dataset {m.dataset or '-'}   batch {m.batch_size}")
     print(f"source      {m.source}")
+    if m.updates:
+        print(f"updates     {m.updates} (how the recorded training applied its gradients)")
     print(f"iterations  {m.iterations} in {m.n_chunks} chunks of {m.chunk_iterations}, "
           f"dtype {m.dtype}")
     print(f"layers      {len(m.layers)}, {sum(l.cells for l in m.layers)} weights")

@@ -359,6 +359,23 @@ def _finished_run(out, hw: HwConfig, trace_fp: str, nonfinite: str,
     return report, ""
 
 
+def _say_recording(hw: HwConfig, trace) -> None:
+    """One warning line where the gradients (or the fit's recording) came from training that
+    applied them otherwise than this run's policy: under a sparse policy the training's own
+    gradients concentrate and persist where dense training's do not (docs/fidelity.md, "From a
+    dense recording"), so such a replay predicts that policy's writes low."""
+    recorded, run = trace.meta.updates, hw.controller.selection
+    if not recorded or run == "dense" or recorded == run:
+        return
+    label = getattr(trace, "label", str(getattr(trace, "path", "")))
+    how = "dense SGD" if recorded == "dense" else f"'{recorded}' updates"
+    log.warning("%s: recorded from training under %s, simulated under '%s': the policy's own "
+                "training writes more (from dense recordings of seven digits models: top-k max "
+                "writes down to 0.3x, SGS-ARS down to 0.55x of co-simulated training, "
+                "docs/fidelity.md 'From a dense recording'); for the policy's own numbers "
+                "record under timesim.pytorch.SparseUpdate with this hwconfig", label, how, run)
+
+
 def simulate(hw: HwConfig, trace, out=None,
              progress: Callable[[int], None] | None = None, fine: bool = False,
              checkpoint_every: int = 0, resume: bool = False,
@@ -396,6 +413,7 @@ def simulate(hw: HwConfig, trace, out=None,
         raise ConfigError(f"nonfinite: must be error, skip or zero, got {nonfinite!r}")
     trace = open_trace(trace)
     fp_trace = trace_fingerprint(trace)
+    _say_recording(hw, trace)
     if out is not None and not resume:
         if clear_run_folder(out):
             log.warning("%s: replacing the earlier run in this folder", out)

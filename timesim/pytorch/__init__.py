@@ -58,6 +58,19 @@ def _source() -> str:
     return f"pytorch {torch.__version__}"
 
 
+UPDATES_MARK = "_timesim_updates"       # set by SparseUpdate on the weights it applies
+
+
+def _updates(layers, before: str) -> str:
+    """The manifest's ``updates`` after one more recorded iteration: ``dense`` where no
+    SparseUpdate applied the recorded weights' gradients (the user's optimizer did, all of
+    them), else its selection (``topk``, ``sgs-row``, ...); ``mixed`` once they differ
+    between layers or iterations."""
+    marks = {getattr(layer.weight, UPDATES_MARK, None) or "dense" for layer in layers}
+    now = marks.pop() if len(marks) == 1 else "mixed"
+    return now if before in ("", now) else "mixed"
+
+
 class TraceRecorder:
     """Record the weight gradients of every Linear/Conv2d layer as a trace directory.
 
@@ -152,6 +165,7 @@ class TraceRecorder:
             else:
                 grads[name] = weight_to_matrix(layer.weight.grad)
         self.writer.append(grads, filled)
+        self.writer.updates = _updates(self.layers, self.writer.updates)
         self.probe.mark()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -226,6 +240,8 @@ class SparseUpdate:
                 f"{d['name']} ({d['reason']})" for d in self.skipped), stacklevel=3)
         if not self.params:
             raise TraceError("the optimizer has no 2-D or 4-D weight to map to crossbars")
+        for _, p in self.params:        # a TraceRecorder of these weights says how they moved
+            setattr(p, UPDATES_MARK, self.hw.controller.selection)
         if model is None and batch_size is None:
             _tell("SparseUpdate without model= or batch_size=: the batch size is unknown and "
                   "the engine times one input vector per layer and iteration", stacklevel=3)

@@ -176,6 +176,8 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
            "source": {"trace": str(getattr(trace, "path", "")), "iterations": plan.K,
                       "statistics_from": plan.t_first, "windows": plan.windows},
            "layers": layers_doc}
+    if meta.updates:                    # how the recorded training applied its gradients
+        doc["source"]["updates"] = meta.updates
     return doc, arrays
 
 

@@ -420,7 +420,8 @@ class FittedTrace(SynthTrace):
                               dataset=str(doc.get("dataset", "")),
                               batch_size=int(doc.get("batch_size", 128)),
                               iterations=iterations, chunk_iterations=chunk, dtype="float32",
-                              layers=infos)
+                              layers=infos, updates=str((doc.get("source") or {})
+                                                        .get("updates") or ""))
         self.index = {layer.name: i for i, layer in enumerate(infos)}
         self._structure, self._factors = {}, {}
         self._biggest = biggest

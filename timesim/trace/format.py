@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import SELECTIONS
 from ..errors import TraceError
 from ..units import parse_integer
 
@@ -25,6 +26,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 def chunk_name(index: int) -> str:
     return f"{index:06d}.npy"
+
+
+# manifest ``updates``: dense (the user's optimizer applied every gradient), the policy
+# SparseUpdate applied (config SELECTIONS), or mixed (some layers or iterations one, some other)
+UPDATES = tuple(dict.fromkeys(("dense", *SELECTIONS, "mixed")))
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class TraceMeta:
     timing_only: bool = False       # shapes and geometry, no gradient chunks
     skipped: tuple = ()             # [{name, reason, parameters}]: weights not recorded
     left_out: tuple = ()            # [{name, work, macs}]: digital work not timed (attention)
+    updates: str = ""               # how training applied the gradients: dense, or the
+                                    # SparseUpdate policy's selection ("": not said)
 
     @property
     def n_chunks(self) -> int:
@@ -105,6 +113,8 @@ class TraceMeta:
             out["skipped"] = [dict(d) for d in self.skipped]
         if self.left_out:
             out["left_out"] = [dict(d) for d in self.left_out]
+        if self.updates:
+            out["updates"] = self.updates
         return out
 
 
@@ -216,11 +226,11 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
                          f"got {raw.get('version')!r}")
     known = {"format", "version", "model", "source", "dataset", "batch_size", "iterations",
              "chunk_iterations", "dtype", "layers", "checksums", "complete", "timing_only",
-             "skipped", "left_out"}
+             "skipped", "left_out", "updates"}
     unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise TraceError(f"{where}: {unknown[0]}: unknown key")
-    for key in ("model", "source", "dataset"):
+    for key in ("model", "source", "dataset", "updates"):
         if not isinstance(raw.get(key, ""), str):
             raise TraceError(f"{where}: {key}: must be a string, got {raw.get(key)!r}")
     batch = raw.get("batch_size", 0)
@@ -250,6 +260,11 @@ def parse_manifest(raw: Any, where: str) -> TraceMeta:
             flags[key] = raw[key]
     flags["skipped"] = _entries(raw, "skipped", {"name", "reason"}, {"parameters"}, where)
     flags["left_out"] = _entries(raw, "left_out", {"name", "work", "layer"}, {"macs"}, where)
+    updates = raw.get("updates") or ""
+    if updates and updates not in UPDATES:
+        raise TraceError(f"{where}: updates: must be one of {'|'.join(UPDATES)} (how the "
+                         f"recorded training applied its gradients), got {updates!r}")
+    flags["updates"] = updates
     return TraceMeta(model=raw.get("model") or "", source=raw.get("source") or "",
                      dataset=raw.get("dataset") or "", batch_size=batch, iterations=iterations,
                      chunk_iterations=chunk, dtype=dtype, layers=layers, checksums=checksums,

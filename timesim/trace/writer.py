@@ -70,6 +70,7 @@ class TraceWriter:
         self._checksums: dict[str, str] = {}
         self._closed = False
         self._short = False             # a short chunk was written: it must be the last
+        self.updates = ""                       # TraceMeta.updates (TraceRecorder sets it)
         self.skipped: tuple[dict, ...] = ()     # weights not recorded, with why
         self.left_out: tuple[dict, ...] = ()    # digital work not timed (attention products)
         # checkpoint: after every chunk, a manifest marked `complete: false` that covers the
@@ -189,7 +190,7 @@ class TraceWriter:
         meta = TraceMeta(iterations=self._iterations, chunk_iterations=self.chunk_iterations,
                          dtype=self.dtype, layers=self.layers, checksums=dict(self._checksums),
                          skipped=tuple(self.skipped), left_out=tuple(self.left_out),
-                         complete=complete, **self.info)
+                         complete=complete, updates=self.updates, **self.info)
         doc = meta.to_dict()
         parse_manifest(doc, str(self.path / "manifest.yaml"))
         tmp = self.path / "manifest.yaml.tmp"
