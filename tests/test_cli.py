@@ -105,6 +105,19 @@ def test_run_with_no_arguments_uses_bundled_chip_and_trace(tmp_path):
     assert rep["trace"]["source"].startswith("pytorch ")
 
 
+def test_ars_that_cannot_swap_is_said(tmp_path, capsys):
+    """controller.rows = 1 swaps floor(1/2) = 0 pairs (DESIGN §2: min(R/2, ...)): the run
+    reports 0 swaps and says why; R = 2 with the same interval swaps."""
+    args = ["run", "--threads", "1", "--set", "controller.interval=16"]
+    assert main(args + ["--set", "controller.rows=1", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "controller.rows = 1: ARS swaps floor(R/2) = 0 row pairs" in out
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["ars"]["swaps"] == 0
+    assert main(args + ["--set", "controller.rows=2", "--out", str(tmp_path / "b")]) == 0
+    assert "ARS swaps floor" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["ars"]["swaps"] > 0
+
+
 def test_trace_info_and_validate(small_trace):
     r = cli("trace", "info", str(small_trace))
     assert r.returncode == 0 and "mlp-small" in r.stdout and "bfloat16" in r.stdout
@@ -248,13 +261,33 @@ def test_bench_engine_time_per_simulated_signature(monkeypatch):
 def test_plot_paths_are_checked_before_any_work(tmp_path, small_trace):
     run = tmp_path / "r"
     assert main(["run", "--trace", str(small_trace), "--out", str(run)]) == 0
-    r = cli("compare", str(run), "--plot", str(tmp_path / "missing" / "x.png"), cwd=tmp_path)
-    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "a-file").write_text("x")
+    r = cli("compare", str(run), "--plot", str(tmp_path / "a-file" / "x.png"), cwd=tmp_path)
+    assert r.returncode == 2 and "cannot make its folder" in r.stderr
+    assert "Traceback" not in r.stderr and "max writes" not in r.stdout     # before any work
+    r = cli("compare", str(run), "--plot", str(tmp_path / "new" / "x.png"), cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "new" / "x.png").is_file()  # as run --out does
     r = cli("compare", str(run), "--plot", str(tmp_path / "out.txt"), cwd=tmp_path)
     assert r.returncode == 2 and "expected a .png" in r.stderr
     r = cli("compare", str(run), "--plot", str(tmp_path / "noext"), cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "noext.png").exists()
     assert "noext.png" in r.stdout
+
+
+def test_compare_of_different_models_says_so(tmp_path, small_trace, capsys):
+    """Runs of two models: a note naming both; --qq with no layer in common is refused
+    before any table is printed."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["run", "--trace", str(small_trace), "--out", str(a)]) == 0
+    assert main(["run", "--trace", "synth:resnet20?iterations=8", "--out", str(b)]) == 0
+    model = json.loads((a / "report.json").read_text())["trace"]["model"]
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert f"different models ({model}, resnet20)" in out and "0 layer(s) they share" in out
+    assert main(["compare", str(a), str(b), "--qq", str(tmp_path / "q.png")]) == 2
+    captured = capsys.readouterr()
+    assert "no layer in common" in captured.err and captured.out == ""
 
 
 def test_plots_on_a_timing_only_manifest(tmp_path):

@@ -27,15 +27,32 @@ def test_resume_of_a_finished_run_keeps_it_and_says_so(tmp_path, capsys, caplog)
     assert "max writes per cell" in captured.out                      # the existing report
 
 
-def test_resume_with_other_arguments_says_why_it_starts_over(tmp_path, caplog):
+def test_resume_of_a_finished_run_with_other_arguments_is_refused(tmp_path, capsys):
+    """A forgotten --set or --trace on --resume must not replace a finished run: exit 2 with
+    one line naming what differs, the run untouched; without --resume it is replaced."""
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), "--threads", "1"]) == 0
+    before = (out / "report.json").read_text()
+    capsys.readouterr()
     assert main(["run", "--out", str(out), "--threads", "1", "--resume", "--set",
+                 "controller.interval=512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "made with another hwconfig" in err[0] and "--resume" in err[0]
+    assert (out / "report.json").read_text() == before
+    assert main(["run", "--out", str(out), "--threads", "1", "--trace",
+                 "synth:resnet20?iterations=8", "--resume"]) == 2
+    assert "made with another trace" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "--threads", "1", "--set",
                  "controller.interval=512"]) == 0
-    err = caplog.text
-    assert "made with another hwconfig" in err and "starting from the beginning" in err
-    after = json.loads((out / "report.json").read_text())
-    assert after["policy"]["interval"] == 512
+    assert json.loads((out / "report.json").read_text())["policy"]["interval"] == 512
+
+
+def test_resume_with_nothing_to_resume_starts_from_the_beginning(tmp_path, caplog):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--threads", "1", "--resume"]) == 0
+    assert "no checkpoint to resume from" in caplog.text
+    assert "starting from the beginning" in caplog.text
+    assert json.loads((out / "report.json").read_text())["iterations"] == 256
 
 
 def test_progress_lines_without_a_terminal_after_every_chunk(tmp_path, capsys):

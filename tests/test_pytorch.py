@@ -158,6 +158,39 @@ def test_killed_recording_keeps_complete_chunks(tmp_path):
     open_trace(tmp_path / "t").validate()
 
 
+def test_recording_that_fails_or_records_nothing(tmp_path):
+    """An exception before the first chunk leaves no folder behind (the same path records
+    again); one after it keeps the chunks for ``timesim trace seal``; no step() at all says
+    so and writes nothing."""
+    net = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def steps(n, path, fail):
+        with TraceRecorder(net, path, chunk_iterations=4) as rec:
+            for _ in range(n):
+                net.zero_grad()
+                net(torch.randn(2, 10)).sum().backward()
+                rec.step()
+            if fail:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        steps(3, tmp_path / "a", True)              # 3 < one chunk of 4
+    assert not (tmp_path / "a").exists()
+    steps(3, tmp_path / "a", False)
+    assert open_trace(tmp_path / "a").meta.iterations == 3
+    with pytest.raises(KeyboardInterrupt):
+        steps(6, tmp_path / "b", True)              # one chunk of 4 written
+    assert main_seal(tmp_path / "b") == 0 and open_trace(tmp_path / "b").meta.iterations == 4
+    with pytest.warns(Warning, match="no iteration recorded"):
+        steps(0, tmp_path / "c", False)
+    assert not (tmp_path / "c").exists()
+
+
+def main_seal(path):
+    from timesim.cli import main
+    return main(["trace", "seal", str(path)])
+
+
 def test_timing_only_manifest_is_timed_by_the_engine(tmp_path):
     from timesim.examples.digits import LeNet
     meta = timing_manifest(LeNet(), torch.rand(32, 1, 8, 8), tmp_path / "m", iterations=100)
@@ -433,3 +466,23 @@ def test_a_replay_under_another_policy_than_its_recording_says_so(tmp_path, capl
         torch.optim.SGD(net.parameters(), lr=0.01), sgs, model=net))
     assert said(sgs, str(tmp_path / "s"))[0] == []
     assert "'sgs' updates" in said(topk, str(tmp_path / "s"))[0][0]
+
+
+def test_trace_info_counts_weights_not_the_unused_cells_of_grouped_layers(tmp_path, capsys):
+    """A depthwise 3x3 conv over 4 channels is a 36 x 4 block-diagonal matrix: 144 cells, 36
+    weights (docs/pytorch.md); with the Linear's 16·3 = 48 trace info says 84 weights in 192
+    cells, and the run's coverage.mapped_parameters 84."""
+    from timesim.cli import main
+
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.Flatten(),
+                        nn.Linear(4 * 2 * 2, 3, bias=False))
+    with TraceRecorder(net, tmp_path / "t") as rec:
+        net.zero_grad()
+        net(torch.randn(2, 4, 2, 2)).sum().backward()
+        rec.step()
+    capsys.readouterr()
+    assert main(["trace", "info", str(tmp_path / "t")]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("layers"))
+    assert "2, 84 weights in 192 crossbar cells" in line
+    report = timesim.simulate(timesim.load_hwconfig(None), str(tmp_path / "t"))
+    assert report["coverage"]["mapped_parameters"] == 84

@@ -144,6 +144,8 @@ def test_nonfinite_gradients_error_skip_or_zero(tmp_path, dtype):
     trace = str(nan_trace(tmp_path / "t", dtype))
     r = cli("run", "--trace", trace, "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "layer b: iteration 5: non-finite" in r.stderr
+    line = r.stderr.strip().splitlines()[-1]       # the trace, the chunk, what to do
+    assert trace in line and "chunk 000001.npy" in line and "--nonfinite skip|zero" in line
     assert not (tmp_path / "o" / "report.json").exists()
     hw = timesim.load_hwconfig(None, ["controller.selection=sgs-element"])
     skip = timesim.simulate(hw, trace, nonfinite="skip")

@@ -120,8 +120,9 @@ def test_compare_prints_one_table(tmp_path, local_sweep, capsys):
 @pytest.mark.parametrize("grid,needle", [
     (["controller.interval"], "expected key.path=v1,v2"),
     (["controller.interval=16,"], "expected key.path=v1,v2"),
-    (["controller.bogus=1,2"], "controller.bogus: unknown key"),
-    (["controller.interval=0,4"], "controller.interval: must be positive"),
+    (["controller.bogus=1,2"], "--grid controller.bogus=1,2: controller.bogus: unknown key"),
+    (["controller.interval=0,4"], "--grid controller.interval=0,4: controller.interval: must be "
+                                  "positive"),
     (["controller.rows=2", "controller.rows=4"], "swept twice")])
 def test_bad_grids_exit_2(tmp_path, grid, needle, capsys):
     args = ["sweep", "--trace", TRACE, "--out", str(tmp_path / "x")]

@@ -96,6 +96,9 @@ def test_topk_on_synthetic_gradients_gives_striped_unbalanced_writes():
     ("synth:resnet20?iterations=abc", "iterations: expected an integer"),
     ("synth:resnet20?foo=1", "unknown parameter 'foo'"),
     ("synth:resnet20?row_sigma=-1", "row_sigma: must be in"),
+    ("synth:resnet20?iterations=10&iterations=20", "iterations: given twice"),
+    ("synth:resnet20?iterations=1e+3", r"'\+' means a space: write 1e4"),
+    ("synth:fit?model=m.yaml&seed=1&seed=2", "seed: given twice"),
 ])
 def test_bad_synth_sources(source, needle):
     with pytest.raises(TraceError, match=needle):

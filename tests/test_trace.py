@@ -258,15 +258,19 @@ def test_force_replaces_a_trace_but_never_another_folder(tmp_path):
     assert open_trace(str(t)).meta.iterations == 5
 
 
-def test_trace_synth_prints_its_size_and_refuses_what_the_disk_cannot_hold(tmp_path, capsys):
+def test_trace_synth_says_its_size_and_refuses_what_the_disk_cannot_hold(tmp_path, capsys):
     from timesim.cli import main
 
     assert main(["trace", "synth", "--model", "vgg16", "--iterations", "10000000", "--out",
                  str(tmp_path / "big")]) == 2
-    captured = capsys.readouterr()
-    assert "writing" in captured.out and "TB" in captured.out
+    captured = capsys.readouterr()          # one line: the size, the free space, what to do
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "needs" in captured.err and "TB" in captured.err
     assert "--no-space-check" in captured.err
     assert not (tmp_path / "big").exists()
+    assert main(["trace", "synth", "--model", "resnet20", "--iterations", "2", "--out",
+                 str(tmp_path / "small")]) == 0
+    assert "writing" in capsys.readouterr().out              # the size, once it will be written
 
 
 def test_conv2d_without_output_hw_is_refused(tmp_path):

@@ -21,6 +21,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 layer``, ``3 layers``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _int(text: str) -> int:
     """An integer as everywhere in timesim: ``64000``, ``64_000`` or ``1e4`` (units.py)."""
     from .units import parse_integer
@@ -157,7 +162,8 @@ def _print_phases(r: dict, indent: int = 10) -> None:
             continue
         busy = c.get("by_phase_layer_sum", {}).get(ph, span)
         # the phase's span on the chip; the layers' own durations when they differ much
-        extra = f" (layers {busy / T / f:.3g} s)" if abs(busy - span) > 0.01 * max(span, 1) else ""
+        extra = (f" (its layers' durations summed {busy / T / f:.3g} s)"
+                 if abs(busy - span) > 0.01 * max(span, 1) else "")
         parts.append(f"{ph} {span / T / f:.3g} s{extra} / {e['by_phase'][ph] / T:.3g} J")
     print(f"{'phases':<{indent}}" + ", ".join(parts) + "  (per iteration; a phase lasts from "
           "its first start to its last end, and phases overlap)")
@@ -171,7 +177,7 @@ def _print_phases(r: dict, indent: int = 10) -> None:
 def _print_estimate(r: dict, out: Path) -> None:
     c, e = r["cycles"], r["energy_j"]
     print(f"trace     {r['trace']['path']}  ({r['trace']['model']}, timing only, "
-          f"{len(r['trace']['layers'])} layers)")
+          f"{_n(len(r['trace']['layers']), 'layer')})")
     print(f"chip      {r['hwconfig']['name']}  {r['hwconfig']['xbar']['rows']}x"
           f"{r['hwconfig']['xbar']['cols']} crossbars, pipeline {c['pipeline']}")
     print(f"policy    {r['policy']['selection']} + {r['policy']['wear_leveling']}")
@@ -189,7 +195,7 @@ def _print_summary(r: dict, out: Path) -> None:
     if wl != "none":
         wl += f" (SI={p['interval']}, R={p['rows']})"
     print(f"trace     {r['trace']['path']}  ({r['trace']['model']}, {r['iterations']} iterations, "
-          f"{len(r['trace']['layers'])} layers)")
+          f"{_n(len(r['trace']['layers']), 'layer')})")
     print(f"chip      {r['hwconfig']['name']}  {r['hwconfig']['xbar']['rows']}x"
           f"{r['hwconfig']['xbar']['cols']} crossbars")
     print(f"policy    {p['selection']} + {wl}")
@@ -217,7 +223,12 @@ def _print_summary(r: dict, out: Path) -> None:
     _print_phases(r, 25)
     if p["wear_leveling"] != "none" and p["interval"] >= r["iterations"]:
         print(f"note: ARS interval {p['interval']} >= {r['iterations']} iterations, so no swap "
-              f"could happen; try --trace 'synth:resnet20?iterations=16000'")
+              f"could happen; lower --set controller.interval=N, or simulate more iterations "
+              f"(e.g. --trace 'synth:resnet20?iterations=16000')")
+    elif p["wear_leveling"] != "none" and p["rows"] < 2:
+        print(f"note: controller.rows = {p['rows']}: ARS swaps floor(R/2) = 0 row pairs per "
+              f"pass, so wear levelling does nothing; R >= 2 swaps R/2 pairs (an odd R "
+              f"swaps (R-1)/2)")
     print(f"endurance {lt['endurance']:.3g}: first cell fails after "
           f"{lt['iterations_to_failure']:.3g} iterations ({lt['trainings_to_failure']:.3g} "
           f"trainings of this length)")
@@ -269,17 +280,18 @@ def cmd_trace_synth(args) -> int:
     out = Path(args.out)
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free
-    print(f"writing {_bytes(size)} to {out} ({meta.iterations} iterations of "
-          f"{len(meta.layers)} layers, {args.dtype}; {_bytes(free)} free there)")
     if size > free and not args.no_space_check:
         raise TraceError(f"{out}: the trace needs {_bytes(size)} and {probe} has {_bytes(free)} "
                          f"free; use fewer --iterations, --dtype float16, a synth: trace "
                          f"(never on disk), or --no-space-check")
+    writer = TraceWriter(args.out, meta.layers, model=meta.model, source=meta.source,
+                         dataset=meta.dataset, batch_size=meta.batch_size, dtype=args.dtype,
+                         chunk_iterations=meta.chunk_iterations, overwrite=args.force)
+    print(f"writing {_bytes(size)} to {out} ({meta.iterations} iterations of "
+          f"{_n(len(meta.layers), 'layer')}, {args.dtype}; {_bytes(free)} free there)")
     update, bar = _progress(meta.iterations, "writing")
     try:
-        with TraceWriter(args.out, meta.layers, model=meta.model, source=meta.source,
-                         dataset=meta.dataset, batch_size=meta.batch_size, dtype=args.dtype,
-                         chunk_iterations=meta.chunk_iterations, overwrite=args.force) as w:
+        with writer as w:
             for chunk in synth.chunks():
                 w.append_chunk(chunk.arrays)
                 if update:
@@ -288,7 +300,7 @@ def cmd_trace_synth(args) -> int:
         if bar is not None:
             bar.close()
     print(f"wrote {args.out}: {meta.model}, {meta.iterations} iterations, "
-          f"{len(meta.layers)} layers, {args.dtype}")
+          f"{_n(len(meta.layers), 'layer')}, {args.dtype}")
     return 0
 
 
@@ -348,7 +360,11 @@ def cmd_trace_info(args) -> int:
         print(f"updates     {m.updates} (how the recorded training applied its gradients)")
     print(f"iterations  {m.iterations} in {m.n_chunks} chunks of {m.chunk_iterations}, "
           f"dtype {m.dtype}")
-    print(f"layers      {len(m.layers)}, {sum(l.cells for l in m.layers)} weights")
+    cells = sum(l.cells for l in m.layers)
+    weights = sum(l.cells // (l.groups or 1) for l in m.layers)
+    print(f"layers      {len(m.layers)}, {weights} weights" + (
+        f" in {cells} crossbar cells (a grouped layer's cells off its diagonal blocks are "
+        f"unused)" if cells != weights else ""))
     for l in m.layers:
         geo = ""
         if l.kind == "conv2d":
@@ -378,8 +394,8 @@ def cmd_trace_validate(args) -> int:
     t = TraceDir(args.trace)
     info = t.validate()
     print(f"{args.trace}: valid timesim trace v1: {t.meta.iterations} iterations, "
-          f"{info['layers']} layers, {info['chunks']} chunks, {info['checksums']} checksums "
-          f"verified, all values finite")
+          f"{_n(info['layers'], 'layer')}, {_n(info['chunks'], 'chunk')}, "
+          f"{info['checksums']} checksums verified, all values finite")
     return 0
 
 

@@ -88,15 +88,18 @@ def _cell(v) -> str:
 
 
 def _plot_path(plot: str) -> Path:
-    """``--plot`` checked before any work: a .png (added when there is no suffix) in an
-    existing folder."""
+    """``--plot`` checked before any work: a .png (added when there is no suffix); its folder
+    is made if missing, as ``run --out`` makes its run folder."""
     p = Path(plot)
     if p.suffix == "":
         p = p.with_suffix(".png")
     if p.suffix.lower() != ".png":
         raise TimesimError(f"--plot {plot}: expected a .png file name, got {p.suffix!r}")
-    if not p.parent.is_dir():
-        raise TimesimError(f"--plot {plot}: folder {p.parent} does not exist")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TimesimError(f"--plot {plot}: cannot make its folder {p.parent} "
+                           f"({exc.strerror})") from None
     return p
 
 
@@ -149,11 +152,20 @@ def compare_runs(runs, plot: str | None = None, quantiles: bool = False,
         require_matplotlib("--plot" if plot else "--qq")
     plot_path = _plot_path(plot) if plot else None
     qq_path = _plot_path(qq) if qq else None
-    rows = [summarize(run, load_report(run)) for run in runs]
+    reports = [load_report(run) for run in runs]
+    shared = set.intersection(*({layer.get("name") for layer in
+                                 (r.get("trace") or {}).get("layers") or []} for r in reports))
+    if qq and not shared:                       # before any table, not after them
+        raise TimesimError("--qq: the runs have no layer in common")
+    rows = [summarize(run, r) for run, r in zip(runs, reports)]
     widths = [max(len(c), *(len(_cell(r[c])) for r in rows)) for c in COLUMNS]
     print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     for r in rows:
         print("  ".join(_cell(r[c]).ljust(w) for c, w in zip(COLUMNS, widths)))
+    models = list(dict.fromkeys(str((r.get("trace") or {}).get("model", "?")) for r in reports))
+    if len(models) > 1:
+        print(f"note: the runs are of different models ({', '.join(models)}); the per-layer "
+              f"comparisons cover the {len(shared)} layer(s) they share")
     notes = selection_notes(rows)
     if notes:
         print()

@@ -310,7 +310,7 @@ class Pooling:
 
 @dataclass(frozen=True)
 class Endurance:
-    cycles: float = _f("float", "pos", doc="mean writes a cell survives")
+    cycles: float = _f("float", "ge1", doc="mean writes a cell survives (at least one)")
     sigma: float = _f("float", "nonneg", doc="lognormal sigma of ln(endurance); 0 = fixed")
     seed: int = _f("int", "nonneg", doc="seed of the per-cell endurance draw")
     sa1_fraction: float = _f("float", "unit01", doc="fraction of worn-out cells stuck at "
@@ -429,7 +429,7 @@ def _resolve_key(sec: str, key: str, value: Any, where: str) -> tuple[str, Any]:
             except ValueError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
     if target.metadata["kind"] in KINDS:
-        _check_number(si, target, path)
+        _check_number(si, target, path, shown=value)     # the error shows what was written
         return target.name, si
     return target.name, _check_plain(value, target, path)
 
@@ -446,18 +446,21 @@ def _known(sec: str) -> str:
     return "expected one of: " + ", ".join(names)
 
 
-def _check_number(x: float, f: dataclasses.Field, path: str) -> None:
+def _check_number(x: float, f: dataclasses.Field, path: str, shown: Any = None) -> None:
     check = f.metadata["check"]
+    got = x if shown is None else shown
     if not math.isfinite(x):
-        raise ConfigError(f"{path}: must be finite, got {x!r}")
+        raise ConfigError(f"{path}: must be finite, got {got!r}")
     if check == "pos" and not x > 0:
-        raise ConfigError(f"{path}: must be positive, got {x!r}")
+        raise ConfigError(f"{path}: must be positive, got {got!r}")
     if check == "nonneg" and not x >= 0:
-        raise ConfigError(f"{path}: must be zero or positive, got {x!r}")
+        raise ConfigError(f"{path}: must be zero or positive, got {got!r}")
     if check == "unit" and not 0 < x <= 1:
-        raise ConfigError(f"{path}: must be in (0, 1], got {x!r}")
+        raise ConfigError(f"{path}: must be in (0, 1], got {got!r}")
     if check == "unit01" and not 0 <= x <= 1:
-        raise ConfigError(f"{path}: must be in [0, 1], got {x!r}")
+        raise ConfigError(f"{path}: must be in [0, 1], got {got!r}")
+    if check == "ge1" and not x >= 1:
+        raise ConfigError(f"{path}: must be at least 1, got {got!r}")
 
 
 def _number_string(value: Any) -> Any:

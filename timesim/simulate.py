@@ -22,6 +22,7 @@ from .area import area_report
 from .config import HwConfig
 from .energy import action_counts, energy_report, write_actions_csv
 from .engine import Engine
+from .errors import TraceError
 from .faults import faults_report
 from .kernels.convert import to_float32
 from .kernels.select import MAX_PULSES
@@ -336,7 +337,9 @@ def _has_checkpoint(out) -> bool:
 def _finished_run(out, hw: HwConfig, trace_fp: str, nonfinite: str,
                   faults: bool) -> tuple[dict | None, str]:
     """``out``'s report when it is a finished run of these same arguments (the ones a resume
-    must keep: chip, trace content, --nonfinite, --faults); else (None, why not)."""
+    must keep: chip, trace content, --nonfinite, --faults); (None, why) when there is none;
+    a finished run of other arguments is refused (SimulationError, exit 2), as a checkpoint
+    of other arguments is."""
     import json
 
     path = Path(out) / "report.json"
@@ -353,10 +356,32 @@ def _finished_run(out, hw: HwConfig, trace_fp: str, nonfinite: str,
     except (OSError, ValueError, KeyError, TypeError):
         return None, "its report.json is unreadable and there is no checkpoint"
     differ = [k for k, v in same.items() if not v]
-    if differ:
-        return None, (f"its finished run was made with another {' and '.join(differ)} (and "
-                      f"there is no checkpoint)")
+    if differ:      # a forgotten --trace or --set must not replace finished work
+        from .errors import SimulationError
+
+        raise SimulationError(
+            f"{out}: --resume: its finished run was made with another {' and '.join(differ)}; "
+            f"pass the arguments it was made with to keep it, or leave out --resume to "
+            f"replace it")
     return report, ""
+
+
+def _feed_named(sim, chunk, dtype: str, trace, label: str) -> None:
+    """``sim.feed`` one chunk; a policy kernel's non-finite error gets the trace, the chunk
+    file (a trace on disk) and what to do added."""
+    try:
+        sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
+    except TraceError as exc:
+        msg = str(exc)
+        if "non-finite" not in msg:
+            raise
+        if not hasattr(trace, "path"):         # a generated stream
+            raise TraceError(f"{label}: {msg}; --nonfinite skip|zero runs past it") from None
+        from .trace.format import chunk_name
+
+        raise TraceError(f"{label}: chunk {chunk_name(chunk.t0 // trace.meta.chunk_iterations)}"
+                         f": {msg}; 'timesim trace validate' lists every such chunk, "
+                         f"--nonfinite skip|zero runs past them") from None
 
 
 def _say_recording(hw: HwConfig, trace) -> None:
@@ -498,7 +523,7 @@ def simulate(hw: HwConfig, trace, out=None,
     last_saved = sim.iterations
     for chunk in trace.chunks(start_chunk, verify=verify):
         if nonfinite == "error":
-            sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
+            _feed_named(sim, chunk, dtype, trace, label)
         else:
             per_iter = np.zeros(chunk.n, dtype=np.int64)
             for name in names:

@@ -44,7 +44,13 @@ def parse_grid(grids: Sequence[str]) -> list[tuple[str, list[str]]]:
         if key in (k for k, _ in out):
             raise ConfigError(f"--grid {text}: {key} is swept twice")
         for v in vals:
-            load_hwconfig(None, [f"{key}={v}"])      # raises a ConfigError naming the key
+            try:
+                load_hwconfig(None, [f"{key}={v}"])
+            except ConfigError as exc:              # name what the user typed: --grid
+                msg = str(exc)
+                head = f"--set {key}={v}: "
+                raise ConfigError(f"--grid {text}: {msg[len(head):]}" if msg.startswith(head)
+                                  else f"--grid {text}: {msg}") from None
         out.append((key, vals))
     if not out:
         raise ConfigError("--grid: give at least one key.path=v1,v2,...")

@@ -171,16 +171,23 @@ class TraceRecorder:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.probe is not None:
             self.probe.remove()
-        if exc_type is None and self.writer is not None:
-            # the fraction of 1 bits each layer's quantized inputs had over the whole recording
-            # (manifest input_activity: activity-dependent read energy, docs/architecture.md)
-            self.writer.layers = tuple(
-                dataclasses.replace(info, input_activity=self.probe.activity(info.name))
-                for info in self.writer.layers)
-            self.writer.skipped = tuple(self.skipped)
-            self.writer.close()
-            if self.save_weights:
-                save_weights(self.model, self.path / WEIGHTS)
+        if self.writer is None:
+            if exc_type is None:
+                _tell(f"TraceRecorder: no iteration recorded (rec.step() was never called); "
+                      f"nothing was written to {self.path}", stacklevel=2)
+            return
+        if exc_type is not None:        # chunks already written stay (timesim trace seal)
+            self.writer.abandon()
+            return
+        # the fraction of 1 bits each layer's quantized inputs had over the whole recording
+        # (manifest input_activity: activity-dependent read energy, docs/architecture.md)
+        self.writer.layers = tuple(
+            dataclasses.replace(info, input_activity=self.probe.activity(info.name))
+            for info in self.writer.layers)
+        self.writer.skipped = tuple(self.skipped)
+        self.writer.close()
+        if self.save_weights:
+            save_weights(self.model, self.path / WEIGHTS)
 
 
 class SparseUpdate:

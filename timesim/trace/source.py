@@ -37,12 +37,16 @@ def _parse_query(source: str, query: str, params: dict) -> dict:
         if key not in params:
             raise TraceError(f"{source}: unknown parameter {key!r}; expected "
                              f"{', '.join(params)}")
+        if key in kwargs:           # as a hwconfig's duplicate key: which one was meant?
+            raise TraceError(f"{source}: {key}: given twice; give each parameter once")
         cast = params[key][0]
         parse = {int: parse_integer, float: parse_number}.get(cast, cast)
         try:
             kwargs[key] = parse(value)
         except ValueError as exc:
-            raise TraceError(f"{source}: {key}: {exc}") from None
+            hint = ("; in a synth: query a '+' means a space: write 1e4, not 1e+4"
+                    if " " in value and cast in (int, float) else "")
+            raise TraceError(f"{source}: {key}: {exc}{hint}") from None
     return kwargs
 
 

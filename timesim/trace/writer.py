@@ -186,6 +186,24 @@ class TraceWriter:
         self._closed = True
         return meta
 
+    def abandon(self) -> None:
+        """After a failure: a writer that has written no chunk removes the (empty) layer
+        folders it made, and the folder if that leaves it empty, so the same path can be
+        recorded again; one that has keeps its chunks and checkpointed manifest (``timesim
+        trace seal``)."""
+        if self._chunks or self._closed:
+            return
+        for layer in self.layers:
+            try:
+                (self.path / layer.name).rmdir()        # only an empty folder goes
+            except OSError:
+                pass
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+        self._closed = True
+
     def _write_manifest(self, complete: bool) -> TraceMeta:
         meta = TraceMeta(iterations=self._iterations, chunk_iterations=self.chunk_iterations,
                          dtype=self.dtype, layers=self.layers, checksums=dict(self._checksums),
