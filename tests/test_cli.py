@@ -285,9 +285,10 @@ def test_compare_of_different_models_says_so(tmp_path, small_trace, capsys):
     assert main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert f"different models ({model}, resnet20)" in out and "0 layer(s) they share" in out
-    assert main(["compare", str(a), str(b), "--qq", str(tmp_path / "q.png")]) == 2
+    assert main(["compare", str(a), str(b), "--qq", str(tmp_path / "new" / "q.png")]) == 2
     captured = capsys.readouterr()
     assert "no layer in common" in captured.err and captured.out == ""
+    assert not (tmp_path / "new").exists()             # a refused command makes nothing
 
 
 def test_plots_on_a_timing_only_manifest(tmp_path):

@@ -191,6 +191,16 @@ def test_bad_models_are_one_line_errors(tmp_path, capsys):
         load_model(tmp_path / "m.yaml")
     write_toy(tmp_path / "m.yaml", np.random.default_rng(5))
     doc = yaml.safe_load((tmp_path / "m.yaml").read_text())
+    for source, needle in (("text", "source: expected a mapping"),
+                           ({**doc["source"], "updates": "bogus"}, "source.updates: must be "
+                                                                    "one of dense|topk")):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**doc, "source": source}))
+        with pytest.raises(TraceError, match=needle):
+            load_model(tmp_path / "bad.yaml")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(
+        {**doc, "source": {k: v for k, v in doc["source"].items() if k != "iterations"}}))
+    with pytest.raises(TraceError, match="source.iterations: missing"):
+        open_trace(f"synth:fit?model={tmp_path / 'bad.yaml'}")
     doc["layers"][0]["bias"] = -1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(TraceError, match="layer w: bias: expected a number"):

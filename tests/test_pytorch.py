@@ -426,6 +426,21 @@ def test_recording_says_how_its_training_applied_the_gradients(tmp_path):
         part = SparseUpdate(torch.optim.SGD(net.parameters(), lr=0.1), hw, model=net,
                             exclude=["head"])
     assert _record_training(net, tmp_path / "m", part).updates == "mixed"
+    net = Net()                     # a SparseUpdate made but not used: the training is dense
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    SparseUpdate(opt, hw, model=net)            # its step() never called
+    assert _record_training(net, tmp_path / "u", opt, steps=3).updates == "dense"
+    sparse = SparseUpdate(opt, hw, model=net)   # now every step through it (the weights
+    assert _record_training(net, tmp_path / "k2", sparse, steps=3).updates == "topk"  # stamped)
+    assert _record_training(net, tmp_path / "d2", opt, steps=3).updates == "dense"  # stale
+    with TraceRecorder(net, tmp_path / "w") as rec:     # dense warm-up, then SparseUpdate
+        for it in range(4):
+            x, y = batch(it)
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            rec.step()
+            (opt if it < 2 else sparse).step()
+    assert open_trace(tmp_path / "w").meta.updates == "mixed"
 
 
 def test_a_replay_under_another_policy_than_its_recording_says_so(tmp_path, caplog):
@@ -447,7 +462,7 @@ def test_a_replay_under_another_policy_than_its_recording_says_so(tmp_path, capl
         caplog.clear()
         with caplog.at_level("WARNING", logger="timesim"):
             report = timesim.simulate(hw, trace)
-        return [r.getMessage() for r in caplog.records if "recorded from training" in
+        return [r.getMessage() for r in caplog.records if "recorded from" in
                 r.getMessage()], report
 
     lines, report = said(topk, str(tmp_path / "d"))

@@ -130,3 +130,27 @@ def test_bad_grids_exit_2(tmp_path, grid, needle, capsys):
         args += ["--grid", g]
     assert main(args) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_a_sweep_says_once_per_policy_that_its_recording_was_dense(tmp_path, caplog):
+    """The points run in worker processes, whose logs the user does not see: the sweep says
+    it in its own process, once per sparse policy of the grid, none for dense points."""
+    import numpy as np
+
+    from timesim.trace.format import LayerInfo
+    from timesim.trace.writer import TraceWriter
+
+    rng = np.random.default_rng(0)
+    w = TraceWriter(tmp_path / "t", [LayerInfo(name="fc", kind="linear", rows=6, cols=4)],
+                    model="toy", source="test", chunk_iterations=8)
+    w.updates = "dense"                 # as TraceRecorder writes it without SparseUpdate
+    with w:
+        for _ in range(16):
+            w.append({"fc": rng.standard_normal((6, 4)).astype(np.float32)})
+    with caplog.at_level("WARNING", logger="timesim"):
+        run_sweep(None, str(tmp_path / "t"), parse_grid(
+            ["controller.selection=topk,sgs,dense", "controller.topk_density=0.1,0.2"]),
+            str(tmp_path / "sw"), workers=1)
+    said = [r.getMessage() for r in caplog.records if "recorded from dense SGD" in
+            r.getMessage()]
+    assert len(said) == 2 and "'topk'" in said[0] and "'sgs'" in said[1]

@@ -162,11 +162,12 @@ def _print_phases(r: dict, indent: int = 10) -> None:
             continue
         busy = c.get("by_phase_layer_sum", {}).get(ph, span)
         # the phase's span on the chip; the layers' own durations when they differ much
-        extra = (f" (its layers' durations summed {busy / T / f:.3g} s)"
-                 if abs(busy - span) > 0.01 * max(span, 1) else "")
+        extra = f" (layers {busy / T / f:.3g} s)" if abs(busy - span) > 0.01 * max(span, 1) else ""
         parts.append(f"{ph} {span / T / f:.3g} s{extra} / {e['by_phase'][ph] / T:.3g} J")
+    said = ("; 'layers': the phase's layers' own durations summed"
+            if any("(layers" in p for p in parts) else "")
     print(f"{'phases':<{indent}}" + ", ".join(parts) + "  (per iteration; a phase lasts from "
-          "its first start to its last end, and phases overlap)")
+          f"its first start to its last end, and phases overlap{said})")
     a = r.get("area_mm2")
     if a:
         top = max(a["by_component"], key=a["by_component"].get)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,18 +89,26 @@ def _cell(v) -> str:
 
 
 def _plot_path(plot: str) -> Path:
-    """``--plot`` checked before any work: a .png (added when there is no suffix); its folder
-    is made if missing, as ``run --out`` makes its run folder."""
+    """``--plot`` checked before any work: a .png (added when there is no suffix) whose
+    folder exists or can be made (``_make_folder``, just before writing, as ``run --out``
+    makes its run folder)."""
     p = Path(plot)
     if p.suffix == "":
         p = p.with_suffix(".png")
     if p.suffix.lower() != ".png":
         raise TimesimError(f"--plot {plot}: expected a .png file name, got {p.suffix!r}")
+    there = next((a for a in (p.parent, *p.parent.parents) if a.exists()), Path("."))
+    if not there.is_dir() or not os.access(there, os.W_OK):
+        raise TimesimError(f"--plot {plot}: cannot make its folder {p.parent} ({there} is "
+                           f"{'not a folder' if not there.is_dir() else 'not writable'})")
+    return p
+
+
+def _make_folder(p: Path) -> Path:
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TimesimError(f"--plot {plot}: cannot make its folder {p.parent} "
-                           f"({exc.strerror})") from None
+        raise TimesimError(f"{p}: cannot make its folder ({exc.strerror})") from None
     return p
 
 
@@ -175,7 +184,7 @@ def compare_runs(runs, plot: str | None = None, quantiles: bool = False,
     if plot:
         from .plots import compare_plot
 
-        compare_plot(rows, plot_path)
+        compare_plot(rows, _make_folder(plot_path))
         print(f"wrote {plot_path}")
     if quantiles or qq:
         dist = distribution_rows(runs)
@@ -191,6 +200,6 @@ def compare_runs(runs, plot: str | None = None, quantiles: bool = False,
         if qq:
             from .plots import qq_plot
 
-            qq_plot([(str(run), load_writes(run)) for run in runs], qq_path)
+            qq_plot([(str(run), load_writes(run)) for run in runs], _make_folder(qq_path))
             print(f"wrote {qq_path}")
     return rows

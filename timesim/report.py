@@ -60,7 +60,7 @@ def build_report(hw: HwConfig, trace, policies: Sequence[LayerPolicy], T: int,
                   "dtype": meta.dtype, "iterations": meta.iterations,
                   "layers": [{"name": l.name, "kind": l.kind, "rows": l.rows, "cols": l.cols}
                              for l in meta.layers],
-                  **({"updates": meta.updates} if meta.updates else {})},
+                  **({"updates": meta.updates} if getattr(meta, "updates", "") else {})},
         "policy": {"selection": c.selection, "rct": c.rct, "topk_density": c.topk_density,
                    "wear_leveling": c.wear_leveling, "interval": c.interval, "rows": c.rows,
                    "by_layer": {p.layer.name: p.selection for p in policies}},

@@ -380,8 +380,8 @@ def _feed_named(sim, chunk, dtype: str, trace, label: str) -> None:
         from .trace.format import chunk_name
 
         raise TraceError(f"{label}: chunk {chunk_name(chunk.t0 // trace.meta.chunk_iterations)}"
-                         f": {msg}; 'timesim trace validate' lists every such chunk, "
-                         f"--nonfinite skip|zero runs past them") from None
+                         f": {msg}; 'timesim trace validate' lists the chunks with non-finite "
+                         f"values, --nonfinite skip|zero runs past them") from None
 
 
 def _say_recording(hw: HwConfig, trace) -> None:
@@ -389,16 +389,22 @@ def _say_recording(hw: HwConfig, trace) -> None:
     applied them otherwise than this run's policy: under a sparse policy the training's own
     gradients concentrate and persist where dense training's do not (docs/fidelity.md, "From a
     dense recording"), so such a replay predicts that policy's writes low."""
-    recorded, run = trace.meta.updates, hw.controller.selection
+    recorded, run = getattr(trace.meta, "updates", ""), hw.controller.selection
     if not recorded or run == "dense" or recorded == run:
         return
     label = getattr(trace, "label", str(getattr(trace, "path", "")))
-    how = "dense SGD" if recorded == "dense" else f"'{recorded}' updates"
-    log.warning("%s: recorded from training under %s, simulated under '%s': the policy's own "
-                "training writes more (from dense recordings of seven digits models: top-k max "
-                "writes down to 0.3x, SGS-ARS down to 0.55x of co-simulated training, "
-                "docs/fidelity.md 'From a dense recording'); for the policy's own numbers "
-                "record under timesim.pytorch.SparseUpdate with this hwconfig", label, how, run)
+    if recorded == "dense":
+        log.warning("%s: recorded from dense SGD training, simulated under '%s': the policy's "
+                    "own training writes more (from dense recordings of seven digits models: "
+                    "top-k max writes down to 0.3x, SGS-ARS down to 0.55x of co-simulated "
+                    "training, docs/fidelity.md 'From a dense recording'); for the policy's own "
+                    "numbers record under timesim.pytorch.SparseUpdate with this hwconfig",
+                    label, run)
+    else:
+        log.warning("%s: recorded from training under '%s' updates, simulated under '%s': a "
+                    "policy's own training shapes its gradients (docs/fidelity.md); for this "
+                    "policy's numbers record under timesim.pytorch.SparseUpdate with this "
+                    "hwconfig", label, recorded, run)
 
 
 def simulate(hw: HwConfig, trace, out=None,

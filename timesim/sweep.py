@@ -135,19 +135,24 @@ def run_sweep(hw_path: str | None, trace: str, grid: list[tuple[str, list[str]]]
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Run every grid point not finished yet; return all rows (point order)."""
     from .report import hwconfig_hash, trace_fingerprint
+    from .simulate import _say_recording
     from .trace import open_trace
 
     load_hwconfig(hw_path, base_sets)                 # bad inputs fail here, before any work
-    trace_fp = trace_fingerprint(open_trace(trace))
+    opened = open_trace(trace)
+    trace_fp = trace_fingerprint(opened)
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     keys = [k for k, _ in grid]
-    todo, rows = [], []
+    todo, rows, said = [], [], set()
     for i, settings in enumerate(points(grid)):
         pid = point_id(i, settings)
         folder = out_p / "points" / pid
         row = {"point": pid, **settings}
         hw = load_hwconfig(hw_path, [*base_sets, *(f"{k}={v}" for k, v in settings.items())])
+        if hw.controller.selection not in said:     # the workers' logs are not the user's
+            said.add(hw.controller.selection)
+            _say_recording(hw, opened)
         got = _finished(folder, settings, trace_fp, hwconfig_hash(hw))
         if got is not None:
             rows.append({**row, **got})

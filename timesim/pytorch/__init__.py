@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from pathlib import Path
 
@@ -58,17 +59,37 @@ def _source() -> str:
     return f"pytorch {torch.__version__}"
 
 
-UPDATES_MARK = "_timesim_updates"       # set by SparseUpdate on the weights it applies
+# SparseUpdate.step() stamps each weight it applies with (selection, a number no other step
+# has); a recorder that sees a weight's stamp change between two of its steps knows that
+# iteration went through SparseUpdate, and a stamp left from earlier (an unused or dropped
+# SparseUpdate) counts for nothing
+UPDATES_MARK = "_timesim_updates"
+_STAMPS = itertools.count()
 
 
-def _updates(layers, before: str) -> str:
-    """The manifest's ``updates`` after one more recorded iteration: ``dense`` where no
-    SparseUpdate applied the recorded weights' gradients (the user's optimizer did, all of
-    them), else its selection (``topk``, ``sgs-row``, ...); ``mixed`` once they differ
-    between layers or iterations."""
-    marks = {getattr(layer.weight, UPDATES_MARK, None) or "dense" for layer in layers}
-    now = marks.pop() if len(marks) == 1 else "mixed"
-    return now if before in ("", now) else "mixed"
+class _Updates:
+    """The manifest's ``updates`` of a recording: ``dense`` where the user's optimizer applied
+    the recorded weights' gradients, the SparseUpdate selection (``topk``, ``sgs-row``, ...)
+    where SparseUpdate did, ``mixed`` once that differs between layers or iterations."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.seen = None                # each layer's stamp at the last look
+        self.value = ""
+
+    def look(self, final: bool = False) -> str:
+        """At each ``rec.step()`` (the iteration before it is finished: SparseUpdate steps
+        after the recorder) and at the end (``final``: the last iteration, counted only
+        where SparseUpdate stamped it; a dense last step leaves no trace)."""
+        now = [getattr(layer.weight, UPDATES_MARK, None) for layer in self.layers]
+        if self.seen is not None:
+            how = {s[0] if s is not None and s != old else "dense"
+                   for s, old in zip(now, self.seen)}
+            if not (final and how == {"dense"}):
+                one = how.pop() if len(how) == 1 else "mixed"
+                self.value = one if self.value in ("", one) else "mixed"
+        self.seen = now
+        return self.value or ("dense" if final else "")     # "": not known yet
 
 
 class TraceRecorder:
@@ -131,6 +152,7 @@ class TraceRecorder:
 
     def __enter__(self) -> TraceRecorder:
         self.probe = _Probe(self.model, self.layers, self.input_bits, self.batch_size)
+        self._updates = _Updates(self.layers)
         return self
 
     @property
@@ -164,8 +186,8 @@ class TraceRecorder:
                 filled.add(name)
             else:
                 grads[name] = weight_to_matrix(layer.weight.grad)
+        self.writer.updates = self._updates.look()     # before append: a checkpoint has it
         self.writer.append(grads, filled)
-        self.writer.updates = _updates(self.layers, self.writer.updates)
         self.probe.mark()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -185,6 +207,7 @@ class TraceRecorder:
             dataclasses.replace(info, input_activity=self.probe.activity(info.name))
             for info in self.writer.layers)
         self.writer.skipped = tuple(self.skipped)
+        self.writer.updates = self._updates.look(final=True)
         self.writer.close()
         if self.save_weights:
             save_weights(self.model, self.path / WEIGHTS)
@@ -247,8 +270,6 @@ class SparseUpdate:
                 f"{d['name']} ({d['reason']})" for d in self.skipped), stacklevel=3)
         if not self.params:
             raise TraceError("the optimizer has no 2-D or 4-D weight to map to crossbars")
-        for _, p in self.params:        # a TraceRecorder of these weights says how they moved
-            setattr(p, UPDATES_MARK, self.hw.controller.selection)
         if model is None and batch_size is None:
             _tell("SparseUpdate without model= or batch_size=: the batch size is unknown and "
                   "the engine times one input vector per layer and iteration", stacklevel=3)
@@ -329,6 +350,9 @@ class SparseUpdate:
         self.optimizer.step()
         for p, old, moved in restore:
             p.copy_(torch.where(moved, p, old))
+        selection = self.hw.controller.selection
+        for _, p in self.params:        # a TraceRecorder of these weights: how they moved
+            setattr(p, UPDATES_MARK, (selection, next(_STAMPS)))
         return loss
 
     def report(self, out: str | Path | None = None) -> dict:

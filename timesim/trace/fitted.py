@@ -37,7 +37,7 @@ import yaml
 from .. import yamlio
 from ..errors import TraceError
 from ..kernels.synth import _fitted_factors, normal
-from .format import MAX_ITERATIONS, TraceMeta, _layer
+from .format import MAX_ITERATIONS, UPDATES, TraceMeta, _layer
 from .models import MODELS
 from .synth import SynthTrace, default_chunk
 
@@ -344,6 +344,14 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
     if hashlib.sha256(blob).hexdigest() != doc.get("importances_sha256"):
         raise TraceError(f"{where}: importances: {side.name} does not match this model "
                          f"(sha256 differs; refit or restore the pair)")
+    source = doc.get("source")
+    if not isinstance(source, dict):
+        raise TraceError(f"{where}: source: expected a mapping (trace, iterations, ...), got "
+                         f"{source!r}")
+    if (source.get("updates") or "") not in ("", *UPDATES):
+        raise TraceError(f"{where}: source.updates: must be one of {'|'.join(UPDATES)} (how "
+                         f"the recorded training applied its gradients), got "
+                         f"{source.get('updates')!r}")
     raw_layers = doc.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise TraceError(f"{where}: layers: expected a non-empty list")
@@ -395,7 +403,12 @@ class FittedTrace(SynthTrace):
                              f"'timesim trace fit'")
         self.loop = loop == "on"
         infos = tuple(layer.info for layer in layers)
-        iterations = int(doc["source"]["iterations"]) if iterations is None else iterations
+        if iterations is None:
+            try:
+                iterations = int(doc["source"]["iterations"])
+            except (KeyError, TypeError, ValueError):
+                raise TraceError(f"{where}: source.iterations: missing or not a number; give "
+                                 f"iterations=N") from None
         biggest = max(layer.cells for layer in infos)
         if chunk is None:
             chunk = default_chunk(biggest)
@@ -420,8 +433,8 @@ class FittedTrace(SynthTrace):
                               dataset=str(doc.get("dataset", "")),
                               batch_size=int(doc.get("batch_size", 128)),
                               iterations=iterations, chunk_iterations=chunk, dtype="float32",
-                              layers=infos, updates=str((doc.get("source") or {})
-                                                        .get("updates") or ""))
+                              layers=infos,
+                              updates=(doc.get("source") or {}).get("updates") or "")
         self.index = {layer.name: i for i, layer in enumerate(infos)}
         self._structure, self._factors = {}, {}
         self._biggest = biggest
