@@ -159,6 +159,24 @@ def test_nonfinite_gradients_error_skip_or_zero(tmp_path, dtype):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_an_overflowing_accumulator_is_not_called_a_non_finite_gradient(tmp_path, dtype):
+    """Finite gradients near float32's largest value overflow the accumulator of a cell that
+    is not written: an error of its own, without the hint to validate or skip (neither helps:
+    the trace validates, and --nonfinite finds nothing to skip)."""
+    layers = [LayerInfo(name="a", kind="linear", rows=6, cols=3)]
+    with TraceWriter(tmp_path / "t", layers, model="big", source="t", dtype=dtype,
+                     chunk_iterations=4) as w:
+        for _ in range(4):
+            w.append({"a": np.full((6, 3), 3e38, dtype=np.float32)})
+    assert cli("trace", "validate", str(tmp_path / "t")).returncode == 0
+    for extra in ([], ["--nonfinite", "skip"]):
+        r = cli("run", "--trace", str(tmp_path / "t"), *extra, "--out", str(tmp_path / "o"))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "layer a: iteration 1: the accumulated gradient overflowed" in r.stderr
+        assert "|g| up to 3" in r.stderr and "--nonfinite" not in r.stderr
+
+
 def test_output_into_a_closed_pipe_exits_quietly(monkeypatch, capsys):
     """`timesim hwconfigs | head -1`: the reader is gone before timesim is done writing; the
     command ends with the shell's SIGPIPE status and no traceback (before: BrokenPipeError

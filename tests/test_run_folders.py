@@ -217,3 +217,32 @@ def test_faults_evaluate_the_traces_model_on_the_worn_chip(tmp_path):
     assert a["failed_fraction"][-1] > 0.01
     assert a["accuracy"][-1] < a["fault_free"]
     assert timesim.simulate(hw, trace)["faults"]["accuracy"] is None      # opt-in
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_max_writes_history_marks_every_ceil_t_over_1000_at_chunk_ends(tmp_path, chunk):
+    """max_writes_history.csv (docs/metrics.md): a mark every ceil(T/1000) iterations, a point
+    at the first chunk end on or after each mark and at T; each layer's value is its max write
+    count there, here from the plain reference run iteration by iteration."""
+    from tests.reference import RefLayer
+
+    T = 1300
+    write_trace(tmp_path / "t", AB, T=T, seed=5, chunk=chunk)
+    hw = timesim.load_hwconfig(None, ["controller.selection=sgs-element",
+                                      "controller.wear_leveling=none"])
+    timesim.simulate(hw, str(tmp_path / "t"), out=tmp_path / "o")
+    rows = (tmp_path / "o" / "max_writes_history.csv").read_text().split()
+    assert rows[0] == "iteration,a,b"
+    got = [[int(v) for v in r.split(",")] for r in rows[1:]]
+    step = 2                                        # ceil(1300 / 1000)
+    ends = [*range(chunk, T, chunk), T]              # the last chunk is shorter
+    want_t = sorted({min(e for e in ends if e >= m) for m in range(step, T + 1, step)} | {T})
+    assert [r[0] for r in got] == want_t and len(got) <= 1000 + 1
+    rng = np.random.default_rng(5)                  # write_trace's gradients, again
+    ref = [RefLayer(l.rows, l.cols, "sgs-element") for l in AB]
+    want = {}
+    for t in range(1, T + 1):
+        for layer, info in zip(ref, AB):
+            layer.step(rng.standard_normal((info.rows, info.cols)).astype(np.float32))
+        want[t] = [int(layer.writes.max()) for layer in ref]
+    assert [r[1:] for r in got] == [want[t] for t in want_t]

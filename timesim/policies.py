@@ -220,8 +220,26 @@ class LayerPolicy:
             bad = K._run_topk(*args, self.k, self._keys, self._cand, self._tau, self.cpw,
                               self.drivers, *out)
         if bad >= 0:
-            raise TraceError(f"layer {self.layer.name}: iteration {t0 + bad}: non-finite "
-                             f"gradient or accumulator (NaN or Inf)")
+            raise TraceError(self._nonfinite(chunk, bad, t0))
+
+    def _nonfinite(self, chunk, bad: int, t0: int) -> str:
+        """The error for iteration t0 + bad: a non-finite gradient in the chunk, or finite
+        gradients whose float32 accumulation overflowed (what --nonfinite cannot skip)."""
+        where = f"layer {self.layer.name}: iteration {t0 + bad}"
+        if chunk is _NO_CHUNK:
+            g = None
+        elif chunk.dtype == np.uint16:          # float16 bit patterns: exponent all ones
+            if ((chunk[bad] & 0x7C00) == 0x7C00).any():
+                return f"{where}: non-finite gradient (NaN or Inf)"
+            g = chunk[bad].view(np.float16)
+        elif not np.isfinite(chunk[bad]).all():
+            return f"{where}: non-finite gradient (NaN or Inf)"
+        else:
+            g = chunk[bad]
+        size = f", |g| up to {float(np.abs(g).max()):.3g} there" if g is not None else ""
+        return (f"{where}: the accumulated gradient overflowed float32 (Inf) although the "
+                f"gradients are finite{size}; values this large cannot be accumulated: check "
+                f"the gradients' scale (e.g. an AMP loss scale left in the recording)")
 
     def _dense_pulses(self, chunk: np.ndarray) -> None:
         """write.pulses=delta on a dense update: every weight moves by lr·|g| / step levels;

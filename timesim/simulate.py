@@ -87,7 +87,9 @@ class Simulation:
         self._scratch = np.empty(0, dtype=np.float32)
         self.iterations = 0
         total = expected_iterations or meta.iterations
-        self._step = max(1, total // HISTORY_POINTS)
+        # a mark every ceil(T / 1000) iterations: at most HISTORY_POINTS (+ the last), taken
+        # at the first chunk end on or after each mark (docs/metrics.md, "max_writes_history")
+        self._step = max(1, -(-total // HISTORY_POINTS))
         self._next_mark = self._step
         self.hist_t: list[int] = []
         self.hist_max: list[list[int]] = []
@@ -373,15 +375,18 @@ def _feed_named(sim, chunk, dtype: str, trace, label: str) -> None:
         sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
     except TraceError as exc:
         msg = str(exc)
-        if "non-finite" not in msg:
+        overflow = "overflowed" in msg      # finite gradients: --nonfinite cannot help
+        if "non-finite" not in msg and not overflow:
             raise
         if not hasattr(trace, "path"):         # a generated stream
-            raise TraceError(f"{label}: {msg}; --nonfinite skip|zero runs past it") from None
+            hint = "" if overflow else "; --nonfinite skip|zero runs past it"
+            raise TraceError(f"{label}: {msg}{hint}") from None
         from .trace.format import chunk_name
 
+        hint = "" if overflow else ("; 'timesim trace validate' lists the chunks with "
+                                    "non-finite values, --nonfinite skip|zero runs past them")
         raise TraceError(f"{label}: chunk {chunk_name(chunk.t0 // trace.meta.chunk_iterations)}"
-                         f": {msg}; 'timesim trace validate' lists the chunks with non-finite "
-                         f"values, --nonfinite skip|zero runs past them") from None
+                         f": {msg}{hint}") from None
 
 
 def _say_recording(hw: HwConfig, trace) -> None:
