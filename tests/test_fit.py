@@ -523,3 +523,42 @@ def test_tempering_keeps_a_gates_exact_zeros():
         assert gate_moments(r)[1] == pytest.approx(1.0, rel=1e-6)
         # E[g⁴] / E[g²]² of a gate that is 0 with probability 0.2 and flat otherwise: 1 / 0.8
         assert gate_moments(r)[2] * 2.7 == pytest.approx(max(want, 2.7 / 0.8), rel=0.02)
+
+
+def test_a_fit_carries_what_its_recording_did_not_map(tmp_path):
+    """The recording's skipped modules and its attention work (manifest ``skipped``,
+    ``left_out``) go into the fitted model: a replay of the fit reports, times and covers them
+    as a replay of the recording does (a transformer's fit must not drop its attention)."""
+    from timesim.trace.format import LayerInfo
+
+    layers = [LayerInfo(name="enc.attn.in_proj", kind="linear", rows=16, cols=48,
+                        vectors_per_sample=10),
+              LayerInfo(name="enc.attn.out_proj", kind="linear", rows=16, cols=16,
+                        vectors_per_sample=10),
+              LayerInfo(name="head", kind="linear", rows=16, cols=4)]
+    skipped = ({"name": "emb", "reason": "nn.Embedding: a lookup, not a matrix product",
+                "parameters": 640},)
+    left_out = ({"name": "enc.attn", "work": "attention scores and context", "macs": 12000},)
+    rng = np.random.default_rng(2)
+    with TraceWriter(tmp_path / "t", layers, model="tfm", source="test", batch_size=2,
+                     chunk_iterations=32) as w:
+        w.skipped, w.left_out = skipped, left_out
+        for _ in range(128):
+            w.append({info.name: rng.standard_normal((info.rows, info.cols)).astype(np.float32)
+                      for info in layers})
+    assert main(["trace", "fit", str(tmp_path / "t"), "--out", str(tmp_path / "fit.yaml")]) == 0
+    from timesim.config import bundled_hwconfig
+
+    hw = timesim.load_hwconfig(bundled_hwconfig("tiny"), ["attention.macs_per_cycle=300"])
+    real = timesim.simulate(hw, str(tmp_path / "t"))
+    fit = timesim.simulate(hw, f"synth:fit?model={tmp_path / 'fit.yaml'}&iterations=128")
+    assert real["skipped"] == list(skipped) and real["digital"][0]["macs"] == 12000
+    for key in ("skipped", "digital", "left_out", "coverage"):
+        assert fit[key] == real[key], key
+    assert fit["energy_j"]["by_component"]["attention"] == pytest.approx(
+        real["energy_j"]["by_component"]["attention"], rel=1e-12)
+    assert fit["area_mm2"]["total"] == pytest.approx(real["area_mm2"]["total"], rel=1e-12)
+    doc = yaml.safe_load((tmp_path / "fit.yaml").read_text())
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump({**doc, "left_out": [{"macs": "x"}]}))
+    with pytest.raises(TraceError, match="left_out"):
+        load_model(tmp_path / "fit.yaml")

@@ -25,6 +25,7 @@ def test_resume_of_a_finished_run_keeps_it_and_says_so(tmp_path, capsys, caplog)
     assert after == before           # not run again (a rerun has another run.wall_s)
     assert sorted(p.name for p in (out / "writes").iterdir()) == writes
     assert "max writes per cell" in captured.out                      # the existing report
+    assert f"kept      {out}/report.json" in captured.out and "wrote " not in captured.out
 
 
 def test_resume_of_a_finished_run_with_other_arguments_is_refused(tmp_path, capsys):
@@ -38,6 +39,7 @@ def test_resume_of_a_finished_run_with_other_arguments_is_refused(tmp_path, caps
                  "controller.interval=512"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "made with another hwconfig" in err[0] and "--resume" in err[0]
+    assert "controller.interval: 1024 -> 512" in err[0]                # the key named
     assert (out / "report.json").read_text() == before
     assert main(["run", "--out", str(out), "--threads", "1", "--trace",
                  "synth:resnet20?iterations=8", "--resume"]) == 2

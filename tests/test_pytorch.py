@@ -360,6 +360,9 @@ def test_recorder_memory_is_bounded_by_its_byte_budget(tmp_path):
     rec = TraceRecorder(net, tmp_path / "t", chunk_iterations=64, dtype="float16",
                         max_buffer_bytes=1 << 22)
     assert rec.chunk_iterations == (1 << 22) // (weights * 2)
+    for bad in (0, -1, 2.5, True):      # used to record one file per iteration, silently
+        with pytest.raises(timesim.TraceError, match=f"chunk_iterations: .*got {bad!r}"):
+            TraceRecorder(net, tmp_path / "t", chunk_iterations=bad)
 
 
 def test_sparse_update_without_model_refuses_convolutions():

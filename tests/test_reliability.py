@@ -69,6 +69,28 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(tmp_path, reference_
     assert not (out / "checkpoint.npz").exists()
 
 
+def test_an_interrupted_run_says_where_its_checkpoint_is(tmp_path):
+    """Ctrl-C (SIGINT) on a run: exit 130 with a line naming the checkpoint's iteration and
+    --resume (it used to say only "interrupted")."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "timesim", "run", "--trace",
+            "synth:resnet20?iterations=5000000&chunk=8", "--checkpoint-every", "8",
+            "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(12000):
+        if (out / "checkpoint.npz").is_file():
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130, err
+    from timesim import checkpoint
+
+    done = checkpoint.saved_info(out)["iterations"]
+    assert done >= 8 and f"keeps the checkpoint of iteration {done}; the same command with " \
+        "--resume continues" in err
+
+
 def test_resume_with_other_arguments_is_refused(tmp_path):
     out = tmp_path / "run"
     hw = timesim.load_hwconfig(bundled_hwconfig("tiny"))
@@ -87,7 +109,8 @@ def test_resume_with_other_arguments_is_refused(tmp_path):
     r = cli("run", "--trace", "synth:mlp-small?iterations=64&chunk=8", "--hw",
             str(bundled_hwconfig("tiny")), "--set", "controller.interval=5", "--out", str(out),
             "--resume")
-    assert r.returncode == 2 and "made with other arguments" in r.stderr
+    assert r.returncode == 2 and "made with other hwconfig values" in r.stderr
+    assert f"controller.interval: {hw.controller.interval} -> 5" in r.stderr   # named
     # the same arguments continue from iteration 32 and equal a fresh run
     r = timesim.simulate(hw, "synth:mlp-small?iterations=64&chunk=8", out=out, resume=True)
     fresh = timesim.simulate(hw, "synth:mlp-small?iterations=64&chunk=8")

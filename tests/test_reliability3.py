@@ -256,6 +256,30 @@ def test_compare_shows_the_selection_cost_apart(tmp_path, capsys):
     assert dc > 0 and "lengthens the iteration" in out
 
 
+def test_compare_does_not_put_another_difference_down_to_the_selection(tmp_path, capsys):
+    """The selection note credits the iteration's difference to the selection only where the
+    runs differ in nothing else: not across workloads, nor across chip keys outside
+    ``controller``; runs of different lengths get a note; the same selection energy summed in
+    another order is no difference."""
+    from timesim.compare import _delta, compare_runs
+
+    _, _, a = _select_run(tmp_path, "sgs-row")
+    _, _, b = _select_run(tmp_path, "topk", "xbar.cols=16")
+    random_trace(tmp_path / "t2", ONE, T=7, seed=3)
+    c = tmp_path / "other"
+    timesim.simulate(tiny("controller.selection=topk", "controller.wear_leveling=none",
+                          "controller.topk_density=0.1"), str(tmp_path / "t2"), out=c)
+    capsys.readouterr()
+    compare_runs([a, b, c])
+    out = capsys.readouterr().out
+    assert "not the selection's alone (hwconfig xbar differs)" in out
+    assert "not the selection's alone (another workload)" in out
+    assert "lengthens the iteration" not in out
+    assert "note: the runs are of different lengths (5, 7 iterations)" in out
+    assert _delta({"select J/iter": 0.1 + 0.2}, {"select J/iter": 0.3}) == "+0"
+    assert _delta({"select J/iter": 2e-12}, {"select J/iter": 1e-12}) == "+1e-12"
+
+
 # -- item 5: top-k write time with many selected weights in one row -------------------------
 
 def test_topk_write_time_counts_groups_of_drivers_per_row(tmp_path):

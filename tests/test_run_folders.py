@@ -118,7 +118,7 @@ def test_resume_under_another_nonfinite_mode_is_refused(tmp_path, monkeypatch):
         timesim.simulate(hw, str(trace), out=tmp_path / "r", checkpoint_every=4,
                          nonfinite="skip")
     monkeypatch.undo()
-    with pytest.raises(timesim.errors.SimulationError, match="other arguments"):
+    with pytest.raises(timesim.errors.SimulationError, match="another trace or --nonfinite"):
         timesim.simulate(hw, str(trace), out=tmp_path / "r", resume=True, nonfinite="zero")
 
 

@@ -96,6 +96,47 @@ def test_interrupted_sweep_resumes_to_the_same_table(tmp_path):
     assert all(p in resumed for p in partial)
 
 
+def test_sigint_to_the_sweep_alone_stops_its_points_and_says_how_to_go_on(tmp_path):
+    """kill -INT to the sweep process (not a terminal's Ctrl-C, which reaches its workers
+    too) used to wait, silently, for every running point to finish: now it stops them, says
+    what was kept, and exits 130; the points' folders stay for the next run to continue."""
+    args = [sys.executable, "-m", "timesim", "sweep", "--trace",
+            "synth:resnet20?iterations=5000000", "--grid", "controller.interval=64,128",
+            "--workers", "2", "--out", str(tmp_path / "s")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(6000):       # both points started (their point.json written)
+        if len(list((tmp_path / "s").glob("points/*/point.json"))) == 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted: 0 finished points kept" in err and "2 workers stopped" in err
+    assert not list((tmp_path / "s").glob("points/*/report.json"))     # none ran to the end
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_sweep_not_yet_reaped_counts_as_gone():
+    """A sweep's workers watch it (sweep._alive): a dead sweep whose parent has not reaped it
+    (a harness reading its output to the end first) is a zombie that kill(pid, 0) still
+    answers; it must count as gone, or the workers outlive it."""
+    from timesim.sweep import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _alive(child.pid)
+        child.kill()
+        for _ in range(2000):          # dead but not reaped: /proc says Z
+            state = open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.01)
+        assert state == "Z" and not _alive(child.pid)
+    finally:
+        child.wait()
+    assert not _alive(child.pid)       # reaped: no such process
+
+
 def test_sweep_figures_are_produced(tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "f"

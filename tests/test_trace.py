@@ -351,3 +351,22 @@ def test_crc32_folded_by_carryless_multiplication_is_zlibs():
         assert C.crc32(data) == zlib.crc32(data)
         assert C.crc32(memoryview(data)) == zlib.crc32(data)
     assert C.crc32(big) == zlib.crc32(big.tobytes())
+
+
+def test_validate_names_chunk_files_and_folders_the_manifest_does_not_count(tmp_path, capsys):
+    """A stray chunk (a copy, or a manifest of fewer iterations than were written) is never
+    read: validate says so rather than calling the folder simply valid."""
+    import shutil
+
+    from timesim.cli import main
+
+    write_trace(tmp_path / "t", T=10, chunk=4)                 # chunks 000000-000002
+    assert TraceDir(tmp_path / "t").validate()["extra_files"] == []
+    shutil.copy(tmp_path / "t" / "fc.0" / "000002.npy", tmp_path / "t" / "fc.0" / "000005.npy")
+    (tmp_path / "t" / "junk").mkdir()
+    info = TraceDir(tmp_path / "t").validate()
+    assert info["extra_files"] == ["fc.0/000005.npy"] and info["extra_dirs"] == ["junk"]
+    assert main(["trace", "validate", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 file not read (chunk files beyond the manifest's iterations): " \
+        "fc.0/000005.npy" in out and "junk" in out

@@ -28,14 +28,20 @@ def fingerprint(hw_dict: dict, trace_label: str, meta_dict: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def saved_info(out: Path) -> dict:
+    """The info of ``out``'s checkpoint (fingerprint, iterations, ...), or {} when there is
+    none (or it is unreadable)."""
+    try:
+        with np.load(Path(out) / NAME, allow_pickle=False) as z:
+            return json.loads(z["info"].tobytes().decode())
+    except Exception:
+        return {}
+
+
 def saved_fingerprint(out: Path) -> str | None:
     """The fingerprint of ``out``'s checkpoint, or None when there is none (or it is
     unreadable)."""
-    try:
-        with np.load(Path(out) / NAME, allow_pickle=False) as z:
-            return json.loads(z["info"].tobytes().decode()).get("fingerprint")
-    except Exception:
-        return None
+    return saved_info(out).get("fingerprint")
 
 
 def state_arrays(policies, trace) -> dict[str, np.ndarray]:
@@ -77,9 +83,31 @@ def save(out: Path, sim, trace, fp: str, extra: dict | None = None) -> Path:
     info = {"format": FORMAT, "fingerprint": fp, "iterations": sim.iterations,
             "engine": sim.engine.state(),
             "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
-            "next_mark": sim._next_mark, "extra": extra or {}}
+            "next_mark": sim._next_mark, "extra": extra or {},
+            "hwconfig": sim.hw.to_dict()}        # to name what differs on a refused resume
     arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
     return write_npz(out / NAME, arrays)
+
+
+def differences(old, new, limit: int = 3) -> str:
+    """The hwconfig keys whose values differ between two resolved hwconfigs (``to_dict``), as
+    ``key: old -> new`` (the first ``limit``, and how many more); "" when none or unknown."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = (flat(json.loads(json.dumps(d))) for d in (old, new))   # as saved: lists, not tuples
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
+    return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def load(out: Path, sim, trace, fp: str) -> dict:
@@ -100,8 +128,12 @@ def load(out: Path, sim, trace, fp: str) -> dict:
         hint = ("; a synth: spec without gen= now means generator 2 (earlier versions: 1): "
                 "a run started by an earlier version resumes with gen=1 in its spec"
                 if getattr(trace, "params", {}).get("gen") == 2 else "")
-        raise SimulationError(f"{path}: made with other arguments (hwconfig, --set or trace "
-                              f"differ); rerun with the same arguments or another --out{hint}")
+        keys = differences(info.get("hwconfig"), sim.hw.to_dict())
+        what = (f"other hwconfig values ({keys})" if keys else
+                "another trace or --nonfinite" if "hwconfig" in info else
+                "other arguments (hwconfig, --set or trace differ)")
+        raise SimulationError(f"{path}: made with {what}; rerun with the same arguments or "
+                              f"another --out{hint}")
     try:
         load_state_arrays(arrays, sim.policies, trace)
     except (KeyError, ValueError) as exc:

@@ -75,6 +75,22 @@ def _progress(total: int, label: str, unit: str = "it", every: float | None = No
     return p.update, p
 
 
+def _say_interrupted(out: Path) -> None:
+    """What an interrupted run left: its last checkpoint, and how to continue from it."""
+    from . import checkpoint
+
+    done = checkpoint.saved_info(out).get("iterations")
+    if done is None and any((out / "shards").glob("shard-*.npz")):
+        done = "its shards' last"
+    log = logging.getLogger("timesim")
+    if done is not None:
+        log.warning("interrupted: %s keeps the checkpoint of iteration %s; the same command "
+                    "with --resume continues from there", out, done)
+    else:
+        log.warning("interrupted before the first checkpoint (every --checkpoint-every "
+                    "iterations): nothing in %s to continue from", out)
+
+
 def cmd_run(args) -> int:
     from .config import load_hwconfig
     from .simulate import simulate
@@ -93,12 +109,16 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime(
         "run-%Y%m%d-%H%M%S")
     update, bar = _progress(trace.meta.iterations, "simulating", every=args.progress_every)
+    before = _stamp(out / "report.json")
     try:
         report = simulate(hw, trace, out=out, progress=update,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           nonfinite=args.nonfinite, faults=args.faults, threads=args.threads,
                           scheduler=args.scheduler, shards=args.shards, evaluator=evaluator,
                           verify=not args.no_verify)
+    except KeyboardInterrupt:
+        _say_interrupted(out)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -109,9 +129,19 @@ def cmd_run(args) -> int:
     if "estimate" in report:
         _print_estimate(report, out)
     else:
-        _print_summary(report, out)
+        # a finished run resumed is kept as it was: nothing written
+        _print_summary(report, out, kept=before is not None
+                       and _stamp(out / "report.json") == before)
     _print_left_digital(report)
     return 0
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _print_left_digital(r: dict) -> None:
@@ -190,7 +220,7 @@ def _print_estimate(r: dict, out: Path) -> None:
     print(f"wrote     {out}/report.json, actions.csv")
 
 
-def _print_summary(r: dict, out: Path) -> None:
+def _print_summary(r: dict, out: Path, kept: bool = False) -> None:
     p, lt, w = r["policy"], r["lifetime"], r["writes"]
     wl = p["wear_leveling"]
     if wl != "none":
@@ -247,7 +277,10 @@ def _print_summary(r: dict, out: Path) -> None:
         pts = ", ".join(f"{t:.3g}: {acc:.3f}" for t, acc in zip(a["iterations"], a["accuracy"]))
         print(f"accuracy  {a['model']} on the worn chip by iteration: {pts} (digital "
               f"{a['digital']:.3f}, fault-free chip {a['fault_free']:.3f})")
-    print(f"wrote     {out}/report.json, actions.csv, writes/, rowmap/")
+    if kept:
+        print(f"kept      {out}/report.json, actions.csv, writes/, rowmap/ (a finished run)")
+    else:
+        print(f"wrote     {out}/report.json, actions.csv, writes/, rowmap/")
 
 
 def _duration(seconds: float) -> str:
@@ -324,11 +357,12 @@ def cmd_trace_fit(args) -> int:
         if bar is not None:
             bar.close()
     write_model(out, doc, arrays)
-    print(f"{'layer':<20}{'rows x cols':>13}{'bias':>7}{'tau_dir':>11}{'gate0 r/c':>11}"
+    w = max(20, 2 + max(len(L["layer"]["name"]) for L in doc["layers"]))
+    print(f"{'layer':<{w}}{'rows x cols':>13}{'bias':>7}{'tau_dir':>11}{'gate0 r/c':>11}"
           f"{'imp R2':>8}{'kurt real/model':>17}{'VR real/model':>15}")
     for L in doc["layers"]:
         info, f, g = L["layer"], L["fit"], L["gates"]
-        print(f"{info['name']:<20}{str(info['rows']) + ' x ' + str(info['cols']):>13}"
+        print(f"{info['name']:<{w}}{str(info['rows']) + ' x ' + str(info['cols']):>13}"
               f"{L['bias']:>7.3f}{L['tau_direction']:>11.4g}"
               f"{g['row_zero']:>6.2f}/{g['col_zero']:<4.2f}{f['importance_r2']:>8.3f}"
               f"{f['kurtosis_raw']:>9.3g}/{f['kurtosis_raw_model']:<7.3g}"
@@ -359,7 +393,8 @@ def cmd_trace_info(args) -> int:
     print(f"source      {m.source}")
     if m.updates:
         print(f"updates     {m.updates} (how the recorded training applied its gradients)")
-    print(f"iterations  {m.iterations} in {m.n_chunks} chunks of {m.chunk_iterations}, "
+    print(f"iterations  {m.iterations} in {_n(m.n_chunks, 'chunk')} of "
+          f"{min(m.chunk_iterations, m.iterations)}, "
           f"dtype {m.dtype}")
     cells = sum(l.cells for l in m.layers)
     weights = sum(l.cells // (l.groups or 1) for l in m.layers)
@@ -397,6 +432,12 @@ def cmd_trace_validate(args) -> int:
     print(f"{args.trace}: valid timesim trace v1: {t.meta.iterations} iterations, "
           f"{_n(info['layers'], 'layer')}, {_n(info['chunks'], 'chunk')}, "
           f"{info['checksums']} checksums verified, all values finite")
+    for key, what in (("extra_dirs", "folders that are no layer of the manifest"),
+                      ("extra_files", "chunk files beyond the manifest's iterations")):
+        if info.get(key):
+            more = f" and {len(info[key]) - 3} more" if len(info[key]) > 3 else ""
+            print(f"note: {_n(len(info[key]), 'file' if key == 'extra_files' else 'folder')} "
+                  f"not read ({what}): {', '.join(info[key][:3])}{more}")
     return 0
 
 

@@ -40,7 +40,10 @@ def summarize(run: str | Path, r: dict) -> dict:
             # the selection's own work (paper Sec. 3.2: top-k's O(n log2 k) comparisons),
             # which phase overlap hides in the iteration's cycles
             "select busy cycles/iter": _per(r.get("cycles", {}).get("busy_by_phase"), T),
-            "select J/iter": _per(r.get("energy_j", {}).get("by_phase"), T)}
+            "select J/iter": _per(r.get("energy_j", {}).get("by_phase"), T),
+            # not columns: what the selection notes need to know the runs differ only in it
+            "_trace": (r.get("trace") or {}).get("fingerprint"), "_iterations": T,
+            "_hwconfig": r.get("hwconfig")}
 
 
 def _per(by_phase: dict | None, T: int) -> float | None:
@@ -63,7 +66,10 @@ def selection_notes(rows: list[dict]) -> list[str]:
         ds, dc = (r[k] - ref[k] for k in keys)
         if ds == 0 and dc == 0:
             continue
-        if ds > 0 and dc > 0:
+        other = _beyond_selection(r, ref)
+        if other:           # the iteration's difference is not the selection's alone
+            how = f"iteration {dc:+.4g} cycles, not the selection's alone ({other})"
+        elif ds > 0 and dc > 0:
             how = (f"lengthens the iteration by {dc:.4g} cycles "
                    f"({100 * min(1.0, dc / ds):.3g}% of its extra selection time)")
         elif ds > 0:
@@ -75,9 +81,26 @@ def selection_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
+def _beyond_selection(r: dict, ref: dict) -> str:
+    """What else differs between two runs than the controller's settings: the workload, or a
+    hwconfig key outside ``controller`` ("" when nothing, or when a report does not say)."""
+    if r["_trace"] != ref["_trace"]:
+        return "another workload"
+    a, b = r["_hwconfig"], ref["_hwconfig"]
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(k for k in set(a) | set(b) if k != "controller" and a.get(k) != b.get(k))
+        if keys:
+            return f"hwconfig {', '.join(keys)} differ{'s' if len(keys) == 1 else ''}"
+    return ""
+
+
 def _delta(r: dict, ref: dict) -> str:
     a, b = r["select J/iter"], ref["select J/iter"]
-    return "-" if a is None or b is None else f"{a - b:+.4g}"
+    if a is None or b is None:
+        return "-"
+    d = a - b
+    # the same work summed in another order differs in the last bits: that is no difference
+    return "+0" if abs(d) <= 1e-9 * max(abs(a), abs(b)) else f"{d:+.4g}"
 
 
 def _cell(v) -> str:
@@ -175,6 +198,11 @@ def compare_runs(runs, plot: str | None = None, quantiles: bool = False,
     if len(models) > 1:
         print(f"note: the runs are of different models ({', '.join(models)}); the per-layer "
               f"comparisons cover the {len(shared)} layer(s) they share")
+    lengths = list(dict.fromkeys(r["_iterations"] for r in rows))
+    if len(lengths) > 1:
+        print(f"note: the runs are of different lengths ({', '.join(map(str, lengths))} "
+              f"iterations); max writes and the extension grow with the length, compare them "
+              f"at equal lengths")
     notes = selection_notes(rows)
     if notes:
         print()

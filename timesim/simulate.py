@@ -361,6 +361,9 @@ def _finished_run(out, hw: HwConfig, trace_fp: str, nonfinite: str,
     if differ:      # a forgotten --trace or --set must not replace finished work
         from .errors import SimulationError
 
+        keys = checkpoint.differences(report.get("hwconfig"), hw.to_dict())
+        if keys and "hwconfig" in differ:
+            differ[differ.index("hwconfig")] = f"hwconfig ({keys})"
         raise SimulationError(
             f"{out}: --resume: its finished run was made with another {' and '.join(differ)}; "
             f"pass the arguments it was made with to keep it, or leave out --resume to "

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import itertools
 import json
+import logging
 import multiprocessing
 import os
 import threading
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from .config import load_hwconfig
 from .errors import ConfigError, SimulationError
+
+log = logging.getLogger(__name__)
 
 METRICS = ("lifetime.extension", "lifetime.balanced_extension", "writes.max", "ars.swaps",
            "ars.normalized_write_energy", "cycles.total", "energy_j.total",
@@ -177,6 +180,15 @@ def run_sweep(hw_path: str | None, trace: str, grid: list[tuple[str, list[str]]]
             done += 1
             if progress:
                 progress(done, len(rows))
+    except KeyboardInterrupt:
+        if client is None:              # Ctrl-C to the sweep alone: do not wait for the points
+            stopped = _stop_workers(executor)
+            log.warning("interrupted: %d finished point%s kept in %s; %d worker%s stopped (a "
+                        "point that was running continues from its last checkpoint when the "
+                        "sweep is run again on the same --out)", done,
+                        "" if done == 1 else "s", out_p / "sweep.csv", stopped,
+                        "" if stopped == 1 else "s")
+        raise
     finally:
         if client is not None:
             executor.shutdown(wait=True)
@@ -184,6 +196,18 @@ def run_sweep(hw_path: str | None, trace: str, grid: list[tuple[str, list[str]]]
         else:
             executor.shutdown(wait=True, cancel_futures=True)
     return rows
+
+
+def _stop_workers(executor) -> int:
+    """Terminate a local pool's worker processes (a sweep interrupted by a signal to itself
+    alone; a terminal's Ctrl-C reaches the workers too). The points' checkpoints and run
+    folders are written atomically, so nothing finished is lost. Returns how many were
+    running."""
+    procs = [p for p in (getattr(executor, "_processes", None) or {}).values()
+             if p.is_alive()]
+    for p in procs:
+        p.terminate()
+    return len(procs)
 
 
 def _executor(workers: int | None, scheduler: str | None) -> tuple[Executor, object]:
@@ -206,6 +230,23 @@ def _executor(workers: int | None, scheduler: str | None) -> tuple[Executor, obj
                                initargs=(os.getpid(),)), None
 
 
+def _alive(pid: int) -> bool:
+    """``pid`` is running: it exists and is not a zombie (a killed sweep whose parent has not
+    reaped it yet, e.g. one that reads the sweep's output to its end first, still answers
+    kill(pid, 0); Linux's /proc says Z)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                     # exists, not ours to signal
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:                     # no /proc (macOS): kill's answer stands
+        return True
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
 def _end_with(pid: int) -> None:
     """In a sweep worker: end when the sweep process ``pid`` is gone. A sweep killed outright
     (kill -9, the OOM killer) cannot shut its pool down, and its workers would wait forever
@@ -213,11 +254,7 @@ def _end_with(pid: int) -> None:
     def watch():
         while True:
             time.sleep(1.0)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _alive(pid):
                 os._exit(1)
-            except OSError:             # exists, not ours to signal: still there
-                pass
 
     threading.Thread(target=watch, name="timesim-sweep-watch", daemon=True).start()

@@ -141,6 +141,10 @@ class TraceRecorder:
 
         if dtype not in STORAGE:
             raise TraceError(f"dtype: must be one of {'|'.join(STORAGE)}, got {dtype!r}")
+        if isinstance(chunk_iterations, bool) or not isinstance(chunk_iterations, int) \
+                or chunk_iterations < 1:
+            raise TraceError(f"chunk_iterations: must be an integer >= 1 (iterations per "
+                             f"chunk file), got {chunk_iterations!r}")
         per_iteration = sum(layer.weight.numel() * layer.groups
                             for layer in self.layers) * STORAGE[dtype].itemsize
         self.chunk_iterations = max(1, min(chunk_iterations, max_buffer_bytes // per_iteration))

@@ -178,6 +178,9 @@ def fit_trace(trace, windows: int = 8, start: float = 0.5,
            "layers": layers_doc}
     if meta.updates:                    # how the recorded training applied its gradients
         doc["source"]["updates"] = meta.updates
+    for key in ("skipped", "left_out"):     # what the recording did not map: a replay of the
+        if getattr(meta, key):              # fit reports (and times) it as the trace's does
+            doc[key] = [dict(d) for d in getattr(meta, key)]
     return doc, arrays
 
 

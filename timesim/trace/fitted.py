@@ -37,7 +37,7 @@ import yaml
 from .. import yamlio
 from ..errors import TraceError
 from ..kernels.synth import _fitted_factors, normal
-from .format import MAX_ITERATIONS, UPDATES, TraceMeta, _layer
+from .format import MAX_ITERATIONS, UPDATES, TraceMeta, _entries, _layer
 from .models import MODELS
 from .synth import SynthTrace, default_chunk
 
@@ -352,6 +352,10 @@ def load_model(path: str | Path) -> tuple[dict, list[FittedLayer], str]:
         raise TraceError(f"{where}: source.updates: must be one of {'|'.join(UPDATES)} (how "
                          f"the recorded training applied its gradients), got "
                          f"{source.get('updates')!r}")
+    # the recording's unmapped modules and untimed attention work, as in its manifest
+    doc["skipped"] = list(_entries(doc, "skipped", {"name", "reason"}, {"parameters"}, where))
+    doc["left_out"] = list(_entries(doc, "left_out", {"name", "work", "layer"}, {"macs"},
+                                    where))
     raw_layers = doc.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise TraceError(f"{where}: layers: expected a non-empty list")
@@ -434,7 +438,9 @@ class FittedTrace(SynthTrace):
                               batch_size=int(doc.get("batch_size", 128)),
                               iterations=iterations, chunk_iterations=chunk, dtype="float32",
                               layers=infos,
-                              updates=(doc.get("source") or {}).get("updates") or "")
+                              updates=(doc.get("source") or {}).get("updates") or "",
+                              skipped=tuple(doc.get("skipped", ())),
+                              left_out=tuple(doc.get("left_out", ())))
         self.index = {layer.name: i for i, layer in enumerate(infos)}
         self._structure, self._factors = {}, {}
         self._biggest = biggest

@@ -237,9 +237,16 @@ class TraceDir:
         """Check every chunk (shape, dtype, checksum, finite values); raise on the first problem."""
         meta = self.meta
         if meta.timing_only:
-            return {"chunks": 0, "layers": len(meta.layers), "checksums": 0, "extra_dirs": []}
+            return {"chunks": 0, "layers": len(meta.layers), "checksums": 0, "extra_dirs": [],
+                    "extra_files": []}
         extra = sorted(p.name for p in self.path.iterdir()
                        if p.is_dir() and p.name not in {l.name for l in meta.layers})
+        # chunk files the manifest does not count (a stray copy, or a manifest of fewer
+        # iterations than were written): never read, so a wrong manifest would go unseen
+        wanted = {chunk_name(i) for i in range(meta.n_chunks)}
+        stray = sorted(f"{layer.name}/{p.name}" for layer in meta.layers
+                       if (self.path / layer.name).is_dir()
+                       for p in (self.path / layer.name).glob("*.npy") if p.name not in wanted)
         for index in range(meta.n_chunks):
             for li, layer in enumerate(meta.layers):
                 arr = self.load_chunk(li, index, verify=True)
@@ -251,7 +258,7 @@ class TraceDir:
                         f"iteration {index * meta.chunk_iterations + it}: non-finite gradient "
                         f"(NaN or Inf) at row {r}, col {c}")
         return {"chunks": meta.n_chunks, "layers": len(meta.layers),
-                "checksums": len(meta.checksums), "extra_dirs": extra}
+                "checksums": len(meta.checksums), "extra_dirs": extra, "extra_files": stray}
 
 
 def _first_nonfinite(arr: np.ndarray, dtype: str) -> tuple[int, int, int] | None:
