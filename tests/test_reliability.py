@@ -86,9 +86,11 @@ def test_an_interrupted_run_says_where_its_checkpoint_is(tmp_path):
     assert proc.returncode == 130, err
     from timesim import checkpoint
 
-    done = checkpoint.saved_info(out)["iterations"]
-    assert done >= 8 and f"keeps the checkpoint of iteration {done}; the same command with " \
-        "--resume continues" in err
+    info = checkpoint.saved_info(out)
+    done = info["extra"]["trace_pos"]
+    assert done >= 8 and err.strip().splitlines() == [
+        f"timesim: interrupted: {out} keeps the checkpoint of iteration {done}; add --resume "
+        f"to continue"]
 
 
 def test_resume_with_other_arguments_is_refused(tmp_path):
@@ -193,11 +195,18 @@ def test_an_overflowing_accumulator_is_not_called_a_non_finite_gradient(tmp_path
         for _ in range(4):
             w.append({"a": np.full((6, 3), 3e38, dtype=np.float32)})
     assert cli("trace", "validate", str(tmp_path / "t")).returncode == 0
-    for extra in ([], ["--nonfinite", "skip"]):
+    for extra in ([], ["--nonfinite", "skip"], ["--nonfinite", "zero"]):
         r = cli("run", "--trace", str(tmp_path / "t"), *extra, "--out", str(tmp_path / "o"))
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-        assert "layer a: iteration 1: the accumulated gradient overflowed" in r.stderr
+        assert f"{tmp_path / 't'}: chunk 000000.npy: layer a: iteration 1: the accumulated " \
+            "gradient overflowed" in r.stderr                  # the trace and chunk named
         assert "|g| up to 3" in r.stderr and "--nonfinite" not in r.stderr
+    # generated inside the kernel (synth:), the values are not at hand: no claim either way
+    from timesim.policies import _NO_CHUNK, LayerPolicy
+
+    p = LayerPolicy(layers[0], timesim.load_hwconfig(None), 0)
+    assert p._nonfinite(_NO_CHUNK, 2, 8) == ("layer a: iteration 10: non-finite gradient or "
+                                              "accumulator (NaN or Inf)")
 
 
 def test_output_into_a_closed_pipe_exits_quietly(monkeypatch, capsys):

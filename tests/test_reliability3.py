@@ -269,12 +269,24 @@ def test_compare_does_not_put_another_difference_down_to_the_selection(tmp_path,
     c = tmp_path / "other"
     timesim.simulate(tiny("controller.selection=topk", "controller.wear_leveling=none",
                           "controller.topk_density=0.1"), str(tmp_path / "t2"), out=c)
+    _, _, d = _select_run(tmp_path, "topk", "controller.wear_leveling=ars",
+                          "controller.interval=2", "controller.rows=4")   # ARS's work too
+    renamed = tmp_path / "renamed.yaml"        # the same chip under another name
+    renamed.write_text(bundled_hwconfig("tiny").read_text().replace("name: tiny",
+                                                                    "name: renamed"))
+    e = tmp_path / "e"
+    timesim.simulate(timesim.load_hwconfig(renamed, [
+        "controller.selection=topk", "controller.wear_leveling=none",
+        "controller.topk_density=0.1", "buffer.read_energy=0 pJ", "buffer.write_energy=0 pJ"]),
+        str(tmp_path / "t"), out=e)
     capsys.readouterr()
-    compare_runs([a, b, c])
+    compare_runs([a, b, c, d, e])
     out = capsys.readouterr().out
-    assert "not the selection's alone (hwconfig xbar differs)" in out
-    assert "not the selection's alone (another workload)" in out
-    assert "lengthens the iteration" not in out
+    assert "not the selection's alone (hwconfig xbar.cols differs)" in out
+    assert "not the selection's alone (another workload or length)" in out
+    assert "not the selection's alone (hwconfig controller.interval, " \
+        "controller.wear_leveling differ)" in out
+    assert out.count("lengthens the iteration") == 1       # e: only the chip's name differs
     assert "note: the runs are of different lengths (5, 7 iterations)" in out
     assert _delta({"select J/iter": 0.1 + 0.2}, {"select J/iter": 0.3}) == "+0"
     assert _delta({"select J/iter": 2e-12}, {"select J/iter": 1e-12}) == "+1e-12"

@@ -100,3 +100,23 @@ def test_merge_signatures_against_per_iteration_concatenation():
     expanded = [np.repeat(x, counts, axis=0) for x in (ops, swaps, slots)]
     for j, x in enumerate(expanded):
         assert np.array_equal(x, per_it[:, j, :])
+
+
+def test_a_shard_resumed_under_another_chip_names_the_keys(tmp_path):
+    """A shard's checkpoint keeps its chip, so a refused resume names what differs (as a local
+    run's does), not only "other arguments"."""
+    spec = "synth:mlp-small?iterations=64&chunk=8"
+    hw = timesim.load_hwconfig(None, ["controller.interval=16"])
+    other = timesim.load_hwconfig(None, ["controller.interval=32"])
+
+    def shard(h, **kw):
+        fp = run_fingerprint(h, trace_fingerprint(open_trace(spec)))
+        return run_shard(h, spec, [0, 1], 0, out=str(tmp_path), checkpoint_every=8,
+                         fingerprint=fp, simulation=Simulation, **kw)
+
+    with pytest.raises(SimulationError, match="stopped after"):
+        shard(hw, stop_after=24)
+    with pytest.raises(SimulationError, match=r"other hwconfig values \(controller.interval: "
+                                              r"16 -> 32\)"):
+        shard(other, resume=True)
+    assert shard(hw, resume=True)["resumed_from"] >= 16         # the same chip continues

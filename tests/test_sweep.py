@@ -112,6 +112,7 @@ def test_sigint_to_the_sweep_alone_stops_its_points_and_says_how_to_go_on(tmp_pa
     _, err = proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted: 0 finished points kept" in err and "2 workers stopped" in err
+    assert "starts over (no --checkpoint-every)" in err       # nothing to continue from
     assert not list((tmp_path / "s").glob("points/*/report.json"))     # none ran to the end
 
 

@@ -28,11 +28,11 @@ def fingerprint(hw_dict: dict, trace_label: str, meta_dict: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def saved_info(out: Path) -> dict:
-    """The info of ``out``'s checkpoint (fingerprint, iterations, ...), or {} when there is
-    none (or it is unreadable)."""
+def saved_info(out: Path, name: str = NAME) -> dict:
+    """The info of ``out``'s checkpoint ``name`` (fingerprint, iterations, ...), or {} when
+    there is none (or it is unreadable)."""
     try:
-        with np.load(Path(out) / NAME, allow_pickle=False) as z:
+        with np.load(Path(out) / name, allow_pickle=False) as z:
             return json.loads(z["info"].tobytes().decode())
     except Exception:
         return {}
@@ -89,22 +89,25 @@ def save(out: Path, sim, trace, fp: str, extra: dict | None = None) -> Path:
     return write_npz(out / NAME, arrays)
 
 
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    """A resolved hwconfig (``to_dict``, or as saved in JSON) as {dotted key: value}, lists
+    where ``to_dict`` has tuples (so that a saved and a fresh one compare equal)."""
+    out = {}
+    for k, v in json.loads(json.dumps(d)).items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def differences(old, new, limit: int = 3) -> str:
     """The hwconfig keys whose values differ between two resolved hwconfigs (``to_dict``), as
     ``key: old -> new`` (the first ``limit``, and how many more); "" when none or unknown."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return ""
 
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = (flat(json.loads(json.dumps(d))) for d in (old, new))   # as saved: lists, not tuples
+    a, b = flat_keys(old), flat_keys(new)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
     return text + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -75,20 +75,27 @@ def _progress(total: int, label: str, unit: str = "it", every: float | None = No
     return p.update, p
 
 
-def _say_interrupted(out: Path) -> None:
-    """What an interrupted run left: its last checkpoint, and how to continue from it."""
+def _say_interrupted(out: Path, args) -> None:
+    """One line for an interrupted run: the checkpoint it left (the trace position a resume
+    continues from) and the command that continues it, or why there is none."""
     from . import checkpoint
 
-    done = checkpoint.saved_info(out).get("iterations")
-    if done is None and any((out / "shards").glob("shard-*.npz")):
-        done = "its shards' last"
-    log = logging.getLogger("timesim")
-    if done is not None:
-        log.warning("interrupted: %s keeps the checkpoint of iteration %s; the same command "
-                    "with --resume continues from there", out, done)
+    info = checkpoint.saved_info(out)
+    pos = (info.get("extra") or {}).get("trace_pos", info.get("iterations"))
+    shards = [checkpoint.saved_info(p.parent, p.name).get("iterations", 0)
+              for p in sorted((out / "shards").glob("shard-*.npz"))] if pos is None else []
+    again = "--resume" if args.out else f"--out {out} --resume"
+    if pos is not None:
+        say = f"{out} keeps the checkpoint of iteration {pos}; add {again} to continue"
+    elif shards:
+        say = (f"{out}/shards keeps {_n(len(shards), 'shard checkpoint')} (iterations "
+               f"{min(shards)}-{max(shards)}); add {again} to continue")
+    elif args.checkpoint_every == 0:
+        say = "checkpoints were off (--checkpoint-every 0): nothing to continue from"
     else:
-        log.warning("interrupted before the first checkpoint (every --checkpoint-every "
-                    "iterations): nothing in %s to continue from", out)
+        say = (f"before the first checkpoint (every {args.checkpoint_every} iterations): "
+               f"nothing in {out} to continue from")
+    print(f"timesim: interrupted: {say}", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -117,8 +124,8 @@ def cmd_run(args) -> int:
                           scheduler=args.scheduler, shards=args.shards, evaluator=evaluator,
                           verify=not args.no_verify)
     except KeyboardInterrupt:
-        _say_interrupted(out)
-        raise
+        _say_interrupted(out, args)
+        return 130
     finally:
         if bar is not None:
             bar.close()
@@ -126,12 +133,13 @@ def cmd_run(args) -> int:
         from .plots import write_plots
 
         write_plots(out, report, fmt=args.plots_format or "png")
+    # a finished run resumed is returned as it was stored: nothing written (simulate logs
+    # that; its report is the stored one, so the folder's stamp is what tells it here)
+    kept = before is not None and _stamp(out / "report.json") == before
     if "estimate" in report:
-        _print_estimate(report, out)
+        _print_estimate(report, out, kept)
     else:
-        # a finished run resumed is kept as it was: nothing written
-        _print_summary(report, out, kept=before is not None
-                       and _stamp(out / "report.json") == before)
+        _print_summary(report, out, kept)
     _print_left_digital(report)
     return 0
 
@@ -205,7 +213,7 @@ def _print_phases(r: dict, indent: int = 10) -> None:
               f"{a['by_component'][top] / a['total']:.0%})")
 
 
-def _print_estimate(r: dict, out: Path) -> None:
+def _print_estimate(r: dict, out: Path, kept: bool = False) -> None:
     c, e = r["cycles"], r["energy_j"]
     print(f"trace     {r['trace']['path']}  ({r['trace']['model']}, timing only, "
           f"{_n(len(r['trace']['layers']), 'layer')})")
@@ -217,7 +225,8 @@ def _print_estimate(r: dict, out: Path) -> None:
     print(f"energy    {e['total'] / r['iterations']:.4g} J per iteration")
     _print_phases(r)
     print(f"note      {r['estimate']['assumptions']}")
-    print(f"wrote     {out}/report.json, actions.csv")
+    print(f"{'kept ' if kept else 'wrote'}     {out}/report.json, actions.csv"
+          f"{' (a finished run)' if kept else ''}")
 
 
 def _print_summary(r: dict, out: Path, kept: bool = False) -> None:

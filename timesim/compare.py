@@ -81,16 +81,27 @@ def selection_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
+# the controller keys that choose what is written: a difference in any other key (wear
+# levelling and its interval and rows, the crossbars, ...) changes the iteration too
+SELECTION_KEYS = ("controller.selection", "controller.rct", "controller.topk_density")
+
+
 def _beyond_selection(r: dict, ref: dict) -> str:
-    """What else differs between two runs than the controller's settings: the workload, or a
-    hwconfig key outside ``controller`` ("" when nothing, or when a report does not say)."""
+    """What else differs between two runs than the selection: the workload (or its length),
+    or a hwconfig key other than SELECTION_KEYS and the chip's ``name`` ("" when nothing, or
+    when a report does not say)."""
+    from .checkpoint import flat_keys
+
     if r["_trace"] != ref["_trace"]:
-        return "another workload"
+        return "another workload or length"
     a, b = r["_hwconfig"], ref["_hwconfig"]
     if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(k for k in set(a) | set(b) if k != "controller" and a.get(k) != b.get(k))
+        fa, fb = flat_keys(a), flat_keys(b)
+        keys = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)
+                and k not in SELECTION_KEYS and k != "name"]
         if keys:
-            return f"hwconfig {', '.join(keys)} differ{'s' if len(keys) == 1 else ''}"
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            return f"hwconfig {', '.join(keys[:3])}{more} differ{'s' if len(keys) == 1 else ''}"
     return ""
 
 
@@ -201,8 +212,8 @@ def compare_runs(runs, plot: str | None = None, quantiles: bool = False,
     lengths = list(dict.fromkeys(r["_iterations"] for r in rows))
     if len(lengths) > 1:
         print(f"note: the runs are of different lengths ({', '.join(map(str, lengths))} "
-              f"iterations); max writes and the extension grow with the length, compare them "
-              f"at equal lengths")
+              f"iterations); max writes grow with the length, and the extension and failure "
+              f"figures are comparable only at equal lengths")
     notes = selection_notes(rows)
     if notes:
         print()

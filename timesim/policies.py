@@ -226,9 +226,9 @@ class LayerPolicy:
         """The error for iteration t0 + bad: a non-finite gradient in the chunk, or finite
         gradients whose float32 accumulation overflowed (what --nonfinite cannot skip)."""
         where = f"layer {self.layer.name}: iteration {t0 + bad}"
-        if chunk is _NO_CHUNK:
-            g = None
-        elif chunk.dtype == np.uint16:          # float16 bit patterns: exponent all ones
+        if chunk is _NO_CHUNK:          # generated in the kernel: the values are not at hand
+            return f"{where}: non-finite gradient or accumulator (NaN or Inf)"
+        if chunk.dtype == np.uint16:          # float16 bit patterns: exponent all ones
             if ((chunk[bad] & 0x7C00) == 0x7C00).any():
                 return f"{where}: non-finite gradient (NaN or Inf)"
             g = chunk[bad].view(np.float16)
@@ -236,7 +236,7 @@ class LayerPolicy:
             return f"{where}: non-finite gradient (NaN or Inf)"
         else:
             g = chunk[bad]
-        size = f", |g| up to {float(np.abs(g).max()):.3g} there" if g is not None else ""
+        size = f", |g| up to {float(np.abs(g).max()):.3g} there"
         return (f"{where}: the accumulated gradient overflowed float32 (Inf) although the "
                 f"gradients are finite{size}; values this large cannot be accumulated: check "
                 f"the gradients' scale (e.g. an AMP loss scale left in the recording)")

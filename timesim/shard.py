@@ -126,7 +126,7 @@ def _save(path: Path, sim, runs: _Runs, trace, fp: str, layers: list[int], width
     arrays["starts"], arrays["rows"] = runs.arrays(width)
     info = {"fingerprint": fp, "layers": layers, "iterations": sim.iterations,
             "hist_t": sim.hist_t, "hist_max": sim.hist_max, "step": sim._step,
-            "next_mark": sim._next_mark}
+            "next_mark": sim._next_mark, "hwconfig": sim.hw.to_dict()}
     arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
     write_npz(path, arrays)
 
@@ -142,9 +142,13 @@ def _load(path: Path, sim, runs: _Runs, trace, fp: str, layers: list[int]) -> in
         raise SimulationError(f"{path}: unreadable shard checkpoint ({exc}); remove it to "
                               f"start the shard over") from None
     if info.get("fingerprint") != fp or info.get("layers") != layers:
-        raise SimulationError(f"{path}: made with other arguments or another split of the "
-                              f"layers; rerun with the same arguments and workers, or another "
-                              f"--out")
+        from .checkpoint import differences
+
+        keys = differences(info.get("hwconfig"), sim.hw.to_dict())
+        what = (f"other hwconfig values ({keys})" if keys else
+                "other arguments or another split of the layers")
+        raise SimulationError(f"{path}: made with {what}; rerun with the same arguments and "
+                              f"workers, or another --out")
     try:
         load_state_arrays(arrays, sim.policies, trace)
     except (KeyError, ValueError) as exc:

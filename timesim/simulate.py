@@ -371,14 +371,21 @@ def _finished_run(out, hw: HwConfig, trace_fp: str, nonfinite: str,
     return report, ""
 
 
-def _feed_named(sim, chunk, dtype: str, trace, label: str) -> None:
-    """``sim.feed`` one chunk; a policy kernel's non-finite error gets the trace, the chunk
-    file (a trace on disk) and what to do added."""
+def _feed_named(sim, chunk, dtype: str, trace, label: str, cleaned=None,
+                skipped: int = 0) -> None:
+    """``sim.feed`` one chunk (``cleaned``: its arrays and length after --nonfinite skip|zero);
+    a policy kernel's non-finite error gets the trace, the chunk file (a trace on disk) and
+    what to do added."""
     try:
-        sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
+        if cleaned is None:
+            sim.feed(chunk.arrays, chunk.t0, chunk.n, dtype)
+        else:
+            sim.feed(cleaned[0], sim.iterations, cleaned[1])
     except TraceError as exc:
         msg = str(exc)
-        overflow = "overflowed" in msg      # finite gradients: --nonfinite cannot help
+        if skipped:                         # the kernels count the iterations they simulated
+            msg += f" (counting simulated iterations: {skipped} skipped before this chunk)"
+        overflow = "overflowed" in msg or cleaned is not None   # --nonfinite cannot help
         if "non-finite" not in msg and not overflow:
             raise
         if not hasattr(trace, "path"):         # a generated stream
@@ -546,9 +553,10 @@ def simulate(hw: HwConfig, trace, out=None,
                 per_iter += counts
             keep = per_iter == 0 if nonfinite == "skip" else None
             n = chunk.n if keep is None else int(keep.sum())
-            skipped += chunk.n - n
             if n:
-                sim.feed(_Cleaned(chunk.arrays, dtype, keep), sim.iterations, n)
+                _feed_named(sim, chunk, dtype, trace, label,
+                            cleaned=(_Cleaned(chunk.arrays, dtype, keep), n), skipped=skipped)
+            skipped += chunk.n - n
         if progress is not None:
             progress(chunk.t0 + chunk.n)
         if (checkpoint_every and out is not None and chunk.t0 + chunk.n < trace.meta.iterations

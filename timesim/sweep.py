@@ -183,11 +183,12 @@ def run_sweep(hw_path: str | None, trace: str, grid: list[tuple[str, list[str]]]
     except KeyboardInterrupt:
         if client is None:              # Ctrl-C to the sweep alone: do not wait for the points
             stopped = _stop_workers(executor)
+            again = ("continues from its last checkpoint" if checkpoint_every > 0 else
+                     "starts over (no --checkpoint-every)")
             log.warning("interrupted: %d finished point%s kept in %s; %d worker%s stopped (a "
-                        "point that was running continues from its last checkpoint when the "
-                        "sweep is run again on the same --out)", done,
-                        "" if done == 1 else "s", out_p / "sweep.csv", stopped,
-                        "" if stopped == 1 else "s")
+                        "point that was running %s when the sweep is run again on the same "
+                        "--out)", done, "" if done == 1 else "s", out_p / "sweep.csv",
+                        stopped, "" if stopped == 1 else "s", again)
         raise
     finally:
         if client is not None:
@@ -250,7 +251,11 @@ def _alive(pid: int) -> bool:
 def _end_with(pid: int) -> None:
     """In a sweep worker: end when the sweep process ``pid`` is gone. A sweep killed outright
     (kill -9, the OOM killer) cannot shut its pool down, and its workers would wait forever
-    for work, each keeping the forkserver alive too."""
+    for work, each keeping the forkserver alive too. POSIX only: on Windows kill(pid, 0)
+    sends a Ctrl-C event instead of asking whether the process exists."""
+    if os.name != "posix":
+        return
+
     def watch():
         while True:
             time.sleep(1.0)

@@ -34,7 +34,7 @@ from ..config import HwConfig, load_hwconfig
 from ..errors import TraceError
 from ..simulate import Simulation
 from ..trace.format import LayerInfo, TraceMeta
-from ..trace.writer import TraceWriter
+from ..trace.writer import TraceWriter, check_chunk_iterations
 from .layers import (
     WEIGHTS,
     _fill_blocks,
@@ -141,10 +141,7 @@ class TraceRecorder:
 
         if dtype not in STORAGE:
             raise TraceError(f"dtype: must be one of {'|'.join(STORAGE)}, got {dtype!r}")
-        if isinstance(chunk_iterations, bool) or not isinstance(chunk_iterations, int) \
-                or chunk_iterations < 1:
-            raise TraceError(f"chunk_iterations: must be an integer >= 1 (iterations per "
-                             f"chunk file), got {chunk_iterations!r}")
+        check_chunk_iterations(chunk_iterations)     # before the byte budget lowers it
         per_iteration = sum(layer.weight.numel() * layer.groups
                             for layer in self.layers) * STORAGE[dtype].itemsize
         self.chunk_iterations = max(1, min(chunk_iterations, max_buffer_bytes // per_iteration))

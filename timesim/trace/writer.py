@@ -39,6 +39,14 @@ def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(x, dtype=STORAGE[dtype])
 
 
+def check_chunk_iterations(value) -> int:
+    """Iterations per chunk file: an integer >= 1 (TraceError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise TraceError(f"chunk_iterations: must be an integer >= 1 (iterations per chunk "
+                         f"file), got {value!r}")
+    return int(value)
+
+
 class TraceWriter:
     """Write a trace iteration by iteration (``append``) or chunk by chunk (``append_chunk``).
 
@@ -51,8 +59,7 @@ class TraceWriter:
                  checkpoint: bool = False):
         if dtype not in DTYPES:
             raise TraceError(f"dtype: must be one of {'|'.join(DTYPES)}, got {dtype!r}")
-        if chunk_iterations < 1:
-            raise TraceError(f"chunk_iterations: must be positive, got {chunk_iterations}")
+        check_chunk_iterations(chunk_iterations)
         self.path = Path(path)
         self.layers = tuple(layers)
         self.info = dict(model=model, source=source, dataset=dataset, batch_size=batch_size)
