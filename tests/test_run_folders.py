@@ -1,6 +1,7 @@
 """Run folders and sweeps never reuse or mix stale results; resume continues exactly (issue
 13: items 1, 2, 5, 19)."""
 
+import dataclasses
 import json
 import logging
 
@@ -223,26 +224,37 @@ def test_faults_evaluate_the_traces_model_on_the_worn_chip(tmp_path):
 def test_max_writes_history_marks_every_ceil_t_over_1000_at_chunk_ends(tmp_path, chunk):
     """max_writes_history.csv (docs/metrics.md): a mark every ceil(T/1000) iterations, a point
     at the first chunk end on or after each mark and at T; each layer's value is its max write
-    count there, here from the plain reference run iteration by iteration."""
+    count there, here from the plain reference run iteration by iteration. Chunk 7: a trace
+    on disk through simulate(); chunk 1 (a point at every mark): fed to the Simulation."""
     from tests.reference import RefLayer
 
     T = 1300
-    write_trace(tmp_path / "t", AB, T=T, seed=5, chunk=chunk)
+    rng = np.random.default_rng(5)                  # write_trace's gradients
+    G = [{l.name: rng.standard_normal((l.rows, l.cols)).astype(np.float32) for l in AB}
+         for _ in range(T)]
     hw = timesim.load_hwconfig(None, ["controller.selection=sgs-element",
                                       "controller.wear_leveling=none"])
-    timesim.simulate(hw, str(tmp_path / "t"), out=tmp_path / "o")
-    rows = (tmp_path / "o" / "max_writes_history.csv").read_text().split()
-    assert rows[0] == "iteration,a,b"
-    got = [[int(v) for v in r.split(",")] for r in rows[1:]]
+    if chunk == 7:
+        write_trace(tmp_path / "t", AB, T=T, seed=5, chunk=chunk)
+        timesim.simulate(hw, str(tmp_path / "t"), out=tmp_path / "o")
+        rows = (tmp_path / "o" / "max_writes_history.csv").read_text().split()
+        assert rows[0] == "iteration,a,b"
+        got = [[int(v) for v in r.split(",")] for r in rows[1:]]
+    else:
+        meta = timesim.open_trace(str(write_trace(tmp_path / "t", AB, T=1))).meta
+        sim = Simulation(hw, dataclasses.replace(meta, iterations=T))
+        for t in range(T):
+            sim.feed({n: g[None] for n, g in G[t].items()}, t, 1)
+        sim.finish()
+        got = [[t, *m] for t, m in zip(sim.hist_t, sim.hist_max)]
     step = 2                                        # ceil(1300 / 1000)
     ends = [*range(chunk, T, chunk), T]              # the last chunk is shorter
     want_t = sorted({min(e for e in ends if e >= m) for m in range(step, T + 1, step)} | {T})
     assert [r[0] for r in got] == want_t and len(got) <= 1000 + 1
-    rng = np.random.default_rng(5)                  # write_trace's gradients, again
     ref = [RefLayer(l.rows, l.cols, "sgs-element") for l in AB]
     want = {}
     for t in range(1, T + 1):
         for layer, info in zip(ref, AB):
-            layer.step(rng.standard_normal((info.rows, info.cols)).astype(np.float32))
+            layer.step(G[t - 1][info.name])
         want[t] = [int(layer.writes.max()) for layer in ref]
     assert [r[1:] for r in got] == [want[t] for t in want_t]
